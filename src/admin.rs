@@ -1,0 +1,154 @@
+//! The admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz` and `/usage`.
+//!
+//! `/usage?key=API_KEY` (or the key in `x-api-key`) shows an account's open windows: the key is
+//! hashed like any request's and never echoed back.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::Shared;
+use crate::classify::ClassId;
+use crate::error::json_response;
+use crate::identity::AccountId;
+use crate::proxy::ProxyBody;
+
+/// Serves admin requests until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let shared = shared.clone();
+                let service = service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+                });
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    match req.uri().path() {
+        "/metrics" => {
+            let mut resp = Response::new(ProxyBody::full(shared.metrics.render().into()));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        "/healthz" => json_response(StatusCode::OK, r#"{"status": "ok"}"#),
+        "/readyz" if shared.shutting_down.load(Ordering::SeqCst) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status": "shutting down"}"#,
+        ),
+        "/readyz" => json_response(StatusCode::OK, r#"{"status": "ready"}"#),
+        "/usage" => usage(shared, &req).await,
+        _ => json_response(StatusCode::NOT_FOUND, r#"{"error": "not_found"}"#),
+    }
+}
+
+/// The caller's API key, from `?key=` or `x-api-key`.
+fn key_of(req: &Request<Incoming>) -> Option<String> {
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("key="))
+            .map(|v| percent_decode(v))
+    });
+    from_query.or_else(|| {
+        req.headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn usage(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let Some(key) = key_of(req) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            r#"{"error": "missing_key", "message": "give ?key= or x-api-key"}"#,
+        );
+    };
+    let policy = shared.policy.load_full();
+    let config = &policy.config;
+    let account = AccountId::from_key(key.as_bytes());
+    let tier_id = match (
+        config.identity.accounts.get(&account),
+        config.identity.unknown_keys,
+    ) {
+        (Some(&t), _) | (None, crate::identity::UnknownKeys::DefaultTier(t)) => t,
+        (None, crate::identity::UnknownKeys::Reject) => {
+            return json_response(StatusCode::NOT_FOUND, r#"{"error": "unknown_api_key"}"#);
+        }
+    };
+    let now = shared.clock.now_ms();
+    let counters = match shared.store.counters(account, now).await {
+        Ok(c) => c,
+        Err(e) => {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": e.to_string()}).to_string(),
+            )
+        }
+    };
+    let tier = config.tier(tier_id);
+    let mut limits = Vec::new();
+    for (i, class) in config.classes.iter().enumerate() {
+        for rule in tier.rules(ClassId(i as u16)) {
+            let current = counters.iter().find(|c| c.id == rule.counter);
+            let used = current.map_or(0, |c| c.count);
+            limits.push(json!({
+                "class": class,
+                "type": rule.kind.name(),
+                "limit": rule.limit,
+                "used": used,
+                "remaining": rule.limit.saturating_sub(used),
+                "resets_in_secs": current.map(|c| (c.end_ms - now).div_ceil(1000)),
+            }));
+        }
+    }
+    let body = json!({ "account": account.short(), "tier": tier.name, "limits": limits });
+    json_response(StatusCode::OK, body.to_string())
+}

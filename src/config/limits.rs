@@ -1,0 +1,212 @@
+//! Turns a tier's `[[tiers.NAME.limits]]` entries into per-class [`Rule`] lists.
+
+use std::collections::HashMap;
+
+use toml::Spanned;
+
+use super::error::{ConfigError, Source};
+use super::raw::RawLimit;
+use crate::limits::{CounterId, LimitKind, Rule, Tier, Window};
+
+/// Builds one tier's rules for every class in `classes` (indexed by class id).
+pub(super) fn build_tier(
+    src: &Source<'_>,
+    tier_name: &str,
+    limits: &[Spanned<RawLimit>],
+    classes: &[String],
+    counter_owner: &mut HashMap<CounterId, String>,
+) -> Result<Tier, ConfigError> {
+    let mut rules_by_class: Vec<Vec<Rule>> = vec![Vec::new(); classes.len()];
+    for (i, entry) in limits.iter().enumerate() {
+        let field = format!("tiers.{tier_name}.limits[{i}]");
+        let limit = entry.get_ref();
+        let members = members(src, &field, limit, classes)?;
+        let windows = windows(src, &field, entry)?;
+        for &class in &members {
+            let scope = scope_key(limit, &classes[class]);
+            for &(kind, window, count) in &windows {
+                let rule = Rule {
+                    counter: counter_id(&scope, kind, window),
+                    limit: count,
+                    window,
+                    kind,
+                };
+                claim_counter(
+                    src,
+                    &field,
+                    entry,
+                    counter_owner,
+                    rule.counter,
+                    &scope,
+                    kind,
+                )?;
+                if rules_by_class[class]
+                    .iter()
+                    .any(|r| r.counter == rule.counter)
+                {
+                    return Err(src.at(
+                        &field,
+                        entry.span(),
+                        format!(
+                            "class {:?} gets two {} limits from the same scope",
+                            classes[class],
+                            kind.name()
+                        ),
+                    ));
+                }
+                rules_by_class[class].push(rule);
+            }
+        }
+    }
+    Ok(Tier::new(
+        tier_name.to_owned(),
+        rules_by_class
+            .into_iter()
+            .map(Vec::into_boxed_slice)
+            .collect(),
+    ))
+}
+
+/// The class ids an entry applies to.
+fn members(
+    src: &Source<'_>,
+    field: &str,
+    limit: &RawLimit,
+    classes: &[String],
+) -> Result<Vec<usize>, ConfigError> {
+    let lookup = |name: &Spanned<String>, what: &str| {
+        classes.iter().position(|c| c == name.get_ref()).ok_or_else(|| {
+            src.at(format!("{field}.{what}"), name.span(), format!(
+                "unknown class {:?} (classes come from [[route]] entries and routing.default_class)",
+                name.get_ref()
+            ))
+        })
+    };
+    if limit.classes.is_empty() {
+        return Err(src.at(
+            format!("{field}.classes"),
+            0..0,
+            "must name at least one class, or \"*\"",
+        ));
+    }
+    let all = limit.classes.len() == 1 && limit.classes[0].get_ref() == "*";
+    let mut ids: Vec<usize> = if all {
+        (0..classes.len()).collect()
+    } else {
+        limit
+            .classes
+            .iter()
+            .map(|c| lookup(c, "classes"))
+            .collect::<Result<_, _>>()?
+    };
+    let excluded: Vec<usize> = limit
+        .except
+        .iter()
+        .map(|c| lookup(c, "except"))
+        .collect::<Result<_, _>>()?;
+    ids.retain(|id| !excluded.contains(id));
+    Ok(ids)
+}
+
+/// The windows an entry sets, with their limits.
+fn windows(
+    src: &Source<'_>,
+    field: &str,
+    entry: &Spanned<RawLimit>,
+) -> Result<Vec<(LimitKind, Window, u32)>, ConfigError> {
+    let l = entry.get_ref();
+    let mut out = Vec::new();
+    let fixed = |secs: u64| Window::Fixed {
+        period_ms: secs * 1000,
+    };
+    for (name, value, kind, window) in [
+        ("per_second", l.per_second, LimitKind::Second, fixed(1)),
+        ("per_minute", l.per_minute, LimitKind::Minute, fixed(60)),
+        ("per_hour", l.per_hour, LimitKind::Hour, fixed(3600)),
+        ("per_day", l.per_day, LimitKind::Daily, Window::UtcDay),
+    ] {
+        if let Some(v) = value {
+            if v == 0 {
+                return Err(src.at(
+                    format!("{field}.{name}"),
+                    entry.span(),
+                    "must be at least 1",
+                ));
+            }
+            out.push((kind, window, v));
+        }
+    }
+    if let Some(interval) = &l.interval {
+        let period = humantime::parse_duration(interval.get_ref()).map_err(|e| {
+            src.at(
+                format!("{field}.interval"),
+                interval.span(),
+                format!("{:?} is not a duration: {e}", interval.get_ref()),
+            )
+        })?;
+        let period_ms = period.as_millis() as u64;
+        if period_ms == 0 {
+            return Err(src.at(
+                format!("{field}.interval"),
+                interval.span(),
+                "must be longer than zero",
+            ));
+        }
+        out.push((LimitKind::Interval, Window::Fixed { period_ms }, 1));
+    }
+    if out.is_empty() {
+        return Err(src.at(
+            field,
+            entry.span(),
+            "sets no limit: give per_second, per_minute, per_hour, per_day or interval",
+        ));
+    }
+    Ok(out)
+}
+
+/// What a counter counts: one class, or a shared group named by how it was written.
+fn scope_key(limit: &RawLimit, class: &str) -> String {
+    if !limit.shared {
+        return format!("class:{class}");
+    }
+    let mut names: Vec<&str> = limit.classes.iter().map(|c| c.get_ref().as_str()).collect();
+    names.sort_unstable();
+    let mut except: Vec<&str> = limit.except.iter().map(|c| c.get_ref().as_str()).collect();
+    except.sort_unstable();
+    format!("shared:{}!{}", names.join(","), except.join(","))
+}
+
+/// A stable id for a counter: the same scope and window always give the same id, so counters
+/// survive restarts and reloads of rules that did not change.
+fn counter_id(scope: &str, kind: LimitKind, window: Window) -> CounterId {
+    let period = match window {
+        Window::Fixed { period_ms } => period_ms,
+        Window::UtcDay => 0,
+    };
+    let text = format!("{scope}|{}|{period}", kind.name());
+    CounterId(xxhash_rust::xxh3::xxh3_64(text.as_bytes()) as u32)
+}
+
+/// Refuses the (astronomically unlikely) case of two different counters hashing to one id.
+fn claim_counter(
+    src: &Source<'_>,
+    field: &str,
+    entry: &Spanned<RawLimit>,
+    owners: &mut HashMap<CounterId, String>,
+    id: CounterId,
+    scope: &str,
+    kind: LimitKind,
+) -> Result<(), ConfigError> {
+    let label = format!("{scope}|{}", kind.name());
+    match owners.get(&id) {
+        Some(owner) if *owner != label => Err(src.at(
+            field,
+            entry.span(),
+            format!("counter id collision between {owner:?} and {label:?}; rename a class"),
+        )),
+        _ => {
+            owners.insert(id, label);
+            Ok(())
+        }
+    }
+}

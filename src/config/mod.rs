@@ -1,0 +1,523 @@
+//! Configuration: the TOML file parsed ([`raw`]) and then validated into typed values.
+//!
+//! Parse, don't validate: everything the proxy reads at request time is already resolved here —
+//! class and tier names become indices, durations become [`Duration`]s, keys become
+//! [`AccountId`]s — and every error names the field and, where known, the line.
+
+mod error;
+mod limits;
+mod raw;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use toml::Spanned;
+
+use error::{invalid, Source};
+pub use error::{ConfigError, Located};
+use raw::RawConfig;
+
+use crate::classify::{ClassId, PathPattern, Route, Router};
+use crate::identity::{
+    AccountId, Anonymous, IdentityConfig, IpNet, KeySource, TierId, UnknownKeys,
+};
+use crate::limits::Tier;
+
+/// Where floodgate listens and forwards.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `None` turns the admin listener off.
+    pub admin: Option<SocketAddr>,
+    pub upstream: UpstreamTarget,
+    /// Worker threads (one event loop each); 0 in the file means one per CPU.
+    pub workers: usize,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_idle_upstream_connections: usize,
+}
+
+/// The upstream origin (plain HTTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// `host:port`, as connected to.
+    pub authority: String,
+}
+
+/// Header switches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeaderOptions {
+    pub ietf: bool,
+    pub annotate_upstream: bool,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub identity: IdentityConfig,
+    pub router: Router,
+    /// Class names, indexed by [`ClassId`].
+    pub classes: Vec<String>,
+    /// Tiers, indexed by [`TierId`].
+    pub tiers: Vec<Tier>,
+    pub headers: HeaderOptions,
+}
+
+/// Command-line values that replace the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub admin: Option<String>,
+    pub workers: Option<usize>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, overrides)
+    }
+
+    /// Validates config text.
+    pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let src = Source::new(text);
+        let mut raw = parse_raw(&src, text)?;
+        apply_overrides(&mut raw, overrides);
+        build(&src, raw)
+    }
+
+    pub fn class_name(&self, class: ClassId) -> &str {
+        &self.classes[class.0 as usize]
+    }
+
+    pub fn tier(&self, tier: TierId) -> &Tier {
+        &self.tiers[tier.0 as usize]
+    }
+
+    /// A human summary for `floodgate check`.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "listen {}  upstream http://{}  admin {}\n{} routes, {} classes, {} tiers\n",
+            self.server.listen,
+            self.server.upstream.authority,
+            self.server.admin.map_or("off".into(), |a| a.to_string()),
+            self.router.routes().len(),
+            self.classes.len(),
+            self.tiers.len()
+        );
+        for route in self.router.routes() {
+            let methods = route.methods.as_ref().map_or("*".into(), |m| {
+                m.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
+            });
+            out += &format!(
+                "  route {methods} {:?} -> {}\n",
+                route.pattern,
+                self.class_name(route.class)
+            );
+        }
+        out += &format!(
+            "  default class: {}\n",
+            self.class_name(self.router.default_class())
+        );
+        for tier in &self.tiers {
+            out += &format!("  tier {}:", tier.name);
+            for (i, class) in self.classes.iter().enumerate() {
+                let rules = tier.rules(ClassId(i as u16));
+                if !rules.is_empty() {
+                    let parts: Vec<String> = rules
+                        .iter()
+                        .map(|r| format!("{}={}", r.kind.name(), r.limit))
+                        .collect();
+                    out += &format!(" {class}[{}]", parts.join(" "));
+                }
+            }
+            out += "\n";
+        }
+        out
+    }
+}
+
+/// TOML -> raw structs; a syntax or type error names the field path and line.
+fn parse_raw(src: &Source<'_>, text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str::<RawConfig>(text).map_err(|err| {
+        let de = toml::Deserializer::new(text);
+        let path = match serde_path_to_error::deserialize::<_, RawConfig>(de) {
+            Err(e) => e.path().to_string(),
+            Ok(_) => ".".into(),
+        };
+        let field = if path == "." || path.is_empty() {
+            "(file)".to_owned()
+        } else {
+            path
+        };
+        ConfigError::Invalid(Located {
+            field,
+            line: err.span().map(|s| src.line_of(s.start)),
+            message: err.message().trim().to_owned(),
+        })
+    })
+}
+
+fn apply_overrides(raw: &mut RawConfig, o: &Overrides) {
+    let spanned = |v: &String| Spanned::new(0..0, v.clone());
+    if let Some(v) = &o.listen {
+        raw.server.listen = Some(spanned(v));
+    }
+    if let Some(v) = &o.upstream {
+        raw.server.upstream = Some(spanned(v));
+    }
+    if let Some(v) = &o.admin {
+        raw.server.admin = Some(spanned(v));
+    }
+    if let Some(v) = o.workers {
+        raw.server.workers = Some(v);
+    }
+}
+
+fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let case_insensitive = raw.routing.case_insensitive;
+    let default_class = raw
+        .routing
+        .default_class
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let mut classes = vec![default_class];
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        routes.push(build_route(src, i, r, &mut classes, case_insensitive)?);
+    }
+    let mut counter_owner = HashMap::new();
+    let mut tiers = Vec::new();
+    for (name, tier) in &raw.tiers {
+        tiers.push(limits::build_tier(
+            src,
+            name,
+            &tier.limits,
+            &classes,
+            &mut counter_owner,
+        )?);
+    }
+    let identity = build_identity(src, &raw, &mut tiers, &classes)?;
+    Ok(Config {
+        server: build_server(src, &raw.server)?,
+        identity,
+        router: Router::new(routes, ClassId(0), case_insensitive),
+        classes,
+        tiers,
+        headers: HeaderOptions {
+            ietf: raw.headers.ietf,
+            annotate_upstream: raw.headers.annotate_upstream,
+        },
+    })
+}
+
+fn build_route(
+    src: &Source<'_>,
+    i: usize,
+    r: &raw::RawRoute,
+    classes: &mut Vec<String>,
+    case_insensitive: bool,
+) -> Result<Route, ConfigError> {
+    let field = format!("route[{i}]");
+    let pattern = PathPattern::parse(r.path.get_ref(), case_insensitive)
+        .map_err(|m| src.at(format!("{field}.path"), r.path.span(), m))?;
+    let method_list: Vec<&Spanned<String>> = match (&r.method, &r.methods) {
+        (Some(_), Some(_)) => {
+            return Err(src.at(
+                format!("{field}.method"),
+                r.path.span(),
+                "give method or methods, not both",
+            ))
+        }
+        (Some(m), None) => vec![m],
+        (None, Some(ms)) => ms.iter().collect(),
+        (None, None) => vec![],
+    };
+    let mut methods = Vec::new();
+    for m in method_list {
+        let method =
+            Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).map_err(|_| {
+                src.at(
+                    format!("{field}.method"),
+                    m.span(),
+                    format!("{:?} is not an HTTP method", m.get_ref()),
+                )
+            })?;
+        methods.push(method);
+    }
+    if r.class.is_empty() || r.class == "*" {
+        return Err(src.at(
+            format!("{field}.class"),
+            r.path.span(),
+            "a class needs a name other than \"*\"",
+        ));
+    }
+    let class = match classes.iter().position(|c| *c == r.class) {
+        Some(i) => i,
+        None => {
+            classes.push(r.class.clone());
+            classes.len() - 1
+        }
+    };
+    Ok(Route {
+        methods: (!methods.is_empty()).then_some(methods),
+        pattern,
+        class: ClassId(class as u16),
+    })
+}
+
+fn build_server(src: &Source<'_>, s: &raw::RawServer) -> Result<ServerConfig, ConfigError> {
+    let addr = |field: &str,
+                v: Option<&Spanned<String>>,
+                default: &str|
+     -> Result<SocketAddr, ConfigError> {
+        let text = v.map_or(default, |s| s.get_ref().as_str());
+        text.parse().map_err(|_| {
+            let msg = format!("{text:?} is not a socket address like 127.0.0.1:8080");
+            match v {
+                Some(s) if s.span() != (0..0) => src.at(format!("server.{field}"), s.span(), msg),
+                _ => invalid(format!("server.{field}"), msg),
+            }
+        })
+    };
+    let admin = match s.admin.as_ref().map(|a| a.get_ref().as_str()) {
+        Some("off") => None,
+        _ => Some(addr("admin", s.admin.as_ref(), DEFAULT_ADMIN)?),
+    };
+    Ok(ServerConfig {
+        listen: addr("listen", s.listen.as_ref(), DEFAULT_LISTEN)?,
+        admin,
+        upstream: build_upstream(src, s.upstream.as_ref())?,
+        workers: match s.workers {
+            Some(0) | None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) => n,
+        },
+        upstream_connect_timeout: duration(
+            src,
+            "server.upstream_connect_timeout",
+            s.upstream_connect_timeout.as_ref(),
+            "2s",
+        )?,
+        upstream_timeout: duration(
+            src,
+            "server.upstream_timeout",
+            s.upstream_timeout.as_ref(),
+            "60s",
+        )?,
+        header_read_timeout: duration(
+            src,
+            "server.header_read_timeout",
+            s.header_read_timeout.as_ref(),
+            "10s",
+        )?,
+        max_idle_upstream_connections: s.max_idle_upstream_connections.unwrap_or(1024),
+    })
+}
+
+fn build_upstream(
+    src: &Source<'_>,
+    v: Option<&Spanned<String>>,
+) -> Result<UpstreamTarget, ConfigError> {
+    let Some(v) = v else {
+        return Err(invalid(
+            "server.upstream",
+            "missing: set it in the file or pass --upstream URL",
+        ));
+    };
+    let fail = |msg: String| {
+        if v.span() == (0..0) {
+            invalid("server.upstream", msg)
+        } else {
+            src.at("server.upstream", v.span(), msg)
+        }
+    };
+    let text = v.get_ref();
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| fail(format!("{text:?} is not a URL")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(fail(format!(
+            "{text:?}: only http:// upstreams are supported"
+        )));
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(fail(format!("{text:?} has no host")));
+    };
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(fail(format!(
+            "{text:?}: an upstream URL has no path; requests keep their own"
+        )));
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    Ok(UpstreamTarget {
+        authority: format!("{}:{port}", authority.host()),
+    })
+}
+
+fn duration(
+    src: &Source<'_>,
+    field: &str,
+    v: Option<&Spanned<String>>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let text = v.map_or(default, |s| s.get_ref().as_str());
+    let d = humantime::parse_duration(text).map_err(|e| {
+        let msg = format!("{text:?} is not a duration like \"2s\" or \"500ms\": {e}");
+        v.map_or_else(
+            || invalid(field, msg.clone()),
+            |s| src.at(field, s.span(), msg.clone()),
+        )
+    })?;
+    if d.is_zero() {
+        let msg = "must be longer than zero";
+        return Err(v.map_or_else(|| invalid(field, msg), |s| src.at(field, s.span(), msg)));
+    }
+    Ok(d)
+}
+
+fn build_identity(
+    src: &Source<'_>,
+    raw: &RawConfig,
+    tiers: &mut Vec<Tier>,
+    classes: &[String],
+) -> Result<IdentityConfig, ConfigError> {
+    let id = &raw.identity;
+    if tiers.is_empty() {
+        // No tiers at all: an unlimited proxy still needs one tier to put callers in.
+        tiers.push(Tier::new(
+            "default".into(),
+            vec![Box::default(); classes.len()],
+        ));
+    }
+    let tier_of = |field: &str, name: &Spanned<String>| -> Result<TierId, ConfigError> {
+        tiers
+            .iter()
+            .position(|t| t.name == *name.get_ref())
+            .map(|i| TierId(i as u16))
+            .ok_or_else(|| {
+                let known: Vec<&str> = tiers.iter().map(|t| t.name.as_str()).collect();
+                src.at(
+                    field,
+                    name.span(),
+                    format!(
+                        "unknown tier {:?} (tiers: {})",
+                        name.get_ref(),
+                        known.join(", ")
+                    ),
+                )
+            })
+    };
+    let default_tier = match &id.default_tier {
+        Some(t) => Some(tier_of("identity.default_tier", t)?),
+        None if tiers.len() == 1 => Some(TierId(0)),
+        None => None,
+    };
+    let need_default = |field: &str, span: std::ops::Range<usize>| {
+        default_tier.ok_or_else(|| {
+            src.at(
+                field,
+                span,
+                "needs identity.default_tier (there are several tiers)",
+            )
+        })
+    };
+    let unknown_keys = match id
+        .unknown_keys
+        .as_ref()
+        .map(|v| (v.get_ref().as_str(), v.span()))
+    {
+        None => match default_tier {
+            Some(t) => UnknownKeys::DefaultTier(t),
+            None => UnknownKeys::Reject,
+        },
+        Some(("default_tier", span)) => {
+            UnknownKeys::DefaultTier(need_default("identity.unknown_keys", span)?)
+        }
+        Some(("reject", _)) => UnknownKeys::Reject,
+        Some((other, span)) => {
+            return Err(src.at(
+                "identity.unknown_keys",
+                span,
+                format!("{other:?}: expected \"default_tier\" or \"reject\""),
+            ))
+        }
+    };
+    let anonymous = match id
+        .anonymous
+        .as_ref()
+        .map(|v| (v.get_ref().as_str(), v.span()))
+    {
+        None | Some(("reject", _)) => Anonymous::Reject,
+        Some(("client_ip", span)) => Anonymous::ClientIp(need_default("identity.anonymous", span)?),
+        Some((other, span)) => {
+            return Err(src.at(
+                "identity.anonymous",
+                span,
+                format!("{other:?}: expected \"reject\" or \"client_ip\""),
+            ))
+        }
+    };
+    let mut accounts = HashMap::default();
+    for (key, tier) in &raw.accounts {
+        accounts.insert(
+            AccountId::from_key(key.as_bytes()),
+            tier_of(&format!("accounts.{key:?}"), tier)?,
+        );
+    }
+    Ok(IdentityConfig {
+        sources: key_sources(src, id.sources.as_deref())?,
+        accounts,
+        unknown_keys,
+        anonymous,
+        trusted_proxies: id
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                IpNet::parse(p.get_ref())
+                    .map_err(|m| src.at("identity.trusted_proxies", p.span(), m))
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn key_sources(
+    src: &Source<'_>,
+    sources: Option<&[Spanned<String>]>,
+) -> Result<Vec<KeySource>, ConfigError> {
+    let Some(sources) = sources else {
+        return Ok(vec![
+            KeySource::Header(HeaderName::from_static("x-api-key")),
+            KeySource::Bearer,
+        ]);
+    };
+    if sources.is_empty() {
+        return Err(invalid("identity.sources", "must list at least one source"));
+    }
+    sources
+        .iter()
+        .map(|s| match s.get_ref().to_ascii_lowercase().as_str() {
+            "bearer" | "authorization" => Ok(KeySource::Bearer),
+            name => HeaderName::from_bytes(name.as_bytes())
+                .map(KeySource::Header)
+                .map_err(|_| {
+                    src.at(
+                        "identity.sources",
+                        s.span(),
+                        format!("{:?} is not a header name or \"bearer\"", s.get_ref()),
+                    )
+                }),
+        })
+        .collect()
+}

@@ -1,0 +1,64 @@
+//! Errors a request can meet, and the one place they become HTTP responses.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use crate::identity::IdentityError;
+use crate::proxy::ProxyBody;
+
+/// Why floodgate answered a request itself instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("upstream unreachable: {0}")]
+    UpstreamUnreachable(String),
+    #[error("upstream did not accept a connection in time")]
+    UpstreamConnectTimeout,
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("upstream failed: {0}")]
+    UpstreamProtocol(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Identity(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// A short, stable machine-readable name (also the metric label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Identity(IdentityError::MissingKey) => "missing_api_key",
+            ProxyError::Identity(IdentityError::UnknownKey) => "unknown_api_key",
+            ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
+            ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamProtocol(_) => "upstream_protocol_error",
+        }
+    }
+
+    /// The JSON error response.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        json_response(self.status(), body.to_string())
+    }
+}
+
+/// A response floodgate writes itself, with a JSON body.
+pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

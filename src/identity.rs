@@ -1,0 +1,294 @@
+//! Identity: which account a request belongs to, and its tier.  [pure]
+//!
+//! Accounts are known by a 128-bit hash of their API key ([`AccountId`]): counters, the state file
+//! and the usage view never hold a raw key, and a lookup hashes the key once.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
+
+/// An account, known by the 128-bit xxh3 hash of its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(pub u128);
+
+impl AccountId {
+    pub fn from_key(key: &[u8]) -> Self {
+        AccountId(xxhash_rust::xxh3::xxh3_128(key))
+    }
+
+    /// Anonymous callers are counted per client address, apart from any API key.
+    pub fn from_ip(ip: IpAddr) -> Self {
+        AccountId(xxhash_rust::xxh3::xxh3_128(format!("ip:{ip}").as_bytes()))
+    }
+
+    /// A short, non-reversible label for logs (never the key itself).
+    pub fn short(&self) -> String {
+        format!("{:08x}", (self.0 >> 96) as u32)
+    }
+}
+
+/// A hasher for keys that already are uniform hashes: it keeps the low 64 bits.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(buf);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+pub type BuildIdHasher = BuildHasherDefault<IdHasher>;
+
+/// Index of a tier in the config's tier list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TierId(pub u16);
+
+/// Where an API key is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Header(HeaderName),
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+}
+
+/// What happens to a key the config does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownKeys {
+    DefaultTier(TierId),
+    Reject,
+}
+
+/// What happens to a request that carries no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anonymous {
+    Reject,
+    /// Counted per client IP in this tier.
+    ClientIp(TierId),
+}
+
+/// An IP network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or(format!("{s:?} has a bad prefix length"))?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The identity rules from the config.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub sources: Vec<KeySource>,
+    pub accounts: HashMap<AccountId, TierId, BuildIdHasher>,
+    pub unknown_keys: UnknownKeys,
+    pub anonymous: Anonymous,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub account: AccountId,
+    pub tier: TierId,
+}
+
+/// Why a request has no usable identity; answered with 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("an API key is required")]
+    MissingKey,
+    #[error("unknown API key")]
+    UnknownKey,
+}
+
+impl IdentityConfig {
+    /// Resolves the caller of a request that came from `peer`.
+    pub fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, IdentityError> {
+        match self.read_key(headers) {
+            Some(key) => {
+                let account = AccountId::from_key(key);
+                match (self.accounts.get(&account), self.unknown_keys) {
+                    (Some(&tier), _) | (None, UnknownKeys::DefaultTier(tier)) => {
+                        Ok(Caller { account, tier })
+                    }
+                    (None, UnknownKeys::Reject) => Err(IdentityError::UnknownKey),
+                }
+            }
+            None => match self.anonymous {
+                Anonymous::Reject => Err(IdentityError::MissingKey),
+                Anonymous::ClientIp(tier) => Ok(Caller {
+                    account: AccountId::from_ip(self.client_ip(headers, peer)),
+                    tier,
+                }),
+            },
+        }
+    }
+
+    /// The first non-empty key among the configured sources.
+    fn read_key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        self.sources.iter().find_map(|source| {
+            let key = match source {
+                KeySource::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+                KeySource::Bearer => headers
+                    .get(AUTHORIZATION)
+                    .and_then(|v| bearer_token(v.as_bytes())),
+            }?;
+            let key = key.trim_ascii();
+            (!key.is_empty()).then_some(key)
+        })
+    }
+
+    /// The client address: the peer, or, when the peer is a trusted proxy, the right-most
+    /// `X-Forwarded-For` entry that is not itself a trusted proxy.
+    pub fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut hops: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        while let Some(ip) = hops.pop() {
+            if !self.is_trusted(ip) {
+                return ip;
+            }
+        }
+        peer
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(ip))
+    }
+}
+
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(unknown: UnknownKeys, anonymous: Anonymous) -> IdentityConfig {
+        let mut accounts = HashMap::default();
+        accounts.insert(AccountId::from_key(b"vip"), TierId(1));
+        IdentityConfig {
+            sources: vec![
+                KeySource::Header(HeaderName::from_static("x-api-key")),
+                KeySource::Bearer,
+            ],
+            accounts,
+            unknown_keys: unknown,
+            anonymous,
+            trusted_proxies: vec![IpNet::parse("10.0.0.0/8").unwrap()],
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn key_from_header_then_bearer() {
+        let c = config(UnknownKeys::DefaultTier(TierId(0)), Anonymous::Reject);
+        let vip = c.identify(&headers(&[("x-api-key", "vip")]), PEER).unwrap();
+        assert_eq!(vip.tier, TierId(1));
+        let bearer = c
+            .identify(&headers(&[("authorization", "Bearer vip")]), PEER)
+            .unwrap();
+        assert_eq!(bearer, vip);
+        let other = c
+            .identify(&headers(&[("authorization", "bearer someone")]), PEER)
+            .unwrap();
+        assert_eq!(other.tier, TierId(0));
+        assert_eq!(
+            c.identify(&headers(&[]), PEER),
+            Err(IdentityError::MissingKey)
+        );
+        assert_eq!(
+            c.identify(&headers(&[("x-api-key", "  ")]), PEER),
+            Err(IdentityError::MissingKey)
+        );
+    }
+
+    #[test]
+    fn unknown_keys_can_be_rejected() {
+        let c = config(UnknownKeys::Reject, Anonymous::Reject);
+        assert_eq!(
+            c.identify(&headers(&[("x-api-key", "nobody")]), PEER),
+            Err(IdentityError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_from_configured_proxies() {
+        let c = config(UnknownKeys::Reject, Anonymous::ClientIp(TierId(0)));
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, 10.1.1.1")]);
+        assert_eq!(
+            c.client_ip(&h, "10.0.0.5".parse().unwrap()),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            c.client_ip(&h, "8.8.8.8".parse().unwrap()),
+            "8.8.8.8".parse::<IpAddr>().unwrap()
+        );
+        let a = c.identify(&h, "10.0.0.5".parse().unwrap()).unwrap();
+        assert_eq!(a.account, AccountId::from_ip("1.2.3.4".parse().unwrap()));
+    }
+}

@@ -1,0 +1,29 @@
+//! floodgate: a reverse proxy that enforces an API operator's usage policy on the way through.
+//!
+//! Map of the modules — the request path first, then the edges:
+//!
+//! - [`config`]: the TOML file, validated into typed values (errors name field and line).
+//! - [`identity`]: request -> account and tier.                                   (pure)
+//! - [`classify`]: method + normalised path -> endpoint class.                    (pure)
+//! - [`limits`]: minute / day / interval windows -> admit or refuse; header rendering. (pure)
+//! - [`store`]: where counters live; atomic check-and-consume only, no policy.
+//! - [`proxy`]: a request's life, and the upstream connection pool.
+//! - [`server`] / [`admin`]: the listeners.
+//! - [`metrics`]: Prometheus metrics with bounded labels.
+//! - [`app`]: wiring and threads; [`clock`]: the only reader of wall time; [`error`]: errors
+//!   and the one place they become HTTP responses.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod classify;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod limits;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod store;

@@ -1,0 +1,199 @@
+//! `decide`: check every rule of a request against an account's counters, consume all or none.
+
+use smallvec::SmallVec;
+
+use super::{CounterId, LimitKind, Rule};
+
+/// One counter of an account: how many requests were admitted in the window ending at `end_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    pub id: CounterId,
+    pub count: u32,
+    pub end_ms: u64,
+}
+
+impl Counter {
+    fn is_current(&self, now_ms: u64) -> bool {
+        now_ms < self.end_ms
+    }
+}
+
+/// All counters of one account. Most accounts touch one or two rules, so they live inline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters(SmallVec<[Counter; 2]>);
+
+impl Counters {
+    /// Requests already counted by `id` in its current window.
+    pub fn used(&self, id: CounterId, now_ms: u64) -> u32 {
+        self.find(id)
+            .filter(|c| c.is_current(now_ms))
+            .map_or(0, |c| c.count)
+    }
+
+    /// The live counter for `id`, if its window is still open.
+    pub fn current(&self, id: CounterId, now_ms: u64) -> Option<Counter> {
+        self.find(id).filter(|c| c.is_current(now_ms)).copied()
+    }
+
+    /// True when no window is open any more: the account can be forgotten.
+    pub fn all_expired(&self, now_ms: u64) -> bool {
+        self.0.iter().all(|c| !c.is_current(now_ms))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Counter> {
+        self.0.iter()
+    }
+
+    /// Puts a counter back as it was saved (state file, tests).
+    pub fn restore(&mut self, counter: Counter) {
+        match self.0.iter_mut().find(|c| c.id == counter.id) {
+            Some(slot) => *slot = counter,
+            None => self.0.push(counter),
+        }
+    }
+
+    fn find(&self, id: CounterId) -> Option<&Counter> {
+        self.0.iter().find(|c| c.id == id)
+    }
+
+    /// Counts one admitted request for `rule`, opening a new window when the old one closed.
+    /// Expired counters of other rules are reused before the list grows.
+    fn consume(&mut self, rule: &Rule, now_ms: u64) -> &Counter {
+        let fresh = Counter {
+            id: rule.counter,
+            count: 1,
+            end_ms: rule.window.end_for(now_ms),
+        };
+        let pos = self.0.iter().position(|c| c.id == rule.counter);
+        let idx = match pos {
+            Some(i) if self.0[i].is_current(now_ms) => {
+                self.0[i].count += 1;
+                i
+            }
+            Some(i) => {
+                self.0[i] = fresh;
+                i
+            }
+            None => match self.0.iter().position(|c| !c.is_current(now_ms)) {
+                Some(i) => {
+                    self.0[i] = fresh;
+                    i
+                }
+                None => {
+                    self.0.push(fresh);
+                    self.0.len() - 1
+                }
+            },
+        };
+        &self.0[idx]
+    }
+}
+
+/// One window's figures for the response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowUsage {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Whole seconds until this window closes (rounded up).
+    pub reset_secs: u64,
+    /// Window length in seconds.
+    pub window_secs: u64,
+    pub kind: LimitKind,
+}
+
+/// What the `X-RateLimit-*` headers report: the short window closest to its limit, and the daily
+/// quota when one applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub primary: Option<WindowUsage>,
+    pub daily: Option<WindowUsage>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The limit that keeps the request out longest; names `X-RateLimit-Type`.
+    pub kind: LimitKind,
+    /// Whole seconds, rounded up, until a retry would be admitted by every limit.
+    pub retry_after_secs: u64,
+}
+
+/// The outcome of checking a request against its rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Admitted(Usage),
+    Refused(Usage, Refusal),
+}
+
+impl Decision {
+    pub fn usage(&self) -> &Usage {
+        match self {
+            Decision::Admitted(u) | Decision::Refused(u, _) => u,
+        }
+    }
+
+    pub fn is_admitted(&self) -> bool {
+        matches!(self, Decision::Admitted(_))
+    }
+}
+
+fn ceil_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+/// Checks every rule against `counters` at `now_ms`; when all pass, counts the request in each.
+/// A refused request leaves `counters` untouched.
+pub fn decide(rules: &[Rule], counters: &mut Counters, now_ms: u64) -> Decision {
+    let mut refusal: Option<(u64, LimitKind)> = None;
+    for rule in rules {
+        if let Some(c) = counters.current(rule.counter, now_ms) {
+            if c.count >= rule.limit && refusal.is_none_or(|(end, _)| c.end_ms > end) {
+                refusal = Some((c.end_ms, rule.kind));
+            }
+        }
+    }
+    if let Some((end_ms, kind)) = refusal {
+        let usage = usage_of(rules, counters, now_ms);
+        let retry_after_secs = ceil_secs(end_ms - now_ms).max(1);
+        return Decision::Refused(
+            usage,
+            Refusal {
+                kind,
+                retry_after_secs,
+            },
+        );
+    }
+    for rule in rules {
+        counters.consume(rule, now_ms);
+    }
+    Decision::Admitted(usage_of(rules, counters, now_ms))
+}
+
+/// The header figures for `rules` as `counters` stand now.
+pub(crate) fn usage_of(rules: &[Rule], counters: &Counters, now_ms: u64) -> Usage {
+    let mut usage = Usage::default();
+    for rule in rules {
+        let current = counters.current(rule.counter, now_ms);
+        let used = current.map_or(0, |c| c.count);
+        let end_ms = current.map_or_else(|| rule.window.end_for(now_ms), |c| c.end_ms);
+        let window = WindowUsage {
+            limit: rule.limit,
+            remaining: rule.limit.saturating_sub(used),
+            reset_secs: ceil_secs(end_ms - now_ms),
+            window_secs: rule.window.seconds(),
+            kind: rule.kind,
+        };
+        let slot = if rule.kind == LimitKind::Daily {
+            &mut usage.daily
+        } else {
+            &mut usage.primary
+        };
+        if slot.is_none_or(|s| window.remaining < s.remaining) {
+            *slot = Some(window);
+        }
+    }
+    usage
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,79 @@
+//! Renders a [`Decision`](super::Decision) as `X-RateLimit-*` (and optionally IETF `RateLimit`)
+//! response headers.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+
+use super::{Refusal, Usage, WindowUsage};
+
+pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub static X_RATELIMIT_DAILY_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-daily-limit");
+pub static X_RATELIMIT_DAILY_REMAINING: HeaderName =
+    HeaderName::from_static("x-ratelimit-daily-remaining");
+pub static X_RATELIMIT_TYPE: HeaderName = HeaderName::from_static("x-ratelimit-type");
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Writes the usage headers every response of a limited class carries.
+pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
+    if let Some(p) = usage.primary {
+        headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(p.limit));
+        headers.insert(
+            X_RATELIMIT_REMAINING.clone(),
+            HeaderValue::from(p.remaining),
+        );
+    }
+    if let Some(d) = usage.daily {
+        headers.insert(X_RATELIMIT_DAILY_LIMIT.clone(), HeaderValue::from(d.limit));
+        headers.insert(
+            X_RATELIMIT_DAILY_REMAINING.clone(),
+            HeaderValue::from(d.remaining),
+        );
+        if usage.primary.is_none() {
+            // A daily-only quota still answers the two headers every client reads first.
+            headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
+            headers.insert(
+                X_RATELIMIT_REMAINING.clone(),
+                HeaderValue::from(d.remaining),
+            );
+        }
+    }
+    if ietf {
+        write_ietf(headers, usage);
+    }
+}
+
+/// Writes the headers a 429 adds to the usage headers.
+pub fn write_refusal(headers: &mut HeaderMap, refusal: &Refusal) {
+    headers.insert(
+        X_RATELIMIT_TYPE.clone(),
+        HeaderValue::from_static(refusal.kind.name()),
+    );
+    headers.insert(RETRY_AFTER, HeaderValue::from(refusal.retry_after_secs));
+}
+
+/// IETF draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy: "minute";q=3;w=60` and
+/// `RateLimit: "minute";r=2;t=41`, one item per window.
+fn write_ietf(headers: &mut HeaderMap, usage: &Usage) {
+    let windows: Vec<&WindowUsage> = usage.primary.iter().chain(usage.daily.iter()).collect();
+    if windows.is_empty() {
+        return;
+    }
+    let policy = windows
+        .iter()
+        .map(|w| format!("\"{}\";q={};w={}", w.kind.name(), w.limit, w.window_secs))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let state = windows
+        .iter()
+        .map(|w| format!("\"{}\";r={};t={}", w.kind.name(), w.remaining, w.reset_secs))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let (Ok(p), Ok(s)) = (
+        HeaderValue::from_str(&policy),
+        HeaderValue::from_str(&state),
+    ) {
+        headers.insert(RATELIMIT_POLICY.clone(), p);
+        headers.insert(RATELIMIT.clone(), s);
+    }
+}

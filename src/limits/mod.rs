@@ -1,0 +1,86 @@
+//! Rate limits and quotas: the pure decision core.
+//!
+//! A request carries the list of [`Rule`]s that apply to its account tier and endpoint class. The
+//! store keeps one [`Counters`] per account and runs [`decide`] on it under the account's lock (or,
+//! in Redis, the same logic in a script). `decide` checks every rule and consumes all or none, so
+//! a request refused by any limit changes no counter.
+//!
+//! Windows are fixed windows that open at the first admitted request (the semantics of the seed's
+//! API: `Retry-After` is the time until the window that refused you closes), except the daily
+//! quota, which is the UTC calendar day and resets at 00:00 UTC.
+//!
+//! governor is not used here: it implements GCRA for one key at a time, while floodgate needs
+//! several limits of one request checked and consumed atomically, calendar-day quotas, and the exact
+//! remaining count for `X-RateLimit-Remaining`.
+
+mod decide;
+pub mod headers;
+mod policy;
+
+pub use decide::{decide, Counter, Counters, Decision, Refusal, Usage, WindowUsage};
+pub use policy::Tier;
+
+/// Identifies one counter of an account: derived from the limit's scope and window, so it is
+/// stable across restarts and config reloads for a rule that did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterId(pub u32);
+
+/// What kind of window a limit counts in; names the limit in `X-RateLimit-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    Second,
+    Minute,
+    Hour,
+    Daily,
+    /// At most one request per fixed interval ("1 request per 3 seconds").
+    Interval,
+}
+
+impl LimitKind {
+    /// The value of `X-RateLimit-Type` when this limit refuses a request.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitKind::Second => "second",
+            LimitKind::Minute => "minute",
+            LimitKind::Hour => "hour",
+            LimitKind::Daily => "daily",
+            LimitKind::Interval => "interval",
+        }
+    }
+}
+
+/// How a counter's window opens and closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Window {
+    /// Opens at the first admitted request and lasts this many milliseconds.
+    Fixed { period_ms: u64 },
+    /// The UTC calendar day.
+    UtcDay,
+}
+
+impl Window {
+    /// When a window opened by a request at `now_ms` closes.
+    pub fn end_for(self, now_ms: u64) -> u64 {
+        match self {
+            Window::Fixed { period_ms } => now_ms + period_ms,
+            Window::UtcDay => crate::clock::next_utc_midnight(now_ms),
+        }
+    }
+
+    /// The window length in whole seconds (for the IETF `RateLimit-Policy` `w` parameter).
+    pub fn seconds(self) -> u64 {
+        match self {
+            Window::Fixed { period_ms } => period_ms.div_ceil(1000),
+            Window::UtcDay => 86_400,
+        }
+    }
+}
+
+/// One limit as it applies to a request: `limit` requests per `window`, counted in `counter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub counter: CounterId,
+    pub limit: u32,
+    pub window: Window,
+    pub kind: LimitKind,
+}

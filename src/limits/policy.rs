@@ -1,0 +1,38 @@
+//! Which rules apply to a request: per tier, per endpoint class.
+
+use crate::classify::ClassId;
+
+use super::Rule;
+
+/// One plan (tier) and the rules each endpoint class is checked against.
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: String,
+    /// Indexed by [`ClassId`]; empty for a class this tier does not limit.
+    rules_by_class: Vec<Box<[Rule]>>,
+}
+
+impl Tier {
+    pub fn new(name: String, rules_by_class: Vec<Box<[Rule]>>) -> Self {
+        Self {
+            name,
+            rules_by_class,
+        }
+    }
+
+    /// The rules a request of `class` is checked against.
+    pub fn rules(&self, class: ClassId) -> &[Rule] {
+        self.rules_by_class.get(class.0 as usize).map_or(&[], |r| r)
+    }
+
+    /// Every distinct rule of this tier (for the usage view).
+    pub fn all_rules(&self) -> Vec<Rule> {
+        let mut seen: Vec<Rule> = Vec::new();
+        for rule in self.rules_by_class.iter().flat_map(|r| r.iter()) {
+            if !seen.iter().any(|s| s.counter == rule.counter) {
+                seen.push(*rule);
+            }
+        }
+        seen
+    }
+}

@@ -1,0 +1,127 @@
+//! The `floodgate` binary: CLI, logging, config, sockets, signals.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use floodgate::app::{self, Listeners};
+use floodgate::clock::SystemClock;
+use floodgate::config::{Config, Overrides};
+use floodgate::store::Store;
+
+/// A reverse proxy and rate limiter for HTTP APIs.
+#[derive(Debug, Parser)]
+#[command(name = "floodgate", version, about)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:8080 (overrides server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Upstream URL, e.g. http://127.0.0.1:9000 (overrides server.upstream).
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// Admin listen address, or "off" (overrides server.admin).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// Worker threads; 0 = one per CPU (overrides server.workers).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the config file and print a summary, without starting.
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("floodgate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let path = cli.config.clone().context("--config FILE is required")?;
+    let overrides = Overrides {
+        listen: cli.listen,
+        upstream: cli.upstream,
+        admin: cli.admin,
+        workers: cli.workers,
+    };
+    let config = Config::load(&path, &overrides)
+        .with_context(|| format!("invalid config {}", path.display()))?;
+    if let Some(Command::Check) = cli.command {
+        print!("{}: ok\n{}", path.display(), config.summary());
+        return Ok(());
+    }
+    let listeners = Listeners::bind(&config).context("cannot bind listeners")?;
+    let running = app::start(config, listeners, Store::memory(), Arc::new(SystemClock))?;
+    tracing::info!(addr = %running.addr, admin = ?running.admin_addr, "floodgate listening");
+    wait_for_signals(&running, &path, &overrides)?;
+    tracing::info!("shutting down");
+    running.shutdown();
+    Ok(())
+}
+
+/// Blocks until SIGTERM or SIGINT; reloads the config on SIGHUP.
+fn wait_for_signals(
+    running: &app::Running,
+    path: &std::path::Path,
+    overrides: &Overrides,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                _ = hup.recv() => match Config::load(path, overrides) {
+                    Ok(config) => {
+                        running.shared.reload(config);
+                        tracing::info!("config reloaded");
+                    }
+                    Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),
+                },
+            }
+        }
+    })
+}

@@ -1,0 +1,181 @@
+//! Prometheus metrics, owned in one struct and registered once.
+//!
+//! Label values come from closed sets — class and tier names from the config, decisions and error
+//! kinds from fixed lists — never from a request, so series stay bounded and no API key is ever
+//! exported. The per-request counters are resolved to handles once per config ([`Handles`]), so
+//! the hot path increments an atomic without hashing label values.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::classify::ClassId;
+use crate::config::Config;
+use crate::identity::TierId;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    limited: IntCounterVec,
+    rejected: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    upstream_seconds: HistogramVec,
+    pub tracked_accounts: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Per-config handles for the counters every request touches.
+#[derive(Debug)]
+pub struct Handles {
+    classes: usize,
+    /// `[tier * classes + class]`
+    admitted: Vec<IntCounter>,
+    limited: Vec<IntCounter>,
+    upstream_seconds: Vec<prometheus::Histogram>,
+}
+
+impl Handles {
+    fn idx(&self, class: ClassId, tier: TierId) -> usize {
+        tier.0 as usize * self.classes + class.0 as usize
+    }
+
+    pub fn admitted(&self, class: ClassId, tier: TierId) {
+        self.admitted[self.idx(class, tier)].inc();
+    }
+
+    pub fn limited(&self, class: ClassId, tier: TierId) {
+        self.limited[self.idx(class, tier)].inc();
+    }
+
+    /// Time from forwarding to the upstream's response head.
+    pub fn upstream_latency(&self, class: ClassId, seconds: f64) {
+        self.upstream_seconds[class.0 as usize].observe(seconds);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let requests = counter(
+            "floodgate_requests_total",
+            "Requests by class, tier and decision.",
+            &["class", "tier", "decision"],
+        );
+        let limited = counter(
+            "floodgate_limited_total",
+            "Requests refused with 429, by the limit that refused them.",
+            &["class", "tier", "type"],
+        );
+        let rejected = counter(
+            "floodgate_rejected_total",
+            "Requests refused before classification (401 and the like).",
+            &["reason"],
+        );
+        let upstream_errors = counter(
+            "floodgate_upstream_errors_total",
+            "Requests the upstream could not answer.",
+            &["kind"],
+        );
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "floodgate_upstream_response_seconds",
+                "Upstream time to response headers.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["class"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_seconds.clone()))
+            .expect("registered once");
+        let tracked_accounts = IntGauge::new(
+            "floodgate_tracked_accounts",
+            "Accounts with an open limit window.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tracked_accounts.clone()))
+            .expect("registered once");
+        Self {
+            registry,
+            requests,
+            limited,
+            rejected,
+            upstream_errors,
+            upstream_seconds,
+            tracked_accounts,
+        }
+    }
+
+    /// Resolves the per-request handles for a config's classes and tiers.
+    pub fn handles(&self, config: &Config) -> Handles {
+        let mut admitted = Vec::new();
+        let mut limited = Vec::new();
+        for tier in &config.tiers {
+            for class in &config.classes {
+                admitted.push(
+                    self.requests
+                        .with_label_values(&[class, &tier.name, "admitted"]),
+                );
+                limited.push(
+                    self.requests
+                        .with_label_values(&[class, &tier.name, "limited"]),
+                );
+            }
+        }
+        let upstream_seconds = config
+            .classes
+            .iter()
+            .map(|c| self.upstream_seconds.with_label_values(&[c]))
+            .collect();
+        Handles {
+            classes: config.classes.len(),
+            admitted,
+            limited,
+            upstream_seconds,
+        }
+    }
+
+    /// Counts a 429 by the kind of limit that refused it.
+    pub fn limit_hit(&self, class: &str, tier: &str, kind: &str) {
+        self.limited.with_label_values(&[class, tier, kind]).inc();
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    pub fn upstream_error(&self, kind: &str) {
+        self.upstream_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

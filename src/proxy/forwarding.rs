@@ -1,0 +1,106 @@
+//! Header hygiene on the way through, per RFC 9110 §7.6: hop-by-hop fields are dropped in both
+//! directions, `X-Forwarded-For` / `X-Forwarded-Proto` are appended, and headers floodgate uses to
+//! tell the upstream something are removed from what the client sent.
+
+use std::net::IpAddr;
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FLOODGATE_TIER: HeaderName = HeaderName::from_static("x-floodgate-tier");
+pub static X_FLOODGATE_CLASS: HeaderName = HeaderName::from_static("x-floodgate-class");
+
+/// Prefix of headers only floodgate may set towards the upstream.
+const OWN_PREFIX: &[u8] = b"x-floodgate-";
+
+/// Removes `Connection`, the fields it names, and the fixed hop-by-hop fields.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(CONNECTION).cloned() {
+        if let Ok(list) = conn.to_str() {
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Prepares a client request's headers for the upstream.
+pub fn request_headers(headers: &mut HeaderMap, client_ip: IpAddr) {
+    strip_hop_by_hop(headers);
+    strip_own(headers);
+    append(headers, &X_FORWARDED_FOR, &client_ip.to_string());
+    append(headers, &X_FORWARDED_PROTO, "http");
+}
+
+/// Drops any `x-floodgate-*` header a client sent: the upstream must be able to trust them.
+fn strip_own(headers: &mut HeaderMap) {
+    let own: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().as_bytes().starts_with(OWN_PREFIX))
+        .cloned()
+        .collect();
+    for name in own {
+        headers.remove(name);
+    }
+}
+
+/// Appends to a comma-separated list header, creating it when absent.
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
+        _ => value.to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_fields_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        h.insert("x-floodgate-tier", "premium".parse().unwrap());
+        h.insert("x-forwarded-for", "9.9.9.9".parse().unwrap());
+        request_headers(&mut h, "127.0.0.1".parse().unwrap());
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert!(
+            names.iter().all(|n| ![
+                "connection",
+                "x-secret",
+                "keep-alive",
+                "te",
+                "x-floodgate-tier"
+            ]
+            .contains(n)),
+            "{names:?}"
+        );
+        assert_eq!(h["x-kept"], "1");
+        assert_eq!(h["x-forwarded-for"], "9.9.9.9, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+}

@@ -1,0 +1,61 @@
+//! Limit state behind one interface: counters per account, changed only by atomic
+//! check-and-consume. The store holds no policy; the rules come with each call.
+//!
+//! [`Store`] is an enum rather than a trait object so the in-memory path stays a direct,
+//! inlinable call on the hot path.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use crate::identity::AccountId;
+use crate::limits::{Counter, Decision, Rule};
+
+/// A store failure (none for the memory store; kept so other stores fit the same calls).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where limit counters live.
+#[derive(Debug)]
+pub enum Store {
+    Memory(MemoryStore),
+}
+
+impl Store {
+    pub fn memory() -> Self {
+        Store::Memory(MemoryStore::default())
+    }
+
+    /// Checks every rule for `account` at `now_ms` and consumes all of them, or none.
+    pub async fn check_and_consume(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        now_ms: u64,
+    ) -> Result<Decision, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.check_and_consume(account, rules, now_ms)),
+        }
+    }
+
+    /// The account's live counters (for the usage view).
+    pub async fn counters(
+        &self,
+        account: AccountId,
+        now_ms: u64,
+    ) -> Result<Vec<Counter>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.counters(account, now_ms)),
+        }
+    }
+
+    /// Forgets accounts whose windows have all closed; returns how many accounts remain.
+    pub fn evict_idle(&self, now_ms: u64) -> usize {
+        match self {
+            Store::Memory(m) => m.evict_idle(now_ms),
+        }
+    }
+}
