@@ -1,0 +1,306 @@
+//! The seed's limits through the shipped configs, over real HTTP: exact counts, the 429 format,
+//! Retry-After, the UTC day reset, and refused requests never reaching the upstream.
+
+mod support;
+
+use support::{Gate, TestClient, Upstream, DAY0_MS};
+
+const TXT2IMG: &str = "/api/v1/txt2img";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_txt2img_three_per_minute_with_headers_and_exact_429() {
+    let up = Upstream::start().await;
+    let t0 = DAY0_MS + 12 * 3_600_000 + 250; // 12:00:00.250 UTC
+    let gate = Gate::shipped("floodgate.toml", &up.url(), t0);
+    let c = TestClient::new();
+    for remaining in [2, 1, 0] {
+        let a = c.post(&gate.url(TXT2IMG), "k-basic").await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.num("x-ratelimit-limit"), 3);
+        assert_eq!(a.num("x-ratelimit-remaining"), remaining);
+        assert_eq!(a.num("x-ratelimit-daily-limit"), 100);
+        assert_eq!(a.num("x-ratelimit-daily-remaining"), 97 + remaining);
+        assert_eq!(a.header("x-ratelimit-type"), None);
+    }
+    gate.clock.advance_ms(20_500);
+    let a = c.post(&gate.url(TXT2IMG), "k-basic").await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.header("content-type"), Some("application/json"));
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"message": "Too Many Attempts."})
+    );
+    assert_eq!(a.header("x-ratelimit-type"), Some("minute"));
+    assert_eq!(a.num("retry-after"), 40, "39.5 s left, rounded up");
+    assert_eq!(a.num("x-ratelimit-limit"), 3);
+    assert_eq!(a.num("x-ratelimit-remaining"), 0);
+    assert_eq!(a.num("x-ratelimit-daily-limit"), 100);
+    assert_eq!(
+        a.num("x-ratelimit-daily-remaining"),
+        97,
+        "the refused request consumed nothing"
+    );
+    assert_eq!(
+        up.count(),
+        3,
+        "the refused request never reached the upstream"
+    );
+
+    gate.clock.advance_ms(39_499);
+    assert_eq!(
+        c.post(&gate.url(TXT2IMG), "k-basic").await.status,
+        429,
+        "1 ms before the window closes"
+    );
+    gate.clock.advance_ms(1);
+    let a = c.post(&gate.url(TXT2IMG), "k-basic").await;
+    assert_eq!(a.status, 200, "admitted exactly when Retry-After said");
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 96);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_basic_endpoint_has_its_seed_limits() {
+    let table: &[(&str, u64, u64)] = &[
+        ("txt2img", 3, 100),
+        ("img2img", 3, 100),
+        ("txt2audio", 3, 50),
+        ("txt2video", 1, 15),
+        ("img2video", 1, 15),
+        ("aud2video", 1, 15),
+        ("txt2music", 1, 15),
+        ("transcribe", 3, 50),
+        ("vid2txt", 3, 50),
+        ("aud2txt", 3, 50),
+        ("videofile2txt", 3, 50),
+        ("audiofile2txt", 3, 50),
+        ("img2txt", 5, 100),
+        ("txt2embedding", 10, 100),
+        ("img-rmbg", 5, 100),
+        ("img-upscale", 5, 100),
+        ("videos/replace", 1, 15),
+        ("prompt/enhance", 10, 100),
+    ];
+    let up = Upstream::start().await;
+    let gate = Gate::shipped("floodgate.toml", &up.url(), DAY0_MS + 1_000);
+    let c = TestClient::new();
+    for (name, per_minute, daily) in table {
+        let url = gate.url(&format!("/api/v1/{name}"));
+        for _ in 0..*per_minute {
+            let a = c.post(&url, "k-table").await;
+            assert_eq!(a.status, 200, "{name}");
+            assert_eq!(
+                (a.num("x-ratelimit-limit"), a.num("x-ratelimit-daily-limit")),
+                (*per_minute, *daily),
+                "{name}"
+            );
+        }
+        let a = c.post(&url, "k-table").await;
+        assert_eq!(
+            a.status,
+            429,
+            "{name}: request {} in a minute",
+            per_minute + 1
+        );
+        assert_eq!(a.header("x-ratelimit-type"), Some("minute"), "{name}");
+    }
+    // prompt/* is one class: another prompt path shares the counter.
+    assert_eq!(
+        c.post(&gate.url("/api/v1/prompt/other"), "k-table")
+            .await
+            .status,
+        429
+    );
+    // Other paths are unlimited and carry no rate-limit headers.
+    let a = c
+        .send(
+            "GET",
+            &gate.url("/api/v1/txt2img"),
+            &[("x-api-key", "k-table")],
+            "",
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-ratelimit-limit"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_quota_refuses_until_midnight_utc_then_resets() {
+    let up = Upstream::start().await;
+    let evening = DAY0_MS + 86_400_000 - 2 * 3_600_000; // 22:00 UTC
+    let gate = Gate::shipped("floodgate.toml", &up.url(), evening);
+    let c = TestClient::new();
+    let url = gate.url("/api/v1/txt2video"); // 1/min, 15/day
+    for i in 0..15 {
+        let a = c.post(&url, "k-daily").await;
+        assert_eq!(a.status, 200, "request {i}");
+        assert_eq!(a.num("x-ratelimit-daily-remaining"), 14 - i);
+        gate.clock.advance_ms(60_000);
+    }
+    let a = c.post(&url, "k-daily").await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.header("x-ratelimit-type"), Some("daily"));
+    let until_midnight = (DAY0_MS + 86_400_000 - gate.clock_now()).div_ceil(1000);
+    assert_eq!(a.num("retry-after"), until_midnight);
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 0);
+    gate.clock.set_ms(DAY0_MS + 86_400_000 - 1);
+    assert_eq!(c.post(&url, "k-daily").await.status, 429);
+    gate.clock.set_ms(DAY0_MS + 86_400_000);
+    let a = c.post(&url, "k-daily").await;
+    assert_eq!(a.status, 200, "00:00 UTC resets the daily quota");
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 14);
+    assert_eq!(up.count(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn premium_key_gets_300_per_minute_and_no_daily_limit() {
+    let up = Upstream::start().await;
+    let gate = Gate::shipped("floodgate.toml", &up.url(), DAY0_MS + 5_000);
+    let c = TestClient::new();
+    for i in 0..300 {
+        let a = c
+            .post(&gate.url("/api/v1/txt2video"), "demo-premium-key")
+            .await;
+        assert_eq!(a.status, 200, "request {i}");
+        assert_eq!(a.header("x-ratelimit-daily-limit"), None);
+        assert_eq!(a.num("x-ratelimit-limit"), 300);
+    }
+    let a = c
+        .post(&gate.url("/api/v1/txt2video"), "demo-premium-key")
+        .await;
+    assert_eq!(
+        (a.status.as_u16(), a.header("x-ratelimit-type")),
+        (429, Some("minute"))
+    );
+    // Bearer is the same account.
+    let a = c
+        .send(
+            "POST",
+            &gate.url("/api/v1/txt2video"),
+            &[("authorization", "Bearer demo-premium-key")],
+            "",
+        )
+        .await;
+    assert_eq!(a.status, 429);
+    // another endpoint has its own 300.
+    assert_eq!(
+        c.post(&gate.url(TXT2IMG), "demo-premium-key").await.status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn midjourney_progress_ten_per_second_and_others_one_per_three_seconds() {
+    let up = Upstream::start().await;
+    let gate = Gate::shipped("midjourney.toml", &up.url(), DAY0_MS);
+    let c = TestClient::new();
+    for _ in 0..10 {
+        let a = c
+            .send(
+                "GET",
+                &gate.url("/mj/message/abc"),
+                &[("x-api-key", "mj")],
+                "",
+            )
+            .await;
+        assert_eq!(a.status, 200);
+    }
+    gate.clock.advance_ms(999);
+    let a = c
+        .send(
+            "GET",
+            &gate.url("/mj/message/abc"),
+            &[("x-api-key", "mj")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        (
+            a.status.as_u16(),
+            a.header("x-ratelimit-type"),
+            a.num("retry-after")
+        ),
+        (429, Some("second"), 1)
+    );
+    gate.clock.advance_ms(1);
+    assert_eq!(
+        c.send(
+            "GET",
+            &gate.url("/mj/message/abc"),
+            &[("x-api-key", "mj")],
+            ""
+        )
+        .await
+        .status,
+        200
+    );
+
+    // Every other endpoint shares one 1-per-3-s counter.
+    assert_eq!(
+        c.post(&gate.url("/mj/submit/imagine"), "mj").await.status,
+        200
+    );
+    let a = c
+        .send("GET", &gate.url("/mj/account"), &[("x-api-key", "mj")], "")
+        .await;
+    assert_eq!(
+        (
+            a.status.as_u16(),
+            a.header("x-ratelimit-type"),
+            a.num("retry-after")
+        ),
+        (429, Some("interval"), 3)
+    );
+    gate.clock.advance_ms(2_001);
+    let a = c.post(&gate.url("/mj/submit/blend"), "mj").await;
+    assert_eq!((a.status.as_u16(), a.num("retry-after")), (429, 1));
+    gate.clock.advance_ms(999);
+    assert_eq!(
+        c.post(&gate.url("/mj/submit/blend"), "mj").await.status,
+        200
+    );
+    // Progress checks were not charged by the general counter, nor the reverse.
+    assert_eq!(
+        c.send(
+            "GET",
+            &gate.url("/mj/message/abc"),
+            &[("x-api-key", "mj")],
+            ""
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_parallel_requests_on_five_per_minute_admit_exactly_five() {
+    let up = Upstream::start().await;
+    let config = r#"
+        [[route]]
+        path = "/five"
+        class = "five"
+        [[tiers.t.limits]]
+        classes = ["five"]
+        per_minute = 5
+    "#;
+    let gate = Gate::start(config, &up.url(), DAY0_MS);
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let url = gate.url("/five");
+        tasks.push(tokio::spawn(async move {
+            TestClient::new().post(&url, "same-key").await
+        }));
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        let a = t.await.unwrap();
+        match a.status.as_u16() {
+            200 => ok += 1,
+            429 => limited += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!((ok, limited), (5, 59));
+    assert_eq!(up.count(), 5);
+}

@@ -1,0 +1,354 @@
+//! Test harness: a recording upstream on port 0, floodgate in-process on port 0, and a client.
+//! Everything runs over real loopback HTTP.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use floodgate::app::{self, Listeners, Running};
+use floodgate::clock::{Clock, ManualClock};
+use floodgate::config::{Config, Overrides};
+use floodgate::store::Store;
+
+/// 2026-11-23T00:00:00Z.
+pub const DAY0_MS: u64 = 1_795_392_000_000;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    /// Request target exactly as it arrived (path and query).
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+}
+
+/// A recording upstream. Paths: `/slow?ms=N`, `/status/NNN`, `/download?bytes=N`, `/echo`,
+/// `/hop` (answers with hop-by-hop headers); anything else answers 200 `{"ok":true}`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    pub max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn query_num(target: &str, key: &str) -> Option<u64> {
+    target
+        .split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let max_in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, f, m) = (seen.clone(), in_flight.clone(), max_in_flight.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (s, f, m) = (s.clone(), f.clone(), m.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let (s, f, m) = (s.clone(), f.clone(), m.clone());
+                        async move { Ok::<_, Infallible>(respond(req, s, f, m).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            in_flight,
+            max_in_flight,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+) -> Response<UpBody> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = in_flight.fetch_add(1, SeqCst) + 1;
+    max_in_flight.fetch_max(now, SeqCst);
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    let (parts, body) = req.into_parts();
+    let path = target.split('?').next().unwrap_or("/").to_owned();
+    let mut entry = Seen {
+        method: parts.method.clone(),
+        target: target.clone(),
+        headers: parts.headers.clone(),
+        body_len: 0,
+    };
+    let resp = if path == "/echo" {
+        // Stream the request body straight back; record only after the body ends.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            let mut body = body;
+            let mut n = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    n += data.len() as u64;
+                    if tx.send(Ok(Frame::data(data))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            entry.body_len = n;
+            seen2.lock().unwrap().push(entry);
+        });
+        in_flight.fetch_sub(1, SeqCst);
+        return Response::new(StreamBody::new(tokio_stream_from(rx)).boxed());
+    } else {
+        let mut body = body;
+        let mut n = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(d) = frame.into_data() {
+                n += d.len() as u64;
+            }
+        }
+        entry.body_len = n;
+        seen.lock().unwrap().push(entry);
+        if let Some(ms) = query_num(&target, "ms").filter(|_| path == "/slow") {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if let Some(code) = path
+            .strip_prefix("/status/")
+            .and_then(|c| c.parse::<u16>().ok())
+        {
+            let mut r = Response::new(full("{\"status\":true}"));
+            *r.status_mut() = StatusCode::from_u16(code).unwrap();
+            r
+        } else if path == "/download" {
+            let total = query_num(&target, "bytes").unwrap_or(0);
+            Response::new(stream_zeros(total))
+        } else if path == "/hop" {
+            Response::builder()
+                .header("connection", "x-up-secret")
+                .header("x-up-secret", "1")
+                .header("keep-alive", "timeout=5")
+                .header("x-up-visible", "1")
+                .body(full("hop"))
+                .unwrap()
+        } else {
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full("{\"ok\":true}"))
+                .unwrap()
+        }
+    };
+    in_flight.fetch_sub(1, SeqCst);
+    resp
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A body of `total` zero bytes in 64 KiB frames, generated as it is read.
+pub fn stream_zeros(total: u64) -> UpBody {
+    let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+    let mut left = total;
+    let stream = futures_util::stream::poll_fn(move |_| {
+        if left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = left.min(chunk.len() as u64) as usize;
+        left -= n as u64;
+        std::task::Poll::Ready(Some(Ok(Frame::data(chunk.slice(..n)))))
+    });
+    StreamBody::new(stream).boxed()
+}
+
+/// floodgate running in this process on port 0, with a manual clock.
+pub struct Gate {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub clock: ManualClock,
+    running: Option<Running>,
+}
+
+impl Gate {
+    /// Starts floodgate on `config_text` against `upstream`, with the clock at `now_ms`.
+    pub fn start(config_text: &str, upstream: &str, now_ms: u64) -> Gate {
+        let overrides = Overrides {
+            upstream: Some(upstream.to_owned()),
+            workers: Some(2),
+            ..Overrides::default()
+        };
+        let config = Config::parse(config_text, &overrides).expect("config is valid");
+        Self::start_config(config, now_ms)
+    }
+
+    pub fn start_config(config: Config, now_ms: u64) -> Gate {
+        let clock = ManualClock::new(now_ms);
+        let listeners = Listeners {
+            proxy: vec![std::net::TcpListener::bind("127.0.0.1:0").unwrap()],
+            admin: Some(std::net::TcpListener::bind("127.0.0.1:0").unwrap()),
+        };
+        let dyn_clock: Arc<dyn Clock> = Arc::new(clock.clone());
+        let running =
+            app::start(config, listeners, Store::memory(), dyn_clock).expect("floodgate starts");
+        Gate {
+            addr: running.addr,
+            admin: running.admin_addr.unwrap(),
+            clock,
+            running: Some(running),
+        }
+    }
+
+    /// Starts floodgate on a shipped config file.
+    pub fn shipped(name: &str, upstream: &str, now_ms: u64) -> Gate {
+        let text = std::fs::read_to_string(format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+        Self::start(&text, upstream, now_ms)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn clock_now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+        }
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    pub fn num(&self, name: &str) -> u64 {
+        self.header(name)
+            .unwrap_or_else(|| panic!("missing header {name}"))
+            .parse()
+            .unwrap()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// A keep-alive HTTP/1.1 client.
+#[derive(Clone)]
+pub struct TestClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for TestClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestClient {
+    pub fn new() -> Self {
+        Self {
+            inner: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .inner
+            .request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .expect("request completes");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body completes").to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// `POST url` with `x-api-key: key`.
+    pub async fn post(&self, url: &str, key: &str) -> Answer {
+        self.send("POST", url, &[("x-api-key", key)], "{}").await
+    }
+
+    pub async fn get(&self, url: &str) -> Answer {
+        self.send("GET", url, &[], Bytes::new()).await
+    }
+}
