@@ -19,16 +19,16 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Listen address, e.g. 127.0.0.1:8080 (overrides server.listen).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
     listen: Option<String>,
     /// Upstream URL, e.g. http://127.0.0.1:9000 (overrides server.upstream).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL")]
     upstream: Option<String>,
     /// Admin listen address, or "off" (overrides server.admin).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
     admin: Option<String>,
     /// Worker threads; 0 = one per CPU (overrides server.workers).
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     workers: Option<usize>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

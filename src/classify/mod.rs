@@ -90,6 +90,21 @@ impl PathPattern {
     }
 }
 
+impl std::fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathPattern::Exact(p) => f.write_str(p),
+            PathPattern::Prefix(p) => write!(f, "{p}/*"),
+            PathPattern::Template(segs) => {
+                for s in segs {
+                    write!(f, "/{}", s.as_deref().unwrap_or("{}"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One route: which requests belong to `class`.
 #[derive(Debug, Clone)]
 pub struct Route {

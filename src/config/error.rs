@@ -5,11 +5,9 @@ use std::fmt;
 /// A config file that cannot be used, and where it went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The I/O error is part of the message, not a `source()`, so `{:#}` chains don't repeat it.
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{0}")]
     Invalid(Located),
 }

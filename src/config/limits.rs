@@ -20,7 +20,7 @@ pub(super) fn build_tier(
     for (i, entry) in limits.iter().enumerate() {
         let field = format!("tiers.{tier_name}.limits[{i}]");
         let limit = entry.get_ref();
-        let members = members(src, &field, limit, classes)?;
+        let members = members(src, &field, entry, classes)?;
         let windows = windows(src, &field, entry)?;
         for &class in &members {
             let scope = scope_key(limit, &classes[class]);
@@ -71,9 +71,10 @@ pub(super) fn build_tier(
 fn members(
     src: &Source<'_>,
     field: &str,
-    limit: &RawLimit,
+    entry: &Spanned<RawLimit>,
     classes: &[String],
 ) -> Result<Vec<usize>, ConfigError> {
+    let limit = entry.get_ref();
     let lookup = |name: &Spanned<String>, what: &str| {
         classes.iter().position(|c| c == name.get_ref()).ok_or_else(|| {
             src.at(format!("{field}.{what}"), name.span(), format!(
@@ -85,9 +86,18 @@ fn members(
     if limit.classes.is_empty() {
         return Err(src.at(
             format!("{field}.classes"),
-            0..0,
+            entry.span(),
             "must name at least one class, or \"*\"",
         ));
+    }
+    if let Some(star) = limit.classes.iter().find(|c| c.get_ref() == "*") {
+        if limit.classes.len() > 1 {
+            return Err(src.at(
+                format!("{field}.classes"),
+                star.span(),
+                "\"*\" must be the only entry; use except = [...] to leave classes out",
+            ));
+        }
     }
     let all = limit.classes.len() == 1 && limit.classes[0].get_ref() == "*";
     let mut ids: Vec<usize> = if all {
@@ -149,7 +159,7 @@ fn windows(
             return Err(src.at(
                 format!("{field}.interval"),
                 interval.span(),
-                "must be longer than zero",
+                "must be at least 1ms",
             ));
         }
         out.push((LimitKind::Interval, Window::Fixed { period_ms }, 1));

@@ -24,7 +24,7 @@ use crate::classify::{ClassId, PathPattern, Route, Router};
 use crate::identity::{
     AccountId, Anonymous, IdentityConfig, IpNet, KeySource, TierId, UnknownKeys,
 };
-use crate::limits::Tier;
+use crate::limits::{LimitKind, Tier, Window};
 
 /// Where floodgate listens and forwards.
 #[derive(Debug, Clone)]
@@ -83,9 +83,9 @@ const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Config::parse(&text, overrides)
     }
@@ -122,7 +122,7 @@ impl Config {
                 m.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
             });
             out += &format!(
-                "  route {methods} {:?} -> {}\n",
+                "  route {methods} {} -> {}\n",
                 route.pattern,
                 self.class_name(route.class)
             );
@@ -138,7 +138,12 @@ impl Config {
                 if !rules.is_empty() {
                     let parts: Vec<String> = rules
                         .iter()
-                        .map(|r| format!("{}={}", r.kind.name(), r.limit))
+                        .map(|r| match (r.kind, r.window) {
+                            (LimitKind::Interval, Window::Fixed { period_ms }) => {
+                                format!("interval=1/{period_ms}ms")
+                            }
+                            _ => format!("{}={}", r.kind.name(), r.limit),
+                        })
                         .collect();
                     out += &format!(" {class}[{}]", parts.join(" "));
                 }
@@ -154,11 +159,15 @@ fn parse_raw(src: &Source<'_>, text: &str) -> Result<RawConfig, ConfigError> {
     toml::from_str::<RawConfig>(text).map_err(|err| {
         let de = toml::Deserializer::new(text);
         let path = match serde_path_to_error::deserialize::<_, RawConfig>(de) {
-            Err(e) => e.path().to_string(),
+            // `Spanned` fields deserialize through a private wrapper field; keep it out of the path.
+            Err(e) => e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", ""),
             Ok(_) => ".".into(),
         };
         let field = if path == "." || path.is_empty() {
-            "(file)".to_owned()
+            "(syntax)".to_owned()
         } else {
             path
         };

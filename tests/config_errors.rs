@@ -1,0 +1,245 @@
+//! Config validation errors: every fixture in `tests/fixtures/bad/` holds one realistic mistake,
+//! and the error must name the field path and the line exactly (`line N: field.path: message`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use floodgate::config::{Config, ConfigError, Overrides};
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad")
+}
+
+fn read_fixture(name: &str) -> String {
+    let path = fixture_dir().join(format!("{name}.toml"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn parse_err(text: &str, overrides: &Overrides) -> ConfigError {
+    match Config::parse(text, overrides) {
+        Ok(_) => panic!("config was accepted, expected an error"),
+        Err(e) => e,
+    }
+}
+
+fn assert_fixture(name: &str, expected: &str) {
+    let err = match Config::parse(&read_fixture(name), &Overrides::default()) {
+        Ok(_) => panic!("fixture {name}.toml was accepted; expected: {expected}"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, ConfigError::Invalid(_)),
+        "fixture {name}.toml: expected ConfigError::Invalid, got {err:?}"
+    );
+    assert_eq!(err.to_string(), expected, "fixture {name}.toml");
+}
+
+/// One `#[test]` per fixture, plus `FIXTURES` listing them all for the coverage check.
+macro_rules! bad_fixtures {
+    ($($name:ident => $msg:expr,)*) => {
+        const FIXTURES: &[(&str, &str)] = &[$((stringify!($name), $msg),)*];
+        $(
+            #[test]
+            fn $name() {
+                assert_fixture(stringify!($name), $msg);
+            }
+        )*
+    };
+}
+
+bad_fixtures! {
+    toml_syntax =>
+        "line 4: (syntax): invalid basic string",
+    unknown_top_level_field =>
+        "line 2: servre: unknown field `servre`, expected one of `server`, `identity`, \
+         `routing`, `route`, `tiers`, `accounts`, `headers`",
+    unknown_limit_field =>
+        "line 11: tiers.basic.limits[1].per_minutes: unknown field `per_minutes`, expected one \
+         of `classes`, `except`, `shared`, `per_second`, `per_minute`, `per_hour`, `per_day`, \
+         `interval`",
+    wrong_type =>
+        "line 12: tiers.basic.limits[0].per_minute: invalid type: string \"three\", expected u32",
+    unknown_class =>
+        "line 21: tiers.basic.limits[1].classes: unknown class \"img2imgg\" (classes come from \
+         [[route]] entries and routing.default_class)",
+    unknown_except_class =>
+        "line 19: tiers.standard.limits[1].except: unknown class \"progres\" (classes come from \
+         [[route]] entries and routing.default_class)",
+    empty_limit_classes =>
+        "line 9: tiers.basic.limits[1].classes: must name at least one class, or \"*\"",
+    limit_without_window =>
+        "line 14: tiers.basic.limits[1]: sets no limit: give per_second, per_minute, per_hour, \
+         per_day or interval",
+    zero_per_minute =>
+        "line 10: tiers.basic.limits[0].per_minute: must be at least 1",
+    bad_interval =>
+        "line 11: tiers.standard.limits[0].interval: \"3\" is not a duration: time unit needed, \
+         for example 3sec or 3ms",
+    unknown_account_tier =>
+        "line 10: accounts.\"demo-premium-key\": unknown tier \"premum\" (tiers: basic, premium)",
+    unknown_default_tier =>
+        "line 7: identity.default_tier: unknown tier \"free\" (tiers: basic, premium)",
+    bad_unknown_keys =>
+        "line 7: identity.unknown_keys: \"allow\": expected \"default_tier\" or \"reject\"",
+    several_tiers_no_default =>
+        "line 7: identity.unknown_keys: needs identity.default_tier (there are several tiers)",
+    bad_trusted_proxy =>
+        "line 8: identity.trusted_proxies: \"10.0.0.0/33\" has a bad prefix length",
+    bad_route_path =>
+        "line 12: route[1].path: route path \"api/v1/img2img\" must start with '/'",
+    bad_route_method =>
+        "line 6: route[0].method: \"GET, POST\" is not an HTTP method",
+    bad_listen =>
+        "line 3: server.listen: \"localhost:8080\" is not a socket address like 127.0.0.1:8080",
+    https_upstream =>
+        "line 4: server.upstream: \"https://api.example.com\": only http:// upstreams are \
+         supported",
+    upstream_with_path =>
+        "line 4: server.upstream: \"http://127.0.0.1:9000/api/v1\": an upstream URL has no path; \
+         requests keep their own",
+    missing_upstream =>
+        "server.upstream: missing: set it in the file or pass --upstream URL",
+    bad_upstream_timeout =>
+        "line 5: server.upstream_timeout: \"60sek\" is not a duration like \"2s\" or \"500ms\": \
+         unknown time unit \"sek\", supported units: ns, us/µs, ms, sec, min, hours, days, \
+         weeks, months, years (and few variations)",
+}
+
+/// A fixture added without an expectation (or an expectation whose file is gone) fails here.
+#[test]
+fn every_fixture_has_an_expectation() {
+    let on_disk: BTreeSet<String> = std::fs::read_dir(fixture_dir())
+        .expect("tests/fixtures/bad exists")
+        .map(|e| e.expect("dir entry").path())
+        .map(|p| {
+            assert_eq!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("toml"),
+                "unexpected non-.toml file in tests/fixtures/bad: {}",
+                p.display()
+            );
+            p.file_stem().unwrap().to_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected: BTreeSet<String> = FIXTURES.iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(FIXTURES.len(), expected.len(), "a fixture is listed twice");
+    let missing: Vec<_> = on_disk.difference(&expected).collect();
+    let stale: Vec<_> = expected.difference(&on_disk).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "fixtures without an expectation: {missing:?}; expectations without a fixture: {stale:?}"
+    );
+}
+
+/// Each error names a line, except where the value has no position in the file.
+#[test]
+fn messages_have_the_documented_shape() {
+    for (name, msg) in FIXTURES {
+        let (field, _) = msg
+            .strip_prefix("line ")
+            .and_then(|rest| rest.split_once(": "))
+            .map(|(n, rest)| {
+                assert!(n.parse::<usize>().is_ok(), "{name}: bad line number {n:?}");
+                rest.split_once(": ").unwrap()
+            })
+            .unwrap_or_else(|| msg.split_once(": ").unwrap());
+        assert!(
+            !field.is_empty() && !field.contains(' '),
+            "{name}: field path {field:?}"
+        );
+        assert!(
+            !field.contains("$__"),
+            "{name}: private serde name in {field:?}"
+        );
+    }
+}
+
+/// Type errors on position-carrying (`Spanned`) values name the field, not serde internals.
+#[test]
+fn type_error_on_spanned_values_names_the_plain_field() {
+    let cases = [
+        (
+            "[server]\nupstream = 9000\n",
+            "line 2: server.upstream: invalid type: integer `9000`, expected a string",
+        ),
+        (
+            "[server]\nupstream = \"http://127.0.0.1:9000\"\nupstream_timeout = 60\n",
+            "line 3: server.upstream_timeout: invalid type: integer `60`, expected a string",
+        ),
+        (
+            "[identity]\ntrusted_proxies = [\"10.0.0.0/8\", 7]\n",
+            "line 2: identity.trusted_proxies[1]: invalid type: integer `7`, expected a string",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(
+            parse_err(text, &Overrides::default()).to_string(),
+            expected,
+            "{text}"
+        );
+    }
+}
+
+/// A bad command-line value has no line in the file, so the error names only the field.
+#[test]
+fn bad_overrides_name_the_field_without_a_line() {
+    let text = read_fixture("https_upstream");
+    let o = |listen: Option<&str>, upstream: Option<&str>, admin: Option<&str>| Overrides {
+        listen: listen.map(Into::into),
+        upstream: upstream.map(Into::into),
+        admin: admin.map(Into::into),
+        workers: None,
+    };
+    assert_eq!(
+        parse_err(&text, &o(None, Some("https://127.0.0.1:9443"), None)).to_string(),
+        "server.upstream: \"https://127.0.0.1:9443\": only http:// upstreams are supported"
+    );
+    let ok_upstream = Some("http://127.0.0.1:9000");
+    assert_eq!(
+        parse_err(&text, &o(Some("127.0.0.1"), ok_upstream, None)).to_string(),
+        "server.listen: \"127.0.0.1\" is not a socket address like 127.0.0.1:8080"
+    );
+    assert_eq!(
+        parse_err(&text, &o(None, ok_upstream, Some("localhost:9090"))).to_string(),
+        "server.admin: \"localhost:9090\" is not a socket address like 127.0.0.1:8080"
+    );
+}
+
+/// The upstream fixtures hold no other mistake: with a good `--upstream` they are accepted.
+#[test]
+fn upstream_override_repairs_the_upstream_fixtures() {
+    let overrides = Overrides {
+        upstream: Some("http://127.0.0.1:9000".into()),
+        ..Overrides::default()
+    };
+    for name in ["https_upstream", "upstream_with_path", "missing_upstream"] {
+        let config = Config::parse(&read_fixture(name), &overrides)
+            .unwrap_or_else(|e| panic!("{name} with --upstream: {e}"));
+        assert_eq!(config.server.upstream.authority, "127.0.0.1:9000", "{name}");
+    }
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let err = Config::load(
+        Path::new("/nonexistent/floodgate.toml"),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("cannot read config file /nonexistent/floodgate.toml: "),
+        "{msg}"
+    );
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    for name in ["floodgate.toml", "midjourney.toml", "bench.toml"] {
+        if let Err(e) = Config::load(&dir.join(name), &Overrides::default()) {
+            panic!("config/{name}: {e}");
+        }
+    }
+}
