@@ -62,12 +62,23 @@ mod tests {
     #[test]
     fn idle_accounts_are_evicted_once_every_window_closed() {
         let store = MemoryStore::default();
-        let minute = Rule { counter: CounterId(1), limit: 5, window: Window::Fixed { period_ms: 60_000 }, kind: LimitKind::Minute };
+        let minute = Rule {
+            counter: CounterId(1),
+            limit: 5,
+            window: Window::Fixed { period_ms: 60_000 },
+            kind: LimitKind::Minute,
+        };
         for k in 0..1_000u32 {
             let account = AccountId::from_key(&k.to_le_bytes());
-            assert!(store.check_and_consume(account, &[minute], 1_000 + k as u64).is_admitted());
+            assert!(store
+                .check_and_consume(account, &[minute], 1_000 + k as u64)
+                .is_admitted());
         }
-        assert_eq!(store.evict_idle(60_999 + 500), 500, "accounts whose minute has not closed stay");
+        assert_eq!(
+            store.evict_idle(60_999 + 500),
+            500,
+            "accounts whose minute has not closed stay"
+        );
         assert_eq!(store.evict_idle(61_000 + 999), 0);
         assert!(store.is_empty());
     }
