@@ -11,7 +11,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::Proxy;
+use crate::proxy::{Peer, Proxy};
 
 /// Listener settings.
 #[derive(Debug, Clone, Copy)]
@@ -49,9 +49,11 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let proxy = proxy.clone();
+                let peer = Peer::new(peer);
                 let service = service_fn(move |req| {
                     let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                    let peer = peer.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(req, &peer).await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {

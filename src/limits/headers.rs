@@ -1,6 +1,8 @@
 //! Renders a [`Decision`](super::Decision) as `X-RateLimit-*` (and optionally IETF `RateLimit`)
 //! response headers.
 
+use std::sync::OnceLock;
+
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
 use super::{Refusal, Usage, WindowUsage};
@@ -14,28 +16,30 @@ pub static X_RATELIMIT_TYPE: HeaderName = HeaderName::from_static("x-ratelimit-t
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
+/// Header values for small numbers are rendered once: they are most of what these headers
+/// carry, and a clone of a prepared value costs no allocation.
+fn number(n: u32) -> HeaderValue {
+    static SMALL: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let small = SMALL.get_or_init(|| (0..=1024u32).map(HeaderValue::from).collect());
+    small
+        .get(n as usize)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
+}
+
 /// Writes the usage headers every response of a limited class carries.
 pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
     if let Some(p) = usage.primary {
-        headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(p.limit));
-        headers.insert(
-            X_RATELIMIT_REMAINING.clone(),
-            HeaderValue::from(p.remaining),
-        );
+        headers.insert(X_RATELIMIT_LIMIT.clone(), number(p.limit));
+        headers.insert(X_RATELIMIT_REMAINING.clone(), number(p.remaining));
     }
     if let Some(d) = usage.daily {
-        headers.insert(X_RATELIMIT_DAILY_LIMIT.clone(), HeaderValue::from(d.limit));
-        headers.insert(
-            X_RATELIMIT_DAILY_REMAINING.clone(),
-            HeaderValue::from(d.remaining),
-        );
+        headers.insert(X_RATELIMIT_DAILY_LIMIT.clone(), number(d.limit));
+        headers.insert(X_RATELIMIT_DAILY_REMAINING.clone(), number(d.remaining));
         if usage.primary.is_none() {
             // A daily-only quota still answers the two headers every client reads first.
-            headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(d.limit));
-            headers.insert(
-                X_RATELIMIT_REMAINING.clone(),
-                HeaderValue::from(d.remaining),
-            );
+            headers.insert(X_RATELIMIT_LIMIT.clone(), number(d.limit));
+            headers.insert(X_RATELIMIT_REMAINING.clone(), number(d.remaining));
         }
     }
     if ietf {

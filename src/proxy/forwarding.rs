@@ -2,8 +2,6 @@
 //! directions, `X-Forwarded-For` / `X-Forwarded-Proto` are appended, and headers floodgate uses to
 //! tell the upstream something are removed from what the client sent.
 
-use std::net::IpAddr;
-
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
 };
@@ -18,8 +16,12 @@ pub static X_FLOODGATE_CLASS: HeaderName = HeaderName::from_static("x-floodgate-
 /// Prefix of headers only floodgate may set towards the upstream.
 const OWN_PREFIX: &[u8] = b"x-floodgate-";
 
-/// Removes `Connection`, the fields it names, and the fixed hop-by-hop fields.
+/// Removes `Connection`, the fields it names, and the fixed hop-by-hop fields. Most messages
+/// carry none of them, so one scan decides whether any removal (each a hash lookup) is needed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = headers.get(CONNECTION).cloned() {
         if let Ok(list) = conn.to_str() {
             for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -41,34 +43,60 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Prepares a client request's headers for the upstream.
-pub fn request_headers(headers: &mut HeaderMap, client_ip: IpAddr) {
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ]
+    .contains(&name)
+}
+
+/// Prepares a client request's headers for the upstream. `peer` is the connection's address,
+/// rendered once per connection.
+pub fn request_headers(headers: &mut HeaderMap, peer: &HeaderValue) {
     strip_hop_by_hop(headers);
     strip_own(headers);
-    append(headers, &X_FORWARDED_FOR, &client_ip.to_string());
+    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => {
+            let joined = format!("{existing}, {}", peer.to_str().unwrap_or_default());
+            if let Ok(v) = HeaderValue::from_str(&joined) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+        _ => {
+            headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
+        }
+    }
     append(headers, &X_FORWARDED_PROTO, "http");
 }
 
 /// Drops any `x-floodgate-*` header a client sent: the upstream must be able to trust them.
 fn strip_own(headers: &mut HeaderMap) {
-    let own: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().as_bytes().starts_with(OWN_PREFIX))
-        .cloned()
-        .collect();
+    let is_own = |k: &HeaderName| k.as_str().as_bytes().starts_with(OWN_PREFIX);
+    if !headers.keys().any(is_own) {
+        return;
+    }
+    let own: Vec<HeaderName> = headers.keys().filter(|k| is_own(k)).cloned().collect();
     for name in own {
         headers.remove(name);
     }
 }
 
 /// Appends to a comma-separated list header, creating it when absent.
-fn append(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {value}"),
-        _ => value.to_owned(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert(name.clone(), v);
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: &'static str) {
+    match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => {
+            if let Ok(v) = HeaderValue::from_str(&format!("{existing}, {value}")) {
+                headers.insert(name.clone(), v);
+            }
+        }
+        _ => {
+            headers.insert(name.clone(), HeaderValue::from_static(value));
+        }
     }
 }
 
@@ -86,7 +114,7 @@ mod tests {
         h.insert("x-kept", "1".parse().unwrap());
         h.insert("x-floodgate-tier", "premium".parse().unwrap());
         h.insert("x-forwarded-for", "9.9.9.9".parse().unwrap());
-        request_headers(&mut h, "127.0.0.1".parse().unwrap());
+        request_headers(&mut h, &HeaderValue::from_static("127.0.0.1"));
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert!(
             names.iter().all(|n| ![

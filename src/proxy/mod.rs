@@ -29,6 +29,24 @@ use crate::limits::{headers as rl_headers, Decision, Refusal, Usage};
 /// The seed API's 429 body, byte for byte.
 const TOO_MANY_ATTEMPTS: &str = r#"{"message": "Too Many Attempts."}"#;
 
+/// The client end of a connection, with its address pre-rendered for `X-Forwarded-For`.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let forwarded_for = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self {
+            addr,
+            forwarded_for,
+        }
+    }
+}
+
 /// One worker's proxy: the shared state plus the worker's own upstream connection pool.
 pub struct Proxy {
     shared: Arc<Shared>,
@@ -41,11 +59,11 @@ impl Proxy {
     }
 
     /// Answers one client request.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let policy = self.shared.policy.load_full();
         let config = &policy.config;
 
-        let caller = match config.identity.identify(req.headers(), peer.ip()) {
+        let caller = match config.identity.identify(req.headers(), peer.addr.ip()) {
             Ok(caller) => caller,
             Err(e) => {
                 let err = ProxyError::from(e);
@@ -122,7 +140,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         policy: &Policy,
         caller: Caller,
         class: ClassId,
@@ -153,7 +171,7 @@ impl Proxy {
 }
 
 /// Origin-form target, HTTP/1.1 towards the upstream, a Host header, forwarding headers.
-fn prepare_request(req: &mut Request<Incoming>, peer: SocketAddr, upstream_authority: &str) {
+fn prepare_request(req: &mut Request<Incoming>, peer: &Peer, upstream_authority: &str) {
     if req.uri().scheme().is_some() {
         // absolute-form from the client: the upstream gets origin-form, Host carries the authority
         if let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) {
@@ -172,7 +190,7 @@ fn prepare_request(req: &mut Request<Incoming>, peer: SocketAddr, upstream_autho
         }
     }
     *req.version_mut() = Version::HTTP_11;
-    forwarding::request_headers(req.headers_mut(), peer.ip());
+    forwarding::request_headers(req.headers_mut(), &peer.forwarded_for);
 }
 
 /// The 429 answer: the seed's body, the usage headers, the limit type and an exact Retry-After.
