@@ -5,6 +5,7 @@
 //! cross-core locking on the forwarding path. Limit state is shared by all workers through the
 //! store. A control thread runs the admin listener and housekeeping.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::metrics::{Handles, Metrics};
 use crate::proxy::upstream::UpstreamClient;
 use crate::proxy::Proxy;
+use crate::queue::Jobs;
 use crate::store::Store;
 use crate::{admin, server};
 
@@ -33,6 +35,8 @@ pub struct Policy {
 /// State every worker shares.
 pub struct Shared {
     pub policy: ArcSwap<Policy>,
+    /// Job pools and task holds; built from the config at start.
+    pub jobs: Jobs,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
@@ -43,7 +47,9 @@ impl Shared {
     pub fn new(config: Config, store: Store, clock: Arc<dyn Clock>) -> Self {
         let metrics = Metrics::new();
         let handles = metrics.handles(&config);
+        let jobs = Jobs::new(&config.jobs, &metrics);
         Self {
+            jobs,
             policy: ArcSwap::from_pointee(Policy { config, handles }),
             store,
             clock,
@@ -107,6 +113,7 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish (up to the deadline) and joins every thread.
     pub fn shutdown(self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.shared.jobs.close();
         let _ = self.shutdown.send(true);
         for t in self.threads {
             let _ = t.join();
@@ -149,7 +156,8 @@ pub fn start(
             server_cfg.upstream_timeout,
             server_cfg.max_idle_upstream_connections,
         ));
-        let proxy = Arc::new(Proxy::new(shared.clone(), upstream));
+        let account_upstreams = account_upstreams(&server_cfg, &shared);
+        let proxy = Arc::new(Proxy::new(shared.clone(), upstream, account_upstreams));
         let settings = server::Settings {
             header_read_timeout: server_cfg.header_read_timeout,
             drain_deadline: DRAIN_DEADLINE,
@@ -179,6 +187,29 @@ pub fn start(
         shutdown,
         threads,
     })
+}
+
+/// One connection pool per distinct upstream-account base URL, for one worker.
+fn account_upstreams(
+    server: &crate::config::ServerConfig,
+    shared: &Shared,
+) -> HashMap<String, Arc<UpstreamClient>> {
+    let mut out = HashMap::new();
+    for pool in &shared.jobs.pools {
+        for account in &pool.accounts {
+            if let Some(authority) = &account.authority {
+                out.entry(authority.clone()).or_insert_with(|| {
+                    Arc::new(UpstreamClient::new(
+                        authority.clone(),
+                        server.upstream_connect_timeout,
+                        server.upstream_timeout,
+                        server.max_idle_upstream_connections,
+                    ))
+                });
+            }
+        }
+    }
+    out
 }
 
 fn spawn_runtime(

@@ -1,10 +1,15 @@
 //! Errors a request can meet, and the one place they become HTTP responses.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use crate::identity::IdentityError;
+use crate::limits::headers::X_RATELIMIT_TYPE;
+use crate::queue::QueueError;
+
+/// What a job queued during shutdown is told: try again once a replacement is up.
+const SHUTDOWN_RETRY_AFTER_SECS: u64 = 5;
 use crate::proxy::ProxyBody;
 
 /// Why floodgate answered a request itself instead of the upstream.
@@ -20,6 +25,10 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("upstream failed: {0}")]
     UpstreamProtocol(String),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("could not read the request body: {0}")]
+    ClientBody(String),
 }
 
 impl ProxyError {
@@ -32,6 +41,9 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::Queue(QueueError::Closed) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Queue(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -44,13 +56,33 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamProtocol(_) => "upstream_protocol_error",
+            ProxyError::Queue(QueueError::Full { .. }) => "queue_full",
+            ProxyError::Queue(QueueError::TimedOut { .. }) => "queue_timeout",
+            ProxyError::Queue(QueueError::Closed) => "shutting_down",
+            ProxyError::ClientBody(_) => "bad_request_body",
         }
     }
 
     /// The JSON error response.
     pub fn into_response(self) -> Response<ProxyBody> {
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
-        json_response(self.status(), body.to_string())
+        let mut resp = json_response(self.status(), body.to_string());
+        if let ProxyError::Queue(e) = &self {
+            let retry_after = match e {
+                QueueError::Full { retry_after_secs }
+                | QueueError::TimedOut { retry_after_secs } => {
+                    resp.headers_mut().insert(
+                        X_RATELIMIT_TYPE.clone(),
+                        HeaderValue::from_static("concurrency"),
+                    );
+                    *retry_after_secs
+                }
+                QueueError::Closed => SHUTDOWN_RETRY_AFTER_SECS,
+            };
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        resp
     }
 }
 

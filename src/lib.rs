@@ -7,6 +7,7 @@
 //! - [`classify`]: method + normalised path -> endpoint class.                    (pure)
 //! - [`limits`]: minute / day / interval windows -> admit or refuse; header rendering. (pure)
 //! - [`store`]: where counters live; atomic check-and-consume only, no policy.
+//! - [`queue`]: job queues — per-account FIFO under concurrency caps, upstream account pools.
 //! - [`proxy`]: a request's life, and the upstream connection pool.
 //! - [`server`] / [`admin`]: the listeners.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
@@ -25,5 +26,6 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod queue;
 pub mod server;
 pub mod store;

@@ -6,8 +6,8 @@
 //! the hot path increments an atomic without hashing label values.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::classify::ClassId;
@@ -22,6 +22,12 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     upstream_seconds: HistogramVec,
     pub tracked_accounts: IntGauge,
+    jobs_queued: IntGaugeVec,
+    jobs_in_flight: IntGaugeVec,
+    upstream_account_in_flight: IntGaugeVec,
+    queue_wait: HistogramVec,
+    jobs_dropped: IntCounterVec,
+    cooldowns: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -38,6 +44,8 @@ pub struct Handles {
     admitted: Vec<IntCounter>,
     limited: Vec<IntCounter>,
     upstream_seconds: Vec<prometheus::Histogram>,
+    /// Indexed by tier.
+    tiers: Vec<crate::queue::TierGauges>,
 }
 
 impl Handles {
@@ -51,6 +59,11 @@ impl Handles {
 
     pub fn limited(&self, class: ClassId, tier: TierId) {
         self.limited[self.idx(class, tier)].inc();
+    }
+
+    /// Queued / in-flight job gauges of a tier.
+    pub fn tier_gauges(&self, tier: TierId) -> crate::queue::TierGauges {
+        self.tiers[tier.0 as usize].clone()
     }
 
     /// Time from forwarding to the upstream's response head.
@@ -117,7 +130,59 @@ impl Metrics {
         registry
             .register(Box::new(tracked_accounts.clone()))
             .expect("registered once");
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let jobs_queued = gauge(
+            "floodgate_jobs_queued",
+            "Jobs waiting in queues, by tier.",
+            &["tier"],
+        );
+        let jobs_in_flight = gauge(
+            "floodgate_jobs_in_flight",
+            "Jobs holding a slot, by tier.",
+            &["tier"],
+        );
+        let upstream_account_in_flight = gauge(
+            "floodgate_upstream_account_jobs_in_flight",
+            "Jobs running on each upstream account.",
+            &["upstream_account"],
+        );
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "floodgate_queue_wait_seconds",
+                "Time jobs waited for a slot.",
+            )
+            .buckets(vec![
+                0.0, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0,
+            ]),
+            &["tier"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(queue_wait.clone()))
+            .expect("registered once");
+        let jobs_dropped = counter(
+            "floodgate_jobs_dropped_total",
+            "Jobs that never got a slot: queue_full, timed_out, cancelled (client left), shutdown.",
+            &["tier", "reason"],
+        );
+        let cooldowns = counter(
+            "floodgate_upstream_account_cooldowns_total",
+            "Times an upstream account answered 429 and was rested.",
+            &["upstream_account"],
+        );
         Self {
+            jobs_queued,
+            jobs_in_flight,
+            upstream_account_in_flight,
+            queue_wait,
+            jobs_dropped,
+            cooldowns,
             registry,
             requests,
             limited,
@@ -149,12 +214,43 @@ impl Metrics {
             .iter()
             .map(|c| self.upstream_seconds.with_label_values(&[c]))
             .collect();
+        let tiers = config
+            .tiers
+            .iter()
+            .map(|t| self.tier_gauges(&t.name))
+            .collect();
         Handles {
+            tiers,
             classes: config.classes.len(),
             admitted,
             limited,
             upstream_seconds,
         }
+    }
+
+    /// The in-flight gauge of one upstream account.
+    pub fn upstream_account_in_flight(&self, name: &str) -> IntGauge {
+        self.upstream_account_in_flight.with_label_values(&[name])
+    }
+
+    /// The queued / in-flight gauges of a tier.
+    pub fn tier_gauges(&self, tier: &str) -> crate::queue::TierGauges {
+        crate::queue::TierGauges {
+            queued: self.jobs_queued.with_label_values(&[tier]),
+            in_flight: self.jobs_in_flight.with_label_values(&[tier]),
+        }
+    }
+
+    pub fn queue_wait(&self, tier: &str, seconds: f64) {
+        self.queue_wait.with_label_values(&[tier]).observe(seconds);
+    }
+
+    pub fn job_dropped(&self, tier: &str, reason: &str) {
+        self.jobs_dropped.with_label_values(&[tier, reason]).inc();
+    }
+
+    pub fn cooldown(&self, upstream_account: &str) {
+        self.cooldowns.with_label_values(&[upstream_account]).inc();
     }
 
     /// Counts a 429 by the kind of limit that refused it.

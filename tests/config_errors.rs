@@ -52,7 +52,8 @@ bad_fixtures! {
         "line 4: (syntax): invalid basic string",
     unknown_top_level_field =>
         "line 2: servre: unknown field `servre`, expected one of `server`, `identity`, \
-         `routing`, `route`, `tiers`, `accounts`, `headers`",
+         `routing`, `route`, `tiers`, `accounts`, `headers`, `jobs`, `tasks`, `account`, \
+         `upstream_account`",
     unknown_limit_field =>
         "line 11: tiers.basic.limits[1].per_minutes: unknown field `per_minutes`, expected one \
          of `classes`, `except`, `shared`, `per_second`, `per_minute`, `per_hour`, `per_day`, \

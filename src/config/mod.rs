@@ -5,6 +5,7 @@
 //! [`AccountId`]s — and every error names the field and, where known, the line.
 
 mod error;
+mod jobs;
 mod limits;
 mod raw;
 
@@ -25,6 +26,7 @@ use crate::identity::{
     AccountId, Anonymous, IdentityConfig, IpNet, KeySource, TierId, UnknownKeys,
 };
 use crate::limits::{LimitKind, Tier, Window};
+use crate::queue::JobsConfig;
 
 /// Where floodgate listens and forwards.
 #[derive(Debug, Clone)]
@@ -66,6 +68,7 @@ pub struct Config {
     /// Tiers, indexed by [`TierId`].
     pub tiers: Vec<Tier>,
     pub headers: HeaderOptions,
+    pub jobs: JobsConfig,
 }
 
 /// Command-line values that replace the file's.
@@ -219,6 +222,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         )?);
     }
     let identity = build_identity(src, &raw, &mut tiers, &classes)?;
+    let jobs = jobs::build_jobs(src, &raw, &classes, &tiers)?;
     Ok(Config {
         server: build_server(src, &raw.server)?,
         identity,
@@ -229,6 +233,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             ietf: raw.headers.ietf,
             annotate_upstream: raw.headers.annotate_upstream,
         },
+        jobs,
     })
 }
 
@@ -335,7 +340,7 @@ fn build_server(src: &Source<'_>, s: &raw::RawServer) -> Result<ServerConfig, Co
     })
 }
 
-fn build_upstream(
+pub(crate) fn build_upstream(
     src: &Source<'_>,
     v: Option<&Spanned<String>>,
 ) -> Result<UpstreamTarget, ConfigError> {
@@ -375,7 +380,7 @@ fn build_upstream(
     })
 }
 
-fn duration(
+pub(crate) fn duration(
     src: &Source<'_>,
     field: &str,
     v: Option<&Spanned<String>>,
@@ -484,6 +489,12 @@ fn build_identity(
             AccountId::from_key(key.as_bytes()),
             tier_of(&format!("accounts.{key:?}"), tier)?,
         );
+    }
+    for (i, acct) in raw.account.iter().enumerate() {
+        if let Some(tier) = &acct.tier {
+            let tier = tier_of(&format!("account[{i}].tier"), tier)?;
+            accounts.insert(AccountId::from_key(acct.key.as_bytes()), tier);
+        }
     }
     Ok(IdentityConfig {
         sources: key_sources(src, id.sources.as_deref())?,

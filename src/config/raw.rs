@@ -26,6 +26,17 @@ pub struct RawConfig {
     pub accounts: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     pub headers: RawHeaders,
+    /// Job classes: held in per-account queues under concurrency caps.
+    #[serde(default)]
+    pub jobs: Vec<Spanned<RawJob>>,
+    /// How floodgate learns that an asynchronous task finished.
+    pub tasks: Option<RawTasks>,
+    /// Per-account settings beyond the tier (queues, upstream accounts).
+    #[serde(default)]
+    pub account: Vec<RawAccount>,
+    /// Upstream accounts jobs can run on (their credentials and caps).
+    #[serde(default)]
+    pub upstream_account: Vec<RawUpstreamAccount>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +89,67 @@ pub struct RawRoute {
 pub struct RawTier {
     #[serde(default)]
     pub limits: Vec<Spanned<RawLimit>>,
+    /// Concurrent jobs per account of this tier.
+    pub concurrency: Option<u32>,
+    /// Jobs an account may have waiting.
+    pub max_queue: Option<usize>,
+    /// Longest a job waits for a slot.
+    pub max_wait: Option<Spanned<String>>,
+    /// Upstream accounts every account of this tier shares (a pool).
+    #[serde(default)]
+    pub upstream_accounts: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJob {
+    pub classes: Vec<Spanned<String>>,
+    /// "sync" (slot held until the response is sent) or "task" (until the task is done).
+    pub mode: Option<Spanned<String>>,
+    /// A slot is released at the latest after this long.
+    pub max_job_time: Option<Spanned<String>>,
+    /// JSON pointer, in the request body, to the task a follow-up job acts on.
+    pub follow_up_pointer: Option<String>,
+    /// JSON pointer, in a task-mode create response, to the new task's id.
+    pub task_id_pointer: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTasks {
+    /// The get-task endpoint, a template with `{id}`, e.g. "/mj/task/{id}/fetch".
+    pub get_path: Spanned<String>,
+    pub get_method: Option<Spanned<String>>,
+    /// JSON pointer to the task status in a get-task response.
+    pub status_pointer: String,
+    /// Status values that end a task.
+    pub terminal: Vec<String>,
+    /// Poll the get-task endpoint this often; omitted = only watch responses passing through.
+    pub poll_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccount {
+    pub key: String,
+    pub tier: Option<Spanned<String>>,
+    pub concurrency: Option<u32>,
+    pub max_queue: Option<usize>,
+    pub max_wait: Option<Spanned<String>>,
+    #[serde(default)]
+    pub upstream_accounts: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamAccount {
+    pub name: Spanned<String>,
+    /// Header carrying the credential, e.g. "authorization" or "mj-api-secret".
+    pub credential_header: Option<Spanned<String>>,
+    pub credential: Option<String>,
+    pub concurrency: Option<u32>,
+    /// Its own origin, when it is not the server upstream.
+    pub base_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,12 +7,19 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::upstream::UpstreamBody;
+use crate::queue::SlotPermit;
 
 /// A body floodgate sends to a client. An enum instead of a boxed trait object: no allocation
 /// per response and static dispatch on the hot path.
 #[derive(Debug)]
 pub enum ProxyBody {
-    Upstream(UpstreamBody),
+    /// The upstream's body, after any `prefix` floodgate already read from it; `permit` is a
+    /// job slot held until the body has been sent (or dropped).
+    Upstream {
+        prefix: Option<Bytes>,
+        body: UpstreamBody,
+        permit: Option<SlotPermit>,
+    },
     Full(Option<Bytes>),
 }
 
@@ -23,6 +30,21 @@ impl ProxyBody {
 
     pub fn empty() -> Self {
         ProxyBody::Full(None)
+    }
+
+    pub fn upstream(body: UpstreamBody) -> Self {
+        ProxyBody::Upstream {
+            prefix: None,
+            body,
+            permit: None,
+        }
+    }
+
+    /// Keeps a job slot until this body is done.
+    pub fn hold(&mut self, slot: SlotPermit) {
+        if let ProxyBody::Upstream { permit, .. } = self {
+            *permit = Some(slot);
+        }
     }
 }
 
@@ -35,23 +57,119 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upstream { prefix, body, .. } => match prefix.take() {
+                Some(p) => Poll::Ready(Some(Ok(Frame::data(p)))),
+                None => Pin::new(body).poll_frame(cx),
+            },
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Upstream { prefix, body, .. } => prefix.is_none() && body.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Upstream {
+                prefix: None, body, ..
+            } => body.size_hint(),
+            ProxyBody::Upstream {
+                prefix: Some(p),
+                body,
+                ..
+            } => {
+                let r = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(r.lower() + p.len() as u64);
+                if let Some(upper) = r.upper() {
+                    hint.set_upper(upper + p.len() as u64);
+                }
+                hint
+            }
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A request body on its way upstream: streamed as received, or with a prefix floodgate read
+/// first (to look inside a job's JSON) put back in front of the rest.
+#[derive(Debug)]
+pub enum RequestBody {
+    Streaming(hyper::body::Incoming),
+    /// `prefix` goes first, then whatever of the client's body was not read yet.
+    Prefixed {
+        prefix: Option<Bytes>,
+        rest: Option<hyper::body::Incoming>,
+    },
+}
+
+impl RequestBody {
+    pub fn empty() -> Self {
+        RequestBody::Prefixed {
+            prefix: None,
+            rest: None,
+        }
+    }
+
+    pub fn full(bytes: Bytes) -> Self {
+        RequestBody::Prefixed {
+            prefix: Some(bytes),
+            rest: None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Prefixed { prefix, rest } => {
+                if let Some(p) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(p))));
+                }
+                match rest {
+                    Some(r) => Pin::new(r).poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streaming(b) => b.is_end_stream(),
+            RequestBody::Prefixed { prefix, rest } => {
+                prefix.is_none() && rest.as_ref().is_none_or(|r| r.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streaming(b) => b.size_hint(),
+            RequestBody::Prefixed { prefix, rest } => {
+                let p = prefix.as_ref().map_or(0, |b| b.len() as u64);
+                let r = rest
+                    .as_ref()
+                    .map_or_else(|| SizeHint::with_exact(0), |r| r.size_hint());
+                let mut hint = SizeHint::new();
+                hint.set_lower(r.lower() + p);
+                if let Some(upper) = r.upper() {
+                    hint.set_upper(upper + p);
+                }
+                hint
+            }
         }
     }
 }

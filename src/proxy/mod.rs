@@ -1,13 +1,17 @@
-//! A request's life, top to bottom: identify -> classify -> decide -> forward -> headers.
+//! A request's life, top to bottom: identify -> classify -> decide -> (queue) -> forward ->
+//! headers.
 //!
 //! Everything here is the thin I/O edge around pure parts: identity, classification and the limit
 //! decision take plain values and return plain values; the store does the atomic bookkeeping;
-//! [`upstream`] moves bytes.
+//! the job pools hand out slots; [`upstream`] moves bytes.
 
 mod body;
 pub mod forwarding;
+pub mod inspect;
+mod jobs;
 pub mod upstream;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,14 +21,15 @@ use http::uri::Uri;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-pub use body::ProxyBody;
+pub use body::{ProxyBody, RequestBody};
 use upstream::UpstreamClient;
 
 use crate::app::{Policy, Shared};
-use crate::classify::ClassId;
+use crate::classify::{normalize_path, ClassId};
 use crate::error::{json_response, ProxyError};
 use crate::identity::Caller;
 use crate::limits::{headers as rl_headers, Decision, Refusal, Usage};
+use crate::queue::UpstreamAccount;
 
 /// The seed API's 429 body, byte for byte.
 const TOO_MANY_ATTEMPTS: &str = r#"{"message": "Too Many Attempts."}"#;
@@ -47,15 +52,33 @@ impl Peer {
     }
 }
 
-/// One worker's proxy: the shared state plus the worker's own upstream connection pool.
+/// Everything a stage needs to know about the request being served.
+struct Ctx<'a> {
+    policy: &'a Policy,
+    caller: Caller,
+    class: ClassId,
+    peer: &'a Peer,
+}
+
+/// One worker's proxy: the shared state plus the worker's own upstream connection pools.
 pub struct Proxy {
     shared: Arc<Shared>,
     upstream: Arc<UpstreamClient>,
+    /// Pools for upstream accounts that have their own base URL, by authority.
+    account_upstreams: HashMap<String, Arc<UpstreamClient>>,
 }
 
 impl Proxy {
-    pub fn new(shared: Arc<Shared>, upstream: Arc<UpstreamClient>) -> Self {
-        Self { shared, upstream }
+    pub fn new(
+        shared: Arc<Shared>,
+        upstream: Arc<UpstreamClient>,
+        account_upstreams: HashMap<String, Arc<UpstreamClient>>,
+    ) -> Self {
+        Self {
+            shared,
+            upstream,
+            account_upstreams,
+        }
     }
 
     /// Answers one client request.
@@ -72,34 +95,43 @@ impl Proxy {
             }
         };
         let class = config.router.classify(req.method(), req.uri().path());
+        let ctx = Ctx {
+            policy: &policy,
+            caller,
+            class,
+            peer,
+        };
 
-        let usage = match self.decide(&policy, caller, class).await {
+        let usage = match self.decide(&ctx).await {
             Ok(usage) => usage,
             Err(resp) => return resp,
         };
+        let watched_task = self.watched_task(&ctx, &req);
 
-        let mut resp = match self.forward(req, peer, &policy, caller, class).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                self.shared.metrics.upstream_error(e.code());
-                tracing::warn!(error = %e, class = config.class_name(class), "upstream failure");
-                e.into_response()
+        let result = match config.jobs.class(class) {
+            None => {
+                self.forward(&ctx, req.map(RequestBody::Streaming), None)
+                    .await
             }
+            Some(job) => self.run_job(&ctx, req, job).await,
         };
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => self.failed(&ctx, e),
+        };
+        if let Some(task) = watched_task {
+            resp = self.observe_task(&ctx, &task, resp).await;
+        }
         if let Some(usage) = usage {
             rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf);
         }
         resp
     }
 
-    /// Checks and consumes the caller's limits for `class`. `Ok(None)`: the class is not limited
-    /// for this tier; `Err`: the finished 429 (or store failure) response.
-    async fn decide(
-        &self,
-        policy: &Policy,
-        caller: Caller,
-        class: ClassId,
-    ) -> Result<Option<Usage>, Response<ProxyBody>> {
+    /// Checks and consumes the caller's limits for its class. `Ok(None)`: the class is not
+    /// limited for this tier; `Err`: the finished 429 (or store failure) response.
+    async fn decide(&self, ctx: &Ctx<'_>) -> Result<Option<Usage>, Response<ProxyBody>> {
+        let (policy, caller, class) = (ctx.policy, ctx.caller, ctx.class);
         let rules = policy.config.tier(caller.tier).rules(class);
         if rules.is_empty() {
             policy.handles.admitted(class, caller.tier);
@@ -136,42 +168,96 @@ impl Proxy {
         }
     }
 
-    /// Sends the request upstream with its path, query and body untouched.
+    /// Sends the request upstream with its path, query and body untouched; a job's upstream
+    /// account sets its credential (and, with its own base URL, the destination).
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
-        peer: &Peer,
-        policy: &Policy,
-        caller: Caller,
-        class: ClassId,
+        ctx: &Ctx<'_>,
+        mut req: Request<RequestBody>,
+        account: Option<&UpstreamAccount>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let config = &policy.config;
-        prepare_request(&mut req, peer, self.upstream_authority());
-        if config.headers.annotate_upstream {
-            let h = req.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&config.tier(caller.tier).name) {
-                h.insert(forwarding::X_FLOODGATE_TIER.clone(), v);
+        let config = &ctx.policy.config;
+        let client = match account.and_then(|a| a.authority.as_ref()) {
+            Some(authority) => self
+                .account_upstreams
+                .get(authority)
+                .unwrap_or(&self.upstream)
+                .clone(),
+            None => self.upstream.clone(),
+        };
+        prepare_request(&mut req, ctx.peer, client.authority());
+        if let Some(account) = account {
+            if let Some((name, value)) = &account.credential {
+                req.headers_mut().insert(name.clone(), value.clone());
             }
-            if let Ok(v) = HeaderValue::from_str(config.class_name(class)) {
-                h.insert(forwarding::X_FLOODGATE_CLASS.clone(), v);
+            if account.authority.is_some() {
+                if let Ok(v) = HeaderValue::from_str(client.authority()) {
+                    req.headers_mut().insert(HOST, v);
+                }
             }
         }
+        if config.headers.annotate_upstream {
+            annotate(&mut req, ctx);
+        }
         let started = Instant::now();
-        let mut resp = self.upstream.send(req).await?;
-        policy
+        let mut resp = client.send(req).await?;
+        ctx.policy
             .handles
-            .upstream_latency(class, started.elapsed().as_secs_f64());
+            .upstream_latency(ctx.class, started.elapsed().as_secs_f64());
         forwarding::strip_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(ProxyBody::Upstream))
+        Ok(resp.map(ProxyBody::upstream))
     }
 
-    fn upstream_authority(&self) -> &str {
-        self.upstream.authority()
+    /// The JSON error response for a request floodgate could not complete, counted.
+    fn failed(&self, ctx: &Ctx<'_>, e: ProxyError) -> Response<ProxyBody> {
+        let config = &ctx.policy.config;
+        match &e {
+            ProxyError::Queue(q) => {
+                let reason = match q {
+                    crate::queue::QueueError::Full { .. } => "queue_full",
+                    crate::queue::QueueError::TimedOut { .. } => "timed_out",
+                    crate::queue::QueueError::Closed => "shutdown",
+                };
+                self.shared
+                    .metrics
+                    .job_dropped(&config.tier(ctx.caller.tier).name, reason);
+            }
+            ProxyError::ClientBody(_) => {}
+            _ => {
+                self.shared.metrics.upstream_error(e.code());
+                tracing::warn!(error = %e, class = config.class_name(ctx.class), "upstream failure");
+            }
+        }
+        e.into_response()
+    }
+
+    /// The id of a running task this request asks about (a get-task call), if any.
+    fn watched_task(&self, ctx: &Ctx<'_>, req: &Request<Incoming>) -> Option<String> {
+        let tasks = ctx.policy.config.jobs.tasks.as_ref()?;
+        let path = normalize_path(req.uri().path(), false);
+        let id = tasks.task_id_in(req.method(), &path)?;
+        self.shared
+            .jobs
+            .tracker
+            .is_running(id)
+            .then(|| id.to_owned())
+    }
+}
+
+/// Tells the upstream the resolved tier and class.
+fn annotate(req: &mut Request<RequestBody>, ctx: &Ctx<'_>) {
+    let config = &ctx.policy.config;
+    let h = req.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&config.tier(ctx.caller.tier).name) {
+        h.insert(forwarding::X_FLOODGATE_TIER.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(config.class_name(ctx.class)) {
+        h.insert(forwarding::X_FLOODGATE_CLASS.clone(), v);
     }
 }
 
 /// Origin-form target, HTTP/1.1 towards the upstream, a Host header, forwarding headers.
-fn prepare_request(req: &mut Request<Incoming>, peer: &Peer, upstream_authority: &str) {
+fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, upstream_authority: &str) {
     if req.uri().scheme().is_some() {
         // absolute-form from the client: the upstream gets origin-form, Host carries the authority
         if let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) {

@@ -20,9 +20,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
+use super::body::RequestBody;
 use crate::error::ProxyError;
 
-type Sender = SendRequest<Incoming>;
+type Sender = SendRequest<RequestBody>;
 
 /// Connections to one upstream origin.
 #[derive(Debug)]
@@ -57,7 +58,7 @@ impl UpstreamClient {
     /// Sends `req` and returns the response head; the body streams afterwards.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let deadline = Instant::now() + self.response_timeout;
         loop {

@@ -1,0 +1,71 @@
+//! Reading a bounded prefix of a body to look inside small JSON documents (job requests,
+//! task responses) without ever buffering a large body whole.
+
+use bytes::{Bytes, BytesMut};
+use http_body::Body;
+use http_body_util::BodyExt;
+
+/// How much of a body floodgate reads to look inside it.
+pub const INSPECT_LIMIT: usize = 64 * 1024;
+
+/// A body read up to [`INSPECT_LIMIT`]: `complete` when that was all of it.
+pub struct Prefix<B> {
+    pub bytes: Bytes,
+    /// The unread rest, when the body was longer than the limit.
+    pub rest: Option<B>,
+}
+
+impl<B> Prefix<B> {
+    pub fn is_complete(&self) -> bool {
+        self.rest.is_none()
+    }
+
+    /// The JSON string or number at `pointer`, when the whole body was read and is JSON.
+    pub fn json_string(&self, pointer: &str) -> Option<String> {
+        if !self.is_complete() {
+            return None;
+        }
+        json_string_at(&self.bytes, pointer)
+    }
+}
+
+/// The string (or number, as text) at a JSON pointer in a JSON document.
+pub fn json_string_at(bytes: &[u8], pointer: &str) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    match doc.pointer(pointer)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads frames until the body ends or `INSPECT_LIMIT` bytes are in hand.
+pub async fn read_prefix<B>(mut body: B) -> Result<Prefix<B>, hyper::Error>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.len() >= INSPECT_LIMIT {
+            return Ok(Prefix {
+                bytes: buf.freeze(),
+                rest: Some(body),
+            });
+        }
+        if body.is_end_stream() {
+            break;
+        }
+        match body.frame().await {
+            None => break,
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    Ok(Prefix {
+        bytes: buf.freeze(),
+        rest: None,
+    })
+}

@@ -1,0 +1,305 @@
+//! Who runs next: per-tenant FIFO queues over a pool of upstream accounts.  [pure]
+//!
+//! A pool is a set of upstream accounts (each with a concurrency cap and, after an upstream 429,
+//! a cooldown) shared by one or more tenants (floodgate accounts, each with its own concurrency
+//! cap and FIFO queue). A job starts when its tenant is under its cap and an upstream account has
+//! a free slot; otherwise it waits at the back of its tenant's queue. When capacity frees,
+//! tenants with waiting jobs are served round-robin, so one tenant's backlog cannot starve
+//! another's, and upstream accounts are picked round-robin, skipping full and cooling ones. A job
+//! that must follow an earlier task runs on that task's upstream account only.
+//!
+//! No I/O and no clock reads: the caller passes `now_ms` and acts on the returned assignments.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::identity::{AccountId, BuildIdHasher};
+
+/// Index of an upstream account within its pool.
+pub type UpstreamIdx = usize;
+
+/// A waiting job's ticket number, unique within a pool.
+pub type WaiterId = u64;
+
+#[derive(Debug, Clone)]
+struct UpstreamState {
+    cap: u32,
+    in_flight: u32,
+    cooldown_until_ms: u64,
+}
+
+impl UpstreamState {
+    fn is_free(&self, now_ms: u64) -> bool {
+        self.in_flight < self.cap && now_ms >= self.cooldown_until_ms
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Waiter {
+    id: WaiterId,
+    affinity: Option<UpstreamIdx>,
+}
+
+#[derive(Debug, Default)]
+struct Tenant {
+    cap: u32,
+    in_flight: u32,
+    queue: VecDeque<Waiter>,
+}
+
+/// A queued job granted a slot: tell waiter `waiter` of `tenant` to go to `upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub tenant: AccountId,
+    pub waiter: WaiterId,
+    pub upstream: UpstreamIdx,
+}
+
+/// Why a job could not even join the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull {
+    /// Jobs of the tenant already waiting.
+    pub waiting: usize,
+}
+
+/// Scheduling state of one pool.
+#[derive(Debug)]
+pub struct Scheduler {
+    upstreams: Vec<UpstreamState>,
+    next_upstream: usize,
+    tenants: HashMap<AccountId, Tenant, BuildIdHasher>,
+    /// Tenants with waiting jobs, in round-robin order.
+    ring: VecDeque<AccountId>,
+}
+
+impl Scheduler {
+    /// A pool of upstream accounts with these caps (`u32::MAX` for an uncapped upstream).
+    pub fn new(upstream_caps: &[u32]) -> Self {
+        let upstreams = upstream_caps
+            .iter()
+            .map(|&cap| UpstreamState {
+                cap,
+                in_flight: 0,
+                cooldown_until_ms: 0,
+            })
+            .collect();
+        Self {
+            upstreams,
+            next_upstream: 0,
+            tenants: HashMap::default(),
+            ring: VecDeque::new(),
+        }
+    }
+
+    /// Starts a job at once if its tenant has nobody waiting, is under `cap`, and an eligible
+    /// upstream account is free; returns the upstream account it goes to.
+    pub fn try_start(
+        &mut self,
+        tenant: AccountId,
+        cap: u32,
+        affinity: Option<UpstreamIdx>,
+        now_ms: u64,
+    ) -> Option<UpstreamIdx> {
+        let t = self.tenants.entry(tenant).or_default();
+        t.cap = cap;
+        if !t.queue.is_empty() || t.in_flight >= cap {
+            return None;
+        }
+        let upstream = self.pick_upstream(affinity, now_ms)?;
+        self.occupy(tenant, upstream);
+        Some(upstream)
+    }
+
+    /// Puts a job at the back (or, for a retried job, the front) of its tenant's queue; returns
+    /// its position (1 = next).
+    pub fn enqueue(
+        &mut self,
+        tenant: AccountId,
+        cap: u32,
+        waiter: WaiterId,
+        affinity: Option<UpstreamIdx>,
+        max_queue: usize,
+        front: bool,
+    ) -> Result<usize, QueueFull> {
+        let t = self.tenants.entry(tenant).or_default();
+        t.cap = cap;
+        if t.queue.len() >= max_queue && !front {
+            return Err(QueueFull {
+                waiting: t.queue.len(),
+            });
+        }
+        let w = Waiter {
+            id: waiter,
+            affinity,
+        };
+        if front {
+            t.queue.push_front(w);
+        } else {
+            t.queue.push_back(w);
+        }
+        let position = if front { 1 } else { t.queue.len() };
+        if t.queue.len() == 1 {
+            self.ring.push_back(tenant);
+        }
+        Ok(position)
+    }
+
+    /// Takes a waiting job out of its queue (timed out, or its client left). False when it is
+    /// no longer waiting (it was granted a slot meanwhile).
+    pub fn remove(&mut self, tenant: AccountId, waiter: WaiterId) -> bool {
+        let Some(t) = self.tenants.get_mut(&tenant) else {
+            return false;
+        };
+        let Some(pos) = t.queue.iter().position(|w| w.id == waiter) else {
+            return false;
+        };
+        t.queue.remove(pos);
+        if t.queue.is_empty() {
+            self.ring.retain(|a| *a != tenant);
+        }
+        self.forget_if_idle(tenant);
+        true
+    }
+
+    /// Frees the slot a job of `tenant` held on `upstream`.
+    pub fn release(&mut self, tenant: AccountId, upstream: UpstreamIdx) {
+        if let Some(u) = self.upstreams.get_mut(upstream) {
+            u.in_flight = u.in_flight.saturating_sub(1);
+        }
+        if let Some(t) = self.tenants.get_mut(&tenant) {
+            t.in_flight = t.in_flight.saturating_sub(1);
+        }
+        self.forget_if_idle(tenant);
+    }
+
+    /// Keeps `upstream` out of rotation until `until_ms` (it answered 429).
+    pub fn cool_down(&mut self, upstream: UpstreamIdx, until_ms: u64) {
+        if let Some(u) = self.upstreams.get_mut(upstream) {
+            u.cooldown_until_ms = u.cooldown_until_ms.max(until_ms);
+        }
+    }
+
+    /// Hands free capacity to waiting jobs, tenants taking turns. The caller delivers the grants.
+    pub fn dispatch(&mut self, now_ms: u64) -> Vec<Grant> {
+        let mut grants = Vec::new();
+        let mut blocked_in_a_row = 0;
+        while blocked_in_a_row < self.ring.len() {
+            let Some(tenant) = self.ring.pop_front() else {
+                break;
+            };
+            match self.start_head(tenant, now_ms) {
+                Some(grant) => {
+                    grants.push(grant);
+                    blocked_in_a_row = 0;
+                }
+                None => blocked_in_a_row += 1,
+            }
+            if self
+                .tenants
+                .get(&tenant)
+                .is_some_and(|t| !t.queue.is_empty())
+            {
+                self.ring.push_back(tenant);
+            } else {
+                self.forget_if_idle(tenant);
+            }
+        }
+        grants
+    }
+
+    /// When a cooldown ends while jobs wait, the caller should dispatch again then.
+    pub fn next_cooldown_end(&self, now_ms: u64) -> Option<u64> {
+        if self.ring.is_empty() {
+            return None;
+        }
+        self.upstreams
+            .iter()
+            .map(|u| u.cooldown_until_ms)
+            .filter(|&t| t > now_ms)
+            .min()
+    }
+
+    /// 1-based position of a waiting job in its tenant's queue.
+    pub fn position(&self, tenant: AccountId, waiter: WaiterId) -> Option<usize> {
+        self.tenants
+            .get(&tenant)?
+            .queue
+            .iter()
+            .position(|w| w.id == waiter)
+            .map(|p| p + 1)
+    }
+
+    /// (in flight, waiting) for a tenant.
+    pub fn tenant_load(&self, tenant: AccountId) -> (u32, usize) {
+        self.tenants
+            .get(&tenant)
+            .map_or((0, 0), |t| (t.in_flight, t.queue.len()))
+    }
+
+    /// In-flight jobs per upstream account.
+    pub fn upstream_in_flight(&self) -> Vec<u32> {
+        self.upstreams.iter().map(|u| u.in_flight).collect()
+    }
+
+    /// Jobs waiting over all tenants.
+    pub fn waiting(&self) -> usize {
+        self.tenants.values().map(|t| t.queue.len()).sum()
+    }
+
+    /// Tenants with any state (for tests of cleanup).
+    pub fn tenants_tracked(&self) -> usize {
+        self.tenants.len()
+    }
+
+    fn start_head(&mut self, tenant: AccountId, now_ms: u64) -> Option<Grant> {
+        let t = self.tenants.get(&tenant)?;
+        if t.in_flight >= t.cap {
+            return None;
+        }
+        let head = *t.queue.front()?;
+        let upstream = self.pick_upstream(head.affinity, now_ms)?;
+        self.tenants.get_mut(&tenant)?.queue.pop_front();
+        self.occupy(tenant, upstream);
+        Some(Grant {
+            tenant,
+            waiter: head.id,
+            upstream,
+        })
+    }
+
+    fn occupy(&mut self, tenant: AccountId, upstream: UpstreamIdx) {
+        self.upstreams[upstream].in_flight += 1;
+        if let Some(t) = self.tenants.get_mut(&tenant) {
+            t.in_flight += 1;
+        }
+    }
+
+    /// The affinity upstream if free, else the next free upstream in round-robin order.
+    fn pick_upstream(&mut self, affinity: Option<UpstreamIdx>, now_ms: u64) -> Option<UpstreamIdx> {
+        if let Some(u) = affinity {
+            return self
+                .upstreams
+                .get(u)
+                .filter(|s| s.is_free(now_ms))
+                .map(|_| u);
+        }
+        let n = self.upstreams.len();
+        let found = (0..n)
+            .map(|i| (self.next_upstream + i) % n)
+            .find(|&i| self.upstreams[i].is_free(now_ms))?;
+        self.next_upstream = (found + 1) % n;
+        Some(found)
+    }
+
+    fn forget_if_idle(&mut self, tenant: AccountId) {
+        if self
+            .tenants
+            .get(&tenant)
+            .is_some_and(|t| t.in_flight == 0 && t.queue.is_empty())
+        {
+            self.tenants.remove(&tenant);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,101 @@
+//! Slots of asynchronous tasks: held from the create response until the task is seen to finish
+//! (or its maximum job time passes), and where each task ran, for follow-up jobs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use tokio::task::AbortHandle;
+
+use super::pool::SlotPermit;
+
+/// How many task origins are remembered for follow-up affinity (oldest forgotten first).
+const MAX_ORIGINS: usize = 100_000;
+
+#[derive(Debug)]
+struct Running {
+    permit: SlotPermit,
+    watcher: Option<AbortHandle>,
+}
+
+#[derive(Debug, Default)]
+struct Origins {
+    by_task: HashMap<String, (String, usize)>,
+    order: VecDeque<String>,
+}
+
+/// Tasks holding slots, and the upstream account each task ran on.
+#[derive(Debug, Default)]
+pub struct TaskTracker {
+    running: Mutex<HashMap<String, Running>>,
+    origins: Mutex<Origins>,
+}
+
+impl TaskTracker {
+    /// Holds `permit` until [`finish`](Self::finish) is called for `task`. A watcher (the
+    /// active poller and the maximum-job-time timer) is aborted when the task finishes first.
+    pub fn hold(&self, task: String, permit: SlotPermit, watcher: Option<AbortHandle>) {
+        self.remember_origin(&task, &permit.pool().name, permit.upstream());
+        let previous = self
+            .lock_running()
+            .insert(task, Running { permit, watcher });
+        drop(previous); // a task id seen twice: the older hold ends (outside the lock)
+    }
+
+    /// Releases the task's slot; false when it was not held.
+    pub fn finish(&self, task: &str) -> bool {
+        let removed = self.lock_running().remove(task);
+        match removed {
+            Some(r) => {
+                if let Some(w) = r.watcher {
+                    w.abort();
+                }
+                drop(r.permit);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets the watcher of a held task; aborts it when the task already finished.
+    pub fn attach_watcher(&self, task: &str, watcher: AbortHandle) {
+        match self.lock_running().get_mut(task) {
+            Some(r) => r.watcher = Some(watcher),
+            None => watcher.abort(),
+        }
+    }
+
+    pub fn is_running(&self, task: &str) -> bool {
+        self.lock_running().contains_key(task)
+    }
+
+    /// Tasks holding a slot.
+    pub fn running(&self) -> usize {
+        self.lock_running().len()
+    }
+
+    /// The pool and upstream account a task ran on.
+    pub fn origin(&self, task: &str) -> Option<(String, usize)> {
+        self.origins.lock().ok()?.by_task.get(task).cloned()
+    }
+
+    pub fn remember_origin(&self, task: &str, pool: &str, upstream: usize) {
+        let Ok(mut o) = self.origins.lock() else {
+            return;
+        };
+        if o.by_task
+            .insert(task.to_owned(), (pool.to_owned(), upstream))
+            .is_none()
+        {
+            o.order.push_back(task.to_owned());
+        }
+        while o.order.len() > MAX_ORIGINS {
+            if let Some(old) = o.order.pop_front() {
+                o.by_task.remove(&old);
+            }
+        }
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
