@@ -2,10 +2,12 @@
 //! Everything runs over real loopback HTTP.
 #![allow(dead_code)]
 
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -33,15 +35,40 @@ pub struct Seen {
     pub target: String,
     pub headers: HeaderMap,
     pub body_len: u64,
+    /// When the request head arrived.
+    pub at: Instant,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The upstream's shared state.
+#[derive(Default)]
+struct State {
+    seen: Mutex<Vec<Seen>>,
+    /// (x-job header, when its response was sent)
+    ended: Mutex<Vec<(String, Instant)>>,
+    /// in flight and maximum in flight, per `mj-api-secret` credential ("-" without one)
+    by_credential: Mutex<HashMap<String, (usize, usize)>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// Credentials answered with 429 + Retry-After.
+    busy: Mutex<HashSet<String>>,
+    /// Task id -> status, for `/task/create` and `/task/{id}`.
+    tasks: Mutex<HashMap<String, String>>,
+    next_task: AtomicUsize,
 }
 
 /// A recording upstream. Paths: `/slow?ms=N`, `/status/NNN`, `/download?bytes=N`, `/echo`,
-/// `/hop` (answers with hop-by-hop headers); anything else answers 200 `{"ok":true}`.
+/// `/hop` (answers with hop-by-hop headers), `POST /task/create[?ms=N]` (answers
+/// `{"result": "t-N"}`), `GET /task/{id}` (answers `{"id", "status"}`); anything else answers
+/// 200 `{"ok":true}`. A request whose `mj-api-secret` is marked busy gets 429.
 pub struct Upstream {
     pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    pub max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    state: Arc<State>,
 }
 
 fn query_num(target: &str, key: &str) -> Option<u64> {
@@ -56,20 +83,18 @@ impl Upstream {
     pub async fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let max_in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (s, f, m) = (seen.clone(), in_flight.clone(), max_in_flight.clone());
+        let state = Arc::new(State::default());
+        let st = state.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (s, f, m) = (s.clone(), f.clone(), m.clone());
+                let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let (s, f, m) = (s.clone(), f.clone(), m.clone());
-                        async move { Ok::<_, Infallible>(respond(req, s, f, m).await) }
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(respond(req, st).await) }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -77,12 +102,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream {
-            addr,
-            seen,
-            in_flight,
-            max_in_flight,
-        }
+        Upstream { addr, state }
     }
 
     pub fn url(&self) -> String {
@@ -90,11 +110,65 @@ impl Upstream {
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.state.seen.lock().unwrap().clone()
     }
 
     pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
+        self.state.seen.lock().unwrap().len()
+    }
+
+    /// Requests seen whose target starts with `prefix`.
+    pub fn count_prefix(&self, prefix: &str) -> usize {
+        self.state
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.target.starts_with(prefix))
+            .count()
+    }
+
+    /// Most requests the upstream ever held at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(SeqCst)
+    }
+
+    /// Most requests ever held at once for one credential.
+    pub fn max_in_flight_for(&self, credential: &str) -> usize {
+        self.state
+            .by_credential
+            .lock()
+            .unwrap()
+            .get(credential)
+            .map_or(0, |c| c.1)
+    }
+
+    /// When the response to the request with `x-job: job` was sent.
+    pub fn ended(&self, job: &str) -> Option<Instant> {
+        self.state
+            .ended
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(j, _)| j == job)
+            .map(|(_, t)| *t)
+    }
+
+    pub fn set_busy(&self, credential: &str, busy: bool) {
+        let mut b = self.state.busy.lock().unwrap();
+        if busy {
+            b.insert(credential.to_owned());
+        } else {
+            b.remove(credential);
+        }
+    }
+
+    pub fn set_task_status(&self, id: &str, status: &str) {
+        self.state
+            .tasks
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), status.to_owned());
     }
 }
 
@@ -104,87 +178,157 @@ fn full(b: impl Into<Bytes>) -> UpBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
-async fn respond(
-    req: Request<Incoming>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-) -> Response<UpBody> {
-    use std::sync::atomic::Ordering::SeqCst;
-    let now = in_flight.fetch_add(1, SeqCst) + 1;
-    max_in_flight.fetch_max(now, SeqCst);
+fn json(status: u16, body: String) -> Response<UpBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(body))
+        .unwrap()
+}
+
+/// Counts a request in flight, overall and for its credential, until dropped.
+struct InFlight {
+    state: Arc<State>,
+    credential: String,
+}
+
+impl InFlight {
+    fn enter(state: &Arc<State>, credential: String) -> Self {
+        let now = state.in_flight.fetch_add(1, SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, SeqCst);
+        let mut by = state.by_credential.lock().unwrap();
+        let c = by.entry(credential.clone()).or_default();
+        c.0 += 1;
+        c.1 = c.1.max(c.0);
+        drop(by);
+        Self {
+            state: state.clone(),
+            credential,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, SeqCst);
+        if let Some(c) = self
+            .state
+            .by_credential
+            .lock()
+            .unwrap()
+            .get_mut(&self.credential)
+        {
+            c.0 -= 1;
+        }
+    }
+}
+
+async fn respond(req: Request<Incoming>, state: Arc<State>) -> Response<UpBody> {
+    let at = Instant::now();
     let target = req
         .uri()
         .path_and_query()
         .map_or("/".to_owned(), |p| p.as_str().to_owned());
     let (parts, body) = req.into_parts();
     let path = target.split('?').next().unwrap_or("/").to_owned();
+    let credential = parts
+        .headers
+        .get("mj-api-secret")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let job = parts
+        .headers
+        .get("x-job")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut entry = Seen {
         method: parts.method.clone(),
         target: target.clone(),
         headers: parts.headers.clone(),
         body_len: 0,
+        at,
     };
-    let resp = if path == "/echo" {
-        // Stream the request body straight back; record only after the body ends.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
-        let seen2 = seen.clone();
-        tokio::spawn(async move {
-            let mut body = body;
-            let mut n = 0u64;
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Ok(data) = frame.into_data() {
-                    n += data.len() as u64;
-                    if tx.send(Ok(Frame::data(data))).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            entry.body_len = n;
-            seen2.lock().unwrap().push(entry);
-        });
-        in_flight.fetch_sub(1, SeqCst);
-        return Response::new(StreamBody::new(tokio_stream_from(rx)).boxed());
+    if path == "/echo" {
+        return echo(body, entry, state);
+    }
+    let guard = InFlight::enter(&state, credential.clone());
+    let mut body = body;
+    let mut n = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(d) = frame.into_data() {
+            n += d.len() as u64;
+        }
+    }
+    entry.body_len = n;
+    state.seen.lock().unwrap().push(entry);
+    if let Some(ms) = query_num(&target, "ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let resp = if state.busy.lock().unwrap().contains(&credential) {
+        Response::builder()
+            .status(429)
+            .header("retry-after", "2")
+            .body(full("{\"busy\":true}"))
+            .unwrap()
+    } else if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        json(code, "{\"status\":true}".into())
+    } else if path == "/task/create" {
+        let id = format!("t-{}", state.next_task.fetch_add(1, SeqCst) + 1);
+        state
+            .tasks
+            .lock()
+            .unwrap()
+            .insert(id.clone(), "IN_PROGRESS".into());
+        json(200, format!("{{\"code\":1,\"result\":\"{id}\"}}"))
+    } else if let Some(id) = path.strip_prefix("/task/") {
+        let status = state.tasks.lock().unwrap().get(id).cloned();
+        match status {
+            Some(status) => json(200, format!("{{\"id\":\"{id}\",\"status\":\"{status}\"}}")),
+            None => json(404, "{\"error\":\"no such task\"}".into()),
+        }
+    } else if path == "/download" {
+        let total = query_num(&target, "bytes").unwrap_or(0);
+        Response::new(stream_zeros(total))
+    } else if path == "/hop" {
+        Response::builder()
+            .header("connection", "x-up-secret")
+            .header("x-up-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header("x-up-visible", "1")
+            .body(full("hop"))
+            .unwrap()
     } else {
+        json(200, "{\"ok\":true}".into())
+    };
+    if let Some(job) = job {
+        state.ended.lock().unwrap().push((job, Instant::now()));
+    }
+    drop(guard);
+    resp
+}
+
+/// Streams the request body straight back; records the request once its body has ended.
+fn echo(body: Incoming, mut entry: Seen, state: Arc<State>) -> Response<UpBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
         let mut body = body;
         let mut n = 0u64;
         while let Some(Ok(frame)) = body.frame().await {
-            if let Ok(d) = frame.into_data() {
-                n += d.len() as u64;
+            if let Ok(data) = frame.into_data() {
+                n += data.len() as u64;
+                if tx.send(Ok(Frame::data(data))).await.is_err() {
+                    break;
+                }
             }
         }
         entry.body_len = n;
-        seen.lock().unwrap().push(entry);
-        if let Some(ms) = query_num(&target, "ms").filter(|_| path == "/slow") {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-        if let Some(code) = path
-            .strip_prefix("/status/")
-            .and_then(|c| c.parse::<u16>().ok())
-        {
-            let mut r = Response::new(full("{\"status\":true}"));
-            *r.status_mut() = StatusCode::from_u16(code).unwrap();
-            r
-        } else if path == "/download" {
-            let total = query_num(&target, "bytes").unwrap_or(0);
-            Response::new(stream_zeros(total))
-        } else if path == "/hop" {
-            Response::builder()
-                .header("connection", "x-up-secret")
-                .header("x-up-secret", "1")
-                .header("keep-alive", "timeout=5")
-                .header("x-up-visible", "1")
-                .body(full("hop"))
-                .unwrap()
-        } else {
-            Response::builder()
-                .header("content-type", "application/json")
-                .body(full("{\"ok\":true}"))
-                .unwrap()
-        }
-    };
-    in_flight.fetch_sub(1, SeqCst);
-    resp
+        state.seen.lock().unwrap().push(entry);
+    });
+    Response::new(StreamBody::new(tokio_stream_from(rx)).boxed())
 }
 
 fn tokio_stream_from(

@@ -1,0 +1,564 @@
+//! Job queues over real HTTP: FIFO under a concurrency cap, queue bounds, upstream account
+//! round-robin, follow-up affinity, cooldown after 429, task-mode slot holds, cancellation and
+//! fairness. The upstream is a slow recording server on loopback.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Answer, Gate, TestClient, Upstream, DAY0_MS};
+
+/// Jobs on `POST /slow`, a tier with the given queue settings.
+fn sync_config(tier: &str) -> String {
+    format!(
+        r#"
+        [[route]]
+        method = "POST"
+        path = "/slow"
+        class = "job"
+        [[jobs]]
+        classes = ["job"]
+        mode = "sync"
+        [tiers.t]
+        {tier}
+        "#
+    )
+}
+
+async fn job(c: &TestClient, gate: &Gate, key: &str, name: &str, ms: u64) -> Answer {
+    c.send(
+        "POST",
+        &gate.url(&format!("/slow?ms={ms}")),
+        &[("x-api-key", key), ("x-job", name)],
+        "{}",
+    )
+    .await
+}
+
+fn spawn_job(gate: &Gate, key: &str, name: String, ms: u64) -> tokio::task::JoinHandle<Answer> {
+    let url = gate.url(&format!("/slow?ms={ms}"));
+    let key = key.to_owned();
+    tokio::spawn(async move {
+        TestClient::new()
+            .send("POST", &url, &[("x-api-key", &key), ("x-job", &name)], "{}")
+            .await
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenario_concurrency_three_eight_jobs_fifo() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(&sync_config("concurrency = 3"), &up.url(), DAY0_MS);
+    let mut handles = Vec::new();
+    for i in 1..=8 {
+        handles.push(spawn_job(&gate, "acct", format!("job{i}"), 300));
+        tokio::time::sleep(Duration::from_millis(15)).await; // a defined submission order
+    }
+    let mut answers = Vec::new();
+    for h in handles {
+        answers.push(h.await.unwrap());
+    }
+    assert!(answers.iter().all(|a| a.status == 200));
+    assert_eq!(
+        up.max_in_flight(),
+        3,
+        "never more than 3 of the account's jobs at the upstream"
+    );
+    let order: Vec<String> = up
+        .seen()
+        .iter()
+        .map(|s| s.header("x-job").unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (1..=8).map(|i| format!("job{i}")).collect();
+    assert_eq!(
+        order, expected,
+        "jobs reach the upstream in submission order"
+    );
+    let seen = up.seen();
+    for (next, done) in [(3, "job1"), (4, "job2"), (5, "job3")] {
+        assert!(
+            seen[next].at >= up.ended(done).unwrap(),
+            "job{} started before {done} completed",
+            next + 1
+        );
+    }
+    assert_eq!(answers[0].num("x-queue-wait-ms"), 0);
+    assert!(
+        answers[3].num("x-queue-wait-ms") >= 200,
+        "job 4 waited for job 1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_and_maximum_wait_answer_429_concurrency() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(
+        &sync_config("concurrency = 1\nmax_queue = 1\nmax_wait = \"300ms\""),
+        &up.url(),
+        DAY0_MS,
+    );
+    let c = TestClient::new();
+    let first = spawn_job(&gate, "acct", "running".into(), 1_000);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = spawn_job(&gate, "acct", "queued".into(), 10);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let full = job(&c, &gate, "acct", "overflow", 10).await;
+    assert_eq!(full.status, 429);
+    assert_eq!(full.header("x-ratelimit-type"), Some("concurrency"));
+    assert!(full.num("retry-after") >= 1);
+    assert_eq!(full.json()["error"], "queue_full");
+
+    let timed_out = queued.await.unwrap();
+    assert_eq!(timed_out.status, 429, "waited past max_wait");
+    assert_eq!(timed_out.header("x-ratelimit-type"), Some("concurrency"));
+    assert_eq!(timed_out.json()["error"], "queue_timeout");
+    assert!(timed_out.num("retry-after") >= 1);
+    assert_eq!(first.await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let jobs: Vec<String> = up
+        .seen()
+        .iter()
+        .map(|s| s.header("x-job").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        jobs,
+        vec!["running"],
+        "refused and timed-out jobs never reach the upstream"
+    );
+    // Another account is not affected by this account's queue.
+    assert_eq!(job(&c, &gate, "other", "other", 10).await.status, 200);
+}
+
+const TWO_ACCOUNTS: &str = r#"
+    [[route]]
+    method = "POST"
+    path = "/slow"
+    class = "job"
+    [[route]]
+    method = "POST"
+    path = "/task/create"
+    class = "create"
+    [[jobs]]
+    classes = ["job"]
+    [[jobs]]
+    classes = ["create"]
+    mode = "task"
+    task_id_pointer = "/result"
+    follow_up_pointer = "/taskId"
+    max_job_time = "5s"
+    [tasks]
+    get_path = "/task/{id}"
+    status_pointer = "/status"
+    terminal = ["SUCCESS", "FAILURE"]
+    [tiers.pro]
+    [[upstream_account]]
+    name = "a"
+    credential_header = "mj-api-secret"
+    credential = "secret-a"
+    concurrency = 1
+    [[upstream_account]]
+    name = "b"
+    credential_header = "mj-api-secret"
+    credential = "secret-b"
+    concurrency = 1
+    [[account]]
+    key = "pro-key"
+    tier = "pro"
+    upstream_accounts = ["a", "b"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_alternate_over_upstream_accounts_within_their_caps() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(TWO_ACCOUNTS, &up.url(), DAY0_MS);
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        handles.push(spawn_job(&gate, "pro-key", format!("j{i}"), 150));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut named = Vec::new();
+    for h in handles {
+        let a = h.await.unwrap();
+        assert_eq!(a.status, 200);
+        named.push(a.header("x-floodgate-upstream-account").unwrap().to_owned());
+    }
+    let creds: Vec<String> = up
+        .seen()
+        .iter()
+        .map(|s| s.header("mj-api-secret").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        creds,
+        ["secret-a", "secret-b", "secret-a", "secret-b", "secret-a", "secret-b"]
+    );
+    assert_eq!(named, ["a", "b", "a", "b", "a", "b"]);
+    assert_eq!(up.max_in_flight_for("secret-a"), 1);
+    assert_eq!(up.max_in_flight_for("secret-b"), 1);
+    assert!(up
+        .seen()
+        .iter()
+        .all(|s| s.header("x-api-key") == Some("pro-key")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_account_answering_429_rests_and_the_other_takes_the_job() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(TWO_ACCOUNTS, &up.url(), DAY0_MS);
+    let c = TestClient::new();
+    up.set_busy("secret-a", true);
+    let a = job(&c, &gate, "pro-key", "first", 10).await;
+    assert_eq!(a.status, 200, "retried on the other account");
+    assert_eq!(a.header("x-floodgate-upstream-account"), Some("b"));
+    up.set_busy("secret-a", false);
+    for i in 0..3 {
+        let a = job(&c, &gate, "pro-key", &format!("next{i}"), 10).await;
+        assert_eq!(
+            a.header("x-floodgate-upstream-account"),
+            Some("b"),
+            "a rests for its Retry-After"
+        );
+    }
+    let metrics = c.get(&gate.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(r#"floodgate_upstream_account_cooldowns_total{upstream_account="a"} 1"#),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let names: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..2 {
+            v.push(
+                job(&c, &gate, "pro-key", &format!("late{i}"), 10)
+                    .await
+                    .header("x-floodgate-upstream-account")
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        v
+    };
+    assert!(
+        names.contains(&"a".to_owned()),
+        "a is back in rotation after its rest: {names:?}"
+    );
+}
+
+async fn create_task(c: &TestClient, gate: &Gate, key: &str, body: &str) -> Answer {
+    c.send(
+        "POST",
+        &gate.url("/task/create"),
+        &[("x-api-key", key)],
+        body.to_owned(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_up_jobs_go_to_the_upstream_account_of_their_task() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(TWO_ACCOUNTS, &up.url(), DAY0_MS);
+    let c = TestClient::new();
+    let t1 = create_task(&c, &gate, "pro-key", "{}").await;
+    let t2 = create_task(&c, &gate, "pro-key", "{}").await;
+    assert_eq!(t1.header("x-floodgate-upstream-account"), Some("a"));
+    assert_eq!(t2.header("x-floodgate-upstream-account"), Some("b"));
+    let (id1, id2) = (
+        t1.json()["result"].as_str().unwrap().to_owned(),
+        t2.json()["result"].as_str().unwrap().to_owned(),
+    );
+    up.set_task_status(&id1, "SUCCESS");
+    up.set_task_status(&id2, "SUCCESS");
+    assert_eq!(
+        c.send(
+            "GET",
+            &gate.url(&format!("/task/{id1}")),
+            &[("x-api-key", "pro-key")],
+            ""
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        c.send(
+            "GET",
+            &gate.url(&format!("/task/{id2}")),
+            &[("x-api-key", "pro-key")],
+            ""
+        )
+        .await
+        .status,
+        200
+    );
+    for _ in 0..2 {
+        let f = create_task(
+            &c,
+            &gate,
+            "pro-key",
+            &format!("{{\"taskId\": \"{id2}\", \"action\": \"UPSCALE\"}}"),
+        )
+        .await;
+        assert_eq!(
+            f.header("x-floodgate-upstream-account"),
+            Some("b"),
+            "follow-ups of t2 stay on b"
+        );
+        let id = f.json()["result"].as_str().unwrap().to_owned();
+        up.set_task_status(&id, "SUCCESS");
+        c.send(
+            "GET",
+            &gate.url(&format!("/task/{id}")),
+            &[("x-api-key", "pro-key")],
+            "",
+        )
+        .await;
+    }
+    let f = create_task(&c, &gate, "pro-key", &format!("{{\"taskId\": \"{id1}\"}}")).await;
+    assert_eq!(f.header("x-floodgate-upstream-account"), Some("a"));
+}
+
+fn task_config(extra_tasks: &str, max_job_time: &str) -> String {
+    format!(
+        r#"
+        [[route]]
+        method = "POST"
+        path = "/task/create"
+        class = "create"
+        [[jobs]]
+        classes = ["create"]
+        mode = "task"
+        task_id_pointer = "/result"
+        max_job_time = "{max_job_time}"
+        [tasks]
+        get_path = "/task/{{id}}"
+        status_pointer = "/status"
+        terminal = ["SUCCESS", "FAILURE"]
+        {extra_tasks}
+        [tiers.t]
+        concurrency = 1
+        "#
+    )
+}
+
+/// Starts a second task creation and reports whether it reached the upstream within `within`.
+async fn second_create_blocked_for(
+    up: &Upstream,
+    gate: &Gate,
+    within: Duration,
+) -> tokio::task::JoinHandle<Answer> {
+    let url = gate.url("/task/create");
+    let h = tokio::spawn(async move {
+        TestClient::new()
+            .send("POST", &url, &[("x-api-key", "k")], "{}")
+            .await
+    });
+    tokio::time::sleep(within).await;
+    assert_eq!(
+        up.count_prefix("/task/create"),
+        1,
+        "the second task waits while the first holds the slot"
+    );
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_slot_is_held_until_a_passing_get_task_shows_a_terminal_status() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(&task_config("", "30s"), &up.url(), DAY0_MS);
+    let c = TestClient::new();
+    let first = create_task(&c, &gate, "k", "{}").await;
+    assert_eq!(first.status, 200);
+    let id = first.json()["result"].as_str().unwrap().to_owned();
+    let second = second_create_blocked_for(&up, &gate, Duration::from_millis(300)).await;
+    let poll = c
+        .send(
+            "GET",
+            &gate.url(&format!("/task/{id}")),
+            &[("x-api-key", "k")],
+            "",
+        )
+        .await;
+    assert_eq!(poll.json()["status"], "IN_PROGRESS");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        up.count_prefix("/task/create"),
+        1,
+        "not terminal yet: still held"
+    );
+    up.set_task_status(&id, "FAILURE");
+    let poll = c
+        .send(
+            "GET",
+            &gate.url(&format!("/task/{id}")),
+            &[("x-api-key", "k")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        poll.json()["status"],
+        "FAILURE",
+        "the client sees the upstream's answer unchanged"
+    );
+    let started = Instant::now();
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("freed")
+        .unwrap();
+    assert_eq!(second.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_slot_frees_when_floodgate_polls_and_sees_the_task_done() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(
+        &task_config("poll_interval = \"100ms\"", "30s"),
+        &up.url(),
+        DAY0_MS,
+    );
+    let c = TestClient::new();
+    let id = create_task(&c, &gate, "k", "{}").await.json()["result"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = second_create_blocked_for(&up, &gate, Duration::from_millis(400)).await;
+    assert!(
+        up.count_prefix(&format!("/task/{id}")) >= 2,
+        "floodgate polls the get-task endpoint itself"
+    );
+    up.set_task_status(&id, "SUCCESS");
+    let second = tokio::time::timeout(Duration::from_secs(3), second)
+        .await
+        .expect("freed by polling")
+        .unwrap();
+    assert_eq!(second.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_slot_frees_at_the_maximum_job_time() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(&task_config("", "700ms"), &up.url(), DAY0_MS);
+    let c = TestClient::new();
+    let created = Instant::now();
+    assert_eq!(create_task(&c, &gate, "k", "{}").await.status, 200);
+    let second = second_create_blocked_for(&up, &gate, Duration::from_millis(300)).await;
+    let second = tokio::time::timeout(Duration::from_secs(3), second)
+        .await
+        .expect("freed at max_job_time")
+        .unwrap();
+    assert_eq!(second.status, 200);
+    assert!(
+        created.elapsed() >= Duration::from_millis(650),
+        "not before the maximum job time"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_jobs_with_random_disconnects_leak_no_slot() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(
+        &sync_config("concurrency = 5\nmax_queue = 2000"),
+        &up.url(),
+        DAY0_MS,
+    );
+    let mut handles = Vec::new();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for i in 0..1_000 {
+        let url = gate.url(&format!("/slow?ms={}", rand(20)));
+        let give_up = Duration::from_millis(rand(60));
+        handles.push(tokio::spawn(async move {
+            let c = TestClient::new();
+            let name = format!("j{i}");
+            tokio::time::timeout(
+                give_up,
+                c.send("POST", &url, &[("x-api-key", "k"), ("x-job", &name)], "{}"),
+            )
+            .await
+            .is_ok()
+        }));
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut completed = 0;
+    for h in handles {
+        completed += h.await.unwrap() as usize;
+    }
+    assert!(up.max_in_flight() <= 5);
+    // Everything drains: no job waits or runs any more.
+    let c = TestClient::new();
+    let mut drained = false;
+    for _ in 0..100 {
+        let m =
+            String::from_utf8_lossy(&c.get(&gate.admin_url("/metrics")).await.body).into_owned();
+        if m.contains(r#"floodgate_jobs_in_flight{tier="t"} 0"#)
+            && m.contains(r#"floodgate_jobs_queued{tier="t"} 0"#)
+        {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        drained,
+        "in-flight and queued return to 0 ({completed} of 1000 completed)"
+    );
+    // The full concurrency is usable again: 5 slow jobs start at once.
+    let handles: Vec<_> = (0..5)
+        .map(|i| spawn_job(&gate, "k", format!("after{i}"), 300))
+        .collect();
+    for h in handles {
+        let a = h.await.unwrap();
+        assert_eq!(a.status, 200);
+        assert!(
+            a.num("x-queue-wait-ms") < 150,
+            "no slot leaked: waited {} ms",
+            a.num("x-queue-wait-ms")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_tenant_is_not_starved_by_a_big_backlog_on_a_shared_pool() {
+    let up = Upstream::start().await;
+    let config = r#"
+        [[route]]
+        method = "POST"
+        path = "/slow"
+        class = "job"
+        [[jobs]]
+        classes = ["job"]
+        [tiers.shared]
+        max_queue = 500
+        upstream_accounts = ["pool-1"]
+        [[upstream_account]]
+        name = "pool-1"
+        credential_header = "mj-api-secret"
+        credential = "operator-secret"
+        concurrency = 1
+    "#;
+    let gate = Gate::start(config, &up.url(), DAY0_MS);
+    let mut backlog = Vec::new();
+    for i in 0..200 {
+        backlog.push(spawn_job(&gate, "tenant-a", format!("a{i}"), 10));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = job(&TestClient::new(), &gate, "tenant-b", "b", 10).await;
+    assert_eq!(b.status, 200);
+    let waited = b.num("x-queue-wait-ms");
+    assert!(
+        waited < 100,
+        "B's job started within about one slot's service time, waited {waited} ms"
+    );
+    for h in backlog {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    assert_eq!(up.max_in_flight_for("operator-secret"), 1);
+}
