@@ -77,10 +77,12 @@ fn check_midjourney_toml() {
     check_ok(
         "config/midjourney.toml",
         &[
-            "2 routes, 3 classes, 1 tiers\n",
+            "2 routes, 3 classes, 2 tiers\n",
+            "  route GET /mj/message/{} -> progress\n",
             "  default class: general\n",
-            "  tier standard: ",
-            "progress[second=10]",
+            "  tier standard: general[interval=1/3000ms] progress[second=10] submit[interval=1/3000ms]\n",
+            "  job class submit: Task, max job time 600s\n",
+            "  queue standard: concurrency 2, max queue 50, max wait 600s, pool upstream\n",
         ],
     );
 }

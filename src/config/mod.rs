@@ -153,6 +153,23 @@ impl Config {
             }
             out += "\n";
         }
+        for (i, class) in self.classes.iter().enumerate() {
+            if let Some(job) = self.jobs.class(ClassId(i as u16)) {
+                out += &format!(
+                    "  job class {class}: {:?}, max job time {:?}\n",
+                    job.mode, job.max_job_time
+                );
+            }
+        }
+        for (tier, q) in self.tiers.iter().zip(&self.jobs.tiers) {
+            let concurrency = q
+                .concurrency
+                .map_or("upstream caps".to_owned(), |c| c.to_string());
+            out += &format!(
+                "  queue {}: concurrency {concurrency}, max queue {}, max wait {:?}, pool {}\n",
+                tier.name, q.max_queue, q.max_wait, self.jobs.pools[q.pool].name
+            );
+        }
         out
     }
 }
