@@ -5,6 +5,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use crate::identity::IdentityError;
+use crate::proxy::upload::TooLarge;
 use crate::proxy::ProxyBody;
 
 /// Why floodgate answered a request itself instead of the upstream.
@@ -12,6 +13,8 @@ use crate::proxy::ProxyBody;
 pub enum ProxyError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    BodyTooLarge(#[from] TooLarge),
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
     #[error("upstream did not accept a connection in time")]
@@ -26,6 +29,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Identity(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -40,11 +44,17 @@ impl ProxyError {
         match self {
             ProxyError::Identity(IdentityError::MissingKey) => "missing_api_key",
             ProxyError::Identity(IdentityError::UnknownKey) => "unknown_api_key",
+            ProxyError::BodyTooLarge(_) => "payload_too_large",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamProtocol(_) => "upstream_protocol_error",
         }
+    }
+
+    /// True when the upstream failed us; false when the request itself was refused.
+    pub fn is_upstream_failure(&self) -> bool {
+        !matches!(self, ProxyError::Identity(_) | ProxyError::BodyTooLarge(_))
     }
 
     /// The JSON error response.

@@ -87,7 +87,7 @@ impl Metrics {
         );
         let rejected = counter(
             "floodgate_rejected_total",
-            "Requests refused before classification (401 and the like).",
+            "Requests floodgate refused itself, other than 429s (401 no or unknown key, 413 body too large).",
             &["reason"],
         );
         let upstream_errors = counter(

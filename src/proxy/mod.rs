@@ -1,4 +1,5 @@
-//! A request's life, top to bottom: identify -> classify -> decide -> forward -> headers.
+//! A request's life, top to bottom: identify -> classify -> size check -> decide -> forward ->
+//! headers.
 //!
 //! Everything here is the thin I/O edge around pure parts: identity, classification and the limit
 //! decision take plain values and return plain values; the store does the atomic bookkeeping;
@@ -6,6 +7,7 @@
 
 mod body;
 pub mod forwarding;
+pub mod upload;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -15,9 +17,11 @@ use std::time::Instant;
 use http::header::{HeaderValue, HOST};
 use http::uri::Uri;
 use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 pub use body::ProxyBody;
+use upload::UploadBody;
 use upstream::UpstreamClient;
 
 use crate::app::{Policy, Shared};
@@ -54,6 +58,12 @@ impl Proxy {
             }
         };
         let class = config.router.classify(req.method(), req.uri().path());
+        // Before the limit check: a request refused for its declared size consumes no quota.
+        if let Err(e) = upload::check_declared(&req.body().size_hint(), config.max_body(class)) {
+            let err = ProxyError::from(e);
+            self.shared.metrics.rejected(err.code());
+            return err.into_response();
+        }
 
         let usage = match self.decide(&policy, caller, class).await {
             Ok(usage) => usage,
@@ -62,9 +72,13 @@ impl Proxy {
 
         let mut resp = match self.forward(req, peer, &policy, caller, class).await {
             Ok(resp) => resp,
-            Err(e) => {
+            Err(e) if e.is_upstream_failure() => {
                 self.shared.metrics.upstream_error(e.code());
                 tracing::warn!(error = %e, class = config.class_name(class), "upstream failure");
+                e.into_response()
+            }
+            Err(e) => {
+                self.shared.metrics.rejected(e.code());
                 e.into_response()
             }
         };
@@ -118,16 +132,18 @@ impl Proxy {
         }
     }
 
-    /// Sends the request upstream with its path, query and body untouched.
+    /// Sends the request upstream with its path, query and body untouched; the body is counted
+    /// against the class's upload limit as it streams.
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: SocketAddr,
         policy: &Policy,
         caller: Caller,
         class: ClassId,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let config = &policy.config;
+        let mut req = req.map(|body| UploadBody::new(body, config.max_body(class)));
         prepare_request(&mut req, peer, self.upstream_authority());
         if config.headers.annotate_upstream {
             let h = req.headers_mut();
@@ -153,7 +169,7 @@ impl Proxy {
 }
 
 /// Origin-form target, HTTP/1.1 towards the upstream, a Host header, forwarding headers.
-fn prepare_request(req: &mut Request<Incoming>, peer: SocketAddr, upstream_authority: &str) {
+fn prepare_request<B>(req: &mut Request<B>, peer: SocketAddr, upstream_authority: &str) {
     if req.uri().scheme().is_some() {
         // absolute-form from the client: the upstream gets origin-form, Host carries the authority
         if let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) {

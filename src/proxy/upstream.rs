@@ -6,6 +6,7 @@
 //! on a reused connection before being sent (the upstream closed an idle keep-alive) is retried
 //! once on a fresh connection.
 
+use std::error::Error as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -20,9 +21,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
+use super::upload::{UploadBody, UploadError};
 use crate::error::ProxyError;
 
-type Sender = SendRequest<Incoming>;
+type Sender = SendRequest<UploadBody>;
 
 /// Connections to one upstream origin.
 #[derive(Debug)]
@@ -57,7 +59,7 @@ impl UpstreamClient {
     /// Sends `req` and returns the response head; the body streams afterwards.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<UploadBody>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let deadline = Instant::now() + self.response_timeout;
         loop {
@@ -72,7 +74,7 @@ impl UpstreamClient {
                 }
                 Ok(Err(mut err)) => match err.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(ProxyError::UpstreamProtocol(err.into_error().to_string())),
+                    _ => return Err(send_error(err.into_error())),
                 },
             }
         }
@@ -125,6 +127,14 @@ impl UpstreamClient {
             }
         });
         Ok(sender)
+    }
+}
+
+/// A request body cut off at its class's limit is the client's doing (413), not the upstream's.
+fn send_error(err: hyper::Error) -> ProxyError {
+    match err.source().and_then(|s| s.downcast_ref::<UploadError>()) {
+        Some(UploadError::TooLarge(too_large)) => ProxyError::BodyTooLarge(*too_large),
+        _ => ProxyError::UpstreamProtocol(err.to_string()),
     }
 }
 
