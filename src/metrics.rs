@@ -21,6 +21,7 @@ pub struct Metrics {
     rejected: IntCounterVec,
     upstream_errors: IntCounterVec,
     upstream_seconds: HistogramVec,
+    state_saves: IntCounterVec,
     pub tracked_accounts: IntGauge,
 }
 
@@ -95,6 +96,11 @@ impl Metrics {
             "Requests the upstream could not answer.",
             &["kind"],
         );
+        let state_saves = counter(
+            "floodgate_state_saves_total",
+            "Writes of the state file, by result (ok, error).",
+            &["result"],
+        );
         let upstream_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "floodgate_upstream_response_seconds",
@@ -124,6 +130,7 @@ impl Metrics {
             rejected,
             upstream_errors,
             upstream_seconds,
+            state_saves,
             tracked_accounts,
         }
     }
@@ -168,6 +175,11 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: &str) {
         self.upstream_errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn state_saved(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.state_saves.with_label_values(&[result]).inc();
     }
 
     /// The Prometheus text exposition of every metric.
