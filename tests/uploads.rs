@@ -135,6 +135,12 @@ async fn declared_length_over_the_limit_is_413_before_anything_goes_upstream() {
         "refused before the rate limiter"
     );
     assert_eq!(up.count(), 0, "the upstream saw nothing");
+    let metrics = TestClient::new().get(&gate.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        metrics.contains("floodgate_rejected_total{reason=\"payload_too_large\"} 1"),
+        "{metrics}"
+    );
 
     let a = TestClient::new()
         .send("POST", &gate.url("/small"), &[("x-api-key", KEY)], "ok")

@@ -51,18 +51,12 @@ impl Proxy {
 
         let caller = match config.identity.identify(req.headers(), peer.ip()) {
             Ok(caller) => caller,
-            Err(e) => {
-                let err = ProxyError::from(e);
-                self.shared.metrics.rejected(err.code());
-                return err.into_response();
-            }
+            Err(e) => return self.refuse(e.into()),
         };
         let class = config.router.classify(req.method(), req.uri().path());
         // Before the limit check: a request refused for its declared size consumes no quota.
         if let Err(e) = upload::check_declared(&req.body().size_hint(), config.max_body(class)) {
-            let err = ProxyError::from(e);
-            self.shared.metrics.rejected(err.code());
-            return err.into_response();
+            return self.refuse(e.into());
         }
 
         let usage = match self.decide(&policy, caller, class).await {
@@ -77,15 +71,18 @@ impl Proxy {
                 tracing::warn!(error = %e, class = config.class_name(class), "upstream failure");
                 e.into_response()
             }
-            Err(e) => {
-                self.shared.metrics.rejected(e.code());
-                e.into_response()
-            }
+            Err(e) => self.refuse(e),
         };
         if let Some(usage) = usage {
             rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf);
         }
         resp
+    }
+
+    /// Answers a request floodgate refuses itself (401, 413), counted by reason.
+    fn refuse(&self, err: ProxyError) -> Response<ProxyBody> {
+        self.shared.metrics.rejected(err.code());
+        err.into_response()
     }
 
     /// Checks and consumes the caller's limits for `class`. `Ok(None)`: the class is not limited
