@@ -3,11 +3,14 @@
 //! Each worker runs its own single-threaded tokio runtime with its own listener socket
 //! (SO_REUSEPORT lets the kernel spread connections) and its own upstream connection pool: no
 //! cross-core locking on the forwarding path. Limit state is shared by all workers through the
-//! store. A control thread runs the admin listener and housekeeping.
+//! store. A control thread runs the admin listener and housekeeping: the idle-account sweep and,
+//! when `[state]` names a file, the periodic save of limit state. The state file is loaded before
+//! the first request is served and written a last time after the workers have drained.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,11 +20,12 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, StateConfig};
 use crate::metrics::{Handles, Metrics};
 use crate::proxy::upstream::UpstreamClient;
 use crate::proxy::Proxy;
 use crate::queue::Jobs;
+use crate::store::snapshot::{self, Loaded};
 use crate::store::Store;
 use crate::{admin, server};
 
@@ -107,16 +111,28 @@ pub struct Running {
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    state: Option<StateConfig>,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish (up to the deadline) and joins every thread.
+    /// Stops accepting, lets in-flight requests finish (up to the deadline), joins every thread
+    /// and then saves the limit state, so it includes what the drained requests consumed.
     pub fn shutdown(self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         self.shared.jobs.close();
         let _ = self.shutdown.send(true);
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(state) = &self.state {
+            match save_state(&self.shared, &state.file) {
+                Ok(accounts) => {
+                    tracing::info!(file = %state.file.display(), accounts, "limit state saved")
+                }
+                Err(e) => tracing::error!(
+                    file = %state.file.display(), error = %e, "cannot save limit state"
+                ),
+            }
         }
     }
 }
@@ -133,7 +149,11 @@ pub fn start(
 ) -> io::Result<Running> {
     let workers = config.server.workers.max(1);
     let server_cfg = config.server.clone();
+    let state = config.state.clone();
     let shared = Arc::new(Shared::new(config, store, clock));
+    if let Some(state) = &state {
+        restore_state(&shared, &state.file)?;
+    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let addr = listeners
         .proxy
@@ -177,8 +197,9 @@ pub fn start(
         .map(|l| l.set_nonblocking(true).map(|_| l))
         .transpose()?;
     let control_shared = shared.clone();
+    let control_state = state.clone();
     threads.push(spawn_runtime("floodgate-control".into(), async move {
-        control(control_shared, admin_listener, shutdown_rx).await;
+        control(control_shared, admin_listener, shutdown_rx, control_state).await;
     })?);
     Ok(Running {
         addr,
@@ -186,6 +207,7 @@ pub fn start(
         shared,
         shutdown,
         threads,
+        state,
     })
 }
 
@@ -212,6 +234,48 @@ fn account_upstreams(
     out
 }
 
+/// Loads the state file into the store before serving. A corrupt file is reported and set aside
+/// and floodgate starts with empty state; a file that cannot be read at all is an error, rather
+/// than quotas silently starting over. The state is written back at once, so a state directory
+/// floodgate cannot write fails the start instead of the shutdown.
+fn restore_state(shared: &Shared, file: &Path) -> io::Result<()> {
+    let now = shared.clock.now_ms();
+    let shown = file.display();
+    let loaded = snapshot::load(file, now)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read state file {shown}: {e}")))?;
+    match loaded {
+        Loaded::Missing => tracing::info!(file = %shown, "no state file yet; starting empty"),
+        Loaded::State(saved) => {
+            let age_secs = now.saturating_sub(saved.saved_at_ms) / 1000;
+            let accounts = shared.store.restore(saved, now);
+            tracing::info!(file = %shown, accounts, age_secs, "limit state restored");
+        }
+        Loaded::Corrupt { error, set_aside } => match set_aside {
+            Ok(aside) => tracing::warn!(
+                file = %shown, %error, moved_to = %aside.display(),
+                "state file is corrupt; set aside, starting with empty limit state"
+            ),
+            Err(e) => tracing::warn!(
+                file = %shown, %error, rename_error = %e,
+                "state file is corrupt and could not be set aside; starting with empty limit state"
+            ),
+        },
+    }
+    save_state(shared, file)
+        .map(|_| ())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot write state file {shown}: {e}")))
+}
+
+/// Writes the store's open windows to the state file; returns how many accounts were written.
+fn save_state(shared: &Shared, file: &Path) -> io::Result<usize> {
+    let Some(state) = shared.store.snapshot(shared.clock.now_ms()) else {
+        return Ok(0);
+    };
+    let result = snapshot::save(file, &state);
+    shared.metrics.state_saved(result.is_ok());
+    result.map(|()| state.accounts.len())
+}
+
 fn spawn_runtime(
     name: String,
     fut: impl std::future::Future<Output = ()> + Send + 'static,
@@ -230,6 +294,7 @@ async fn control(
     shared: Arc<Shared>,
     admin: Option<TcpListener>,
     mut shutdown: watch::Receiver<bool>,
+    state: Option<StateConfig>,
 ) {
     if let Some(listener) = admin {
         let listener = tokio::net::TcpListener::from_std(listener)
@@ -237,13 +302,46 @@ async fn control(
         tokio::spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
     }
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    let mut save = state.as_ref().map(|s| {
+        let start = tokio::time::Instant::now() + s.save_interval;
+        let mut every = tokio::time::interval_at(start, s.save_interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every
+    });
     loop {
         tokio::select! {
             _ = sweep.tick() => {
                 let remaining = shared.store.evict_idle(shared.clock.now_ms());
                 shared.metrics.tracked_accounts.set(remaining as i64);
             }
+            _ = tick(&mut save) => {
+                if let Some(state) = &state {
+                    save_periodically(&shared, state).await;
+                }
+            }
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+/// The next tick of an optional interval; never, without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(every) => {
+            every.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// One periodic save, off the control thread's event loop (it copies the store and fsyncs).
+async fn save_periodically(shared: &Arc<Shared>, state: &StateConfig) {
+    let (task_shared, file) = (shared.clone(), state.file.clone());
+    match tokio::task::spawn_blocking(move || save_state(&task_shared, &file)).await {
+        Ok(Ok(accounts)) => tracing::debug!(accounts, "limit state saved"),
+        Ok(Err(e)) => tracing::error!(
+            file = %state.file.display(), error = %e, "cannot save limit state"
+        ),
+        Err(e) => tracing::error!(error = %e, "state save task failed"),
     }
 }

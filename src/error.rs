@@ -6,17 +6,20 @@ use http::{Response, StatusCode};
 
 use crate::identity::IdentityError;
 use crate::limits::headers::X_RATELIMIT_TYPE;
+use crate::proxy::upload::TooLarge;
+use crate::proxy::ProxyBody;
 use crate::queue::QueueError;
 
 /// What a job queued during shutdown is told: try again once a replacement is up.
 const SHUTDOWN_RETRY_AFTER_SECS: u64 = 5;
-use crate::proxy::ProxyBody;
 
 /// Why floodgate answered a request itself instead of the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    BodyTooLarge(#[from] TooLarge),
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
     #[error("upstream did not accept a connection in time")]
@@ -35,6 +38,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Identity(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -52,6 +56,7 @@ impl ProxyError {
         match self {
             ProxyError::Identity(IdentityError::MissingKey) => "missing_api_key",
             ProxyError::Identity(IdentityError::UnknownKey) => "unknown_api_key",
+            ProxyError::BodyTooLarge(_) => "payload_too_large",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout => "upstream_timeout",
@@ -61,6 +66,17 @@ impl ProxyError {
             ProxyError::Queue(QueueError::Closed) => "shutting_down",
             ProxyError::ClientBody(_) => "bad_request_body",
         }
+    }
+
+    /// True when the upstream failed us; false when the request itself was refused.
+    pub fn is_upstream_failure(&self) -> bool {
+        !matches!(
+            self,
+            ProxyError::Identity(_)
+                | ProxyError::BodyTooLarge(_)
+                | ProxyError::Queue(_)
+                | ProxyError::ClientBody(_)
+        )
     }
 
     /// The JSON error response.

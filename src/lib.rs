@@ -6,9 +6,10 @@
 //! - [`identity`]: request -> account and tier.                                   (pure)
 //! - [`classify`]: method + normalised path -> endpoint class.                    (pure)
 //! - [`limits`]: minute / day / interval windows -> admit or refuse; header rendering. (pure)
-//! - [`store`]: where counters live; atomic check-and-consume only, no policy.
+//! - [`store`]: where counters live; atomic check-and-consume only, no policy; the state file
+//!   that carries them across a restart.
 //! - [`queue`]: job queues — per-account FIFO under concurrency caps, upstream account pools.
-//! - [`proxy`]: a request's life, and the upstream connection pool.
+//! - [`proxy`]: a request's life, upload limits, and the upstream connection pool.
 //! - [`server`] / [`admin`]: the listeners.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
 //! - [`app`]: wiring and threads; [`clock`]: the only reader of wall time; [`error`]: errors

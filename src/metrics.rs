@@ -21,6 +21,7 @@ pub struct Metrics {
     rejected: IntCounterVec,
     upstream_errors: IntCounterVec,
     upstream_seconds: HistogramVec,
+    state_saves: IntCounterVec,
     pub tracked_accounts: IntGauge,
     jobs_queued: IntGaugeVec,
     jobs_in_flight: IntGaugeVec,
@@ -100,13 +101,18 @@ impl Metrics {
         );
         let rejected = counter(
             "floodgate_rejected_total",
-            "Requests refused before classification (401 and the like).",
+            "Requests floodgate refused itself, other than 429s (401 no or unknown key, 413 body too large).",
             &["reason"],
         );
         let upstream_errors = counter(
             "floodgate_upstream_errors_total",
             "Requests the upstream could not answer.",
             &["kind"],
+        );
+        let state_saves = counter(
+            "floodgate_state_saves_total",
+            "Writes of the state file, by result (ok, error).",
+            &["result"],
         );
         let upstream_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -189,6 +195,7 @@ impl Metrics {
             rejected,
             upstream_errors,
             upstream_seconds,
+            state_saves,
             tracked_accounts,
         }
     }
@@ -264,6 +271,11 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: &str) {
         self.upstream_errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn state_saved(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.state_saves.with_label_values(&[result]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

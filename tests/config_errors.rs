@@ -53,7 +53,7 @@ bad_fixtures! {
     unknown_top_level_field =>
         "line 2: servre: unknown field `servre`, expected one of `server`, `identity`, \
          `routing`, `route`, `tiers`, `accounts`, `headers`, `jobs`, `tasks`, `account`, \
-         `upstream_account`",
+         `upstream_account`, `classes`, `state`",
     unknown_limit_field =>
         "line 11: tiers.basic.limits[1].per_minutes: unknown field `per_minutes`, expected one \
          of `classes`, `except`, `shared`, `per_second`, `per_minute`, `per_hour`, `per_day`, \
@@ -104,6 +104,19 @@ bad_fixtures! {
         "line 5: server.upstream_timeout: \"60sek\" is not a duration like \"2s\" or \"500ms\": \
          unknown time unit \"sek\", supported units: ns, us/µs, ms, sec, min, hours, days, \
          weeks, months, years (and few variations)",
+    bad_max_body =>
+        "line 11: classes.\"img2img\".max_body: \"10 megabytes\" is not a size like \"10MB\", \
+         \"512KB\" or \"1048576\"",
+    unknown_max_body_class =>
+        "line 10: classes.\"img2imgg\": unknown class \"img2imgg\" (classes come from [[route]] \
+         entries and routing.default_class)",
+    unknown_class_field =>
+        "line 11: classes.img2img.max_size: unknown field `max_size`, expected `max_body`",
+    bad_save_interval =>
+        "line 7: state.save_interval: \"5\" is not a duration like \"2s\" or \"500ms\": time unit \
+         needed, for example 5sec or 5ms",
+    empty_state_file =>
+        "line 6: state.file: must name a file",
 }
 
 /// A fixture added without an expectation (or an expectation whose file is gone) fails here.

@@ -4,10 +4,12 @@
 //! class and tier names become indices, durations become [`Duration`]s, keys become
 //! [`AccountId`]s — and every error names the field and, where known, the line.
 
+mod classes;
 mod error;
 mod jobs;
 mod limits;
 mod raw;
+mod state;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,9 +19,11 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use toml::Spanned;
 
+pub use classes::format_size;
 use error::{invalid, Source};
 pub use error::{ConfigError, Located};
 use raw::RawConfig;
+pub use state::StateConfig;
 
 use crate::classify::{ClassId, PathPattern, Route, Router};
 use crate::identity::{
@@ -69,6 +73,10 @@ pub struct Config {
     pub tiers: Vec<Tier>,
     pub headers: HeaderOptions,
     pub jobs: JobsConfig,
+    /// Largest request body per class, indexed by [`ClassId`]; `None` = no limit.
+    pub max_body: Vec<Option<u64>>,
+    /// The memory store's state file; `None` = state is not kept across restarts.
+    pub state: Option<StateConfig>,
 }
 
 /// Command-line values that replace the file's.
@@ -107,6 +115,11 @@ impl Config {
 
     pub fn tier(&self, tier: TierId) -> &Tier {
         &self.tiers[tier.0 as usize]
+    }
+
+    /// The largest request body `class` accepts, if it has a limit.
+    pub fn max_body(&self, class: ClassId) -> Option<u64> {
+        self.max_body.get(class.0 as usize).copied().flatten()
     }
 
     /// A human summary for `floodgate check`.
@@ -169,6 +182,33 @@ impl Config {
                 "  queue {}: concurrency {concurrency}, max queue {}, max wait {:?}, pool {}\n",
                 tier.name, q.max_queue, q.max_wait, self.jobs.pools[q.pool].name
             );
+        }
+        out += &self.limits_summary();
+        out
+    }
+
+    /// The upload limits and the state file, for [`Config::summary`].
+    fn limits_summary(&self) -> String {
+        let mut out = String::new();
+        let uploads: Vec<String> = (0..self.classes.len())
+            .filter_map(|i| {
+                let class = ClassId(i as u16);
+                self.max_body(class)
+                    .map(|max| format!("{}={}", self.class_name(class), format_size(max)))
+            })
+            .collect();
+        if !uploads.is_empty() {
+            out += &format!("  max body: {}\n", uploads.join(" "));
+        }
+        match &self.state {
+            Some(s) => {
+                out += &format!(
+                    "  state file: {} (saved every {})\n",
+                    s.file.display(),
+                    humantime::format_duration(s.save_interval)
+                )
+            }
+            None => out += "  state file: none (limit state is lost on restart)\n",
         }
         out
     }
@@ -240,6 +280,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let identity = build_identity(src, &raw, &mut tiers, &classes)?;
     let jobs = jobs::build_jobs(src, &raw, &classes, &tiers)?;
+    let max_body = classes::max_body_by_class(src, &raw.classes, &classes)?;
     Ok(Config {
         server: build_server(src, &raw.server)?,
         identity,
@@ -251,6 +292,8 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             annotate_upstream: raw.headers.annotate_upstream,
         },
         jobs,
+        max_body,
+        state: state::build_state(src, raw.state.as_ref())?,
     })
 }
 

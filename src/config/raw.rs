@@ -37,6 +37,11 @@ pub struct RawConfig {
     /// Upstream accounts jobs can run on (their credentials and caps).
     #[serde(default)]
     pub upstream_account: Vec<RawUpstreamAccount>,
+    /// Per-class settings, `[classes.NAME]`: the class must come from a route or the default.
+    #[serde(default)]
+    pub classes: BTreeMap<String, Spanned<RawClass>>,
+    /// Where the memory store keeps its state across restarts; absent = not kept.
+    pub state: Option<RawState>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,4 +185,20 @@ pub struct RawHeaders {
     /// Tell the upstream the resolved tier and class (`x-floodgate-tier`, `x-floodgate-class`).
     #[serde(default)]
     pub annotate_upstream: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClass {
+    /// Largest request body, e.g. "10MB" (units are powers of 1024).
+    pub max_body: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// The state file; its directory must exist and be writable.
+    pub file: Spanned<String>,
+    /// How often the state is written while running, e.g. "5s".
+    pub save_interval: Option<Spanned<String>>,
 }

@@ -296,7 +296,7 @@ impl Watcher {
         if let Some((name, value)) = &self.credential {
             req = req.header(name, value);
         }
-        let Ok(req) = req.body(RequestBody::empty()) else {
+        let Ok(req) = req.body(super::upload::UploadBody::new(RequestBody::empty(), None)) else {
             return false;
         };
         match self.client.send(req).await {

@@ -1,5 +1,5 @@
-//! A request's life, top to bottom: identify -> classify -> decide -> (queue) -> forward ->
-//! headers.
+//! A request's life, top to bottom: identify -> classify -> size check -> decide -> (queue) ->
+//! forward -> headers.
 //!
 //! Everything here is the thin I/O edge around pure parts: identity, classification and the limit
 //! decision take plain values and return plain values; the store does the atomic bookkeeping;
@@ -9,6 +9,7 @@ mod body;
 pub mod forwarding;
 pub mod inspect;
 mod jobs;
+pub mod upload;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -19,9 +20,11 @@ use std::time::Instant;
 use http::header::{HeaderValue, HOST};
 use http::uri::Uri;
 use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 pub use body::{ProxyBody, RequestBody};
+use upload::UploadBody;
 use upstream::UpstreamClient;
 
 use crate::app::{Policy, Shared};
@@ -88,13 +91,13 @@ impl Proxy {
 
         let caller = match config.identity.identify(req.headers(), peer.addr.ip()) {
             Ok(caller) => caller,
-            Err(e) => {
-                let err = ProxyError::from(e);
-                self.shared.metrics.rejected(err.code());
-                return err.into_response();
-            }
+            Err(e) => return self.refuse(e.into()),
         };
         let class = config.router.classify(req.method(), req.uri().path());
+        // Before the limit check: a request refused for its declared size consumes no quota.
+        if let Err(e) = upload::check_declared(&req.body().size_hint(), config.max_body(class)) {
+            return self.refuse(e.into());
+        }
         let ctx = Ctx {
             policy: &policy,
             caller,
@@ -173,10 +176,11 @@ impl Proxy {
     async fn forward(
         &self,
         ctx: &Ctx<'_>,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
         account: Option<&UpstreamAccount>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let config = &ctx.policy.config;
+        let mut req = req.map(|body| UploadBody::new(body, config.max_body(ctx.class)));
         let client = match account.and_then(|a| a.authority.as_ref()) {
             Some(authority) => self
                 .account_upstreams
@@ -222,13 +226,19 @@ impl Proxy {
                     .metrics
                     .job_dropped(&config.tier(ctx.caller.tier).name, reason);
             }
-            ProxyError::ClientBody(_) => {}
+            _ if !e.is_upstream_failure() => return self.refuse(e),
             _ => {
                 self.shared.metrics.upstream_error(e.code());
                 tracing::warn!(error = %e, class = config.class_name(ctx.class), "upstream failure");
             }
         }
         e.into_response()
+    }
+
+    /// Answers a request floodgate refuses itself (401, 413, 400), counted by reason.
+    fn refuse(&self, err: ProxyError) -> Response<ProxyBody> {
+        self.shared.metrics.rejected(err.code());
+        err.into_response()
     }
 
     /// The id of a running task this request asks about (a get-task call), if any.
@@ -245,7 +255,7 @@ impl Proxy {
 }
 
 /// Tells the upstream the resolved tier and class.
-fn annotate(req: &mut Request<RequestBody>, ctx: &Ctx<'_>) {
+fn annotate<B>(req: &mut Request<B>, ctx: &Ctx<'_>) {
     let config = &ctx.policy.config;
     let h = req.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&config.tier(ctx.caller.tier).name) {

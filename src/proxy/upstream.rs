@@ -6,6 +6,7 @@
 //! on a reused connection before being sent (the upstream closed an idle keep-alive) is retried
 //! once on a fresh connection.
 
+use std::error::Error as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -21,9 +22,14 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use super::body::RequestBody;
+use super::upload::{UploadBody, UploadError};
 use crate::error::ProxyError;
 
-type Sender = SendRequest<RequestBody>;
+/// What goes upstream: the request body (streamed, or with an inspected prefix put back), counted
+/// against the class's upload limit.
+pub type ForwardBody = UploadBody<RequestBody>;
+
+type Sender = SendRequest<ForwardBody>;
 
 /// Connections to one upstream origin.
 #[derive(Debug)]
@@ -58,7 +64,7 @@ impl UpstreamClient {
     /// Sends `req` and returns the response head; the body streams afterwards.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<RequestBody>,
+        mut req: Request<ForwardBody>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let deadline = Instant::now() + self.response_timeout;
         loop {
@@ -73,7 +79,7 @@ impl UpstreamClient {
                 }
                 Ok(Err(mut err)) => match err.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(ProxyError::UpstreamProtocol(err.into_error().to_string())),
+                    _ => return Err(send_error(err.into_error())),
                 },
             }
         }
@@ -126,6 +132,14 @@ impl UpstreamClient {
             }
         });
         Ok(sender)
+    }
+}
+
+/// A request body cut off at its class's limit is the client's doing (413), not the upstream's.
+fn send_error(err: hyper::Error) -> ProxyError {
+    match err.source().and_then(|s| s.downcast_ref::<UploadError>()) {
+        Some(UploadError::TooLarge(too_large)) => ProxyError::BodyTooLarge(*too_large),
+        _ => ProxyError::UpstreamProtocol(err.to_string()),
     }
 }
 

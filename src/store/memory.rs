@@ -4,9 +4,12 @@
 //! request's limits atomic together and exact under concurrency. Keys are already uniform 128-bit
 //! hashes, so the map uses them as their own hash. Accounts whose windows have all closed are
 //! evicted by a periodic sweep, so memory follows the number of recently active accounts.
+//! [`MemoryStore::snapshot`] and [`MemoryStore::restore`] carry the counters across a restart
+//! through the state file ([`super::snapshot`]).
 
 use dashmap::DashMap;
 
+use super::Snapshot;
 use crate::identity::{AccountId, BuildIdHasher};
 use crate::limits::{decide, Counter, Counters, Decision, Rule, Usage};
 
@@ -45,6 +48,43 @@ impl MemoryStore {
         self.accounts.len()
     }
 
+    /// The open windows of every account. Each account is copied under its shard lock, so its
+    /// counters agree with each other; accounts are not frozen together (no global pause), which
+    /// a state file written every few seconds does not need.
+    pub fn snapshot(&self, now_ms: u64) -> Snapshot {
+        let accounts = self
+            .accounts
+            .iter()
+            .map(|entry| {
+                let open: Vec<Counter> = entry
+                    .iter()
+                    .filter(|c| now_ms < c.end_ms)
+                    .copied()
+                    .collect();
+                (*entry.key(), open)
+            })
+            .filter(|(_, open)| !open.is_empty())
+            .collect();
+        Snapshot {
+            saved_at_ms: now_ms,
+            accounts,
+        }
+    }
+
+    /// Puts saved counters back, skipping windows closed by `now_ms`; a saved counter replaces
+    /// one with the same id. Returns how many accounts got a counter back.
+    pub fn restore(&self, snapshot: Snapshot, now_ms: u64) -> usize {
+        let mut restored = 0;
+        for (account, counters) in snapshot.live(now_ms).accounts {
+            let mut entry = self.accounts.entry(account).or_default();
+            for counter in counters {
+                entry.restore(counter);
+            }
+            restored += 1;
+        }
+        restored
+    }
+
     pub fn len(&self) -> usize {
         self.accounts.len()
     }
@@ -81,5 +121,36 @@ mod tests {
         );
         assert_eq!(store.evict_idle(61_000 + 999), 0);
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_restored_store_continues_where_the_snapshot_left_off() {
+        let day = Rule {
+            counter: CounterId(2),
+            limit: 15,
+            window: Window::UtcDay,
+            kind: LimitKind::Daily,
+        };
+        let t0 = 1_795_392_000_000 + 3_600_000;
+        let before = MemoryStore::default();
+        let alice = AccountId::from_key(b"alice");
+        for _ in 0..3 {
+            assert!(before.check_and_consume(alice, &[day], t0).is_admitted());
+        }
+        let snapshot = before.snapshot(t0 + 1);
+        assert_eq!(snapshot.accounts.len(), 1);
+
+        let after = MemoryStore::default();
+        assert_eq!(after.restore(snapshot.clone(), t0 + 2), 1);
+        let usage = *after.check_and_consume(alice, &[day], t0 + 3).usage();
+        assert_eq!(
+            usage.daily.map(|d| d.remaining),
+            Some(11),
+            "3 + 1 of 15 used"
+        );
+
+        let next_day = MemoryStore::default();
+        assert_eq!(next_day.restore(snapshot, t0 + 86_400_000), 0);
+        assert!(next_day.is_empty(), "yesterday's counters are not restored");
     }
 }

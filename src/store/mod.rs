@@ -5,8 +5,10 @@
 //! inlinable call on the hot path.
 
 mod memory;
+pub mod snapshot;
 
 pub use memory::MemoryStore;
+pub use snapshot::Snapshot;
 
 use crate::identity::AccountId;
 use crate::limits::{Counter, Decision, Rule};
@@ -49,6 +51,21 @@ impl Store {
     ) -> Result<Vec<Counter>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.counters(account, now_ms)),
+        }
+    }
+
+    /// A copy of the open windows of every account, for the state file. `None` for a store that
+    /// keeps its own state.
+    pub fn snapshot(&self, now_ms: u64) -> Option<Snapshot> {
+        match self {
+            Store::Memory(m) => Some(m.snapshot(now_ms)),
+        }
+    }
+
+    /// Puts saved counters back (at start, before serving); returns how many accounts came back.
+    pub fn restore(&self, snapshot: Snapshot, now_ms: u64) -> usize {
+        match self {
+            Store::Memory(m) => m.restore(snapshot, now_ms),
         }
     }
 

@@ -2,6 +2,8 @@
 //! Everything runs over real loopback HTTP.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;

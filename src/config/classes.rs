@@ -1,0 +1,125 @@
+//! Per-class settings, `[classes.NAME]`: today the upload limit (`max_body`, SPEC §7).
+
+use std::collections::BTreeMap;
+
+use toml::Spanned;
+
+use super::error::{ConfigError, Source};
+use super::raw::RawClass;
+
+/// Units a size may carry. Powers of 1024, like nginx's `client_max_body_size`: a limit written
+/// "10MB" admits every file a client or an upstream would call 10 MB, whichever meaning they use.
+const UNITS: &[(&str, u64)] = &[
+    ("", 1),
+    ("b", 1),
+    ("k", 1 << 10),
+    ("kb", 1 << 10),
+    ("kib", 1 << 10),
+    ("m", 1 << 20),
+    ("mb", 1 << 20),
+    ("mib", 1 << 20),
+    ("g", 1 << 30),
+    ("gb", 1 << 30),
+    ("gib", 1 << 30),
+];
+
+/// The upload limit of every class (indexed by class id); `None` = no limit.
+pub(super) fn max_body_by_class(
+    src: &Source<'_>,
+    raw: &BTreeMap<String, Spanned<RawClass>>,
+    classes: &[String],
+) -> Result<Vec<Option<u64>>, ConfigError> {
+    let mut out = vec![None; classes.len()];
+    for (name, entry) in raw {
+        let Some(id) = classes.iter().position(|c| c == name) else {
+            return Err(src.at(
+                format!("classes.{name:?}"),
+                entry.span(),
+                format!(
+                    "unknown class {name:?} (classes come from [[route]] entries and \
+                     routing.default_class)"
+                ),
+            ));
+        };
+        if let Some(size) = &entry.get_ref().max_body {
+            out[id] = Some(
+                parse_size(size.get_ref())
+                    .map_err(|m| src.at(format!("classes.{name:?}.max_body"), size.span(), m))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// `"10MB"`, `"512KB"`, `"1GiB"`, `"1048576"` -> bytes.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a size like \"10MB\", \"512KB\" or \"1048576\"");
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let (_, scale) = UNITS.iter().find(|(u, _)| *u == unit).ok_or_else(bad)?;
+    number
+        .checked_mul(*scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Bytes as the config would write them, for summaries and messages: "10MB", "1536KB", "700B".
+pub fn format_size(bytes: u64) -> String {
+    for (unit, scale) in [("GB", 1u64 << 30), ("MB", 1 << 20), ("KB", 1 << 10)] {
+        if bytes >= scale && bytes % scale == 0 {
+            return format!("{}{unit}", bytes / scale);
+        }
+    }
+    format!("{bytes}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_powers_of_1024() {
+        for (text, bytes) in [
+            ("10MB", 10 << 20),
+            ("10 mb", 10 << 20),
+            ("20MiB", 20 << 20),
+            ("512KB", 512 << 10),
+            ("1g", 1 << 30),
+            ("1048576", 1 << 20),
+            ("0", 0),
+            ("7B", 7),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_refused() {
+        for text in [
+            "",
+            "MB",
+            "10XB",
+            "-1MB",
+            "1.5MB",
+            "99999999999999999999",
+            "10 M B",
+        ] {
+            assert!(parse_size(text).is_err(), "{text}");
+        }
+        assert_eq!(
+            parse_size("18446744073709551615GB"),
+            Err("\"18446744073709551615GB\" is too large".into())
+        );
+    }
+
+    #[test]
+    fn sizes_format_back() {
+        assert_eq!(format_size(10 << 20), "10MB");
+        assert_eq!(format_size(1536 << 10), "1536KB");
+        assert_eq!(format_size(1 << 30), "1GB");
+        assert_eq!(format_size(700), "700B");
+        assert_eq!(format_size(0), "0B");
+    }
+}
