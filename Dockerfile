@@ -1,0 +1,58 @@
+# floodgate container image.
+#
+#   docker build -t floodgate .
+#   docker run --rm -p 8080:8080 -p 9090:9090 floodgate --config /etc/floodgate/floodgate.toml \
+#       --listen 0.0.0.0:8080 --admin 0.0.0.0:9090 --upstream http://api.internal:9000
+#
+# The shipped config/floodgate.toml listens on 127.0.0.1 (proxy :8080, admin :9090), which is
+# unreachable from outside a container, so the default CMD below overrides both addresses to
+# 0.0.0.0. Its upstream, http://127.0.0.1:9000, would be this container itself: pass --upstream
+# (arguments given to `docker run` replace the whole CMD, so repeat --config/--listen/--admin) or
+# mount your own config over /etc/floodgate/floodgate.toml. SIGHUP reloads the config file.
+
+# ---- build ------------------------------------------------------------------------------------
+FROM rust:1-bookworm AS build
+WORKDIR /src
+
+# Dependencies first, against stub sources, so this layer is reused until Cargo.toml or
+# Cargo.lock change. The [[bench]] targets the manifest declares get stubs too, so no cargo
+# version objects to a declared target without a file.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && for b in $(sed -n '/^\[\[bench\]\]/,/^$/s/^name *= *"\(.*\)"/\1/p' Cargo.toml); do \
+        echo 'fn main() {}' > "benches/$b.rs"; \
+    done \
+ && cargo build --release --locked --bin floodgate \
+ && rm -rf src benches
+
+COPY src ./src
+COPY benches ./benches
+# COPY keeps the context's mtimes, which can be older than the stub build: touch so cargo
+# rebuilds the crate itself.
+RUN touch src/main.rs src/lib.rs \
+ && cargo build --release --locked --bin floodgate \
+ && install -D -m 0755 target/release/floodgate /out/floodgate
+
+# ---- runtime ----------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+
+RUN groupadd --system --gid 10001 floodgate \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin floodgate
+
+COPY --from=build /out/floodgate /usr/local/bin/floodgate
+COPY config/ /etc/floodgate/
+
+# Optional: back large allocations (the counter tables) with transparent huge pages when the
+# host's THP mode is "madvise" or "always" (glibc >= 2.35; bookworm has 2.36). Measured on a
+# 2-vCPU KVM guest: a decision at 1M distinct accounts went from ~450-600 ns to ~375-400 ns, for
+# ~1% more RSS. Harmless where THP is off.
+# ENV GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+
+USER 10001:10001
+# 8080: the proxy; 9090: admin (/healthz, /readyz, /metrics, /usage).
+EXPOSE 8080 9090
+ENTRYPOINT ["floodgate"]
+CMD ["--config", "/etc/floodgate/floodgate.toml", "--listen", "0.0.0.0:8080", "--admin", "0.0.0.0:9090"]
