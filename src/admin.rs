@@ -60,9 +60,26 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"status": "shutting down"}"#,
         ),
-        "/readyz" => json_response(StatusCode::OK, r#"{"status": "ready"}"#),
+        "/readyz" => readiness(shared),
         "/usage" => usage(shared, &req).await,
         _ => json_response(StatusCode::NOT_FOUND, r#"{"error": "not_found"}"#),
+    }
+}
+
+/// Ready unless shutting down; with a failing shared store, "degraded" — and not ready at all when
+/// the failure policy refuses requests (fail_closed), so a load balancer sends traffic elsewhere.
+fn readiness(shared: &Shared) -> Response<ProxyBody> {
+    if !shared.store.is_degraded() {
+        return json_response(StatusCode::OK, r#"{"status": "ready"}"#);
+    }
+    match &shared.store {
+        crate::store::Store::Redis(s) if s.on_failure() == crate::store::OnFailure::FailClosed => {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status": "store unavailable"}"#,
+            )
+        }
+        _ => json_response(StatusCode::OK, r#"{"status": "degraded"}"#),
     }
 }
 

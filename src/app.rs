@@ -50,6 +50,9 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, store: Store, clock: Arc<dyn Clock>) -> Self {
         let metrics = Metrics::new();
+        if let Some(health) = store.health() {
+            metrics.register_store(health);
+        }
         let handles = metrics.handles(&config);
         let jobs = Jobs::new(&config.jobs, &metrics);
         Self {
@@ -302,6 +305,7 @@ async fn control(
         tokio::spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
     }
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    let mut probe = tokio::time::interval(Duration::from_secs(1));
     let mut save = state.as_ref().map(|s| {
         let start = tokio::time::Instant::now() + s.save_interval;
         let mut every = tokio::time::interval_at(start, s.save_interval);
@@ -314,6 +318,7 @@ async fn control(
                 let remaining = shared.store.evict_idle(shared.clock.now_ms());
                 shared.metrics.tracked_accounts.set(remaining as i64);
             }
+            _ = probe.tick() => shared.store.probe().await,
             _ = tick(&mut save) => {
                 if let Some(state) = &state {
                     save_periodically(&shared, state).await;

@@ -88,7 +88,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let listeners = Listeners::bind(&config).context("cannot bind listeners")?;
-    let running = app::start(config, listeners, Store::memory(), Arc::new(SystemClock))?;
+    let store = Store::from_config(&config.store).context("cannot set up the state store")?;
+    let running = app::start(config, listeners, store, Arc::new(SystemClock))?;
     tracing::info!(addr = %running.addr, admin = ?running.admin_addr, "floodgate listening");
     wait_for_signals(&running, &path, &overrides)?;
     tracing::info!("shutting down");

@@ -235,6 +235,13 @@ impl Metrics {
         }
     }
 
+    /// Registers a shared store's health metrics.
+    pub fn register_store(&self, health: &crate::store::StoreHealth) {
+        let _ = self.registry.register(Box::new(health.degraded.clone()));
+        let _ = self.registry.register(Box::new(health.errors.clone()));
+        let _ = self.registry.register(Box::new(health.latency.clone()));
+    }
+
     /// The in-flight gauge of one upstream account.
     pub fn upstream_account_in_flight(&self, name: &str) -> IntGauge {
         self.upstream_account_in_flight.with_label_values(&[name])

@@ -10,6 +10,7 @@ mod jobs;
 mod limits;
 mod raw;
 mod state;
+mod store;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -77,6 +78,8 @@ pub struct Config {
     pub max_body: Vec<Option<u64>>,
     /// The memory store's state file; `None` = state is not kept across restarts.
     pub state: Option<StateConfig>,
+    /// Where limit counters live.
+    pub store: crate::store::StoreConfig,
 }
 
 /// Command-line values that replace the file's.
@@ -294,6 +297,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         jobs,
         max_body,
         state: state::build_state(src, raw.state.as_ref())?,
+        store: store::build_store(src, raw.store.as_ref())?,
     })
 }
 

@@ -42,6 +42,27 @@ pub struct RawConfig {
     pub classes: BTreeMap<String, Spanned<RawClass>>,
     /// Where the memory store keeps its state across restarts; absent = not kept.
     pub state: Option<RawState>,
+    /// Where limit counters live: memory (default) or Redis, shared by replicas.
+    pub store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// "memory" or "redis".
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub url: Option<Spanned<String>>,
+    /// Per-operation timeout, e.g. "50ms".
+    pub timeout: Option<Spanned<String>>,
+    /// "fail_open", "fail_closed" or "local".
+    pub on_failure: Option<Spanned<String>>,
+    /// Replicas sharing the quota, for the "local" policy's share.
+    pub replicas: Option<u32>,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: Option<u32>,
+    /// How long the breaker stays open before Redis is tried again.
+    pub breaker_cooldown: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -170,7 +170,7 @@ pub fn decide(rules: &[Rule], counters: &mut Counters, now_ms: u64) -> Decision 
 }
 
 /// The header figures for `rules` as `counters` stand now.
-pub(crate) fn usage_of(rules: &[Rule], counters: &Counters, now_ms: u64) -> Usage {
+pub fn usage_of(rules: &[Rule], counters: &Counters, now_ms: u64) -> Usage {
     let mut usage = Usage::default();
     for rule in rules {
         let current = counters.current(rule.counter, now_ms);

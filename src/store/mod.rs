@@ -4,10 +4,14 @@
 //! [`Store`] is an enum rather than a trait object so the in-memory path stays a direct,
 //! inlinable call on the hot path.
 
+mod failover;
 mod memory;
+pub mod redis;
 pub mod snapshot;
 
+pub use failover::{OnFailure, SharedStore, StoreHealth};
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 pub use snapshot::Snapshot;
 
 use crate::identity::AccountId;
@@ -24,11 +28,75 @@ pub enum StoreError {
 #[derive(Debug)]
 pub enum Store {
     Memory(MemoryStore),
+    /// Shared by replicas through Redis, with a failure policy.
+    Redis(Box<SharedStore>),
+}
+
+/// Which store the config asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    Memory,
+    Redis {
+        url: String,
+        timeout: std::time::Duration,
+        on_failure: OnFailure,
+        breaker_failures: u32,
+        breaker_cooldown: std::time::Duration,
+    },
 }
 
 impl Store {
     pub fn memory() -> Self {
         Store::Memory(MemoryStore::default())
+    }
+
+    /// The store a config asks for. Redis is connected on first use, so a Redis that is down at
+    /// start is handled by the failure policy like one that goes down later.
+    pub fn from_config(config: &StoreConfig) -> Result<Self, StoreError> {
+        Ok(match config {
+            StoreConfig::Memory => Store::memory(),
+            StoreConfig::Redis {
+                url,
+                timeout,
+                on_failure,
+                breaker_failures,
+                breaker_cooldown,
+            } => {
+                let redis = RedisStore::new(url, *timeout)?;
+                Store::Redis(Box::new(SharedStore::new(
+                    redis,
+                    *on_failure,
+                    *breaker_failures,
+                    *breaker_cooldown,
+                )))
+            }
+        })
+    }
+
+    /// Health metrics of a shared store (none for the memory store).
+    pub fn health(&self) -> Option<&StoreHealth> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(s) => Some(&s.health),
+        }
+    }
+
+    /// True while a shared store is failing and its failure policy applies.
+    pub fn is_degraded(&self) -> bool {
+        match self {
+            Store::Memory(_) => false,
+            Store::Redis(s) => s.is_degraded(),
+        }
+    }
+
+    /// Checks a shared store's health (the control loop calls this so recovery shows even
+    /// without traffic).
+    pub async fn probe(&self) {
+        if let Store::Redis(s) = self {
+            if s.is_degraded() {
+                s.probe().await;
+            }
+        }
     }
 
     /// Checks every rule for `account` at `now_ms` and consumes all of them, or none.
@@ -40,6 +108,7 @@ impl Store {
     ) -> Result<Decision, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.check_and_consume(account, rules, now_ms)),
+            Store::Redis(s) => s.check_and_consume(account, rules, now_ms).await,
         }
     }
 
@@ -51,6 +120,7 @@ impl Store {
     ) -> Result<Vec<Counter>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.counters(account, now_ms)),
+            Store::Redis(s) => s.counters(account, now_ms).await,
         }
     }
 
@@ -59,6 +129,7 @@ impl Store {
     pub fn snapshot(&self, now_ms: u64) -> Option<Snapshot> {
         match self {
             Store::Memory(m) => Some(m.snapshot(now_ms)),
+            Store::Redis(_) => None,
         }
     }
 
@@ -66,6 +137,7 @@ impl Store {
     pub fn restore(&self, snapshot: Snapshot, now_ms: u64) -> usize {
         match self {
             Store::Memory(m) => m.restore(snapshot, now_ms),
+            Store::Redis(_) => 0,
         }
     }
 
@@ -73,6 +145,7 @@ impl Store {
     pub fn evict_idle(&self, now_ms: u64) -> usize {
         match self {
             Store::Memory(m) => m.evict_idle(now_ms),
+            Store::Redis(s) => s.evict_idle(now_ms),
         }
     }
 }

@@ -1,0 +1,72 @@
+//! `[store]`: memory (default) or Redis shared by replicas, with its failure policy.
+
+use super::error::{invalid, ConfigError, Source};
+use super::raw::RawStore;
+use crate::store::{OnFailure, StoreConfig};
+
+pub(super) fn build_store(
+    src: &Source<'_>,
+    raw: Option<&RawStore>,
+) -> Result<StoreConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(StoreConfig::Memory);
+    };
+    match raw.kind.get_ref().as_str() {
+        "memory" => Ok(StoreConfig::Memory),
+        "redis" => redis(src, raw),
+        other => Err(src.at(
+            "store.type",
+            raw.kind.span(),
+            format!("{other:?}: expected \"memory\" or \"redis\""),
+        )),
+    }
+}
+
+fn redis(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
+    let Some(url) = &raw.url else {
+        return Err(src.at(
+            "store.url",
+            raw.kind.span(),
+            "a redis store needs url = \"redis://host:port\"",
+        ));
+    };
+    if !(url.get_ref().starts_with("redis://") || url.get_ref().starts_with("unix://")) {
+        return Err(src.at(
+            "store.url",
+            url.span(),
+            format!("{:?} is not a redis:// URL", url.get_ref()),
+        ));
+    }
+    let replicas = match raw.replicas {
+        Some(0) => return Err(invalid("store.replicas", "must be at least 1")),
+        r => r.unwrap_or(1),
+    };
+    let on_failure = match raw
+        .on_failure
+        .as_ref()
+        .map(|p| (p.get_ref().as_str(), p.span()))
+    {
+        None | Some(("fail_open", _)) => OnFailure::FailOpen,
+        Some(("fail_closed", _)) => OnFailure::FailClosed,
+        Some(("local", _)) => OnFailure::Local { replicas },
+        Some((other, span)) => {
+            return Err(src.at(
+                "store.on_failure",
+                span,
+                format!("{other:?}: expected \"fail_open\", \"fail_closed\" or \"local\""),
+            ))
+        }
+    };
+    Ok(StoreConfig::Redis {
+        url: url.get_ref().clone(),
+        timeout: super::duration(src, "store.timeout", raw.timeout.as_ref(), "50ms")?,
+        on_failure,
+        breaker_failures: raw.breaker_failures.unwrap_or(3),
+        breaker_cooldown: super::duration(
+            src,
+            "store.breaker_cooldown",
+            raw.breaker_cooldown.as_ref(),
+            "1s",
+        )?,
+    })
+}

@@ -1,0 +1,231 @@
+//! The Redis store behind a failure policy and a circuit breaker.
+//!
+//! A sick Redis must not add latency or errors to every request: each operation has a timeout,
+//! and after a few failures in a row the breaker opens and requests go straight to the failure
+//! policy for a while; then one request tries Redis again (half-open) and success closes the
+//! breaker. Recovery needs no restart.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
+
+use super::{MemoryStore, RedisStore, StoreError};
+use crate::identity::AccountId;
+use crate::limits::{Counter, Decision, Rule, Usage};
+
+/// What to do when Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Admit the request (counting it locally, unenforced).
+    FailOpen,
+    /// Refuse with 503 and `Retry-After`.
+    FailClosed,
+    /// Enforce limits in memory, this replica taking its share of each quota.
+    Local { replicas: u32 },
+}
+
+/// Store health, exported as metrics.
+#[derive(Debug, Clone)]
+pub struct StoreHealth {
+    pub degraded: IntGauge,
+    pub errors: IntCounter,
+    pub latency: Histogram,
+}
+
+impl StoreHealth {
+    fn new() -> Self {
+        Self {
+            degraded: IntGauge::new(
+                "floodgate_store_degraded",
+                "1 while the shared store is failing and the failure policy applies.",
+            )
+            .expect("valid metric"),
+            errors: IntCounter::new(
+                "floodgate_store_errors_total",
+                "Shared store operations that failed or timed out.",
+            )
+            .expect("valid metric"),
+            latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "floodgate_store_latency_seconds",
+                    "Shared store round trips.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                ]),
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
+/// Opens after `threshold` consecutive failures, for `cooldown`.
+#[derive(Debug)]
+struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    failures: AtomicU32,
+    open_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn allows(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) < self.threshold
+            || self.now_ms() >= self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    fn failure(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.threshold {
+            self.open_until_ms.store(
+                self.now_ms() + self.cooldown.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// Redis, with what happens when it fails.
+#[derive(Debug)]
+pub struct SharedStore {
+    redis: RedisStore,
+    on_failure: OnFailure,
+    local: MemoryStore,
+    breaker: Breaker,
+    pub health: StoreHealth,
+}
+
+impl SharedStore {
+    pub fn new(
+        redis: RedisStore,
+        on_failure: OnFailure,
+        breaker_failures: u32,
+        breaker_cooldown: Duration,
+    ) -> Self {
+        Self {
+            redis,
+            on_failure,
+            local: MemoryStore::default(),
+            breaker: Breaker {
+                threshold: breaker_failures.max(1),
+                cooldown: breaker_cooldown,
+                failures: AtomicU32::new(0),
+                open_until_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
+            },
+            health: StoreHealth::new(),
+        }
+    }
+
+    pub fn on_failure(&self) -> OnFailure {
+        self.on_failure
+    }
+
+    pub async fn check_and_consume(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        now_ms: u64,
+    ) -> Result<Decision, StoreError> {
+        if self.breaker.allows() {
+            let started = Instant::now();
+            match self.redis.check_and_consume(account, rules).await {
+                Ok(decision) => {
+                    self.health.latency.observe(started.elapsed().as_secs_f64());
+                    self.recovered();
+                    return Ok(decision);
+                }
+                Err(e) => self.failed(&e),
+            }
+        }
+        self.fallback(account, rules, now_ms)
+    }
+
+    pub async fn counters(
+        &self,
+        account: AccountId,
+        now_ms: u64,
+    ) -> Result<Vec<Counter>, StoreError> {
+        match self.redis.counters(account).await {
+            Ok(c) => Ok(c),
+            Err(_) => Ok(self.local.counters(account, now_ms)),
+        }
+    }
+
+    /// Whether Redis answered the last time it was asked.
+    pub fn is_degraded(&self) -> bool {
+        self.health.degraded.get() != 0
+    }
+
+    /// Tries Redis once (readiness probes and recovery without traffic).
+    pub async fn probe(&self) -> bool {
+        match self.redis.ping().await {
+            Ok(()) => {
+                self.recovered();
+                true
+            }
+            Err(e) => {
+                self.failed(&e);
+                false
+            }
+        }
+    }
+
+    pub fn evict_idle(&self, now_ms: u64) -> usize {
+        self.local.evict_idle(now_ms)
+    }
+
+    fn recovered(&self) {
+        self.breaker.success();
+        if self.health.degraded.get() != 0 {
+            tracing::info!("shared store is answering again");
+            self.health.degraded.set(0);
+        }
+    }
+
+    fn failed(&self, e: &StoreError) {
+        self.breaker.failure();
+        self.health.errors.inc();
+        if self.health.degraded.get() == 0 {
+            tracing::warn!(error = %e, policy = ?self.on_failure, "shared store failing; applying the failure policy");
+            self.health.degraded.set(1);
+        }
+    }
+
+    fn fallback(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        now_ms: u64,
+    ) -> Result<Decision, StoreError> {
+        match self.on_failure {
+            OnFailure::FailOpen => {
+                let _ = self.local.check_and_consume(account, rules, now_ms);
+                Ok(Decision::Admitted(Usage::default()))
+            }
+            OnFailure::FailClosed => {
+                Err(StoreError::Unavailable("shared store unavailable".into()))
+            }
+            OnFailure::Local { replicas } => {
+                let share: Vec<Rule> = rules
+                    .iter()
+                    .map(|r| Rule {
+                        limit: r.limit.div_ceil(replicas.max(1)).max(1),
+                        ..*r
+                    })
+                    .collect();
+                Ok(self.local.check_and_consume(account, &share, now_ms))
+            }
+        }
+    }
+}
