@@ -17,7 +17,7 @@ mod decide;
 pub mod headers;
 mod policy;
 
-pub use decide::{decide, Counter, Counters, Decision, Refusal, Usage, WindowUsage};
+pub use decide::{decide, usage_of, Counter, Counters, Decision, Refusal, Usage, WindowUsage};
 pub use policy::Tier;
 
 /// Identifies one counter of an account: derived from the limit's scope and window, so it is
@@ -34,6 +34,10 @@ pub enum LimitKind {
     Daily,
     /// At most one request per fixed interval ("1 request per 3 seconds").
     Interval,
+    /// Job submissions blocked for the rest of the UTC day after too many incorrect tasks.
+    Penalty,
+    /// Relax-mode jobs refused for the rest of the UTC day past the relax allowance.
+    Relax,
 }
 
 impl LimitKind {
@@ -45,6 +49,8 @@ impl LimitKind {
             LimitKind::Hour => "hour",
             LimitKind::Daily => "daily",
             LimitKind::Interval => "interval",
+            LimitKind::Penalty => "penalty",
+            LimitKind::Relax => "relax",
         }
     }
 }
