@@ -8,6 +8,7 @@ mod classes;
 mod error;
 mod jobs;
 mod limits;
+mod penalties;
 mod raw;
 mod state;
 
@@ -30,6 +31,7 @@ use crate::identity::{
     AccountId, Anonymous, IdentityConfig, IpNet, KeySource, TierId, UnknownKeys,
 };
 use crate::limits::{LimitKind, Tier, Window};
+use crate::penalties::PenaltiesConfig;
 use crate::queue::JobsConfig;
 
 /// Where floodgate listens and forwards.
@@ -77,6 +79,8 @@ pub struct Config {
     pub max_body: Vec<Option<u64>>,
     /// The memory store's state file; `None` = state is not kept across restarts.
     pub state: Option<StateConfig>,
+    /// Incorrect-task and relax accounting: what counts, and each tier's allowances.
+    pub penalties: PenaltiesConfig,
 }
 
 /// Command-line values that replace the file's.
@@ -183,7 +187,66 @@ impl Config {
                 tier.name, q.max_queue, q.max_wait, self.jobs.pools[q.pool].name
             );
         }
+        out += &self.penalties_summary();
         out += &self.limits_summary();
+        out
+    }
+
+    /// What counts as an incorrect task, how relax jobs are told, and each tier's allowances.
+    fn penalties_summary(&self) -> String {
+        let p = &self.penalties;
+        let names = |set: &[bool]| -> String {
+            let listed: Vec<&str> = set
+                .iter()
+                .enumerate()
+                .filter(|(_, &on)| on)
+                .map(|(i, _)| self.class_name(ClassId(i as u16)))
+                .collect();
+            if listed.is_empty() {
+                "none".into()
+            } else {
+                listed.join(", ")
+            }
+        };
+        let mut out = String::new();
+        if !p.judge.is_empty() {
+            out += &format!(
+                "  incorrect tasks: {} rules, judged on {}\n",
+                p.judge.len(),
+                names(&p.judged)
+            );
+        }
+        if let Some(r) = &p.relax {
+            out += &format!(
+                "  relax: mode at {} (default {}), counted on {}, earned by {}\n",
+                r.mode_pointer,
+                r.default_mode.name(),
+                names(&r.counted),
+                names(&r.earning)
+            );
+        }
+        for (tier, t) in self.tiers.iter().zip(&p.tiers) {
+            let mut parts = Vec::new();
+            if let Some(i) = t.incorrect {
+                parts.push(format!(
+                    "incorrect {}/day then {}",
+                    i.per_day,
+                    i.action.name()
+                ));
+            }
+            if let Some(r) = t.relax {
+                let action = match r.action {
+                    crate::penalties::RelaxAction::Surcharge { multiplier } => {
+                        format!("surcharge x{multiplier}")
+                    }
+                    crate::penalties::RelaxAction::Reject => "reject".into(),
+                };
+                parts.push(format!("relax {}/day then {action}", r.per_day));
+            }
+            if !parts.is_empty() {
+                out += &format!("  penalties {}: {}\n", tier.name, parts.join("; "));
+            }
+        }
         out
     }
 
@@ -281,6 +344,8 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let identity = build_identity(src, &raw, &mut tiers, &classes)?;
     let jobs = jobs::build_jobs(src, &raw, &classes, &tiers)?;
     let max_body = classes::max_body_by_class(src, &raw.classes, &classes)?;
+    let penalties =
+        penalties::build_penalties(src, &raw, &classes, &jobs, tiers.len(), &counter_owner)?;
     Ok(Config {
         server: build_server(src, &raw.server)?,
         identity,
@@ -294,6 +359,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         jobs,
         max_body,
         state: state::build_state(src, raw.state.as_ref())?,
+        penalties,
     })
 }
 

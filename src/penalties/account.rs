@@ -21,7 +21,8 @@ pub struct JobFacts {
 }
 
 impl JobFacts {
-    fn is_relax(&self) -> bool {
+    /// A relax job that counts against the allowance.
+    pub fn is_relax(&self) -> bool {
         self.relax_counted && self.mode == Mode::Relax
     }
 }

@@ -22,7 +22,8 @@ pub struct Matcher {
     pub on: On,
     /// Any of these statuses; empty = any status.
     pub statuses: Vec<u16>,
-    /// Where `values` and `contains` look; `None` = `contains` searches the whole body.
+    /// Where `values` and `contains` look; alone, the field must be present (and not null).
+    /// `None` = `contains` searches the whole body.
     pub pointer: Option<String>,
     /// The value at `pointer` (a string, or a number as text) is one of these, ignoring case.
     pub values: Vec<String>,
@@ -32,7 +33,7 @@ pub struct Matcher {
 
 impl Matcher {
     fn needs_body(&self) -> bool {
-        !self.values.is_empty() || !self.contains.is_empty()
+        self.pointer.is_some() || !self.contains.is_empty()
     }
 
     fn status_matches(&self, status: u16) -> bool {
@@ -79,6 +80,11 @@ impl Judge {
 
     pub fn is_empty(&self) -> bool {
         self.matchers.is_empty()
+    }
+
+    /// How many rules there are.
+    pub fn len(&self) -> usize {
+        self.matchers.len()
     }
 
     /// Whether any rule judging `on` answers looks at the body of one with `status`: when not,
@@ -256,6 +262,21 @@ mod tests {
         assert!(j.is_incorrect(On::Response, 400, Some(b"error: invalid link ..."), false));
         assert!(!j.is_incorrect(On::Response, 200, Some(b"invalid link"), true));
         assert!(!j.is_incorrect(On::Response, 400, Some(b"quota exceeded"), true));
+    }
+
+    #[test]
+    fn a_pointer_alone_asks_for_the_field_to_be_present() {
+        let j = Judge::new(vec![Matcher {
+            on: On::Response,
+            statuses: vec![],
+            pointer: Some("/error".into()),
+            values: vec![],
+            contains: vec![],
+        }]);
+        let incorrect = |body: &str| j.is_incorrect(On::Response, 200, Some(body.as_bytes()), true);
+        assert!(incorrect(r#"{"error": {"code": "invalid_parameter"}}"#));
+        assert!(!incorrect(r#"{"error": null, "result": "t-1"}"#));
+        assert!(!incorrect(r#"{"result": "t-1"}"#));
     }
 
     #[test]
