@@ -113,7 +113,7 @@ fn matcher(
     let on = match m.on.as_ref().map(|o| (o.get_ref().as_str(), o.span())) {
         None | Some(("response", _)) => On::Response,
         Some(("task", span)) => {
-            if !jobs.tasks.as_ref().is_some_and(|t| !t.success.is_empty()) {
+            if !success_known(jobs) {
                 return Err(src.at(
                     format!("{field}.on"),
                     span,
@@ -217,14 +217,13 @@ fn build_relax(
         classes,
         jobs,
     )?;
-    let success_known = jobs.tasks.as_ref().is_some_and(|t| !t.success.is_empty());
     for name in &raw.earn_classes {
         let in_task_mode = classes
             .iter()
             .position(|c| c == name.get_ref())
             .and_then(|i| jobs.class(ClassId(i as u16)))
             .is_some_and(|j| j.mode == JobMode::Task);
-        if in_task_mode && !success_known {
+        if in_task_mode && !success_known(jobs) {
             return Err(src.at(
                 "relax.earn_classes",
                 name.span(),
@@ -242,6 +241,11 @@ fn build_relax(
         counted,
         earning,
     })
+}
+
+/// Whether `[tasks] success` tells a succeeded task from a failed one.
+fn success_known(jobs: &JobsConfig) -> bool {
+    jobs.tasks.as_ref().is_some_and(|t| !t.success.is_empty())
 }
 
 /// The job classes `names` lists (by class id); `None` = every job class.
