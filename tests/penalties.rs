@@ -690,3 +690,39 @@ async fn a_task_floodgate_sees_end_by_its_own_polling_settles_too() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn penalty_tallies_survive_a_restart_through_the_state_file() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{SYNC}\n[state]\nfile = '{}'\n",
+        dir.path().join("state.bin").display()
+    );
+    let c = TestClient::new();
+    {
+        let gate = Gate::start(&config, &up.url(), MORNING);
+        submit(&c, &gate, "/submit/imagine", "strict-key", FAST, &[]).await;
+        for _ in 0..3 {
+            let a = submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]).await;
+            assert_eq!(a.status, 200);
+        }
+        for _ in 0..3 {
+            let banned = [("x-upstream-body", BANNED)];
+            submit(&c, &gate, "/submit/blend", "k", FAST, &banned).await;
+        }
+    } // graceful shutdown: the state file is written
+    let gate = Gate::start(&config, &up.url(), MORNING + HOUR);
+    let a = submit(&c, &gate, "/submit/imagine", "k", FAST, &[]).await;
+    assert_refused_until_midnight(&a, "penalty", MORNING + HOUR);
+    let a = submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]).await;
+    assert_refused_until_midnight(&a, "relax", MORNING + HOUR);
+    let u = usage(&c, &gate, "strict-key").await;
+    assert_eq!(
+        (
+            u["penalties"]["relax"]["used"].clone(),
+            u["penalties"]["relax"]["earned"].clone()
+        ),
+        (json!(3), json!(1))
+    );
+}
