@@ -131,11 +131,15 @@ fn matcher(
             ))
         }
     };
-    if let Some(bad) = m.statuses.iter().find(|s| !(100..=599).contains(*s)) {
+    if let Some(bad) = m
+        .statuses
+        .iter()
+        .find(|s| !(100..=599).contains(s.get_ref()))
+    {
         return Err(src.at(
             format!("{field}.statuses"),
-            entry.span(),
-            format!("{bad} is not an HTTP status (100-599)"),
+            bad.span(),
+            format!("{} is not an HTTP status (100-599)", bad.get_ref()),
         ));
     }
     if let Some(p) = m.pointer.as_ref().filter(|p| !p.get_ref().starts_with('/')) {
@@ -168,7 +172,7 @@ fn matcher(
     }
     Ok(Matcher {
         on,
-        statuses: m.statuses.clone(),
+        statuses: m.statuses.iter().map(|s| *s.get_ref()).collect(),
         pointer: m.pointer.as_ref().map(|p| p.get_ref().clone()),
         values: m
             .values

@@ -151,7 +151,7 @@ pub struct RawMatch {
     pub on: Option<Spanned<String>>,
     /// Any of these statuses.
     #[serde(default)]
-    pub statuses: Vec<u16>,
+    pub statuses: Vec<Spanned<u16>>,
     /// JSON pointer to the field `values` and `contains` look at; omitted = the whole body.
     pub pointer: Option<Spanned<String>>,
     /// The field's value is one of these (strings or numbers).
