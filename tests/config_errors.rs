@@ -166,6 +166,8 @@ bad_fixtures! {
          surcharge)",
     relax_cost_multiplier_with_reject =>
         "line 19: tiers.free.relax.cost_multiplier: only applies to action = \"surcharge\"",
+    bad_inspect_limit =>
+        "line 4: server.inspect_limit: \"64\" is below the minimum of 1KB",
     tasks_success_not_terminal =>
         "line 19: tasks.success: \"DONE\" is not one of tasks.terminal (SUCCESS, FAILURE)",
 }

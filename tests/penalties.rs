@@ -726,3 +726,29 @@ async fn penalty_tallies_survive_a_restart_through_the_state_file() {
         (json!(3), json!(1))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mode_of_a_body_larger_than_the_inspect_limit_is_not_read() {
+    let up = Upstream::start().await;
+    let blend = format!(
+        r#"{{"base64Array": ["data:image/png;base64,{}"], "process_mode": "relax"}}"#,
+        "A".repeat(150_000)
+    );
+    for (limit, relax_used) in [("", 0), ("inspect_limit = \"256KB\"", 1)] {
+        let config = format!("[server]\n{limit}\n{SYNC}");
+        let gate = Gate::start(&config, &up.url(), MORNING);
+        let c = TestClient::new();
+        let a = submit(&c, &gate, "/submit/blend", "strict-key", &blend, &[]).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(
+            up.seen().last().unwrap().body_len,
+            blend.len() as u64,
+            "forwarded whole"
+        );
+        let u = usage(&c, &gate, "strict-key").await;
+        assert_eq!(
+            u["penalties"]["relax"]["used"], relax_used,
+            "limit {limit:?}"
+        );
+    }
+}

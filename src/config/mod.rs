@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub upstream_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_idle_upstream_connections: usize,
+    /// Bytes of a job's request body (and of an upstream answer) read to look inside it; a
+    /// longer body is forwarded whole, its fields past this prefix unread.
+    pub inspect_limit: usize,
 }
 
 /// The upstream origin (plain HTTP).
@@ -463,7 +466,21 @@ fn build_server(src: &Source<'_>, s: &raw::RawServer) -> Result<ServerConfig, Co
             "10s",
         )?,
         max_idle_upstream_connections: s.max_idle_upstream_connections.unwrap_or(1024),
+        inspect_limit: inspect_limit(src, s.inspect_limit.as_ref())?,
     })
+}
+
+/// `[server] inspect_limit`: a size of at least 1KB (a job body's fields must fit in it).
+fn inspect_limit(src: &Source<'_>, v: Option<&Spanned<String>>) -> Result<usize, ConfigError> {
+    let Some(v) = v else {
+        return Ok(crate::proxy::inspect::DEFAULT_INSPECT_LIMIT);
+    };
+    let at = |m: String| src.at("server.inspect_limit", v.span(), m);
+    let bytes = classes::parse_size(v.get_ref()).map_err(at)?;
+    if bytes < 1024 {
+        return Err(at(format!("{:?} is below the minimum of 1KB", v.get_ref())));
+    }
+    usize::try_from(bytes).map_err(|_| at(format!("{:?} is too large", v.get_ref())))
 }
 
 pub(crate) fn build_upstream(

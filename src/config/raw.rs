@@ -59,6 +59,8 @@ pub struct RawServer {
     pub upstream_timeout: Option<Spanned<String>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_idle_upstream_connections: Option<usize>,
+    /// How much of a job's request body (and of a task answer) is read to look inside it.
+    pub inspect_limit: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -37,11 +37,11 @@ pub(super) struct Submission {
 }
 
 impl Submission {
-    /// Reads the body prefix (at most [`INSPECT_LIMIT`](super::inspect::INSPECT_LIMIT) bytes;
-    /// the rest stays unread in the client connection) and the job mode in it.
+    /// Reads the body prefix (up to `[server] inspect_limit` bytes; the rest stays unread in
+    /// the client connection) and the job mode in it.
     pub async fn read(req: Request<Incoming>, ctx: &Ctx<'_>) -> Result<Self, ProxyError> {
         let (parts, body) = req.into_parts();
-        let prefix = read_prefix(body)
+        let prefix = read_prefix(body, ctx.policy.config.server.inspect_limit)
             .await
             .map_err(|e| ProxyError::ClientBody(e.to_string()))?;
         let facts =
@@ -124,7 +124,7 @@ impl Proxy {
             let read_answer = (job.mode == JobMode::Task && resp.status().is_success())
                 || self.judge_needs_body(ctx, &resp);
             let (mut resp, peeked) = if read_answer {
-                peek(resp).await?
+                peek(resp, config.server.inspect_limit).await?
             } else {
                 (resp, None)
             };
@@ -212,6 +212,7 @@ impl Proxy {
         tracker.hold(id.clone(), permit, owner, None);
         let watcher = Watcher {
             shared: self.shared.clone(),
+            inspect_limit: ctx.policy.config.server.inspect_limit,
             tracker: tracker.clone(),
             id: id.clone(),
             poll,
@@ -236,7 +237,8 @@ impl Proxy {
         if !resp.status().is_success() {
             return resp;
         }
-        let (resp, peeked) = match peek(resp).await {
+        let limit = ctx.policy.config.server.inspect_limit;
+        let (resp, peeked) = match peek(resp, limit).await {
             Ok(read) => read,
             Err(e) => return self.failed(ctx, e),
         };
@@ -252,11 +254,12 @@ impl Proxy {
     }
 }
 
-/// Reads up to [`INSPECT_LIMIT`](super::inspect::INSPECT_LIMIT) bytes of an upstream answer's
-/// body and puts them back in front of the rest, so the client still gets every byte. A body
-/// read whole becomes a local one (any slot it held ends: the upstream has answered in full).
+/// Reads up to `limit` bytes of an upstream answer's body and puts them back in front of the
+/// rest, so the client still gets every byte. A body read whole becomes a local one (any slot
+/// it held ends: the upstream has answered in full).
 async fn peek(
     resp: Response<ProxyBody>,
+    limit: usize,
 ) -> Result<(Response<ProxyBody>, Option<Peeked>), ProxyError> {
     let (parts, body) = resp.into_parts();
     let ProxyBody::Upstream {
@@ -267,7 +270,7 @@ async fn peek(
     else {
         return Ok((Response::from_parts(parts, body), None));
     };
-    let prefix = read_prefix(upstream)
+    let prefix = read_prefix(upstream, limit)
         .await
         .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
     let peeked = Peeked {
@@ -320,6 +323,7 @@ fn retry_after_ms(resp: &Response<ProxyBody>) -> Option<u64> {
 /// Ends a task's hold at its maximum job time, or earlier when polling sees it finish.
 struct Watcher {
     shared: Arc<Shared>,
+    inspect_limit: usize,
     tracker: Arc<TaskTracker>,
     id: String,
     poll: Option<TaskPolling>,
@@ -374,7 +378,9 @@ impl Watcher {
         match self.client.send(req).await {
             Ok(resp) if resp.status().is_success() => {
                 let status = resp.status().as_u16();
-                let prefix = read_prefix(resp.into_body()).await.ok()?;
+                let prefix = read_prefix(resp.into_body(), self.inspect_limit)
+                    .await
+                    .ok()?;
                 (prefix.is_complete() && is_terminal(tasks, &prefix.bytes))
                     .then_some((status, prefix.bytes))
             }
