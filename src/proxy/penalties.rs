@@ -173,10 +173,15 @@ async fn count(
         tracing::error!(error = %e, ?event, "cannot count a penalty event");
         return;
     }
-    let (class, tier) = (config.class_name(class), &config.tier(tier).name);
-    match event {
-        Event::Incorrect => shared.metrics.incorrect_task(class, tier),
-        Event::RelaxEarned => shared.metrics.relax_earned(tier),
+    // A task that settles after a reload may find fewer tiers or classes: then no metric.
+    let class = config.classes.get(class.0 as usize);
+    let Some(tier) = config.tiers.get(tier.0 as usize).map(|t| &t.name) else {
+        return;
+    };
+    match (event, class) {
+        (Event::Incorrect, Some(class)) => shared.metrics.incorrect_task(class, tier),
+        (Event::RelaxEarned, _) => shared.metrics.relax_earned(tier),
+        (Event::Incorrect, None) => {}
     }
 }
 
