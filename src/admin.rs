@@ -1,7 +1,8 @@
 //! The admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz` and `/usage`.
 //!
-//! `/usage?key=API_KEY` (or the key in `x-api-key`) shows an account's open windows: the key is
-//! hashed like any request's and never echoed back.
+//! `/usage?key=API_KEY` (or the key in `x-api-key`) shows an account's open windows and its
+//! penalty standing (today's incorrect tasks, relax jobs used and earned, the actions in
+//! effect): the key is hashed like any request's and never echoed back.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -21,6 +22,8 @@ use crate::app::Shared;
 use crate::classify::ClassId;
 use crate::error::json_response;
 use crate::identity::AccountId;
+use crate::limits::{Counter, Counters};
+use crate::penalties;
 use crate::proxy::ProxyBody;
 
 /// Serves admin requests until shutdown.
@@ -166,6 +169,44 @@ async fn usage(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> 
             }));
         }
     }
-    let body = json!({ "account": account.short(), "tier": tier.name, "limits": limits });
+    let body = json!({
+        "account": account.short(),
+        "tier": tier.name,
+        "limits": limits,
+        "penalties": penalties_view(config, tier_id, &counters, now),
+    });
     json_response(StatusCode::OK, body.to_string())
+}
+
+/// Today's incorrect tasks and relax jobs, the tier's allowances, and the actions that apply to
+/// the account's next job submission.
+fn penalties_view(
+    config: &crate::config::Config,
+    tier: crate::identity::TierId,
+    counters: &[Counter],
+    now: u64,
+) -> serde_json::Value {
+    let mut all = Counters::default();
+    for c in counters {
+        all.restore(*c);
+    }
+    let p = &config.penalties;
+    let policy = p.tier(tier);
+    let s = penalties::standing(&policy, &p.ids, &all, now);
+    json!({
+        "resets_in_secs": s.resets_in_secs,
+        "incorrect_tasks": {
+            "today": s.incorrect,
+            "allowance": s.incorrect_allowance,
+            "action": policy.incorrect.map(|i| i.action.name()),
+        },
+        "relax": {
+            "used": s.relax_used,
+            "earned": s.relax_earned,
+            "allowance": s.relax_allowance,
+            "remaining": s.relax_allowance.map(|a| a.saturating_sub(s.relax_used)),
+            "action": policy.relax.map(|r| r.action.name()),
+        },
+        "current_actions": s.actions,
+    })
 }

@@ -6,6 +6,8 @@
 //! - [`identity`]: request -> account and tier.                                   (pure)
 //! - [`classify`]: method + normalised path -> endpoint class.                    (pure)
 //! - [`limits`]: minute / day / interval windows -> admit or refuse; header rendering. (pure)
+//! - [`penalties`]: incorrect-task and relax-mode tallies per UTC day -> block, flag, surcharge
+//!   or reject; what counts as an incorrect task.                                  (pure)
 //! - [`store`]: where counters live; atomic check-and-consume only, no policy; the state file
 //!   that carries them across a restart.
 //! - [`queue`]: job queues — per-account FIFO under concurrency caps, upstream account pools.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod penalties;
 pub mod proxy;
 pub mod queue;
 pub mod server;

@@ -29,6 +29,9 @@ pub struct Metrics {
     queue_wait: HistogramVec,
     jobs_dropped: IntCounterVec,
     cooldowns: IntCounterVec,
+    incorrect_tasks: IntCounterVec,
+    relax_earned: IntCounterVec,
+    billing_marks: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -182,7 +185,27 @@ impl Metrics {
             "Times an upstream account answered 429 and was rested.",
             &["upstream_account"],
         );
+        let incorrect_tasks = counter(
+            "floodgate_incorrect_tasks_total",
+            "Answers judged incorrect tasks (banned prompt, invalid parameter...), counted \
+             against the account's daily allowance.",
+            &["class", "tier"],
+        );
+        let relax_earned = counter(
+            "floodgate_relax_earned_total",
+            "Relax jobs earned by successful fast or turbo jobs.",
+            &["tier"],
+        );
+        let billing_marks = counter(
+            "floodgate_billing_marks_total",
+            "Jobs forwarded with a billing mark: no_refund (past the incorrect-task allowance \
+             on a flag tier) or surcharge (a relax job past the relax allowance).",
+            &["tier", "mark"],
+        );
         Self {
+            incorrect_tasks,
+            relax_earned,
+            billing_marks,
             jobs_queued,
             jobs_in_flight,
             upstream_account_in_flight,
@@ -265,6 +288,19 @@ impl Metrics {
 
     pub fn cooldown(&self, upstream_account: &str) {
         self.cooldowns.with_label_values(&[upstream_account]).inc();
+    }
+
+    pub fn incorrect_task(&self, class: &str, tier: &str) {
+        self.incorrect_tasks.with_label_values(&[class, tier]).inc();
+    }
+
+    pub fn relax_earned(&self, tier: &str) {
+        self.relax_earned.with_label_values(&[tier]).inc();
+    }
+
+    /// Counts a forwarded job's billing mark (`no_refund` or `surcharge`).
+    pub fn billing_mark(&self, tier: &str, mark: &'static str) {
+        self.billing_marks.with_label_values(&[tier, mark]).inc();
     }
 
     /// Counts a 429 by the kind of limit that refused it.

@@ -77,12 +77,20 @@ fn check_midjourney_toml() {
     check_ok(
         "config/midjourney.toml",
         &[
-            "2 routes, 3 classes, 2 tiers\n",
+            "4 routes, 5 classes, 5 tiers\n",
             "  route GET /mj/message/{} -> progress\n",
+            "  route POST /mj/submit/imagine -> imagine\n",
             "  default class: general\n",
-            "  tier standard: general[interval=1/3000ms] progress[second=10] submit[interval=1/3000ms]\n",
+            "  tier free: general[interval=1/3000ms] progress[second=10] imagine[interval=1/3000ms] \
+             blend[interval=1/3000ms] submit[interval=1/3000ms]\n",
             "  job class submit: Task, max job time 600s\n",
-            "  queue standard: concurrency 2, max queue 50, max wait 600s, pool upstream\n",
+            "  queue free: concurrency 2, max queue 50, max wait 600s, pool upstream\n",
+            "  incorrect tasks: 3 rules, judged on imagine, blend, submit\n",
+            "  relax: mode at /process_mode (default fast), counted on imagine, blend, submit, \
+             earned by imagine, blend\n",
+            "  penalties free: incorrect 30/day then block; relax 100/day then surcharge x2\n",
+            "  penalties developer: incorrect 60/day then flag; relax 500/day then surcharge x2\n",
+            "  penalties pro: incorrect 60/day then flag; relax 1500/day then surcharge x2\n",
         ],
     );
 }

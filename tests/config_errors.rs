@@ -53,7 +53,7 @@ bad_fixtures! {
     unknown_top_level_field =>
         "line 2: servre: unknown field `servre`, expected one of `server`, `identity`, \
          `routing`, `route`, `tiers`, `accounts`, `headers`, `jobs`, `tasks`, `account`, \
-         `upstream_account`, `classes`, `state`",
+         `upstream_account`, `classes`, `state`, `incorrect_tasks`, `relax`, `store`",
     unknown_limit_field =>
         "line 11: tiers.basic.limits[1].per_minutes: unknown field `per_minutes`, expected one \
          of `classes`, `except`, `shared`, `per_second`, `per_minute`, `per_hour`, `per_day`, \
@@ -117,6 +117,59 @@ bad_fixtures! {
          needed, for example 5sec or 5ms",
     empty_state_file =>
         "line 6: state.file: must name a file",
+    bad_incorrect_action =>
+        "line 21: tiers.free.incorrect_tasks.action: \"ban\": expected \"block\" or \"flag\"",
+    bad_relax_action =>
+        "line 18: tiers.free.relax.action: \"double\": expected \"surcharge\" or \"reject\"",
+    tier_incorrect_without_rules =>
+        "line 13: tiers.free.incorrect_tasks: no [[incorrect_tasks.match]] rule says what an \
+         incorrect task is",
+    empty_incorrect_tasks =>
+        "line 13: incorrect_tasks: no [[incorrect_tasks.match]] rule says what an incorrect task \
+         is",
+    tier_relax_without_relax_section =>
+        "line 13: tiers.free.relax: needs a [relax] section: its mode_pointer tells relax jobs \
+         apart",
+    match_without_condition =>
+        "line 19: incorrect_tasks.match[1]: sets no condition: give statuses, pointer (with \
+         values or contains) or contains",
+    match_values_without_pointer =>
+        "line 15: incorrect_tasks.match[0].values: values are compared with the field at \
+         pointer: give pointer",
+    match_bad_status =>
+        "line 16: incorrect_tasks.match[0].statuses: 4222 is not an HTTP status (100-599)",
+    match_bad_pointer =>
+        "line 16: incorrect_tasks.match[0].pointer: a JSON pointer starts with '/', e.g. \
+         \"/error/code\"",
+    match_bad_on =>
+        "line 16: incorrect_tasks.match[0].on: \"create\": expected \"response\" or \"task\"",
+    match_empty_contains =>
+        "line 15: incorrect_tasks.match[0].contains: an empty string would match every answer",
+    match_on_task_without_success =>
+        "line 23: incorrect_tasks.match[0].on: \"task\" needs tasks.success: the statuses of a \
+         task that succeeded (the other terminal ones failed)",
+    incorrect_class_not_a_job =>
+        "line 14: incorrect_tasks.classes: class \"default\" is not a job class (list it in a \
+         [[jobs]] entry)",
+    relax_unknown_earn_class =>
+        "line 15: relax.earn_classes: unknown class \"imagin\" (classes come from [[route]] \
+         entries and routing.default_class)",
+    relax_bad_mode_pointer =>
+        "line 14: relax.mode_pointer: a JSON pointer starts with '/', e.g. \"/process_mode\"",
+    relax_bad_default_mode =>
+        "line 15: relax.default_mode: \"slow\": expected \"fast\", \"turbo\" or \"relax\"",
+    relax_earn_task_without_success =>
+        "line 22: relax.earn_classes: class \"imagine\" runs in task mode: earning needs \
+         tasks.success (the statuses of a task that succeeded)",
+    relax_cost_multiplier_one =>
+        "line 19: tiers.free.relax.cost_multiplier: must be at least 2 (a multiplier of 1 is no \
+         surcharge)",
+    relax_cost_multiplier_with_reject =>
+        "line 19: tiers.free.relax.cost_multiplier: only applies to action = \"surcharge\"",
+    bad_inspect_limit =>
+        "line 4: server.inspect_limit: \"64\" is below the minimum of 1KB",
+    tasks_success_not_terminal =>
+        "line 19: tasks.success: \"DONE\" is not one of tasks.terminal (SUCCESS, FAILURE)",
 }
 
 /// A fixture added without an expectation (or an expectation whose file is gone) fails here.

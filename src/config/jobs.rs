@@ -237,7 +237,23 @@ fn task_polling(src: &Source<'_>, t: &RawTasks) -> Result<TaskPolling, ConfigErr
         )?),
         None => None,
     };
+    let mut success = Vec::new();
+    for status in t.success.iter().flatten() {
+        if !t.terminal.contains(status.get_ref()) {
+            return Err(src.at(
+                "tasks.success",
+                status.span(),
+                format!(
+                    "{:?} is not one of tasks.terminal ({})",
+                    status.get_ref(),
+                    t.terminal.join(", ")
+                ),
+            ));
+        }
+        success.push(status.get_ref().clone());
+    }
     Ok(TaskPolling {
+        success,
         get_method,
         get_path: t.get_path.get_ref().clone(),
         get_pattern: pattern,

@@ -8,6 +8,7 @@ mod classes;
 mod error;
 mod jobs;
 mod limits;
+mod penalties;
 mod raw;
 mod state;
 mod store;
@@ -31,6 +32,7 @@ use crate::identity::{
     AccountId, Anonymous, IdentityConfig, IpNet, KeySource, TierId, UnknownKeys,
 };
 use crate::limits::{LimitKind, Tier, Window};
+use crate::penalties::PenaltiesConfig;
 use crate::queue::JobsConfig;
 
 /// Where floodgate listens and forwards.
@@ -46,6 +48,9 @@ pub struct ServerConfig {
     pub upstream_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_idle_upstream_connections: usize,
+    /// Bytes of a job's request body (and of an upstream answer) read to look inside it; a
+    /// longer body is forwarded whole, its fields past this prefix unread.
+    pub inspect_limit: usize,
 }
 
 /// The upstream origin (plain HTTP).
@@ -80,6 +85,8 @@ pub struct Config {
     pub state: Option<StateConfig>,
     /// Where limit counters live.
     pub store: crate::store::StoreConfig,
+    /// Incorrect-task and relax accounting: what counts, and each tier's allowances.
+    pub penalties: PenaltiesConfig,
 }
 
 /// Command-line values that replace the file's.
@@ -186,7 +193,66 @@ impl Config {
                 tier.name, q.max_queue, q.max_wait, self.jobs.pools[q.pool].name
             );
         }
+        out += &self.penalties_summary();
         out += &self.limits_summary();
+        out
+    }
+
+    /// What counts as an incorrect task, how relax jobs are told, and each tier's allowances.
+    fn penalties_summary(&self) -> String {
+        let p = &self.penalties;
+        let names = |set: &[bool]| -> String {
+            let listed: Vec<&str> = set
+                .iter()
+                .enumerate()
+                .filter(|(_, &on)| on)
+                .map(|(i, _)| self.class_name(ClassId(i as u16)))
+                .collect();
+            if listed.is_empty() {
+                "none".into()
+            } else {
+                listed.join(", ")
+            }
+        };
+        let mut out = String::new();
+        if !p.judge.is_empty() {
+            out += &format!(
+                "  incorrect tasks: {} rules, judged on {}\n",
+                p.judge.len(),
+                names(&p.judged)
+            );
+        }
+        if let Some(r) = &p.relax {
+            out += &format!(
+                "  relax: mode at {} (default {}), counted on {}, earned by {}\n",
+                r.mode_pointer,
+                r.default_mode.name(),
+                names(&r.counted),
+                names(&r.earning)
+            );
+        }
+        for (tier, t) in self.tiers.iter().zip(&p.tiers) {
+            let mut parts = Vec::new();
+            if let Some(i) = t.incorrect {
+                parts.push(format!(
+                    "incorrect {}/day then {}",
+                    i.per_day,
+                    i.action.name()
+                ));
+            }
+            if let Some(r) = t.relax {
+                let action = match r.action {
+                    crate::penalties::RelaxAction::Surcharge { multiplier } => {
+                        format!("surcharge x{multiplier}")
+                    }
+                    crate::penalties::RelaxAction::Reject => "reject".into(),
+                };
+                parts.push(format!("relax {}/day then {action}", r.per_day));
+            }
+            if !parts.is_empty() {
+                out += &format!("  penalties {}: {}\n", tier.name, parts.join("; "));
+            }
+        }
         out
     }
 
@@ -284,6 +350,8 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let identity = build_identity(src, &raw, &mut tiers, &classes)?;
     let jobs = jobs::build_jobs(src, &raw, &classes, &tiers)?;
     let max_body = classes::max_body_by_class(src, &raw.classes, &classes)?;
+    let penalties =
+        penalties::build_penalties(src, &raw, &classes, &jobs, tiers.len(), &counter_owner)?;
     Ok(Config {
         server: build_server(src, &raw.server)?,
         identity,
@@ -298,6 +366,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         max_body,
         state: state::build_state(src, raw.state.as_ref())?,
         store: store::build_store(src, raw.store.as_ref())?,
+        penalties,
     })
 }
 
@@ -401,7 +470,21 @@ fn build_server(src: &Source<'_>, s: &raw::RawServer) -> Result<ServerConfig, Co
             "10s",
         )?,
         max_idle_upstream_connections: s.max_idle_upstream_connections.unwrap_or(1024),
+        inspect_limit: inspect_limit(src, s.inspect_limit.as_ref())?,
     })
+}
+
+/// `[server] inspect_limit`: a size of at least 1KB (a job body's fields must fit in it).
+fn inspect_limit(src: &Source<'_>, v: Option<&Spanned<String>>) -> Result<usize, ConfigError> {
+    let Some(v) = v else {
+        return Ok(crate::proxy::inspect::DEFAULT_INSPECT_LIMIT);
+    };
+    let at = |m: String| src.at("server.inspect_limit", v.span(), m);
+    let bytes = classes::parse_size(v.get_ref()).map_err(at)?;
+    if bytes < 1024 {
+        return Err(at(format!("{:?} is below the minimum of 1KB", v.get_ref())));
+    }
+    usize::try_from(bytes).map_err(|_| at(format!("{:?} is too large", v.get_ref())))
 }
 
 pub(crate) fn build_upstream(

@@ -42,6 +42,10 @@ pub struct RawConfig {
     pub classes: BTreeMap<String, Spanned<RawClass>>,
     /// Where the memory store keeps its state across restarts; absent = not kept.
     pub state: Option<RawState>,
+    /// What an incorrect task is: `[incorrect_tasks]` and its `[[incorrect_tasks.match]]` rules.
+    pub incorrect_tasks: Option<Spanned<RawIncorrectTasks>>,
+    /// How a job's mode is read, which classes count relax jobs and which earn them.
+    pub relax: Option<Spanned<RawRelax>>,
     /// Where limit counters live: memory (default) or Redis, shared by replicas.
     pub store: Option<RawStore>,
 }
@@ -76,6 +80,8 @@ pub struct RawServer {
     pub upstream_timeout: Option<Spanned<String>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_idle_upstream_connections: Option<usize>,
+    /// How much of a job's request body (and of a task answer) is read to look inside it.
+    pub inspect_limit: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +130,81 @@ pub struct RawTier {
     /// Upstream accounts every account of this tier shares (a pool).
     #[serde(default)]
     pub upstream_accounts: Vec<Spanned<String>>,
+    /// The tier's daily incorrect-task allowance and what happens past it.
+    pub incorrect_tasks: Option<Spanned<RawTierIncorrect>>,
+    /// The tier's daily relax-job allowance and what happens past it.
+    pub relax: Option<Spanned<RawTierRelax>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTierIncorrect {
+    /// Incorrect tasks a day before `action` applies.
+    pub per_day: u32,
+    /// "block" (job submissions get 429 until 00:00 UTC) or "flag" (forwarded, marked no-refund).
+    pub action: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTierRelax {
+    /// Relax jobs a day, before what successful fast jobs earn.
+    pub per_day: u32,
+    /// "surcharge" (forwarded, marked with a cost multiplier) or "reject" (429 until 00:00 UTC).
+    pub action: Spanned<String>,
+    /// The surcharge's multiplier; default 2.
+    pub cost_multiplier: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIncorrectTasks {
+    /// Job classes whose answers are judged; omitted = every job class.
+    pub classes: Option<Vec<Spanned<String>>>,
+    /// The rules: an answer matching any of them is an incorrect task.
+    #[serde(default, rename = "match")]
+    pub matches: Vec<Spanned<RawMatch>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// "response" (the job's own answer; default) or "task" (a get-task answer showing a
+    /// failed task).
+    pub on: Option<Spanned<String>>,
+    /// Any of these statuses.
+    #[serde(default)]
+    pub statuses: Vec<Spanned<u16>>,
+    /// JSON pointer to the field `values` and `contains` look at; omitted = the whole body.
+    pub pointer: Option<Spanned<String>>,
+    /// The field's value is one of these (strings or numbers).
+    #[serde(default)]
+    pub values: Vec<RawScalar>,
+    /// The field (or body) contains one of these, ignoring case.
+    #[serde(default)]
+    pub contains: Vec<String>,
+}
+
+/// A string or a number, compared as text.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawScalar {
+    Text(String),
+    Number(i64),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelax {
+    /// JSON pointer to the job mode in a job's request body, e.g. "/process_mode".
+    pub mode_pointer: Spanned<String>,
+    /// The mode of a job whose body names none: "fast" (default), "turbo" or "relax".
+    pub default_mode: Option<Spanned<String>>,
+    /// Job classes whose relax jobs count against the allowance; omitted = every job class.
+    pub classes: Option<Vec<Spanned<String>>>,
+    /// Job classes whose successful fast or turbo jobs earn one relax job that day.
+    #[serde(default)]
+    pub earn_classes: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +233,9 @@ pub struct RawTasks {
     pub terminal: Vec<String>,
     /// Poll the get-task endpoint this often; omitted = only watch responses passing through.
     pub poll_interval: Option<Spanned<String>>,
+    /// The terminal status values of a task that succeeded (the other terminal ones failed);
+    /// needed to earn relax jobs, and to judge failed tasks, in task mode.
+    pub success: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,7 +2,7 @@
 
 use smallvec::SmallVec;
 
-use super::{CounterId, LimitKind, Rule};
+use super::{CounterId, LimitKind, Rule, Window};
 
 /// One counter of an account: how many requests were admitted in the window ending at `end_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,18 +56,30 @@ impl Counters {
         self.0.iter().find(|c| c.id == id)
     }
 
+    /// Counts one event in counter `id`, opening a new `window` when the old one closed, and
+    /// returns the count in the current window. For counters that are tallies rather than
+    /// limits (penalty accounting): no check, just the increment.
+    pub fn add(&mut self, id: CounterId, window: Window, now_ms: u64) -> u32 {
+        self.bump(id, window, now_ms).count
+    }
+
     /// Counts one admitted request for `rule`, opening a new window when the old one closed.
-    /// Expired counters of other rules are reused before the list grows.
     fn consume(&mut self, rule: &Rule, now_ms: u64) -> &Counter {
+        self.bump(rule.counter, rule.window, now_ms)
+    }
+
+    /// One more in `id`'s current window (a fresh window when it closed). Expired counters of
+    /// other ids are reused before the list grows.
+    fn bump(&mut self, id: CounterId, window: Window, now_ms: u64) -> &Counter {
         let fresh = Counter {
-            id: rule.counter,
+            id,
             count: 1,
-            end_ms: rule.window.end_for(now_ms),
+            end_ms: window.end_for(now_ms),
         };
-        let pos = self.0.iter().position(|c| c.id == rule.counter);
+        let pos = self.0.iter().position(|c| c.id == id);
         let idx = match pos {
             Some(i) if self.0[i].is_current(now_ms) => {
-                self.0[i].count += 1;
+                self.0[i].count = self.0[i].count.saturating_add(1);
                 i
             }
             Some(i) => {

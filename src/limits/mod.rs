@@ -34,6 +34,10 @@ pub enum LimitKind {
     Daily,
     /// At most one request per fixed interval ("1 request per 3 seconds").
     Interval,
+    /// Job submissions blocked for the rest of the UTC day after too many incorrect tasks.
+    Penalty,
+    /// Relax-mode jobs refused for the rest of the UTC day past the relax allowance.
+    Relax,
 }
 
 impl LimitKind {
@@ -45,6 +49,8 @@ impl LimitKind {
             LimitKind::Hour => "hour",
             LimitKind::Daily => "daily",
             LimitKind::Interval => "interval",
+            LimitKind::Penalty => "penalty",
+            LimitKind::Relax => "relax",
         }
     }
 }

@@ -5,10 +5,11 @@ use bytes::{Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-/// How much of a body floodgate reads to look inside it.
-pub const INSPECT_LIMIT: usize = 64 * 1024;
+/// How much of a body floodgate reads to look inside it, unless `[server] inspect_limit` says
+/// otherwise.
+pub const DEFAULT_INSPECT_LIMIT: usize = 64 * 1024;
 
-/// A body read up to [`INSPECT_LIMIT`]: `complete` when that was all of it.
+/// A body read up to the inspect limit: `complete` when that was all of it.
 pub struct Prefix<B> {
     pub bytes: Bytes,
     /// The unread rest, when the body was longer than the limit.
@@ -39,14 +40,14 @@ pub fn json_string_at(bytes: &[u8], pointer: &str) -> Option<String> {
     }
 }
 
-/// Reads frames until the body ends or `INSPECT_LIMIT` bytes are in hand.
-pub async fn read_prefix<B>(mut body: B) -> Result<Prefix<B>, hyper::Error>
+/// Reads frames until the body ends or `limit` bytes are in hand (a frame may overshoot it).
+pub async fn read_prefix<B>(mut body: B, limit: usize) -> Result<Prefix<B>, hyper::Error>
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
 {
     let mut buf = BytesMut::new();
     loop {
-        if buf.len() >= INSPECT_LIMIT {
+        if buf.len() >= limit {
             return Ok(Prefix {
                 bytes: buf.freeze(),
                 rest: Some(body),

@@ -5,15 +5,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST, RETRY_AFTER};
+use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::inspect::{json_string_at, read_prefix};
+use super::inspect::{json_string_at, read_prefix, Prefix};
+use super::penalties::{settle_task, write_marks};
 use super::upstream::UpstreamClient;
 use super::{Ctx, Proxy, ProxyBody, RequestBody};
+use crate::app::Shared;
 use crate::error::ProxyError;
-use crate::queue::tasks::TaskTracker;
+use crate::penalties::{JobFacts, Marks};
+use crate::queue::tasks::{TaskOwner, TaskTracker};
 use crate::queue::{JobClass, JobMode, SlotPermit, TaskPolling};
 
 /// Names the upstream account that took a job.
@@ -24,21 +29,58 @@ pub static X_QUEUE_WAIT_MS: HeaderName = HeaderName::from_static("x-queue-wait-m
 /// Rest for an upstream account that answered 429 without a usable Retry-After.
 const DEFAULT_COOLDOWN_MS: u64 = 5_000;
 
+/// A job request whose body prefix has been read: what the queue and the penalties need.
+pub(super) struct Submission {
+    parts: Parts,
+    prefix: Prefix<Incoming>,
+    pub facts: JobFacts,
+}
+
+impl Submission {
+    /// Reads the body prefix (up to `[server] inspect_limit` bytes; the rest stays unread in
+    /// the client connection) and the job mode in it.
+    pub async fn read(req: Request<Incoming>, ctx: &Ctx<'_>) -> Result<Self, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let prefix = read_prefix(body, ctx.policy.config.server.inspect_limit)
+            .await
+            .map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+        let facts =
+            ctx.policy
+                .config
+                .penalties
+                .facts(ctx.class, &prefix.bytes, prefix.is_complete());
+        Ok(Self {
+            parts,
+            prefix,
+            facts,
+        })
+    }
+}
+
+/// What was read of an upstream answer's body: `complete` when it is all of it.
+#[derive(Debug, Clone)]
+pub(super) struct Peeked {
+    pub bytes: Bytes,
+    pub complete: bool,
+}
+
 impl Proxy {
-    /// Runs a job: queue for a slot, forward, hold the slot for the job's lifetime. A job refused
-    /// by an upstream account with 429 rests that account and goes to the front of the queue
-    /// for another one.
+    /// Runs an admitted job: queue for a slot, forward, hold the slot for the job's lifetime,
+    /// and count what its answer teaches. A job refused by an upstream account with 429 rests
+    /// that account and goes to the front of the queue for another one.
     pub(super) async fn run_job(
         &self,
         ctx: &Ctx<'_>,
-        req: Request<Incoming>,
+        submission: Submission,
+        marks: Marks,
         job: &JobClass,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let config = &ctx.policy.config;
-        let (parts, body) = req.into_parts();
-        let prefix = read_prefix(body)
-            .await
-            .map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+        let Submission {
+            parts,
+            prefix,
+            facts,
+        } = submission;
         let settings = config.jobs.settings(&ctx.caller);
         let jobs = &self.shared.jobs;
         let pool_name = &jobs.pools[settings.pool].name;
@@ -67,13 +109,8 @@ impl Proxy {
                 rest: rest.take(),
             };
             let account = (settings.pool != 0).then(|| permit.account().clone());
-            let mut resp = self
-                .forward(
-                    ctx,
-                    Request::from_parts(parts.clone(), body),
-                    account.as_ref(),
-                )
-                .await?;
+            let request = Request::from_parts(parts.clone(), body);
+            let resp = self.forward(ctx, request, account.as_ref(), &marks).await?;
             if resp.status() == http::StatusCode::TOO_MANY_REQUESTS && settings.pool != 0 {
                 let rest_ms = retry_after_ms(&resp).unwrap_or(DEFAULT_COOLDOWN_MS);
                 pool.cool_down(permit.upstream(), rest_ms);
@@ -84,13 +121,34 @@ impl Proxy {
                     continue; // dropping the permit frees the slot
                 }
             }
+            let read_answer = (job.mode == JobMode::Task && resp.status().is_success())
+                || self.judge_needs_body(ctx, &resp);
+            let (mut resp, peeked) = if read_answer {
+                peek(resp, config.server.inspect_limit).await?
+            } else {
+                (resp, None)
+            };
+            let incorrect = self.judge_answer(ctx, resp.status(), peeked.as_ref()).await;
             label_response(&mut resp, &permit, settings.pool != 0);
+            write_marks(resp.headers_mut(), &marks);
+            self.count_marks(ctx, &marks);
             return Ok(match job.mode {
                 JobMode::Sync => {
+                    if resp.status().is_success() && !incorrect {
+                        self.settle_sync(ctx, facts.mode).await;
+                    }
                     resp.body_mut().hold(permit);
                     resp
                 }
-                JobMode::Task => self.hold_task(resp, permit, job, ctx).await,
+                JobMode::Task => {
+                    let owner = TaskOwner {
+                        account: ctx.caller.account,
+                        tier: ctx.caller.tier,
+                        class: ctx.class,
+                        mode: facts.mode,
+                    };
+                    self.hold_task(resp, peeked, permit, owner, job, ctx)
+                }
             });
         }
         unreachable!("the loop returns")
@@ -98,57 +156,42 @@ impl Proxy {
 
     /// Task mode: keeps the slot from the create response until the task ends. A failed create
     /// (non-2xx, or no task id) frees the slot at once.
-    async fn hold_task(
+    fn hold_task(
         &self,
-        resp: Response<ProxyBody>,
+        mut resp: Response<ProxyBody>,
+        peeked: Option<Peeked>,
         permit: SlotPermit,
+        owner: TaskOwner,
         job: &JobClass,
         ctx: &Ctx<'_>,
     ) -> Response<ProxyBody> {
-        if !resp.status().is_success() {
+        let Some(peeked) = peeked.filter(|_| resp.status().is_success()) else {
             return resp;
-        }
-        let (parts, body) = resp.into_parts();
-        let ProxyBody::Upstream {
-            body: upstream_body,
-            ..
-        } = body
-        else {
-            return Response::from_parts(parts, body);
-        };
-        let prefix = match read_prefix(upstream_body).await {
-            Ok(p) => p,
-            Err(e) => return self.failed(ctx, ProxyError::UpstreamProtocol(e.to_string())),
         };
         let task_id = job
             .task_id_pointer
             .as_deref()
-            .and_then(|p| prefix.json_string(p));
-        let body = match prefix.rest {
-            Some(rest) => {
-                let mut b = ProxyBody::Upstream {
-                    prefix: Some(prefix.bytes),
-                    body: rest,
-                    permit: None,
-                };
-                if task_id.is_none() {
-                    b.hold(permit); // too big to read an id from: hold it while the body streams
-                    return Response::from_parts(parts, b);
-                }
-                b
-            }
-            None => ProxyBody::full(prefix.bytes),
-        };
+            .filter(|_| peeked.complete)
+            .and_then(|p| json_string_at(&peeked.bytes, p));
         match task_id {
-            Some(id) => self.track_task(id, permit, job, ctx),
+            Some(id) => self.track_task(id, permit, owner, job, ctx),
+            // too big to read an id from: hold it while the body streams
+            None if !peeked.complete => resp.body_mut().hold(permit),
             None => tracing::debug!("create response without a task id; slot freed"),
         }
-        Response::from_parts(parts, body)
+        resp
     }
 
     /// Hands the slot to the tracker and starts the task's watcher: the maximum-job-time timer
     /// and, when configured, active polling with the upstream account's credentials.
-    fn track_task(&self, id: String, permit: SlotPermit, job: &JobClass, ctx: &Ctx<'_>) {
+    fn track_task(
+        &self,
+        id: String,
+        permit: SlotPermit,
+        owner: TaskOwner,
+        job: &JobClass,
+        ctx: &Ctx<'_>,
+    ) {
         let tracker = self.shared.jobs.tracker.clone();
         let account = permit.account().clone();
         let client = match &account.authority {
@@ -166,8 +209,10 @@ impl Proxy {
             .tasks
             .clone()
             .filter(|t| t.poll_interval.is_some());
-        tracker.hold(id.clone(), permit, None);
+        tracker.hold(id.clone(), permit, owner, None);
         let watcher = Watcher {
+            shared: self.shared.clone(),
+            inspect_limit: ctx.policy.config.server.inspect_limit,
             tracker: tracker.clone(),
             id: id.clone(),
             poll,
@@ -179,7 +224,7 @@ impl Proxy {
     }
 
     /// Passive observation: a get-task response passing through that shows a terminal status
-    /// ends the task and frees its slot.
+    /// ends the task, frees its slot and counts what its end teaches.
     pub(super) async fn observe_task(
         &self,
         ctx: &Ctx<'_>,
@@ -192,32 +237,55 @@ impl Proxy {
         if !resp.status().is_success() {
             return resp;
         }
-        let (parts, body) = resp.into_parts();
-        let ProxyBody::Upstream {
-            body: upstream_body,
-            permit,
-            ..
-        } = body
-        else {
-            return Response::from_parts(parts, body);
+        let limit = ctx.policy.config.server.inspect_limit;
+        let (resp, peeked) = match peek(resp, limit).await {
+            Ok(read) => read,
+            Err(e) => return self.failed(ctx, e),
         };
-        let prefix = match read_prefix(upstream_body).await {
-            Ok(p) => p,
-            Err(e) => return self.failed(ctx, ProxyError::UpstreamProtocol(e.to_string())),
+        let Some(peeked) = peeked.filter(|p| p.complete) else {
+            return resp;
         };
-        if prefix.is_complete() && is_terminal(tasks, &prefix.bytes) {
-            self.shared.jobs.tracker.finish(task);
+        if is_terminal(tasks, &peeked.bytes) {
+            if let Some(owner) = self.shared.jobs.tracker.finish(task) {
+                settle_task(&self.shared, &owner, resp.status().as_u16(), &peeked.bytes).await;
+            }
         }
-        let body = match prefix.rest {
-            Some(rest) => ProxyBody::Upstream {
-                prefix: Some(prefix.bytes),
-                body: rest,
-                permit,
-            },
-            None => ProxyBody::full(prefix.bytes),
-        };
-        Response::from_parts(parts, body)
+        resp
     }
+}
+
+/// Reads up to `limit` bytes of an upstream answer's body and puts them back in front of the
+/// rest, so the client still gets every byte. A body read whole becomes a local one (any slot
+/// it held ends: the upstream has answered in full).
+async fn peek(
+    resp: Response<ProxyBody>,
+    limit: usize,
+) -> Result<(Response<ProxyBody>, Option<Peeked>), ProxyError> {
+    let (parts, body) = resp.into_parts();
+    let ProxyBody::Upstream {
+        prefix: None,
+        body: upstream,
+        permit,
+    } = body
+    else {
+        return Ok((Response::from_parts(parts, body), None));
+    };
+    let prefix = read_prefix(upstream, limit)
+        .await
+        .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
+    let peeked = Peeked {
+        bytes: prefix.bytes.clone(),
+        complete: prefix.is_complete(),
+    };
+    let body = match prefix.rest {
+        Some(rest) => ProxyBody::Upstream {
+            prefix: Some(prefix.bytes),
+            body: rest,
+            permit,
+        },
+        None => ProxyBody::full(prefix.bytes),
+    };
+    Ok((Response::from_parts(parts, body), Some(peeked)))
 }
 
 /// Whether a get-task response body shows a terminal status.
@@ -254,6 +322,8 @@ fn retry_after_ms(resp: &Response<ProxyBody>) -> Option<u64> {
 
 /// Ends a task's hold at its maximum job time, or earlier when polling sees it finish.
 struct Watcher {
+    shared: Arc<Shared>,
+    inspect_limit: usize,
     tracker: Arc<TaskTracker>,
     id: String,
     poll: Option<TaskPolling>,
@@ -265,12 +335,14 @@ impl Watcher {
     async fn run(self, max_job_time: Duration) {
         let deadline = tokio::time::sleep(max_job_time);
         tokio::pin!(deadline);
+        let mut ended = None;
         if let Some(interval) = self.poll.as_ref().and_then(|p| p.poll_interval) {
             loop {
                 tokio::select! {
                     _ = &mut deadline => break,
                     _ = tokio::time::sleep(interval) => {
-                        if self.poll_once().await {
+                        if let Some(answer) = self.poll_once().await {
+                            ended = Some(answer);
                             break;
                         }
                     }
@@ -279,14 +351,18 @@ impl Watcher {
         } else {
             deadline.await;
         }
-        self.tracker.finish(&self.id);
+        // `finish` aborts this watcher, so what the task's end teaches is counted elsewhere.
+        let owner = self.tracker.finish(&self.id);
+        if let (Some(owner), Some((status, body))) = (owner, ended) {
+            let shared = self.shared.clone();
+            tokio::spawn(async move { settle_task(&shared, &owner, status, &body).await });
+        }
     }
 
-    /// One get-task call with the upstream account's credentials; true when the task is done.
-    async fn poll_once(&self) -> bool {
-        let Some(tasks) = &self.poll else {
-            return false;
-        };
+    /// One get-task call with the upstream account's credentials; the answer (status and body)
+    /// when it shows the task done.
+    async fn poll_once(&self) -> Option<(u16, Bytes)> {
+        let tasks = self.poll.as_ref()?;
         let mut req = Request::builder()
             .method(tasks.get_method.clone())
             .uri(tasks.path_for(&self.id));
@@ -296,18 +372,22 @@ impl Watcher {
         if let Some((name, value)) = &self.credential {
             req = req.header(name, value);
         }
-        let Ok(req) = req.body(super::upload::UploadBody::new(RequestBody::empty(), None)) else {
-            return false;
-        };
+        let req = req
+            .body(super::upload::UploadBody::new(RequestBody::empty(), None))
+            .ok()?;
         match self.client.send(req).await {
-            Ok(resp) if resp.status().is_success() => match read_prefix(resp.into_body()).await {
-                Ok(prefix) => prefix.is_complete() && is_terminal(tasks, &prefix.bytes),
-                Err(_) => false,
-            },
-            Ok(_) => false,
+            Ok(resp) if resp.status().is_success() => {
+                let status = resp.status().as_u16();
+                let prefix = read_prefix(resp.into_body(), self.inspect_limit)
+                    .await
+                    .ok()?;
+                (prefix.is_complete() && is_terminal(tasks, &prefix.bytes))
+                    .then_some((status, prefix.bytes))
+            }
+            Ok(_) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "task poll failed");
-                false
+                None
             }
         }
     }

@@ -1,5 +1,6 @@
-//! A request's life, top to bottom: identify -> classify -> size check -> decide -> (queue) ->
-//! forward -> headers.
+//! A request's life, top to bottom: identify -> classify -> size check -> decide (for a job:
+//! read the body prefix, then penalties and limits together) -> (queue) -> forward -> judge the
+//! answer -> headers.
 //!
 //! Everything here is the thin I/O edge around pure parts: identity, classification and the limit
 //! decision take plain values and return plain values; the store does the atomic bookkeeping;
@@ -9,6 +10,7 @@ mod body;
 pub mod forwarding;
 pub mod inspect;
 mod jobs;
+mod penalties;
 pub mod upload;
 pub mod upstream;
 
@@ -32,7 +34,9 @@ use crate::classify::{normalize_path, ClassId};
 use crate::error::{json_response, ProxyError};
 use crate::identity::Caller;
 use crate::limits::{headers as rl_headers, Decision, Refusal, Usage};
+use crate::penalties::Marks;
 use crate::queue::UpstreamAccount;
+use crate::store::StoreError;
 
 /// The seed API's 429 body, byte for byte.
 const TOO_MANY_ATTEMPTS: &str = r#"{"message": "Too Many Attempts."}"#;
@@ -105,18 +109,30 @@ impl Proxy {
             peer,
         };
 
-        let usage = match self.decide(&ctx).await {
-            Ok(usage) => usage,
-            Err(resp) => return resp,
-        };
         let watched_task = self.watched_task(&ctx, &req);
-
-        let result = match config.jobs.class(class) {
+        let (usage, result) = match config.jobs.class(class) {
             None => {
-                self.forward(&ctx, req.map(RequestBody::Streaming), None)
-                    .await
+                let usage = match self.decide(&ctx).await {
+                    Ok(usage) => usage,
+                    Err(resp) => return resp,
+                };
+                let req = req.map(RequestBody::Streaming);
+                let forwarded = self.forward(&ctx, req, None, &Marks::default()).await;
+                (usage, forwarded)
             }
-            Some(job) => self.run_job(&ctx, req, job).await,
+            Some(job) => {
+                // A job's body prefix is read once, here: its mode decides the relax check,
+                // and the job stage reuses it (follow-up affinity, retries).
+                let submission = match jobs::Submission::read(req, &ctx).await {
+                    Ok(s) => s,
+                    Err(e) => return self.refuse(e),
+                };
+                let (usage, marks) = match self.admit_job(&ctx, submission.facts).await {
+                    Ok(admitted) => admitted,
+                    Err(resp) => return resp,
+                };
+                (usage, self.run_job(&ctx, submission, marks, job).await)
+            }
         };
         let mut resp = match result {
             Ok(resp) => resp,
@@ -151,24 +167,30 @@ impl Proxy {
                 policy.handles.admitted(class, caller.tier);
                 Ok(Some(usage))
             }
-            Ok(Decision::Refused(usage, refusal)) => {
-                policy.handles.limited(class, caller.tier);
-                let config = &policy.config;
-                self.shared.metrics.limit_hit(
-                    config.class_name(class),
-                    &config.tier(caller.tier).name,
-                    refusal.kind.name(),
-                );
-                Err(too_many_attempts(&usage, &refusal, config.headers.ietf))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "state store failed");
-                Err(json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"error": "store_unavailable", "message": "rate limit state unavailable"}"#,
-                ))
-            }
+            Ok(Decision::Refused(usage, refusal)) => Err(self.limited(ctx, &usage, &refusal)),
+            Err(e) => Err(self.store_failed(&e)),
         }
+    }
+
+    /// The 429 for a request a limit (or penalty) refused, counted.
+    fn limited(&self, ctx: &Ctx<'_>, usage: &Usage, refusal: &Refusal) -> Response<ProxyBody> {
+        let (config, caller, class) = (&ctx.policy.config, ctx.caller, ctx.class);
+        ctx.policy.handles.limited(class, caller.tier);
+        self.shared.metrics.limit_hit(
+            config.class_name(class),
+            &config.tier(caller.tier).name,
+            refusal.kind.name(),
+        );
+        too_many_attempts(usage, refusal, config.headers.ietf)
+    }
+
+    /// The 503 for a request whose limit state could not be read.
+    fn store_failed(&self, e: &StoreError) -> Response<ProxyBody> {
+        tracing::error!(error = %e, "state store failed");
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error": "store_unavailable", "message": "rate limit state unavailable"}"#,
+        )
     }
 
     /// Sends the request upstream with its path, query and body untouched; a job's upstream
@@ -178,6 +200,7 @@ impl Proxy {
         ctx: &Ctx<'_>,
         req: Request<RequestBody>,
         account: Option<&UpstreamAccount>,
+        marks: &Marks,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let config = &ctx.policy.config;
         let mut req = req.map(|body| UploadBody::new(body, config.max_body(ctx.class)));
@@ -203,6 +226,7 @@ impl Proxy {
         if config.headers.annotate_upstream {
             annotate(&mut req, ctx);
         }
+        penalties::write_marks(req.headers_mut(), marks);
         let started = Instant::now();
         let mut resp = client.send(req).await?;
         ctx.policy

@@ -55,6 +55,8 @@ pub struct TaskPolling {
     pub terminal: Vec<String>,
     /// Active polling interval; `None` = passive only.
     pub poll_interval: Option<Duration>,
+    /// Terminal statuses of a task that succeeded; empty = success is not known.
+    pub success: Vec<String>,
 }
 
 impl TaskPolling {

@@ -7,13 +7,27 @@ use std::sync::Mutex;
 use tokio::task::AbortHandle;
 
 use super::pool::SlotPermit;
+use crate::classify::ClassId;
+use crate::identity::{AccountId, TierId};
+use crate::penalties::Mode;
 
 /// How many task origins are remembered for follow-up affinity (oldest forgotten first).
 const MAX_ORIGINS: usize = 100_000;
 
+/// Whose task it is: what its end teaches (a relax job earned, an incorrect task) is counted
+/// for this account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskOwner {
+    pub account: AccountId,
+    pub tier: TierId,
+    pub class: ClassId,
+    pub mode: Mode,
+}
+
 #[derive(Debug)]
 struct Running {
     permit: SlotPermit,
+    owner: TaskOwner,
     watcher: Option<AbortHandle>,
 }
 
@@ -33,27 +47,35 @@ pub struct TaskTracker {
 impl TaskTracker {
     /// Holds `permit` until [`finish`](Self::finish) is called for `task`. A watcher (the
     /// active poller and the maximum-job-time timer) is aborted when the task finishes first.
-    pub fn hold(&self, task: String, permit: SlotPermit, watcher: Option<AbortHandle>) {
+    pub fn hold(
+        &self,
+        task: String,
+        permit: SlotPermit,
+        owner: TaskOwner,
+        watcher: Option<AbortHandle>,
+    ) {
         self.remember_origin(&task, &permit.pool().name, permit.upstream());
-        let previous = self
-            .lock_running()
-            .insert(task, Running { permit, watcher });
+        let previous = self.lock_running().insert(
+            task,
+            Running {
+                permit,
+                owner,
+                watcher,
+            },
+        );
         drop(previous); // a task id seen twice: the older hold ends (outside the lock)
     }
 
-    /// Releases the task's slot; false when it was not held.
-    pub fn finish(&self, task: &str) -> bool {
-        let removed = self.lock_running().remove(task);
-        match removed {
-            Some(r) => {
-                if let Some(w) = r.watcher {
-                    w.abort();
-                }
-                drop(r.permit);
-                true
-            }
-            None => false,
+    /// Releases the task's slot and returns its owner; `None` when it was not held. Only one
+    /// caller ever gets the owner of a task, so what the task's end teaches is counted once
+    /// even when a poll and a client's get-task see it end together.
+    pub fn finish(&self, task: &str) -> Option<TaskOwner> {
+        let removed = self.lock_running().remove(task)?;
+        if let Some(w) = removed.watcher {
+            w.abort();
         }
+        drop(removed.permit);
+        Some(removed.owner)
     }
 
     /// Sets the watcher of a held task; aborts it when the task already finished.

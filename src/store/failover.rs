@@ -13,6 +13,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 use super::{MemoryStore, RedisStore, StoreError};
 use crate::identity::AccountId;
 use crate::limits::{Counter, Decision, Rule, Usage};
+use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
 
 /// What to do when Redis cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +150,60 @@ impl SharedStore {
             }
         }
         self.fallback(account, rules, now_ms)
+    }
+
+    /// A job submission's penalties and rules, decided in Rust on counters read from Redis and
+    /// written back with compare-and-set.
+    pub async fn admit_job(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        job: &JobCheck,
+        now_ms: u64,
+    ) -> Result<Admission, StoreError> {
+        if self.breaker.allows() {
+            match self
+                .redis
+                .update(account, |c, now| penalties::admit(rules, job, c, now))
+                .await
+            {
+                Ok(a) => {
+                    self.recovered();
+                    return Ok(a);
+                }
+                Err(e) => self.failed(&e),
+            }
+        }
+        match self.on_failure {
+            OnFailure::FailClosed => {
+                Err(StoreError::Unavailable("shared store unavailable".into()))
+            }
+            _ => Ok(self.local.admit_job(account, rules, job, now_ms)),
+        }
+    }
+
+    /// Counts a penalty event (incorrect task, relax earned) for today.
+    pub async fn record(
+        &self,
+        account: AccountId,
+        event: Event,
+        ids: &PenaltyIds,
+        now_ms: u64,
+    ) -> Result<u32, StoreError> {
+        if self.breaker.allows() {
+            match self
+                .redis
+                .update(account, |c, now| penalties::record(event, ids, c, now))
+                .await
+            {
+                Ok(n) => {
+                    self.recovered();
+                    return Ok(n);
+                }
+                Err(e) => self.failed(&e),
+            }
+        }
+        Ok(self.local.record(account, event, ids, now_ms))
     }
 
     pub async fn counters(

@@ -12,6 +12,7 @@ use dashmap::DashMap;
 use super::Snapshot;
 use crate::identity::{AccountId, BuildIdHasher};
 use crate::limits::{decide, Counter, Counters, Decision, Rule, Usage};
+use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
 
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -33,6 +34,22 @@ impl MemoryStore {
         }
         let mut counters = self.accounts.entry(account).or_default();
         decide(rules, &mut counters, now_ms)
+    }
+
+    pub fn admit_job(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        job: &JobCheck,
+        now_ms: u64,
+    ) -> Admission {
+        let mut counters = self.accounts.entry(account).or_default();
+        penalties::admit(rules, job, &mut counters, now_ms)
+    }
+
+    pub fn record(&self, account: AccountId, event: Event, ids: &PenaltyIds, now_ms: u64) -> u32 {
+        let mut counters = self.accounts.entry(account).or_default();
+        penalties::record(event, ids, &mut counters, now_ms)
     }
 
     pub fn counters(&self, account: AccountId, now_ms: u64) -> Vec<Counter> {

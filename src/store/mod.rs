@@ -1,5 +1,7 @@
 //! Limit state behind one interface: counters per account, changed only by atomic
-//! check-and-consume. The store holds no policy; the rules come with each call.
+//! check-and-consume (and, for penalty tallies, atomic increments). The store holds no policy;
+//! the rules come with each call, and the decisions are the pure functions of [`crate::limits`]
+//! and [`crate::penalties`] run under the account's lock.
 //!
 //! [`Store`] is an enum rather than a trait object so the in-memory path stays a direct,
 //! inlinable call on the hot path.
@@ -16,6 +18,7 @@ pub use snapshot::Snapshot;
 
 use crate::identity::AccountId;
 use crate::limits::{Counter, Decision, Rule};
+use crate::penalties::{Admission, Event, JobCheck, PenaltyIds};
 
 /// A store failure (none for the memory store; kept so other stores fit the same calls).
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +112,35 @@ impl Store {
         match self {
             Store::Memory(m) => Ok(m.check_and_consume(account, rules, now_ms)),
             Store::Redis(s) => s.check_and_consume(account, rules, now_ms).await,
+        }
+    }
+
+    /// A job submission: its penalties and `rules` checked together, and (only when all admit)
+    /// the rules consumed and a relax job counted — one atomic step per account.
+    pub async fn admit_job(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        job: &JobCheck,
+        now_ms: u64,
+    ) -> Result<Admission, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.admit_job(account, rules, job, now_ms)),
+            Store::Redis(s) => s.admit_job(account, rules, job, now_ms).await,
+        }
+    }
+
+    /// Counts one penalty event in the account's tally for today; returns the tally.
+    pub async fn record(
+        &self,
+        account: AccountId,
+        event: Event,
+        ids: &PenaltyIds,
+        now_ms: u64,
+    ) -> Result<u32, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.record(account, event, ids, now_ms)),
+            Store::Redis(s) => s.record(account, event, ids, now_ms).await,
         }
     }
 

@@ -62,6 +62,7 @@ if refused == 0 then
     redis.call('HSET', key, ARGV[base + 1], counts[i] .. ':' .. ends[i])
     if ends[i] > longest then longest = ends[i] end
   end
+  redis.call('HINCRBY', key, 'v', 1)
   if redis.call('PTTL', key) < longest - now then
     redis.call('PEXPIRE', key, longest - now)
   end
@@ -74,6 +75,26 @@ end
 return out
 "#;
 
+/// Writes counters computed by the caller, only if nobody wrote the account since it read them
+/// (the `v` field counts writes). ARGV: expected version, ttl in ms, then field, value pairs.
+const COMPARE_AND_SET: &str = r#"
+local key = KEYS[1]
+local v = redis.call('HGET', key, 'v') or '0'
+if v ~= ARGV[1] then return 0 end
+redis.call('HINCRBY', key, 'v', 1)
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 and redis.call('PTTL', key) < ttl then
+  redis.call('PEXPIRE', key, ttl)
+end
+return 1
+"#;
+
+/// How many times an update is retried when another replica wrote the account meanwhile.
+const CAS_ATTEMPTS: usize = 8;
+
 /// Counters shared through a Redis server. Redis I/O runs on a small runtime of its own, so the
 /// multiplexed connection lives independently of any one worker's event loop; it is opened on
 /// first use and reopened by the connection manager after failures.
@@ -82,6 +103,7 @@ pub struct RedisStore {
     timeout: Duration,
     conn: Arc<OnceCell<ConnectionManager>>,
     script: Arc<Script>,
+    cas: Arc<Script>,
     io: tokio::runtime::Handle,
     /// Keeps the I/O runtime alive; dropped with the store.
     _io_thread: IoThread,
@@ -143,6 +165,7 @@ impl RedisStore {
             timeout,
             conn: Arc::new(OnceCell::new()),
             script: Arc::new(Script::new(CHECK_AND_CONSUME)),
+            cas: Arc::new(Script::new(COMPARE_AND_SET)),
             io,
             _io_thread: IoThread {
                 stop: Some(stop_tx),
@@ -210,10 +233,16 @@ impl RedisStore {
 
     /// The account's open windows (for the usage view).
     pub async fn counters(&self, account: AccountId) -> Result<Vec<Counter>, StoreError> {
+        let read = self.read(account).await?;
+        Ok(read.counters.iter().copied().collect())
+    }
+
+    /// Reads an account's counters, their version and the server time.
+    async fn read(&self, account: AccountId) -> Result<Read, StoreError> {
         let key = account_key(account);
         let (fields, now) = self
             .run(move |mut conn| async move {
-                let fields: Vec<(u32, String)> = redis::cmd("HGETALL")
+                let fields: Vec<(String, String)> = redis::cmd("HGETALL")
                     .arg(key)
                     .query_async(&mut conn)
                     .await?;
@@ -221,18 +250,61 @@ impl RedisStore {
                 Ok((fields, time.0 * 1000 + time.1 / 1000))
             })
             .await?;
-        Ok(fields
-            .into_iter()
-            .filter_map(|(id, v)| {
-                let (c, e) = v.split_once(':')?;
-                Some(Counter {
-                    id: CounterId(id),
-                    count: c.parse().ok()?,
-                    end_ms: e.parse().ok()?,
+        let mut read = Read {
+            counters: Counters::default(),
+            version: "0".into(),
+            now_ms: now,
+        };
+        for (field, value) in fields {
+            if field == "v" {
+                read.version = value;
+            } else if let Some(c) = parse_counter(&field, &value).filter(|c| now < c.end_ms) {
+                read.counters.restore(c);
+            }
+        }
+        Ok(read)
+    }
+
+    /// Runs `update` on the account's counters and writes the result back atomically: when
+    /// another replica wrote the account in between, it reads again and retries. For the rarer,
+    /// richer decisions (job penalties) whose logic stays in Rust rather than in a script.
+    pub async fn update<R>(
+        &self,
+        account: AccountId,
+        update: impl Fn(&mut Counters, u64) -> R,
+    ) -> Result<R, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let mut read = self.read(account).await?;
+            let result = update(&mut read.counters, read.now_ms);
+            let longest = read
+                .counters
+                .iter()
+                .map(|c| c.end_ms)
+                .max()
+                .unwrap_or(read.now_ms);
+            let ttl = longest.saturating_sub(read.now_ms).to_string();
+            let mut args: Vec<String> = vec![read.version, ttl];
+            for c in read.counters.iter().filter(|c| c.end_ms > read.now_ms) {
+                args.push(c.id.0.to_string());
+                args.push(format!("{}:{}", c.count, c.end_ms));
+            }
+            let (key, cas) = (account_key(account), self.cas.clone());
+            let written: u64 = self
+                .run(move |mut conn| async move {
+                    let mut invocation = cas.key(key);
+                    for a in args {
+                        invocation.arg(a);
+                    }
+                    invocation.invoke_async(&mut conn).await
                 })
-            })
-            .filter(|c| now < c.end_ms)
-            .collect())
+                .await?;
+            if written == 1 {
+                return Ok(result);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "account updated concurrently too often".into(),
+        ))
     }
 
     /// Round trip to the server (for readiness).
@@ -245,6 +317,22 @@ impl RedisStore {
         })
         .await
     }
+}
+
+/// An account as read from Redis.
+struct Read {
+    counters: Counters,
+    version: String,
+    now_ms: u64,
+}
+
+fn parse_counter(field: &str, value: &str) -> Option<Counter> {
+    let (c, e) = value.split_once(':')?;
+    Some(Counter {
+        id: CounterId(field.parse().ok()?),
+        count: c.parse().ok()?,
+        end_ms: e.parse().ok()?,
+    })
 }
 
 /// Turns the script's reply into the same [`Decision`] the memory store gives.

@@ -61,13 +61,18 @@ struct State {
     busy: Mutex<HashSet<String>>,
     /// Task id -> status, for `/task/create` and `/task/{id}`.
     tasks: Mutex<HashMap<String, String>>,
+    /// Task id -> why it failed (`failReason` in its get-task answer).
+    fail_reasons: Mutex<HashMap<String, String>>,
     next_task: AtomicUsize,
 }
 
 /// A recording upstream. Paths: `/slow?ms=N`, `/status/NNN`, `/download?bytes=N`, `/echo`,
 /// `/hop` (answers with hop-by-hop headers), `POST /task/create[?ms=N]` (answers
-/// `{"result": "t-N"}`), `GET /task/{id}` (answers `{"id", "status"}`); anything else answers
-/// 200 `{"ok":true}`. A request whose `mj-api-secret` is marked busy gets 429.
+/// `{"result": "t-N"}`), `GET /task/{id}` (answers `{"id", "status"}`, and `failReason` when
+/// set); anything else answers 200 `{"ok":true}`. A request whose `mj-api-secret` is marked busy
+/// gets 429. On demand (an incorrect task, an upstream error): a request carrying
+/// `x-upstream-status: NNN` and/or `x-upstream-body: TEXT` is answered with that status and
+/// JSON body instead, on any path but `/echo`.
 pub struct Upstream {
     pub addr: SocketAddr,
     state: Arc<State>,
@@ -165,6 +170,27 @@ impl Upstream {
         }
     }
 
+    /// Ends a task as failed, with the reason its get-task answer gives.
+    pub fn fail_task(&self, id: &str, status: &str, reason: &str) {
+        self.state
+            .fail_reasons
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), reason.to_owned());
+        self.set_task_status(id, status);
+    }
+
+    /// Requests seen carrying header `name` with `value`.
+    pub fn count_header(&self, name: &str, value: &str) -> usize {
+        self.state
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.header(name) == Some(value))
+            .count()
+    }
+
     pub fn set_task_status(&self, id: &str, status: &str) {
         self.state
             .tasks
@@ -244,6 +270,20 @@ async fn respond(req: Request<Incoming>, state: Arc<State>) -> Response<UpBody> 
         .get("x-job")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let on_demand = match (header("x-upstream-status"), header("x-upstream-body")) {
+        (None, None) => None,
+        (status, body) => Some((
+            status.and_then(|s| s.parse::<u16>().ok()).unwrap_or(200),
+            body.unwrap_or_else(|| "{}".into()),
+        )),
+    };
     let mut entry = Seen {
         method: parts.method.clone(),
         target: target.clone(),
@@ -273,6 +313,8 @@ async fn respond(req: Request<Incoming>, state: Arc<State>) -> Response<UpBody> 
             .header("retry-after", "2")
             .body(full("{\"busy\":true}"))
             .unwrap()
+    } else if let Some((status, body)) = on_demand {
+        json(status, body)
     } else if let Some(code) = path
         .strip_prefix("/status/")
         .and_then(|c| c.parse::<u16>().ok())
@@ -288,9 +330,16 @@ async fn respond(req: Request<Incoming>, state: Arc<State>) -> Response<UpBody> 
         json(200, format!("{{\"code\":1,\"result\":\"{id}\"}}"))
     } else if let Some(id) = path.strip_prefix("/task/") {
         let status = state.tasks.lock().unwrap().get(id).cloned();
-        match status {
-            Some(status) => json(200, format!("{{\"id\":\"{id}\",\"status\":\"{status}\"}}")),
-            None => json(404, "{\"error\":\"no such task\"}".into()),
+        let reason = state.fail_reasons.lock().unwrap().get(id).cloned();
+        match (status, reason) {
+            (Some(status), None) => {
+                json(200, format!("{{\"id\":\"{id}\",\"status\":\"{status}\"}}"))
+            }
+            (Some(status), Some(reason)) => json(
+                200,
+                serde_json::json!({"id": id, "status": status, "failReason": reason}).to_string(),
+            ),
+            (None, _) => json(404, "{\"error\":\"no such task\"}".into()),
         }
     } else if path == "/download" {
         let total = query_num(&target, "bytes").unwrap_or(0);

@@ -1,0 +1,754 @@
+//! Penalties over real HTTP (SPEC §6): incorrect tasks counted per account per UTC day and the
+//! tier's `block` or `flag` past the allowance; relax jobs against a daily allowance that
+//! successful fast jobs raise, `surcharge` or `reject` past it; the 00:00 UTC reset. The
+//! recording upstream answers incorrect tasks on demand (`x-upstream-status`,
+//! `x-upstream-body`) and ends tasks as told.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Answer, Gate, TestClient, Upstream, DAY0_MS};
+
+const HOUR: u64 = 3_600_000;
+const MIDNIGHT: u64 = DAY0_MS + 24 * HOUR;
+/// 09:00:00.123 UTC: the seconds to midnight are not a round number.
+const MORNING: u64 = DAY0_MS + 9 * HOUR + 123;
+
+/// midjourney-proxy's answer to a banned prompt: a 200 whose code says no.
+const BANNED: &str = r#"{"code":24,"description":"Banned prompt detected","result":null}"#;
+
+const SYNC: &str = r#"
+    [identity]
+    default_tier = "free"
+
+    [accounts]
+    "paid-key" = "paid"
+    "strict-key" = "strict"
+
+    [[route]]
+    method = "POST"
+    path = "/submit/imagine"
+    class = "imagine"
+
+    [[route]]
+    method = "POST"
+    path = "/submit/blend"
+    class = "blend"
+
+    [[route]]
+    method = "POST"
+    path = "/submit/describe"
+    class = "describe"
+
+    [[route]]
+    method = "POST"
+    path = "/slow"
+    class = "slow"
+
+    [[route]]
+    method = "POST"
+    path = "/echo"
+    class = "echo"
+
+    [[jobs]]
+    classes = ["imagine", "blend", "describe", "slow", "echo"]
+
+    [incorrect_tasks]
+    classes = ["imagine", "blend", "describe", "slow"]
+
+    [[incorrect_tasks.match]]
+    statuses = [400, 422]
+
+    [[incorrect_tasks.match]]
+    pointer = "/code"
+    values = [24]
+
+    [[incorrect_tasks.match]]
+    pointer = "/error/message"
+    contains = ["invalid parameter", "invalid link"]
+
+    [relax]
+    mode_pointer = "/process_mode"
+    earn_classes = ["imagine", "blend"]
+
+    [tiers.free]
+    concurrency = 1
+
+    [tiers.free.incorrect_tasks]
+    per_day = 3
+    action = "block"
+
+    [tiers.free.relax]
+    per_day = 2
+    action = "surcharge"
+
+    [tiers.paid.incorrect_tasks]
+    per_day = 2
+    action = "flag"
+
+    [tiers.strict.relax]
+    per_day = 2
+    action = "reject"
+"#;
+
+const RELAX: &str = r#"{"prompt": "a lighthouse", "process_mode": "relax"}"#;
+const FAST: &str = r#"{"prompt": "a lighthouse", "process_mode": "fast"}"#;
+const TURBO: &str = r#"{"prompt": "a lighthouse", "process_mode": "TURBO"}"#;
+
+/// `POST path` as `key` with `body`; `upstream` headers tell the upstream how to answer.
+async fn submit(
+    c: &TestClient,
+    gate: &Gate,
+    path: &str,
+    key: &str,
+    body: &str,
+    upstream: &[(&str, &str)],
+) -> Answer {
+    let mut headers = vec![("x-api-key", key)];
+    headers.extend_from_slice(upstream);
+    c.send("POST", &gate.url(path), &headers, body.to_owned())
+        .await
+}
+
+async fn usage(c: &TestClient, gate: &Gate, key: &str) -> serde_json::Value {
+    c.get(&gate.admin_url(&format!("/usage?key={key}")))
+        .await
+        .json()
+}
+
+async fn metrics(c: &TestClient, gate: &Gate) -> String {
+    String::from_utf8(c.get(&gate.admin_url("/metrics")).await.body.to_vec()).unwrap()
+}
+
+/// Whole seconds, rounded up, to the next 00:00 UTC.
+fn secs_to_midnight(now_ms: u64) -> u64 {
+    let day = 24 * HOUR;
+    (now_ms - now_ms % day + day - now_ms).div_ceil(1000)
+}
+
+fn assert_refused_until_midnight(a: &Answer, kind: &str, now_ms: u64) {
+    assert_eq!(a.status, 429, "{:?}", a.body);
+    assert_eq!(a.header("x-ratelimit-type"), Some(kind));
+    assert_eq!(a.num("retry-after"), secs_to_midnight(now_ms));
+    assert_eq!(a.header("content-type"), Some("application/json"));
+    assert_eq!(a.json()["message"], "Too Many Attempts.");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_incorrect_tasks_on_free_then_the_31st_job_is_refused_until_midnight() {
+    let up = Upstream::start().await;
+    let gate = Gate::shipped("midjourney.toml", &up.url(), MORNING);
+    let c = TestClient::new();
+    let imagine = gate.url("/mj/submit/imagine");
+    for i in 0..30 {
+        let path = if i % 2 == 0 {
+            "/mj/submit/imagine"
+        } else {
+            "/mj/submit/blend"
+        };
+        let a = submit(
+            &c,
+            &gate,
+            path,
+            "free-acct",
+            "{}",
+            &[("x-upstream-body", BANNED)],
+        )
+        .await;
+        assert_eq!(a.status, 200, "incorrect task {i} is the upstream's answer");
+        gate.clock.advance_ms(3_000); // the shipped 1-per-3-s limit
+    }
+    let now = gate.clock_now();
+    let a = c.post(&imagine, "free-acct").await;
+    assert_refused_until_midnight(&a, "penalty", now);
+    assert_eq!(a.json()["error"], "incorrect_task_limit");
+    assert_eq!(
+        (a.json()["count"].clone(), a.json()["allowance"].clone()),
+        (json!(30), json!(30))
+    );
+    assert_eq!(
+        up.count_prefix("/mj/submit/"),
+        30,
+        "a blocked job never reaches the upstream"
+    );
+
+    // Only job submissions are blocked: progress checks go on.
+    let p = c
+        .send(
+            "GET",
+            &gate.url("/mj/message/t-1"),
+            &[("x-api-key", "free-acct")],
+            "",
+        )
+        .await;
+    assert_eq!(p.status, 200);
+    // Another account is not affected.
+    assert_eq!(c.post(&imagine, "other-acct").await.status, 200);
+
+    let u = usage(&c, &gate, "free-acct").await;
+    assert_eq!(u["tier"], "free");
+    assert_eq!(u["penalties"]["incorrect_tasks"]["today"], 30);
+    assert_eq!(u["penalties"]["incorrect_tasks"]["allowance"], 30);
+    assert_eq!(u["penalties"]["current_actions"], json!(["block"]));
+    assert_eq!(u["penalties"]["resets_in_secs"], secs_to_midnight(now));
+    let m = metrics(&c, &gate).await;
+    assert!(
+        m.contains(r#"floodgate_incorrect_tasks_total{class="imagine",tier="free"} 15"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"floodgate_incorrect_tasks_total{class="blend",tier="free"} 15"#));
+    assert!(m.contains(r#"floodgate_limited_total{class="imagine",tier="free",type="penalty"} 1"#));
+
+    gate.clock.set_ms(MIDNIGHT - 1);
+    let a = c.post(&imagine, "free-acct").await;
+    assert_refused_until_midnight(&a, "penalty", MIDNIGHT - 1);
+    assert_eq!(a.num("retry-after"), 1, "rounded up");
+    gate.clock.set_ms(MIDNIGHT);
+    assert_eq!(
+        c.post(&imagine, "free-acct").await.status,
+        200,
+        "a new UTC day"
+    );
+    assert_eq!(up.count_prefix("/mj/submit/"), 32);
+    let u = usage(&c, &gate, "free-acct").await;
+    assert_eq!(u["penalties"]["incorrect_tasks"]["today"], 0);
+    assert_eq!(u["penalties"]["current_actions"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incorrect_tasks_by_status_or_json_marker_and_the_block_comes_before_the_queue() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let c = TestClient::new();
+    let not_incorrect: [&[(&str, &str)]; 4] = [
+        &[("x-upstream-status", "500")],
+        &[("x-upstream-body", r#"{"code":1,"result":"ok"}"#)],
+        // a marker outside the field the operator named
+        &[("x-upstream-body", r#"{"prompt":"an invalid link"}"#)],
+        &[("x-upstream-status", "400"), ("x-upstream-body", "{}")],
+    ];
+    for answer in &not_incorrect[..3] {
+        submit(&c, &gate, "/submit/imagine", "k", FAST, answer).await;
+    }
+    assert_eq!(
+        usage(&c, &gate, "k").await["penalties"]["incorrect_tasks"]["today"],
+        0
+    );
+    // A status alone; a code at a pointer.
+    for answer in [not_incorrect[3], &[("x-upstream-body", BANNED)]] {
+        let a = submit(&c, &gate, "/submit/describe", "k", FAST, answer).await;
+        assert!([200, 400].contains(&a.status.as_u16()), "passed through");
+    }
+    assert_eq!(
+        usage(&c, &gate, "k").await["penalties"]["incorrect_tasks"]["today"],
+        2
+    );
+
+    // The third, a substring of a field (any case), ends at ~300 ms; a job admitted before it
+    // holds the account's only slot until ~1.8 s. A job submitted in between is blocked at
+    // once: it is not queued behind the slot.
+    let spawn = |path: &str, upstream: Option<&'static str>| {
+        let url = gate.url(path);
+        tokio::spawn(async move {
+            let mut headers = vec![("x-api-key", "k")];
+            headers.extend(upstream.map(|b| ("x-upstream-body", b)));
+            TestClient::new().send("POST", &url, &headers, FAST).await
+        })
+    };
+    let third = spawn(
+        "/slow?ms=300",
+        Some(r#"{"error":{"message":"Invalid Parameter: --ar 3:0"}}"#),
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let holder = spawn("/slow?ms=1500", None);
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    assert_eq!(third.await.unwrap().status, 200);
+    let started = Instant::now();
+    let a = submit(&c, &gate, "/submit/imagine", "k", FAST, &[]).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "answered without waiting for the slot: {:?}",
+        started.elapsed()
+    );
+    assert_refused_until_midnight(&a, "penalty", MORNING);
+    assert!(a.header("x-queue-wait-ms").is_none(), "never queued");
+    assert_eq!(holder.await.unwrap().status, 200);
+    assert_eq!(up.count_prefix("/submit/"), 5);
+    assert_eq!(up.count_prefix("/slow"), 2);
+    assert_eq!(
+        usage(&c, &gate, "k").await["penalties"]["incorrect_tasks"]["today"],
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flag_plans_pass_past_sixty_marked_no_refund_to_upstream_and_client() {
+    let up = Upstream::start().await;
+    let gate = Gate::shipped("midjourney.toml", &up.url(), MORNING);
+    let c = TestClient::new();
+    let key = "demo-developer-key";
+    for i in 0..60 {
+        // A client cannot mark itself: x-floodgate-* headers are floodgate's own.
+        let a = submit(
+            &c,
+            &gate,
+            "/mj/submit/imagine",
+            key,
+            "{}",
+            &[
+                ("x-upstream-body", BANNED),
+                ("x-floodgate-billing", "refund-me"),
+            ],
+        )
+        .await;
+        assert_eq!(a.status, 200, "incorrect task {i}");
+        assert!(a.header("x-floodgate-billing").is_none());
+        gate.clock.advance_ms(3_000);
+    }
+    assert_eq!(up.count_header("x-floodgate-billing", "refund-me"), 0);
+    assert_eq!(up.count_header("x-floodgate-billing", "no-refund"), 0);
+
+    let a = submit(&c, &gate, "/mj/submit/imagine", key, "{}", &[]).await;
+    assert_eq!(a.status, 200, "flag tiers pass");
+    assert_eq!(a.header("x-floodgate-billing"), Some("no-refund"));
+    let seen = up.seen();
+    assert_eq!(
+        seen.last().unwrap().header("x-floodgate-billing"),
+        Some("no-refund")
+    );
+    gate.clock.advance_ms(3_000);
+    let a = submit(
+        &c,
+        &gate,
+        "/mj/submit/blend",
+        key,
+        "{}",
+        &[("x-upstream-body", BANNED)],
+    )
+    .await;
+    assert_eq!(a.header("x-floodgate-billing"), Some("no-refund"));
+
+    let u = usage(&c, &gate, key).await;
+    assert_eq!(u["tier"], "developer");
+    assert_eq!(u["penalties"]["incorrect_tasks"]["today"], 61);
+    assert_eq!(u["penalties"]["incorrect_tasks"]["action"], "flag");
+    assert_eq!(u["penalties"]["current_actions"], json!(["flag"]));
+    let m = metrics(&c, &gate).await;
+    assert!(
+        m.contains(r#"floodgate_billing_marks_total{mark="no_refund",tier="developer"} 2"#),
+        "{m}"
+    );
+
+    gate.clock.set_ms(MIDNIGHT);
+    let a = submit(&c, &gate, "/mj/submit/imagine", key, "{}", &[]).await;
+    assert!(a.header("x-floodgate-billing").is_none(), "a new UTC day");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relax_jobs_past_the_allowance_are_surcharged() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let c = TestClient::new();
+    for _ in 0..2 {
+        let a = submit(&c, &gate, "/submit/imagine", "k", RELAX, &[]).await;
+        assert_eq!(a.status, 200);
+        assert!(a.header("x-floodgate-cost-multiplier").is_none());
+    }
+    assert_eq!(up.count_header("x-floodgate-cost-multiplier", "2"), 0);
+    for _ in 0..2 {
+        let a = submit(&c, &gate, "/submit/blend", "k", RELAX, &[]).await;
+        assert_eq!(a.status, 200, "surcharge forwards");
+        assert_eq!(a.header("x-floodgate-cost-multiplier"), Some("2"));
+    }
+    assert_eq!(up.count_header("x-floodgate-cost-multiplier", "2"), 2);
+    // Fast jobs are not surcharged.
+    let a = submit(&c, &gate, "/submit/imagine", "k", FAST, &[]).await;
+    assert!(a.header("x-floodgate-cost-multiplier").is_none());
+
+    let u = usage(&c, &gate, "k").await;
+    let relax = &u["penalties"]["relax"];
+    assert_eq!(
+        (
+            relax["used"].clone(),
+            relax["earned"].clone(),
+            relax["allowance"].clone()
+        ),
+        (json!(4), json!(1), json!(3)),
+        "{u}"
+    );
+    assert_eq!(relax["action"], "surcharge");
+    assert_eq!(u["penalties"]["current_actions"], json!(["surcharge"]));
+    let m = metrics(&c, &gate).await;
+    assert!(
+        m.contains(r#"floodgate_billing_marks_total{mark="surcharge",tier="free"} 2"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relax_jobs_past_the_allowance_are_rejected_where_configured() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let c = TestClient::new();
+    for _ in 0..2 {
+        assert_eq!(
+            submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[])
+                .await
+                .status,
+            200
+        );
+    }
+    let a = submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]).await;
+    assert_refused_until_midnight(&a, "relax", MORNING);
+    assert_eq!(a.json()["error"], "relax_limit");
+    assert_eq!(
+        up.count_prefix("/submit/"),
+        2,
+        "a rejected job never reaches the upstream"
+    );
+    // Fast jobs and relax jobs of classes that do not count are not affected.
+    let a = submit(&c, &gate, "/submit/describe", "strict-key", FAST, &[]).await;
+    assert_eq!(a.status, 200);
+    let m = metrics(&c, &gate).await;
+    assert!(m.contains(r#"floodgate_limited_total{class="imagine",tier="strict",type="relax"} 1"#));
+    assert_eq!(
+        usage(&c, &gate, "strict-key").await["penalties"]["current_actions"],
+        json!(["reject"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_successful_fast_or_turbo_imagine_or_blend_earns_exactly_one_more() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let c = TestClient::new();
+    let relax = || submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]);
+    for _ in 0..2 {
+        assert_eq!(relax().await.status, 200, "relax jobs earn nothing");
+    }
+    assert_eq!(relax().await.status, 429);
+
+    assert_eq!(
+        submit(&c, &gate, "/submit/imagine", "strict-key", FAST, &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(relax().await.status, 200, "one earned");
+    assert_eq!(relax().await.status, 429, "exactly one");
+
+    assert_eq!(
+        submit(&c, &gate, "/submit/blend", "strict-key", TURBO, &[])
+            .await
+            .status,
+        200
+    );
+    // No mode in the body is the default, fast.
+    assert_eq!(
+        submit(&c, &gate, "/submit/blend", "strict-key", "{}", &[])
+            .await
+            .status,
+        200
+    );
+    // describe is not an earning class.
+    assert_eq!(
+        submit(&c, &gate, "/submit/describe", "strict-key", FAST, &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(relax().await.status, 200);
+    assert_eq!(relax().await.status, 200);
+    assert_eq!(relax().await.status, 429);
+
+    let u = usage(&c, &gate, "strict-key").await;
+    assert_eq!(u["penalties"]["relax"]["earned"], 3);
+    assert_eq!(u["penalties"]["relax"]["used"], 5);
+    assert_eq!(u["penalties"]["relax"]["remaining"], 0);
+    let m = metrics(&c, &gate).await;
+    assert!(
+        m.contains(r#"floodgate_relax_earned_total{tier="strict"} 3"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_fast_jobs_earn_nothing() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let c = TestClient::new();
+    for _ in 0..2 {
+        submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]).await;
+    }
+    for answer in [
+        &[("x-upstream-status", "500")][..],
+        &[("x-upstream-status", "400")],
+        &[("x-upstream-body", BANNED)],
+    ] {
+        let a = submit(&c, &gate, "/submit/imagine", "strict-key", FAST, answer).await;
+        assert_ne!(a.status, 429);
+    }
+    let a = submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]).await;
+    assert_eq!(a.status, 429, "nothing earned");
+    let u = usage(&c, &gate, "strict-key").await;
+    assert_eq!(u["penalties"]["relax"]["earned"], 0);
+    assert_eq!(
+        u["penalties"]["incorrect_tasks"]["today"], 2,
+        "400 and code 24"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_day_reset_clears_relax_used_and_earned() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let c = TestClient::new();
+    let relax = || submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]);
+    submit(&c, &gate, "/submit/imagine", "strict-key", FAST, &[]).await;
+    for _ in 0..3 {
+        assert_eq!(relax().await.status, 200);
+    }
+    assert_eq!(relax().await.status, 429);
+
+    gate.clock.set_ms(MIDNIGHT);
+    let u = usage(&c, &gate, "strict-key").await;
+    assert_eq!(
+        (
+            u["penalties"]["relax"]["used"].clone(),
+            u["penalties"]["relax"]["earned"].clone()
+        ),
+        (json!(0), json!(0))
+    );
+    assert_eq!(relax().await.status, 200);
+    assert_eq!(relax().await.status, 200);
+    let a = relax().await;
+    assert_refused_until_midnight(&a, "relax", MIDNIGHT);
+    assert_eq!(
+        a.num("retry-after"),
+        86_400,
+        "yesterday's earned job is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_body_that_is_not_json_still_forwards_intact() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let c = TestClient::new();
+    let large: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    for body in [b"\x89PNG\r\n\x1a\n not json {".to_vec(), large, Vec::new()] {
+        let a = c
+            .send(
+                "POST",
+                &gate.url("/echo"),
+                &[("x-api-key", "k")],
+                body.clone(),
+            )
+            .await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body.len(), body.len());
+        assert!(a.body == body, "echoed byte for byte");
+    }
+    // A relax-mode JSON body on the same class is told apart (and counted).
+    let a = c
+        .send("POST", &gate.url("/echo"), &[("x-api-key", "k")], RELAX)
+        .await;
+    assert_eq!(a.body, RELAX.as_bytes());
+    assert_eq!(usage(&c, &gate, "k").await["penalties"]["relax"]["used"], 1);
+}
+
+const TASKS: &str = r#"
+    [[route]]
+    method = "POST"
+    path = "/task/create"
+    class = "create"
+
+    [[jobs]]
+    classes = ["create"]
+    mode = "task"
+    task_id_pointer = "/result"
+    max_job_time = "30s"
+
+    [tasks]
+    get_path = "/task/{id}"
+    status_pointer = "/status"
+    terminal = ["SUCCESS", "FAILURE"]
+    success = ["SUCCESS"]
+    POLL
+
+    [incorrect_tasks]
+
+    [[incorrect_tasks.match]]
+    on = "task"
+    pointer = "/failReason"
+    contains = ["banned prompt", "image filter"]
+
+    [relax]
+    mode_pointer = "/process_mode"
+    earn_classes = ["create"]
+
+    [tiers.t.incorrect_tasks]
+    per_day = 1
+    action = "block"
+
+    [tiers.t.relax]
+    per_day = 0
+    action = "reject"
+"#;
+
+async fn create(c: &TestClient, gate: &Gate, body: &str) -> Answer {
+    submit(c, gate, "/task/create", "k", body, &[]).await
+}
+
+async fn get_task(c: &TestClient, gate: &Gate, id: &str) -> Answer {
+    c.send(
+        "GET",
+        &gate.url(&format!("/task/{id}")),
+        &[("x-api-key", "k")],
+        "",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_mode_earns_on_terminal_success_and_counts_a_failed_task_once() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(&TASKS.replace("POLL", ""), &up.url(), MORNING);
+    let c = TestClient::new();
+    assert_eq!(
+        create(&c, &gate, RELAX).await.status,
+        429,
+        "no relax allowance"
+    );
+
+    let a = create(&c, &gate, FAST).await;
+    assert_eq!(a.json()["result"], "t-1");
+    assert_eq!(
+        create(&c, &gate, RELAX).await.status,
+        429,
+        "not earned while running"
+    );
+    up.set_task_status("t-1", "SUCCESS");
+    assert_eq!(get_task(&c, &gate, "t-1").await.json()["status"], "SUCCESS");
+    assert_eq!(
+        create(&c, &gate, RELAX).await.json()["result"],
+        "t-2",
+        "earned"
+    );
+    assert_eq!(create(&c, &gate, RELAX).await.status, 429, "exactly one");
+
+    // A fast task that fails for a banned prompt: counted once, earns nothing.
+    assert_eq!(create(&c, &gate, FAST).await.json()["result"], "t-3");
+    up.fail_task("t-3", "FAILURE", "Banned prompt detected");
+    for _ in 0..3 {
+        assert_eq!(
+            get_task(&c, &gate, "t-3").await.json()["failReason"],
+            "Banned prompt detected"
+        );
+    }
+    let u = usage(&c, &gate, "k").await;
+    assert_eq!(u["penalties"]["incorrect_tasks"]["today"], 1, "{u}");
+    assert_eq!(u["penalties"]["relax"]["earned"], 1);
+    let a = create(&c, &gate, FAST).await;
+    assert_refused_until_midnight(&a, "penalty", MORNING);
+
+    // A failure that is not the client's fault is not an incorrect task.
+    gate.clock.set_ms(MIDNIGHT);
+    assert_eq!(create(&c, &gate, FAST).await.json()["result"], "t-4");
+    up.fail_task("t-4", "FAILURE", "upstream timeout");
+    get_task(&c, &gate, "t-4").await;
+    assert_eq!(
+        usage(&c, &gate, "k").await["penalties"]["incorrect_tasks"]["today"],
+        0
+    );
+    assert_eq!(create(&c, &gate, FAST).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_floodgate_sees_end_by_its_own_polling_settles_too() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(
+        &TASKS.replace("POLL", "poll_interval = \"50ms\""),
+        &up.url(),
+        MORNING,
+    );
+    let c = TestClient::new();
+    assert_eq!(create(&c, &gate, TURBO).await.json()["result"], "t-1");
+    assert_eq!(create(&c, &gate, FAST).await.json()["result"], "t-2");
+    up.set_task_status("t-1", "SUCCESS");
+    up.fail_task("t-2", "FAILURE", "Request cancelled due to image filters");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let u = usage(&c, &gate, "k").await;
+        let p = &u["penalties"];
+        if p["relax"]["earned"] == 1 && p["incorrect_tasks"]["today"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never settled: {u}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn penalty_tallies_survive_a_restart_through_the_state_file() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{SYNC}\n[state]\nfile = '{}'\n",
+        dir.path().join("state.bin").display()
+    );
+    let c = TestClient::new();
+    {
+        let gate = Gate::start(&config, &up.url(), MORNING);
+        submit(&c, &gate, "/submit/imagine", "strict-key", FAST, &[]).await;
+        for _ in 0..3 {
+            let a = submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]).await;
+            assert_eq!(a.status, 200);
+        }
+        for _ in 0..3 {
+            let banned = [("x-upstream-body", BANNED)];
+            submit(&c, &gate, "/submit/blend", "k", FAST, &banned).await;
+        }
+    } // graceful shutdown: the state file is written
+    let gate = Gate::start(&config, &up.url(), MORNING + HOUR);
+    let a = submit(&c, &gate, "/submit/imagine", "k", FAST, &[]).await;
+    assert_refused_until_midnight(&a, "penalty", MORNING + HOUR);
+    let a = submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]).await;
+    assert_refused_until_midnight(&a, "relax", MORNING + HOUR);
+    let u = usage(&c, &gate, "strict-key").await;
+    assert_eq!(
+        (
+            u["penalties"]["relax"]["used"].clone(),
+            u["penalties"]["relax"]["earned"].clone()
+        ),
+        (json!(3), json!(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mode_of_a_body_larger_than_the_inspect_limit_is_not_read() {
+    let up = Upstream::start().await;
+    let blend = format!(
+        r#"{{"base64Array": ["data:image/png;base64,{}"], "process_mode": "relax"}}"#,
+        "A".repeat(150_000)
+    );
+    for (limit, relax_used) in [("", 0), ("inspect_limit = \"256KB\"", 1)] {
+        let config = format!("[server]\n{limit}\n{SYNC}");
+        let gate = Gate::start(&config, &up.url(), MORNING);
+        let c = TestClient::new();
+        let a = submit(&c, &gate, "/submit/blend", "strict-key", &blend, &[]).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(
+            up.seen().last().unwrap().body_len,
+            blend.len() as u64,
+            "forwarded whole"
+        );
+        let u = usage(&c, &gate, "strict-key").await;
+        assert_eq!(
+            u["penalties"]["relax"]["used"], relax_used,
+            "limit {limit:?}"
+        );
+    }
+}
