@@ -186,11 +186,15 @@ impl Proxy {
 
     /// The 503 for a request whose limit state could not be read.
     fn store_failed(&self, e: &StoreError) -> Response<ProxyBody> {
-        tracing::error!(error = %e, "state store failed");
-        json_response(
+        tracing::warn!(error = %e, "state store failed");
+        let mut resp = json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"error": "store_unavailable", "message": "rate limit state unavailable"}"#,
-        )
+        );
+        // The circuit breaker retries the store within about a second.
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp
     }
 
     /// Sends the request upstream with its path, query and body untouched; a job's upstream

@@ -128,6 +128,10 @@ impl SharedStore {
         }
     }
 
+    pub fn redis(&self) -> &RedisStore {
+        &self.redis
+    }
+
     pub fn on_failure(&self) -> OnFailure {
         self.on_failure
     }

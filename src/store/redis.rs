@@ -7,31 +7,33 @@
 //! are counter ids, values `count:end_ms` — the same [`Counter`] the memory store keeps, so the
 //! pure [`usage_of`](crate::limits) renders the headers from either store.
 //!
-//! The `redis` crate's `ConnectionManager` is a multiplexed connection that reconnects by
-//! itself: one TCP connection carries every worker's commands, pipelined.
+//! The `redis` crate's multiplexed connection carries every worker's commands over one TCP
+//! connection, pipelined; it is dialled again after any failure.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
 use redis::Script;
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 use super::StoreError;
 use crate::identity::AccountId;
 use crate::limits::{usage_of, Counter, CounterId, Counters, Decision, Refusal, Rule, Window};
 
-/// Checks every rule and consumes all or none. ARGV: n, then per rule: counter id, limit,
-/// period in ms (0 = the UTC day). Returns {admitted, now_ms, refused_rule, count1, end1, ...}.
+/// Checks every rule and consumes all or none. ARGV: clock offset in ms (0 but in tests), n,
+/// then per rule: counter id, limit, period in ms (0 = the UTC day). Returns {admitted, now_ms, refused_rule, count1, end1, ...}.
 const CHECK_AND_CONSUME: &str = r#"
 local key = KEYS[1]
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
 local counts, ends = {}, {}
 local refused, refused_end = 0, -1
 for i = 1, n do
-  local base = 1 + (i - 1) * 3
+  local base = 2 + (i - 1) * 3
   local v = redis.call('HGET', key, ARGV[base + 1])
   local c, e = 0, 0
   if v then
@@ -49,7 +51,7 @@ if refused == 0 then
   admitted = 1
   local longest = 0
   for i = 1, n do
-    local base = 1 + (i - 1) * 3
+    local base = 2 + (i - 1) * 3
     if ends[i] == 0 then
       local period = tonumber(ARGV[base + 3])
       if period == 0 then
@@ -101,9 +103,12 @@ const CAS_ATTEMPTS: usize = 8;
 pub struct RedisStore {
     url: String,
     timeout: Duration,
-    conn: Arc<OnceCell<ConnectionManager>>,
+    /// The multiplexed connection, dialled on first use and after a failure.
+    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
     script: Arc<Script>,
     cas: Arc<Script>,
+    /// Added to Redis `TIME`: zero in production; tests move the shared clock with it.
+    offset_ms: AtomicI64,
     io: tokio::runtime::Handle,
     /// Keeps the I/O runtime alive; dropped with the store.
     _io_thread: IoThread,
@@ -163,9 +168,10 @@ impl RedisStore {
         Ok(Self {
             url: url.to_owned(),
             timeout,
-            conn: Arc::new(OnceCell::new()),
+            conn: Arc::new(Mutex::new(None)),
             script: Arc::new(Script::new(CHECK_AND_CONSUME)),
             cas: Arc::new(Script::new(COMPARE_AND_SET)),
+            offset_ms: AtomicI64::new(0),
             io,
             _io_thread: IoThread {
                 stop: Some(stop_tx),
@@ -173,33 +179,52 @@ impl RedisStore {
         })
     }
 
-    /// Runs `op` on the I/O runtime with a connection, bounded by the store's timeout.
+    /// Runs `op` on the I/O runtime with a connection, bounded by the store's timeout. A failed
+    /// or timed-out operation drops the connection, so the next one dials afresh: recovery
+    /// after a Redis restart takes one successful connect, with no backoff state to wait out.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
+        F: FnOnce(MultiplexedConnection) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
     {
-        let (cell, url, timeout) = (self.conn.clone(), self.url.clone(), self.timeout);
+        let (slot, url, timeout) = (self.conn.clone(), self.url.clone(), self.timeout);
         let task = self.io.spawn(async move {
-            let conn = cell
-                .get_or_try_init(|| async {
-                    let client = redis::Client::open(url.as_str())?;
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(timeout.max(Duration::from_millis(200)))
-                        .set_response_timeout(timeout)
-                        .set_number_of_retries(1);
-                    ConnectionManager::new_with_config(client, config).await
-                })
-                .await?
-                .clone();
+            let conn = {
+                let mut guard = slot.lock().await;
+                match guard.as_ref() {
+                    Some(c) => c.clone(),
+                    None => {
+                        let client = redis::Client::open(url.as_str())?;
+                        let config = AsyncConnectionConfig::new()
+                            .set_connection_timeout(timeout)
+                            .set_response_timeout(timeout);
+                        let c = client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await?;
+                        *guard = Some(c.clone());
+                        c
+                    }
+                }
+            };
             op(conn).await
         });
-        match tokio::time::timeout(self.timeout, task).await {
+        let outcome = match tokio::time::timeout(self.timeout, task).await {
             Err(_) => Err(StoreError::Unavailable("redis timed out".into())),
             Ok(Err(join)) => Err(unavailable(join)),
             Ok(Ok(result)) => result.map_err(unavailable),
+        };
+        if outcome.is_err() {
+            self.drop_connection();
         }
+        outcome
+    }
+
+    fn drop_connection(&self) {
+        let slot = self.conn.clone();
+        self.io.spawn(async move {
+            *slot.lock().await = None;
+        });
     }
 
     /// One round trip: check and consume every rule atomically on the server.
@@ -209,13 +234,15 @@ impl RedisStore {
         rules: &[Rule],
     ) -> Result<Decision, StoreError> {
         let key = account_key(account);
-        let args: Vec<u64> = std::iter::once(rules.len() as u64)
+        let offset = self.offset_ms.load(Ordering::Relaxed);
+        let args: Vec<i64> = [offset, rules.len() as i64]
+            .into_iter()
             .chain(rules.iter().flat_map(|r| {
                 let period = match r.window {
                     Window::Fixed { period_ms } => period_ms,
                     Window::UtcDay => 0,
                 };
-                [u64::from(r.counter.0), u64::from(r.limit), period]
+                [i64::from(r.counter.0), i64::from(r.limit), period as i64]
             }))
             .collect();
         let script = self.script.clone();
@@ -240,6 +267,7 @@ impl RedisStore {
     /// Reads an account's counters, their version and the server time.
     async fn read(&self, account: AccountId) -> Result<Read, StoreError> {
         let key = account_key(account);
+        let offset = self.offset_ms.load(Ordering::Relaxed);
         let (fields, now) = self
             .run(move |mut conn| async move {
                 let fields: Vec<(String, String)> = redis::cmd("HGETALL")
@@ -247,7 +275,10 @@ impl RedisStore {
                     .query_async(&mut conn)
                     .await?;
                 let time: (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
-                Ok((fields, time.0 * 1000 + time.1 / 1000))
+                Ok((
+                    fields,
+                    (time.0 * 1000 + time.1 / 1000).saturating_add_signed(offset),
+                ))
             })
             .await?;
         let mut read = Read {
@@ -305,6 +336,12 @@ impl RedisStore {
         Err(StoreError::Unavailable(
             "account updated concurrently too often".into(),
         ))
+    }
+
+    /// Moves this store's view of the shared clock (Redis `TIME` + offset). For tests and
+    /// drills: minute windows and the UTC day reset are exercised without waiting.
+    pub fn set_clock_offset_ms(&self, offset: i64) {
+        self.offset_ms.store(offset, Ordering::Relaxed);
     }
 
     /// Round trip to the server (for readiness).

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod redis_server;
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -424,14 +425,20 @@ impl Gate {
     }
 
     pub fn start_config(config: Config, now_ms: u64) -> Gate {
+        let cfg_store = config.store.clone();
         let clock = ManualClock::new(now_ms);
         let listeners = Listeners {
             proxy: vec![std::net::TcpListener::bind("127.0.0.1:0").unwrap()],
             admin: Some(std::net::TcpListener::bind("127.0.0.1:0").unwrap()),
         };
         let dyn_clock: Arc<dyn Clock> = Arc::new(clock.clone());
-        let running =
-            app::start(config, listeners, Store::memory(), dyn_clock).expect("floodgate starts");
+        let running = app::start(
+            config,
+            listeners,
+            Store::from_config(&cfg_store).expect("store"),
+            dyn_clock,
+        )
+        .expect("floodgate starts");
         Gate {
             addr: running.addr,
             admin: running.admin_addr.unwrap(),
@@ -453,6 +460,22 @@ impl Gate {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
+    }
+
+    /// The running instance's shared state (store, metrics, jobs).
+    pub fn shared(&self) -> &std::sync::Arc<floodgate::app::Shared> {
+        &self.running.as_ref().expect("running").shared
+    }
+
+    /// Moves this instance's Redis clock so that it reads `now_ms` (no-op for the memory store).
+    pub fn set_redis_time(&self, now_ms: u64) {
+        if let floodgate::store::Store::Redis(s) = &self.shared().store {
+            let real = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            s.redis().set_clock_offset_ms(now_ms as i64 - real);
+        }
     }
 
     pub fn clock_now(&self) -> u64 {

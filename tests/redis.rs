@@ -1,0 +1,299 @@
+//! Several replicas on one real Redis server: exact shared quotas, minute and day windows on the
+//! Redis clock, failure policies while Redis is down, recovery without restart, and the same
+//! behaviour suite the memory store passes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::redis_server::RedisServer;
+use support::{Gate, TestClient, Upstream, DAY0_MS};
+
+fn config(redis: &RedisServer, on_failure: &str, limits: &str) -> String {
+    format!(
+        r#"
+        [store]
+        type = "redis"
+        url = "{}"
+        timeout = "50ms"
+        on_failure = "{on_failure}"
+        replicas = 2
+        breaker_failures = 2
+        breaker_cooldown = "300ms"
+        [[route]]
+        path = "/limited"
+        class = "limited"
+        [[tiers.t.limits]]
+        classes = ["limited"]
+        {limits}
+        "#,
+        redis.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_admit_exactly_the_shared_quota() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(&redis, "fail_closed", "per_minute = 100");
+    let gates: Vec<Gate> = (0..3)
+        .map(|_| Gate::start(&cfg, &up.url(), DAY0_MS))
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let url = gates[i % 3].url("/limited");
+        tasks.push(tokio::spawn(async move {
+            TestClient::new().post(&url, "shared-account").await
+        }));
+    }
+    let mut remaining = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let a = t.await.unwrap();
+        match a.status.as_u16() {
+            200 => remaining.push(a.num("x-ratelimit-remaining")),
+            429 => {
+                refused += 1;
+                assert_eq!(a.num("x-ratelimit-remaining"), 0);
+                assert_eq!(a.header("x-ratelimit-type"), Some("minute"));
+            }
+            s => panic!("unexpected status {s}: {:?}", a.body),
+        }
+    }
+    assert_eq!((remaining.len(), refused), (100, 500));
+    assert_eq!(
+        up.count(),
+        100,
+        "exactly the quota reached the upstream over three replicas"
+    );
+    remaining.sort_unstable();
+    assert_eq!(
+        remaining,
+        (0..100).collect::<Vec<u64>>(),
+        "each admitted request saw its own count"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minute_and_day_windows_hold_across_replicas_on_the_redis_clock() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(&redis, "fail_closed", "per_minute = 5\nper_day = 20");
+    let gates: Vec<Gate> = (0..3)
+        .map(|_| Gate::start(&cfg, &up.url(), DAY0_MS))
+        .collect();
+    let c = TestClient::new();
+    let noon = DAY0_MS + 12 * 3_600_000;
+    for minute in 0..4u64 {
+        for g in &gates {
+            g.set_redis_time(noon + minute * 61_000);
+        }
+        for i in 0..5 {
+            let a = c.post(&gates[i % 3].url("/limited"), "acct").await;
+            assert_eq!(a.status, 200, "minute {minute}, request {i}");
+        }
+        let a = c.post(&gates[2].url("/limited"), "acct").await;
+        if minute < 3 {
+            assert_eq!(
+                (a.status.as_u16(), a.header("x-ratelimit-type")),
+                (429, Some("minute"))
+            );
+            let retry = a.num("retry-after");
+            assert!((59..=61).contains(&retry), "Retry-After {retry}");
+        } else {
+            // 20 used: the daily quota now keeps the request out longest
+            assert_eq!(
+                (a.status.as_u16(), a.header("x-ratelimit-type")),
+                (429, Some("daily"))
+            );
+        }
+    }
+    for g in &gates {
+        g.set_redis_time(noon + 10 * 60_000);
+    }
+    let a = c.post(&gates[0].url("/limited"), "acct").await;
+    assert_eq!(
+        (a.status.as_u16(), a.header("x-ratelimit-type")),
+        (429, Some("daily")),
+        "20 a day in total"
+    );
+    let to_midnight = (DAY0_MS + 86_400_000 - (noon + 10 * 60_000)) / 1000;
+    assert!(a.num("retry-after").abs_diff(to_midnight) <= 2);
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 0);
+    for g in &gates {
+        g.set_redis_time(DAY0_MS + 86_400_000 + 1_000);
+    }
+    let a = c.post(&gates[1].url("/limited"), "acct").await;
+    assert_eq!(a.status, 200, "a new UTC day on the Redis clock");
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 19);
+    assert_eq!(up.count(), 21);
+}
+
+async fn metrics(c: &TestClient, gate: &Gate) -> String {
+    String::from_utf8_lossy(&c.get(&gate.admin_url("/metrics")).await.body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_answers_503_fast_and_recovers_without_restart() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let gate = Gate::start(
+        &config(&redis, "fail_closed", "per_minute = 3"),
+        &up.url(),
+        DAY0_MS,
+    );
+    let c = TestClient::new();
+    assert_eq!(c.post(&gate.url("/limited"), "k").await.status, 200);
+    redis.stop();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let a = c.post(&gate.url("/limited"), "k").await;
+        assert_eq!(a.status, 503);
+        assert!(a.header("retry-after").is_some());
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "bounded by the store timeout: {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(c.get(&gate.admin_url("/readyz")).await.status, 503);
+    assert!(metrics(&c, &gate)
+        .await
+        .contains("floodgate_store_degraded 1"));
+    redis.restart();
+    let mut recovered = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if c.post(&gate.url("/limited"), "k2").await.status == 200 {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "limits apply again once Redis is back");
+    assert_eq!(c.post(&gate.url("/limited"), "k2").await.status, 200);
+    assert_eq!(c.post(&gate.url("/limited"), "k2").await.status, 200);
+    assert_eq!(
+        c.post(&gate.url("/limited"), "k2").await.status,
+        429,
+        "the shared quota is enforced again"
+    );
+    assert!(metrics(&c, &gate)
+        .await
+        .contains("floodgate_store_degraded 0"));
+    assert_eq!(c.get(&gate.admin_url("/readyz")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_admits_and_local_enforces_this_replicas_share() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let open = Gate::start(
+        &config(&redis, "fail_open", "per_minute = 2"),
+        &up.url(),
+        DAY0_MS,
+    );
+    let local = Gate::start(
+        &config(&redis, "local", "per_minute = 10"),
+        &up.url(),
+        DAY0_MS,
+    );
+    let c = TestClient::new();
+    redis.stop();
+    for _ in 0..5 {
+        assert_eq!(
+            c.post(&open.url("/limited"), "k").await.status,
+            200,
+            "fail_open admits"
+        );
+    }
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..7 {
+            v.push(c.post(&local.url("/limited"), "k").await.status.as_u16());
+        }
+        v
+    };
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429],
+        "10 shared by 2 replicas: 5 here"
+    );
+    assert_eq!(
+        c.get(&open.admin_url("/readyz")).await.status,
+        200,
+        "degraded but serving"
+    );
+}
+
+/// The same behaviour, whichever store holds the counters.
+async fn behaviour_suite(gate: &Gate, up: &Upstream) {
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let url = gate.url("/limited");
+        tasks.push(tokio::spawn(async move {
+            TestClient::new().post(&url, "suite").await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let a = t.await.unwrap();
+        if a.status == 200 {
+            ok += 1;
+        } else {
+            assert_eq!(a.status, 429);
+            assert_eq!(a.header("content-type"), Some("application/json"));
+            assert_eq!(
+                a.json(),
+                serde_json::json!({"message": "Too Many Attempts."})
+            );
+            assert_eq!(a.header("x-ratelimit-type"), Some("minute"));
+            assert_eq!(a.num("x-ratelimit-limit"), 5);
+            assert_eq!(a.num("x-ratelimit-remaining"), 0);
+            assert_eq!(a.num("x-ratelimit-daily-limit"), 50);
+            assert_eq!(
+                a.num("x-ratelimit-daily-remaining"),
+                45,
+                "refusals consume nothing"
+            );
+            let retry = a.num("retry-after");
+            assert!((1..=60).contains(&retry));
+        }
+    }
+    assert_eq!(ok, 5, "64 parallel requests on 5/min admit exactly 5");
+    assert_eq!(up.count(), 5);
+    let other = TestClient::new()
+        .post(&gate.url("/limited"), "someone-else")
+        .await;
+    assert_eq!(
+        (other.status.as_u16(), other.num("x-ratelimit-remaining")),
+        (200, 4)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behaviour_suite_on_the_redis_store() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let gate = Gate::start(
+        &config(&redis, "fail_closed", "per_minute = 5\nper_day = 50"),
+        &up.url(),
+        DAY0_MS,
+    );
+    behaviour_suite(&gate, &up).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behaviour_suite_on_the_memory_store() {
+    let up = Upstream::start().await;
+    let cfg = r#"
+        [[route]]
+        path = "/limited"
+        class = "limited"
+        [[tiers.t.limits]]
+        classes = ["limited"]
+        per_minute = 5
+        per_day = 50
+    "#;
+    let gate = Gate::start(cfg, &up.url(), DAY0_MS + 1_000);
+    behaviour_suite(&gate, &up).await;
+}
