@@ -55,6 +55,12 @@ impl Shared {
         }
         let handles = metrics.handles(&config);
         let jobs = Jobs::new(&config.jobs, &metrics);
+        if let Store::Redis(shared_store) = &store {
+            // job concurrency caps hold across replicas: slots are leases in Redis
+            for pool in &jobs.pools {
+                pool.share_slots(shared_store.clone());
+            }
+        }
         Self {
             jobs,
             policy: ArcSwap::from_pointee(Policy { config, handles }),

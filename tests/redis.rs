@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 use support::redis_server::RedisServer;
 use support::{Gate, TestClient, Upstream, DAY0_MS};
 
-fn config(redis: &RedisServer, on_failure: &str, limits: &str) -> String {
+/// Failure tests use a short store timeout; the others a generous one, so a loaded CI machine
+/// does not turn a slow round trip into a failure.
+fn config(redis: &RedisServer, on_failure: &str, timeout: &str, limits: &str) -> String {
     format!(
         r#"
         [store]
         type = "redis"
         url = "{}"
-        timeout = "50ms"
+        timeout = "{timeout}"
         on_failure = "{on_failure}"
         replicas = 2
         breaker_failures = 2
@@ -35,7 +37,7 @@ fn config(redis: &RedisServer, on_failure: &str, limits: &str) -> String {
 async fn three_replicas_admit_exactly_the_shared_quota() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
-    let cfg = config(&redis, "fail_closed", "per_minute = 100");
+    let cfg = config(&redis, "fail_closed", "2s", "per_minute = 100");
     let gates: Vec<Gate> = (0..3)
         .map(|_| Gate::start(&cfg, &up.url(), DAY0_MS))
         .collect();
@@ -78,7 +80,7 @@ async fn three_replicas_admit_exactly_the_shared_quota() {
 async fn minute_and_day_windows_hold_across_replicas_on_the_redis_clock() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
-    let cfg = config(&redis, "fail_closed", "per_minute = 5\nper_day = 20");
+    let cfg = config(&redis, "fail_closed", "2s", "per_minute = 5\nper_day = 20");
     let gates: Vec<Gate> = (0..3)
         .map(|_| Gate::start(&cfg, &up.url(), DAY0_MS))
         .collect();
@@ -138,7 +140,7 @@ async fn fail_closed_answers_503_fast_and_recovers_without_restart() {
     let mut redis = RedisServer::start();
     let up = Upstream::start().await;
     let gate = Gate::start(
-        &config(&redis, "fail_closed", "per_minute = 3"),
+        &config(&redis, "fail_closed", "100ms", "per_minute = 3"),
         &up.url(),
         DAY0_MS,
     );
@@ -188,12 +190,12 @@ async fn fail_open_admits_and_local_enforces_this_replicas_share() {
     let mut redis = RedisServer::start();
     let up = Upstream::start().await;
     let open = Gate::start(
-        &config(&redis, "fail_open", "per_minute = 2"),
+        &config(&redis, "fail_open", "100ms", "per_minute = 2"),
         &up.url(),
         DAY0_MS,
     );
     let local = Gate::start(
-        &config(&redis, "local", "per_minute = 10"),
+        &config(&redis, "local", "100ms", "per_minute = 10"),
         &up.url(),
         DAY0_MS,
     );
@@ -275,7 +277,7 @@ async fn behaviour_suite_on_the_redis_store() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let gate = Gate::start(
-        &config(&redis, "fail_closed", "per_minute = 5\nper_day = 50"),
+        &config(&redis, "fail_closed", "2s", "per_minute = 5\nper_day = 50"),
         &up.url(),
         DAY0_MS,
     );
@@ -296,4 +298,107 @@ async fn behaviour_suite_on_the_memory_store() {
     "#;
     let gate = Gate::start(cfg, &up.url(), DAY0_MS + 1_000);
     behaviour_suite(&gate, &up).await;
+}
+
+fn job_config(redis: &RedisServer, lease_ttl: &str) -> String {
+    format!(
+        r#"
+        [store]
+        type = "redis"
+        url = "{}"
+        timeout = "100ms"
+        lease_ttl = "{lease_ttl}"
+        [[route]]
+        method = "POST"
+        path = "/slow"
+        class = "job"
+        [[jobs]]
+        classes = ["job"]
+        [tiers.t]
+        concurrency = 3
+        max_queue = 100
+        max_wait = "20s"
+        "#,
+        redis.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_concurrency_cap_holds_across_three_replicas() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = job_config(&redis, "5s");
+    let gates: Vec<Gate> = (0..3)
+        .map(|_| Gate::start(&cfg, &up.url(), DAY0_MS))
+        .collect();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let url = gates[i % 3].url("/slow?ms=200");
+        tasks.push(tokio::spawn(async move {
+            TestClient::new()
+                .send(
+                    "POST",
+                    &url,
+                    &[("x-api-key", "tenant"), ("x-job", &format!("j{i}"))],
+                    "{}",
+                )
+                .await
+        }));
+    }
+    let mut waits = Vec::new();
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, 200);
+        waits.push(a.num("x-queue-wait-ms"));
+    }
+    assert_eq!(up.count(), 12);
+    assert!(
+        up.max_in_flight() <= 3,
+        "the upstream saw {} of the account's jobs at once",
+        up.max_in_flight()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(750),
+        "12 jobs of 200 ms, 3 at a time: 4 rounds"
+    );
+    waits.sort_unstable();
+    eprintln!("queue waits across replicas (ms): {waits:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_slot_returns_when_its_lease_expires() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    // A replica that took the account's only slot and died: its lease is never renewed.
+    let crashed =
+        floodgate::store::RedisStore::new(&redis.url(), Duration::from_millis(200)).unwrap();
+    let tenant = floodgate::identity::AccountId::from_key(b"tenant");
+    let key = format!("tenant:{:032x}", tenant.0);
+    assert!(crashed
+        .lease_acquire(&key, 1, "dead-replica:1", Duration::from_millis(1_500))
+        .await
+        .unwrap());
+    drop(crashed);
+    let cfg = job_config(&redis, "1500ms").replace("concurrency = 3", "concurrency = 1");
+    let gate = Gate::start(&cfg, &up.url(), DAY0_MS);
+    let started = Instant::now();
+    let a = TestClient::new()
+        .send(
+            "POST",
+            &gate.url("/slow?ms=10"),
+            &[("x-api-key", "tenant")],
+            "{}",
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1_000),
+        "waited for the dead lease: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(4_000),
+        "the slot came back at the lease expiry: {waited:?}"
+    );
 }

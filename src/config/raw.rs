@@ -67,6 +67,8 @@ pub struct RawStore {
     pub breaker_failures: Option<u32>,
     /// How long the breaker stays open before Redis is tried again.
     pub breaker_cooldown: Option<Spanned<String>>,
+    /// How long a shared job slot lease lives without renewal.
+    pub lease_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

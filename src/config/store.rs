@@ -68,5 +68,6 @@ fn redis(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
             raw.breaker_cooldown.as_ref(),
             "1s",
         )?,
+        lease_ttl: super::duration(src, "store.lease_ttl", raw.lease_ttl.as_ref(), "10s")?,
     })
 }

@@ -7,6 +7,7 @@
 //! - [`pool`]: the async edge — waiting, RAII slot permits, cancellation.
 //! - [`tasks`]: slots of asynchronous tasks, held until the task is seen to finish.
 
+pub mod leases;
 pub mod pool;
 pub mod scheduler;
 pub mod tasks;

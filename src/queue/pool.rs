@@ -11,6 +11,7 @@ use prometheus::IntGauge;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::leases::{self, LeaseGuard, SlotLeases};
 use super::scheduler::{Scheduler, UpstreamIdx, WaiterId};
 use crate::identity::AccountId;
 
@@ -79,6 +80,7 @@ pub struct JobPool {
     in_flight_gauges: Vec<IntGauge>,
     inner: Mutex<Inner>,
     epoch: Instant,
+    leases: std::sync::OnceLock<Arc<dyn SlotLeases>>,
 }
 
 /// A held job slot; dropping it frees the slot and lets the next waiting job go.
@@ -91,6 +93,8 @@ pub struct SlotPermit {
     waited: Duration,
     /// The tier's in-flight gauge, once the job owns the permit.
     tier_in_flight: Option<IntGauge>,
+    /// Shared leases (several replicas): released when the permit drops.
+    leases: Vec<LeaseGuard>,
     armed: bool,
 }
 
@@ -146,6 +150,7 @@ impl JobPool {
                 wake_at_ms: None,
             }),
             epoch: Instant::now(),
+            leases: std::sync::OnceLock::new(),
         }
     }
 
@@ -167,6 +172,48 @@ impl JobPool {
     /// Gets a slot now, or waits in the tenant's queue for one (FIFO), up to `max_wait`.
     pub async fn acquire(self: &Arc<Self>, ticket: &JobTicket) -> Result<SlotPermit, QueueError> {
         let queued_at = Instant::now();
+        let mut permit = self.acquire_local(ticket, queued_at).await?;
+        if let Some(backend) = self.leases.get() {
+            let deadline = queued_at + ticket.max_wait;
+            let tenant_key = format!("tenant:{:032x}", ticket.tenant.0);
+            let upstream = &self.accounts[permit.upstream];
+            let keys = [
+                (ticket.concurrency != u32::MAX).then(|| (tenant_key, ticket.concurrency)),
+                (upstream.concurrency != u32::MAX).then(|| {
+                    (
+                        format!("slots:{}:{}", self.name, upstream.name),
+                        upstream.concurrency,
+                    )
+                }),
+            ];
+            for (key, cap) in keys.into_iter().flatten() {
+                match leases::hold(backend, key, cap, deadline).await {
+                    Some(guard) => permit.leases.push(guard),
+                    None => {
+                        let ahead = 1;
+                        let avg = self.lock().avg_job_ms;
+                        return Err(QueueError::TimedOut {
+                            retry_after_secs: estimate_secs(avg, ahead, ticket.concurrency),
+                        });
+                    }
+                }
+            }
+            permit.waited = queued_at.elapsed();
+        }
+        Ok(permit)
+    }
+
+    /// Shares this pool's slots with other replicas through leases in the shared store.
+    pub fn share_slots(&self, backend: Arc<dyn SlotLeases>) {
+        let _ = self.leases.set(backend);
+    }
+
+    /// This replica's slot: at once, or after waiting in the tenant's queue.
+    async fn acquire_local(
+        self: &Arc<Self>,
+        ticket: &JobTicket,
+        queued_at: Instant,
+    ) -> Result<SlotPermit, QueueError> {
         let (id, rx) = {
             let mut inner = self.lock();
             if inner.closed {
@@ -227,6 +274,7 @@ impl JobPool {
             started: Instant::now(),
             waited,
             tier_in_flight: Some(ticket.tier_gauges.in_flight.clone()),
+            leases: Vec::new(),
             armed: true,
         }
     }
@@ -275,6 +323,7 @@ impl JobPool {
                     started: Instant::now(),
                     waited: Duration::ZERO,
                     tier_in_flight: None, // set by the waiter when it takes the permit
+                    leases: Vec::new(),
                     armed: true,
                 };
                 if let Err(mut permit) = tx.send(permit) {

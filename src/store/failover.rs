@@ -6,6 +6,7 @@
 //! breaker. Recovery needs no restart.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
@@ -14,6 +15,7 @@ use super::{MemoryStore, RedisStore, StoreError};
 use crate::identity::AccountId;
 use crate::limits::{Counter, Decision, Rule, Usage};
 use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
+use crate::queue::leases::{BoxFuture, SlotLeases};
 
 /// What to do when Redis cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,45 @@ impl StoreHealth {
     }
 }
 
+/// Job slots shared across replicas. While Redis fails, a replica falls back to its own caps
+/// (fail_open, local) or holds jobs back (fail_closed).
+impl SlotLeases for SharedStore {
+    fn acquire(&self, key: String, cap: u32, lease: String) -> BoxFuture<bool> {
+        let (redis, ttl, closed) = (
+            self.redis.clone(),
+            self.lease_ttl,
+            self.on_failure == OnFailure::FailClosed,
+        );
+        Box::pin(async move {
+            match redis.lease_acquire(&key, cap, &lease, ttl).await {
+                Ok(got) => got,
+                Err(e) => {
+                    tracing::debug!(error = %e, "slot lease unavailable");
+                    !closed
+                }
+            }
+        })
+    }
+
+    fn renew(&self, key: String, lease: String) -> BoxFuture<bool> {
+        let (redis, ttl) = (self.redis.clone(), self.lease_ttl);
+        Box::pin(async move { redis.lease_renew(&key, &lease, ttl).await.unwrap_or(false) })
+    }
+
+    fn release(&self, key: String, lease: String) {
+        let redis = self.redis.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = redis.lease_release(&key, &lease).await;
+            });
+        }
+    }
+
+    fn ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+}
+
 /// Opens after `threshold` consecutive failures, for `cooldown`.
 #[derive(Debug)]
 struct Breaker {
@@ -99,7 +140,8 @@ impl Breaker {
 /// Redis, with what happens when it fails.
 #[derive(Debug)]
 pub struct SharedStore {
-    redis: RedisStore,
+    redis: Arc<RedisStore>,
+    lease_ttl: Duration,
     on_failure: OnFailure,
     local: MemoryStore,
     breaker: Breaker,
@@ -109,12 +151,14 @@ pub struct SharedStore {
 impl SharedStore {
     pub fn new(
         redis: RedisStore,
+        lease_ttl: Duration,
         on_failure: OnFailure,
         breaker_failures: u32,
         breaker_cooldown: Duration,
     ) -> Self {
         Self {
-            redis,
+            redis: Arc::new(redis),
+            lease_ttl,
             on_failure,
             local: MemoryStore::default(),
             breaker: Breaker {

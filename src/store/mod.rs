@@ -32,7 +32,7 @@ pub enum StoreError {
 pub enum Store {
     Memory(MemoryStore),
     /// Shared by replicas through Redis, with a failure policy.
-    Redis(Box<SharedStore>),
+    Redis(std::sync::Arc<SharedStore>),
 }
 
 /// Which store the config asks for.
@@ -45,6 +45,8 @@ pub enum StoreConfig {
         on_failure: OnFailure,
         breaker_failures: u32,
         breaker_cooldown: std::time::Duration,
+        /// How long a job slot lease lives without renewal (a dead replica's slots return then).
+        lease_ttl: std::time::Duration,
     },
 }
 
@@ -64,10 +66,12 @@ impl Store {
                 on_failure,
                 breaker_failures,
                 breaker_cooldown,
+                lease_ttl,
             } => {
                 let redis = RedisStore::new(url, *timeout)?;
-                Store::Redis(Box::new(SharedStore::new(
+                Store::Redis(std::sync::Arc::new(SharedStore::new(
                     redis,
+                    *lease_ttl,
                     *on_failure,
                     *breaker_failures,
                     *breaker_cooldown,

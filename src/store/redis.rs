@@ -94,6 +94,33 @@ end
 return 1
 "#;
 
+/// Takes a lease on one of ARGV[1] slots: ARGV[2] lease id, ARGV[3] ttl ms. Expired leases are
+/// dropped first; a lease already held is extended.
+const LEASE_ACQUIRE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if held or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+  return 1
+end
+return 0
+"#;
+
+/// Extends a held lease (ARGV[1] lease id, ARGV[2] ttl ms); 0 when it had already expired.
+const LEASE_RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return 1
+"#;
+
 /// How many times an update is retried when another replica wrote the account meanwhile.
 const CAS_ATTEMPTS: usize = 8;
 
@@ -107,6 +134,8 @@ pub struct RedisStore {
     conn: Arc<Mutex<Option<MultiplexedConnection>>>,
     script: Arc<Script>,
     cas: Arc<Script>,
+    lease_acquire: Arc<Script>,
+    lease_renew: Arc<Script>,
     /// Added to Redis `TIME`: zero in production; tests move the shared clock with it.
     offset_ms: AtomicI64,
     io: tokio::runtime::Handle,
@@ -141,6 +170,11 @@ pub fn account_key(account: AccountId) -> String {
     format!("fg:{{{:032x}}}:c", account.0)
 }
 
+/// The key of a set of shared job slots (one hash tag per set).
+pub fn lease_key(name: &str) -> String {
+    format!("fg:{{{name}}}:leases")
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -171,6 +205,8 @@ impl RedisStore {
             conn: Arc::new(Mutex::new(None)),
             script: Arc::new(Script::new(CHECK_AND_CONSUME)),
             cas: Arc::new(Script::new(COMPARE_AND_SET)),
+            lease_acquire: Arc::new(Script::new(LEASE_ACQUIRE)),
+            lease_renew: Arc::new(Script::new(LEASE_RENEW)),
             offset_ms: AtomicI64::new(0),
             io,
             _io_thread: IoThread {
@@ -336,6 +372,64 @@ impl RedisStore {
         Err(StoreError::Unavailable(
             "account updated concurrently too often".into(),
         ))
+    }
+
+    /// Takes a lease on one of `cap` slots under `key`.
+    pub async fn lease_acquire(
+        &self,
+        key: &str,
+        cap: u32,
+        lease: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let (key, lease, script) = (lease_key(key), lease.to_owned(), self.lease_acquire.clone());
+        let got: u64 = self
+            .run(move |mut conn| async move {
+                script
+                    .key(key)
+                    .arg(cap)
+                    .arg(lease)
+                    .arg(ttl.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(got == 1)
+    }
+
+    /// Extends a lease; false when it had expired (the slot may have gone to someone else).
+    pub async fn lease_renew(
+        &self,
+        key: &str,
+        lease: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let (key, lease, script) = (lease_key(key), lease.to_owned(), self.lease_renew.clone());
+        let ok: u64 = self
+            .run(move |mut conn| async move {
+                script
+                    .key(key)
+                    .arg(lease)
+                    .arg(ttl.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(ok == 1)
+    }
+
+    /// Gives a lease back.
+    pub async fn lease_release(&self, key: &str, lease: &str) -> Result<(), StoreError> {
+        let (key, lease) = (lease_key(key), lease.to_owned());
+        self.run(move |mut conn| async move {
+            redis::cmd("ZREM")
+                .arg(key)
+                .arg(lease)
+                .query_async::<u64>(&mut conn)
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
     /// Moves this store's view of the shared clock (Redis `TIME` + offset). For tests and

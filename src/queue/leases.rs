@@ -1,0 +1,106 @@
+//! Job slots shared across replicas: before a job runs, its replica takes a lease on the slot in
+//! the shared store; the lease is renewed while the job runs and expires by itself if the
+//! replica dies, so a crashed replica never holds a slot for long.
+//!
+//! Each replica still orders its own waiting jobs (FIFO per account); a job granted a local slot
+//! then waits for a shared lease, polling every few milliseconds (the hand-off delay is measured
+//! in the README).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+/// A boxed future, for an object-safe backend.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// How often a job waiting for a shared lease asks again.
+pub const POLL: Duration = Duration::from_millis(5);
+
+/// A store that can hold expiring leases on counted slots.
+pub trait SlotLeases: Send + Sync + Debug {
+    /// Takes a lease on one of `cap` slots under `key`; false when all are held.
+    fn acquire(&self, key: String, cap: u32, lease: String) -> BoxFuture<bool>;
+    /// Extends a held lease.
+    fn renew(&self, key: String, lease: String) -> BoxFuture<bool>;
+    /// Gives a lease back (fire and forget).
+    fn release(&self, key: String, lease: String);
+    /// How long a lease lives without renewal.
+    fn ttl(&self) -> Duration;
+}
+
+/// A held lease: renewed in the background, released on drop.
+#[derive(Debug)]
+pub struct LeaseGuard {
+    backend: Arc<dyn SlotLeases>,
+    key: String,
+    lease: String,
+    renewer: AbortHandle,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        self.backend.release(
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.lease),
+        );
+    }
+}
+
+static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
+
+/// A lease id unique to this process and job.
+pub fn lease_id() -> String {
+    let n = NEXT_LEASE.fetch_add(1, Ordering::Relaxed);
+    format!("{}:{}:{n}", std::process::id(), replica_nonce())
+}
+
+fn replica_nonce() -> u64 {
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(|| {
+        let t = std::time::Instant::now();
+        xxhash_rust::xxh3::xxh3_64(format!("{t:?}{:?}", std::thread::current().id()).as_bytes())
+    })
+}
+
+/// Waits (polling) for a lease on `key` until `deadline`; `None` when the deadline passed.
+pub async fn hold(
+    backend: &Arc<dyn SlotLeases>,
+    key: String,
+    cap: u32,
+    deadline: Instant,
+) -> Option<LeaseGuard> {
+    let lease = lease_id();
+    loop {
+        if backend.acquire(key.clone(), cap, lease.clone()).await {
+            let renewer =
+                tokio::spawn(renew(backend.clone(), key.clone(), lease.clone())).abort_handle();
+            return Some(LeaseGuard {
+                backend: backend.clone(),
+                key,
+                lease,
+                renewer,
+            });
+        }
+        if Instant::now() + POLL > deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn renew(backend: Arc<dyn SlotLeases>, key: String, lease: String) {
+    let every = backend.ttl() / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        if !backend.renew(key.clone(), lease.clone()).await {
+            tracing::warn!(%key, "a job slot lease could not be renewed");
+        }
+    }
+}
