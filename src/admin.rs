@@ -91,7 +91,7 @@ fn key_of(req: &Request<Incoming>) -> Option<String> {
     let from_query = req.uri().query().and_then(|q| {
         q.split('&')
             .find_map(|kv| kv.strip_prefix("key="))
-            .map(|v| percent_decode(v))
+            .map(percent_decode)
     });
     from_query.or_else(|| {
         req.headers()

@@ -178,7 +178,7 @@ impl JobPool {
             let tenant_key = format!("tenant:{:032x}", ticket.tenant.0);
             let upstream = &self.accounts[permit.upstream];
             let keys = [
-                (ticket.concurrency != u32::MAX).then(|| (tenant_key, ticket.concurrency)),
+                (ticket.concurrency != u32::MAX).then_some((tenant_key, ticket.concurrency)),
                 (upstream.concurrency != u32::MAX).then(|| {
                     (
                         format!("slots:{}:{}", self.name, upstream.name),

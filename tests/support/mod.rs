@@ -470,6 +470,7 @@ impl Gate {
     /// Moves this instance's Redis clock so that it reads `now_ms` (no-op for the memory store).
     pub fn set_redis_time(&self, now_ms: u64) {
         if let floodgate::store::Store::Redis(s) = &self.shared().store {
+            #[allow(clippy::disallowed_methods)] // the test sets the shared clock from real time
             let real = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
