@@ -16,6 +16,7 @@ fn gauges() -> TierGauges {
     TierGauges {
         queued: IntGauge::new("q", "q").unwrap(),
         in_flight: IntGauge::new("f", "f").unwrap(),
+        cancelled: prometheus::IntCounter::new("c", "c").unwrap(),
     }
 }
 
@@ -30,6 +31,7 @@ fn pool(cap: u32) -> Arc<JobPool> {
         "bench".into(),
         vec![account],
         vec![IntGauge::new("u", "u").unwrap()],
+        IntGauge::new("p", "p").unwrap(),
     ))
 }
 

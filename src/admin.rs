@@ -174,8 +174,31 @@ async fn usage(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> 
         "tier": tier.name,
         "limits": limits,
         "penalties": penalties_view(config, tier_id, &counters, now),
+        "jobs": jobs_view(shared, config, account, tier_id),
     });
     json_response(StatusCode::OK, body.to_string())
+}
+
+/// The account's job slots and queue: jobs running, jobs waiting (the newest waiting job's
+/// position is `queued`), and the caps that apply.
+fn jobs_view(
+    shared: &Shared,
+    config: &crate::config::Config,
+    account: AccountId,
+    tier: crate::identity::TierId,
+) -> serde_json::Value {
+    let caller = crate::identity::Caller { account, tier };
+    let settings = config.jobs.settings(&caller);
+    let pool = &shared.jobs.pools[settings.pool];
+    let (in_flight, queued) = pool.tenant_load(account);
+    json!({
+        "pool": pool.name,
+        "in_flight": in_flight,
+        "queued": queued,
+        "concurrency": settings.concurrency,
+        "max_queue": settings.max_queue,
+        "max_wait_secs": settings.max_wait.as_secs(),
+    })
 }
 
 /// Today's incorrect tasks and relax jobs, the tier's allowances, and the actions that apply to

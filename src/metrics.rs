@@ -26,6 +26,7 @@ pub struct Metrics {
     jobs_queued: IntGaugeVec,
     jobs_in_flight: IntGaugeVec,
     upstream_account_in_flight: IntGaugeVec,
+    pool_queued: IntGaugeVec,
     queue_wait: HistogramVec,
     jobs_dropped: IntCounterVec,
     cooldowns: IntCounterVec,
@@ -161,6 +162,11 @@ impl Metrics {
             "Jobs running on each upstream account.",
             &["upstream_account"],
         );
+        let pool_queued = gauge(
+            "floodgate_pool_jobs_queued",
+            "Jobs waiting for a pool of upstream accounts.",
+            &["upstream_accounts"],
+        );
         let queue_wait = HistogramVec::new(
             HistogramOpts::new(
                 "floodgate_queue_wait_seconds",
@@ -209,6 +215,7 @@ impl Metrics {
             jobs_queued,
             jobs_in_flight,
             upstream_account_in_flight,
+            pool_queued,
             queue_wait,
             jobs_dropped,
             cooldowns,
@@ -265,6 +272,11 @@ impl Metrics {
         let _ = self.registry.register(Box::new(health.latency.clone()));
     }
 
+    /// Jobs waiting for a pool of upstream accounts ("upstream" is the plain upstream).
+    pub fn pool_queued(&self, pool: &str) -> IntGauge {
+        self.pool_queued.with_label_values(&[pool])
+    }
+
     /// The in-flight gauge of one upstream account.
     pub fn upstream_account_in_flight(&self, name: &str) -> IntGauge {
         self.upstream_account_in_flight.with_label_values(&[name])
@@ -275,6 +287,7 @@ impl Metrics {
         crate::queue::TierGauges {
             queued: self.jobs_queued.with_label_values(&[tier]),
             in_flight: self.jobs_in_flight.with_label_values(&[tier]),
+            cancelled: self.jobs_dropped.with_label_values(&[tier, "cancelled"]),
         }
     }
 

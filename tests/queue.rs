@@ -102,6 +102,13 @@ async fn full_queue_and_maximum_wait_answer_429_concurrency() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let queued = spawn_job(&gate, "acct", "queued".into(), 10);
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let usage = c.get(&gate.admin_url("/usage?key=acct")).await.json();
+    assert_eq!(usage["jobs"]["in_flight"], 1);
+    assert_eq!(
+        usage["jobs"]["queued"], 1,
+        "a queued client can see where it stands"
+    );
+    assert_eq!(usage["jobs"]["concurrency"], 1);
     let full = job(&c, &gate, "acct", "overflow", 10).await;
     assert_eq!(full.status, 429);
     assert_eq!(full.header("x-ratelimit-type"), Some("concurrency"));

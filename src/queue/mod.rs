@@ -145,6 +145,7 @@ impl Jobs {
                     spec.name.clone(),
                     spec.accounts.clone(),
                     gauges,
+                    metrics.pool_queued(&spec.name),
                 ))
             })
             .collect();

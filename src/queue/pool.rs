@@ -59,6 +59,8 @@ pub struct JobTicket {
 pub struct TierGauges {
     pub queued: IntGauge,
     pub in_flight: IntGauge,
+    /// Jobs whose client left while they waited.
+    pub cancelled: prometheus::IntCounter,
 }
 
 #[derive(Debug)]
@@ -78,6 +80,8 @@ pub struct JobPool {
     pub name: String,
     pub accounts: Vec<UpstreamAccount>,
     in_flight_gauges: Vec<IntGauge>,
+    /// Jobs waiting in this pool (all tenants).
+    queued_gauge: IntGauge,
     inner: Mutex<Inner>,
     epoch: Instant,
     leases: std::sync::OnceLock<Arc<dyn SlotLeases>>,
@@ -135,12 +139,14 @@ impl JobPool {
         name: String,
         accounts: Vec<UpstreamAccount>,
         in_flight_gauges: Vec<IntGauge>,
+        queued_gauge: IntGauge,
     ) -> Self {
         let caps: Vec<u32> = accounts.iter().map(|a| a.concurrency).collect();
         Self {
             name,
             accounts,
             in_flight_gauges,
+            queued_gauge,
             inner: Mutex::new(Inner {
                 sched: Scheduler::new(&caps),
                 waiters: HashMap::new(),
@@ -248,12 +254,15 @@ impl JobPool {
             (id, rx)
         };
         ticket.tier_gauges.queued.inc();
+        self.queued_gauge.inc();
         let mut wait = Waiting {
             pool: self.clone(),
             tenant: ticket.tenant,
             id,
             rx: Some(rx),
             gauge: ticket.tier_gauges.queued.clone(),
+            cancelled: ticket.tier_gauges.cancelled.clone(),
+            timed_out: false,
         };
         self.deliver(); // capacity may have freed between try_start and enqueue
         wait.until(ticket, queued_at).await
@@ -400,6 +409,8 @@ struct Waiting {
     id: WaiterId,
     rx: Option<oneshot::Receiver<SlotPermit>>,
     gauge: IntGauge,
+    cancelled: prometheus::IntCounter,
+    timed_out: bool,
 }
 
 impl Waiting {
@@ -423,6 +434,7 @@ impl Waiting {
                 Err(QueueError::Closed)
             }
             Err(_) => {
+                self.timed_out = true;
                 let ahead = self.pool.position(self.tenant, self.id).unwrap_or(1);
                 let avg = self.pool.lock().avg_job_ms;
                 Err(QueueError::TimedOut {
@@ -437,11 +449,17 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         self.gauge.dec();
         let Some(rx) = self.rx.take() else { return };
-        {
+        self.pool.queued_gauge.dec();
+        let removed = {
             let mut inner = self.pool.lock();
-            if inner.sched.remove(self.tenant, self.id) {
+            let removed = inner.sched.remove(self.tenant, self.id);
+            if removed {
                 inner.waiters.remove(&self.id);
             }
+            removed
+        };
+        if removed && !self.timed_out {
+            self.cancelled.inc();
         }
         // A permit already sent to us is dropped here, outside the lock, which frees its slot.
         drop(rx);
