@@ -158,6 +158,24 @@ async fn fail_closed_answers_503_fast_and_recovers_without_restart() {
             started.elapsed()
         );
     }
+    // Under load: 50 requests at once while Redis is down, every one answered fast.
+    let mut load = Vec::new();
+    for i in 0..50 {
+        let url = gate.url("/limited");
+        load.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let a = TestClient::new().post(&url, &format!("load{i}")).await;
+            (a.status.as_u16(), started.elapsed())
+        }));
+    }
+    for t in load {
+        let (status, took) = t.await.unwrap();
+        assert_eq!(status, 503);
+        assert!(
+            took < Duration::from_millis(1_000),
+            "no request hangs on a dead Redis: {took:?}"
+        );
+    }
     assert_eq!(c.get(&gate.admin_url("/readyz")).await.status, 503);
     assert!(metrics(&c, &gate)
         .await
