@@ -57,7 +57,7 @@ bad_fixtures! {
     unknown_limit_field =>
         "line 11: tiers.basic.limits[1].per_minutes: unknown field `per_minutes`, expected one \
          of `classes`, `except`, `shared`, `per_second`, `per_minute`, `per_hour`, `per_day`, \
-         `interval`",
+         `interval`, `shadow`",
     wrong_type =>
         "line 12: tiers.basic.limits[0].per_minute: invalid type: string \"three\", expected u32",
     unknown_class =>
@@ -117,6 +117,14 @@ bad_fixtures! {
          needed, for example 5sec or 5ms",
     empty_state_file =>
         "line 6: state.file: must name a file",
+    zero_max_connections =>
+        "line 4: server.max_connections: must be at least 1",
+    small_max_header_bytes =>
+        "line 5: server.max_header_bytes: \"100B\" is too small: a request head needs at least 1KB",
+    bad_shutdown_deadline =>
+        "line 4: server.shutdown_deadline: must be longer than zero",
+    shadow_not_bool =>
+        "line 12: tiers.basic.limits[0].shadow: invalid type: string \"yes\", expected a boolean",
 }
 
 /// A fixture added without an expectation (or an expectation whose file is gone) fails here.
