@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::clock::Clock;
 use crate::config::{Config, StateConfig};
@@ -25,6 +25,7 @@ use crate::metrics::{Handles, Metrics};
 use crate::proxy::upstream::UpstreamClient;
 use crate::proxy::Proxy;
 use crate::queue::Jobs;
+use crate::server::conn::Timeouts;
 use crate::store::snapshot::{self, Loaded};
 use crate::store::Store;
 use crate::{admin, server};
@@ -63,7 +64,8 @@ impl Shared {
     }
 
     /// Swaps in a new config atomically. Counters are keyed by rule content, so rules that did
-    /// not change keep their windows.
+    /// not change keep their windows. Validation against the running config (what only a
+    /// restart can change) is [`crate::reload::apply`]'s.
     pub fn reload(&self, config: Config) {
         let handles = self.metrics.handles(&config);
         self.policy.store(Arc::new(Policy { config, handles }));
@@ -137,9 +139,6 @@ impl Running {
     }
 }
 
-/// How long in-flight requests get to finish after shutdown starts.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-
 /// Starts workers and the control thread on already-bound sockets.
 pub fn start(
     config: Config,
@@ -166,6 +165,19 @@ pub fn start(
         .map(TcpListener::local_addr)
         .transpose()?;
 
+    let settings = server::Settings {
+        timeouts: Timeouts {
+            header: server_cfg.header_read_timeout,
+            idle: server_cfg.idle_timeout,
+        },
+        drain_deadline: server_cfg.shutdown_deadline,
+        max_header_bytes: server_cfg.max_header_bytes,
+        max_header_count: server_cfg.max_header_count,
+    };
+    // One bound for every worker's connections together.
+    let slots = Arc::new(Semaphore::new(
+        server_cfg.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let mut threads = Vec::new();
     for i in 0..workers {
         let listener = listeners.proxy[i % listeners.proxy.len()].try_clone()?;
@@ -177,18 +189,19 @@ pub fn start(
             server_cfg.max_idle_upstream_connections,
         ));
         let account_upstreams = account_upstreams(&server_cfg, &shared);
-        let proxy = Arc::new(Proxy::new(shared.clone(), upstream, account_upstreams));
-        let settings = server::Settings {
-            header_read_timeout: server_cfg.header_read_timeout,
-            drain_deadline: DRAIN_DEADLINE,
-        };
-        let rx = shutdown_rx.clone();
+        let proxy = Arc::new(Proxy::new(
+            shared.clone(),
+            upstream,
+            account_upstreams,
+            server_cfg.max_header_count,
+        ));
+        let (rx, slots) = (shutdown_rx.clone(), slots.clone());
         threads.push(spawn_runtime(
             format!("floodgate-worker-{i}"),
             async move {
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .expect("listener registers with the runtime");
-                server::serve(listener, proxy, rx, settings).await;
+                server::serve(listener, proxy, rx, settings, slots).await;
             },
         )?);
     }
