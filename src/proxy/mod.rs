@@ -173,6 +173,11 @@ impl Proxy {
             Ok(Decision::Refused(usage, refusal)) => {
                 policy.handles.limited(class, caller.tier);
                 let config = &policy.config;
+                tracing::debug!(
+                    account = %caller.account.short(), class = config.class_name(class),
+                    limit = refusal.kind.name(), retry_after_secs = refusal.retry_after_secs,
+                    "rate limited"
+                );
                 self.shared.metrics.limit_hit(
                     config.class_name(class),
                     &config.tier(caller.tier).name,
@@ -287,6 +292,8 @@ impl Proxy {
 
     /// Answers a request floodgate refuses itself (400, 401, 413, 431), counted by reason.
     fn refuse(&self, err: ProxyError) -> Response<ProxyBody> {
+        // The error names what was wrong, never the key itself.
+        tracing::debug!(reason = err.code(), error = %err, "request refused");
         self.shared.metrics.rejected(err.code());
         err.into_response()
     }
