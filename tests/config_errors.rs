@@ -265,3 +265,28 @@ fn shipped_configs_are_valid() {
         }
     }
 }
+
+/// The TOML inside deploy/kubernetes/configmap.yaml (the block under `floodgate.toml: |`).
+fn configmap_toml() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/configmap.yaml");
+    let yaml = std::fs::read_to_string(path).unwrap();
+    yaml.lines()
+        .skip_while(|l| l.trim() != "floodgate.toml: |")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.get(4..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_kubernetes_configmap_is_valid() {
+    let text = configmap_toml();
+    assert!(text.contains("[server]"), "no TOML found:\n{text}");
+    let config = Config::parse(&text, &Overrides::default())
+        .unwrap_or_else(|e| panic!("deploy/kubernetes/configmap.yaml: {e}"));
+    assert!(config.server.watch_config);
+    assert_eq!(config.server.admin, Some("0.0.0.0:9090".parse().unwrap()));
+    let summary = config.summary();
+    assert!(summary.contains("generate[shadow minute=5]"), "{summary}");
+}
