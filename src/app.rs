@@ -112,7 +112,10 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
-    threads: Vec<JoinHandle<()>>,
+    /// Stops the admin listener, once the workers have drained.
+    stop_admin: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    control: JoinHandle<()>,
     state: Option<StateConfig>,
 }
 
@@ -123,9 +126,13 @@ impl Running {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         self.shared.jobs.close();
         let _ = self.shutdown.send(true);
-        for t in self.threads {
+        for t in self.workers {
             let _ = t.join();
         }
+        // The admin listener outlives the drain: /readyz keeps answering 503 and /metrics
+        // stays scrapeable until the last request is done.
+        let _ = self.stop_admin.send(true);
+        let _ = self.control.join();
         if let Some(state) = &self.state {
             match save_state(&self.shared, &state.file) {
                 Ok(accounts) => {
@@ -178,7 +185,7 @@ pub fn start(
     let slots = Arc::new(Semaphore::new(
         server_cfg.max_connections.min(Semaphore::MAX_PERMITS),
     ));
-    let mut threads = Vec::new();
+    let mut threads = Vec::new(); // the workers
     for i in 0..workers {
         let listener = listeners.proxy[i % listeners.proxy.len()].try_clone()?;
         listener.set_nonblocking(true)?;
@@ -211,15 +218,19 @@ pub fn start(
         .transpose()?;
     let control_shared = shared.clone();
     let control_state = state.clone();
-    threads.push(spawn_runtime("floodgate-control".into(), async move {
-        control(control_shared, admin_listener, shutdown_rx, control_state).await;
-    })?);
+    let (stop_admin, stop_admin_rx) = watch::channel(false);
+    let control = spawn_runtime("floodgate-control".into(), async move {
+        let admin = admin_listener.map(|l| (l, stop_admin_rx));
+        control(control_shared, admin, shutdown_rx, control_state).await;
+    })?;
     Ok(Running {
         addr,
         admin_addr,
         shared,
         shutdown,
-        threads,
+        stop_admin,
+        workers: threads,
+        control,
         state,
     })
 }
@@ -302,18 +313,19 @@ fn spawn_runtime(
     })
 }
 
-/// The admin listener and housekeeping, until shutdown.
+/// The admin listener and housekeeping. Housekeeping ends at shutdown; the admin listener runs
+/// until its own stop signal, sent once the workers have drained.
 async fn control(
     shared: Arc<Shared>,
-    admin: Option<TcpListener>,
+    admin: Option<(TcpListener, watch::Receiver<bool>)>,
     mut shutdown: watch::Receiver<bool>,
     state: Option<StateConfig>,
 ) {
-    if let Some(listener) = admin {
+    let admin = admin.map(|(listener, stop)| {
         let listener = tokio::net::TcpListener::from_std(listener)
             .expect("listener registers with the runtime");
-        tokio::spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
-    }
+        tokio::spawn(admin::serve(listener, shared.clone(), stop))
+    });
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     let mut save = state.as_ref().map(|s| {
         let start = tokio::time::Instant::now() + s.save_interval;
@@ -334,6 +346,9 @@ async fn control(
             }
             _ = shutdown.changed() => break,
         }
+    }
+    if let Some(admin) = admin {
+        let _ = admin.await;
     }
 }
 

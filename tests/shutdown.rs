@@ -1,6 +1,6 @@
 //! Graceful shutdown of the real binary: SIGTERM with requests in flight and jobs queued.
-//! In-flight requests finish with 200, queued jobs get 503 + Retry-After, state is saved, the
-//! process exits 0 within the deadline. Loopback only; every wait is bounded.
+//! `/readyz` turns 503 for the drain, in-flight requests finish with 200, queued jobs get 503 +
+//! Retry-After, state is saved, the process exits 0 within the deadline. Loopback only; every wait is bounded.
 
 mod support;
 
@@ -69,6 +69,13 @@ async fn sigterm_finishes_in_flight_answers_queued_503_saves_state_and_exits_0()
 
     let sent = Instant::now();
     p.signal("TERM");
+    let readyz = p.admin_url("/readyz");
+    let not_ready = eventually(Duration::from_secs(2), || {
+        let url = readyz.clone();
+        async move { TestClient::new().get(&url).await.status == 503 }
+    })
+    .await;
+    assert!(not_ready, "/readyz kept answering 200 while draining");
     for q in queued {
         let a = q.await.unwrap();
         assert_eq!(a.status, 503, "{a:?}");
