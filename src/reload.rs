@@ -146,9 +146,7 @@ mod tests {
     fn spend(shared: &Shared, n: usize) -> usize {
         let policy = shared.policy.load();
         let rules = policy.config.tier(TierId(0)).rules(ClassId(1));
-        let store = match &shared.store {
-            Store::Memory(m) => m,
-        };
+        let Store::Memory(store) = &shared.store;
         let account = AccountId::from_key(b"k");
         (0..n)
             .filter(|_| {
