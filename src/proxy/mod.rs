@@ -1,5 +1,5 @@
-//! A request's life, top to bottom: identify -> classify -> size check -> decide -> (queue) ->
-//! forward -> headers.
+//! A request's life, top to bottom: hygiene -> identify -> classify -> size check -> decide
+//! (enforced, then shadow) -> (queue) -> forward -> headers.
 //!
 //! Everything here is the thin I/O edge around pure parts: identity, classification and the limit
 //! decision take plain values and return plain values; the store does the atomic bookkeeping;

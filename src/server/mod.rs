@@ -1,7 +1,7 @@
 //! The proxy listener: accepts connections and serves HTTP/1.1 on them until shutdown.
 //!
 //! What a client can hold is bounded: connections by a semaphore shared by every worker (past
-//! it, new connections wait in the kernel's backlog), a request head by `max_header_bytes` and
+//! it, each worker holds one accepted connection and the rest wait in the kernel's backlog), a request head by `max_header_bytes` and
 //! the header timeout, an idle keep-alive connection by the idle timeout ([`conn`]). On shutdown
 //! the listener closes, idle connections close, and connections with a request in flight get
 //! until the drain deadline to finish it (mini-redis's pattern: each connection task holds a
@@ -70,13 +70,6 @@ pub async fn serve(
     let builder = settings.builder();
     let (drain, mut drained) = mpsc::channel::<()>(1);
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break, // closed: only at the end of the process
-            },
-            _ = shutdown.changed() => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -86,6 +79,16 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
+            },
+            _ = shutdown.changed() => break,
+        };
+        // Accept first, then wait for a slot: a slot taken before accepting would sit idle in
+        // a worker whose socket has no connection while another worker's backlog waits. While
+        // this worker waits, further connections queue in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // closed: only at the end of the process
             },
             _ = shutdown.changed() => break,
         };

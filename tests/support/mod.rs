@@ -375,12 +375,13 @@ impl Gate {
         Self::start_config(config, now_ms)
     }
 
-    pub fn start_config(config: Config, now_ms: u64) -> Gate {
+    /// Binds the way the binary does (one `SO_REUSEPORT` socket per worker, a backlog of 1024)
+    /// on loopback port 0.
+    pub fn start_config(mut config: Config, now_ms: u64) -> Gate {
         let clock = ManualClock::new(now_ms);
-        let listeners = Listeners {
-            proxy: vec![std::net::TcpListener::bind("127.0.0.1:0").unwrap()],
-            admin: Some(std::net::TcpListener::bind("127.0.0.1:0").unwrap()),
-        };
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.admin = Some("127.0.0.1:0".parse().unwrap());
+        let listeners = Listeners::bind(&config).expect("bind loopback port 0");
         let dyn_clock: Arc<dyn Clock> = Arc::new(clock.clone());
         let running =
             app::start(config, listeners, Store::memory(), dyn_clock).expect("floodgate starts");
