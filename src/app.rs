@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::clock::Clock;
 use crate::config::{Config, StateConfig};
@@ -25,6 +25,7 @@ use crate::metrics::{Handles, Metrics};
 use crate::proxy::upstream::UpstreamClient;
 use crate::proxy::Proxy;
 use crate::queue::Jobs;
+use crate::server::conn::Timeouts;
 use crate::store::snapshot::{self, Loaded};
 use crate::store::Store;
 use crate::{admin, server};
@@ -72,7 +73,8 @@ impl Shared {
     }
 
     /// Swaps in a new config atomically. Counters are keyed by rule content, so rules that did
-    /// not change keep their windows.
+    /// not change keep their windows. Validation against the running config (what only a
+    /// restart can change) is [`crate::reload::apply`]'s.
     pub fn reload(&self, config: Config) {
         let handles = self.metrics.handles(&config);
         self.policy.store(Arc::new(Policy { config, handles }));
@@ -119,7 +121,10 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
-    threads: Vec<JoinHandle<()>>,
+    /// Stops the admin listener, once the workers have drained.
+    stop_admin: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    control: JoinHandle<()>,
     state: Option<StateConfig>,
 }
 
@@ -130,9 +135,13 @@ impl Running {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         self.shared.jobs.close();
         let _ = self.shutdown.send(true);
-        for t in self.threads {
+        for t in self.workers {
             let _ = t.join();
         }
+        // The admin listener outlives the drain: /readyz keeps answering 503 and /metrics
+        // stays scrapeable until the last request is done.
+        let _ = self.stop_admin.send(true);
+        let _ = self.control.join();
         if let Some(state) = &self.state {
             match save_state(&self.shared, &state.file) {
                 Ok(accounts) => {
@@ -145,9 +154,6 @@ impl Running {
         }
     }
 }
-
-/// How long in-flight requests get to finish after shutdown starts.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Starts workers and the control thread on already-bound sockets.
 pub fn start(
@@ -175,7 +181,20 @@ pub fn start(
         .map(TcpListener::local_addr)
         .transpose()?;
 
-    let mut threads = Vec::new();
+    let settings = server::Settings {
+        timeouts: Timeouts {
+            header: server_cfg.header_read_timeout,
+            idle: server_cfg.idle_timeout,
+        },
+        drain_deadline: server_cfg.shutdown_deadline,
+        max_header_bytes: server_cfg.max_header_bytes,
+        max_header_count: server_cfg.max_header_count,
+    };
+    // One bound for every worker's connections together.
+    let slots = Arc::new(Semaphore::new(
+        server_cfg.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let mut threads = Vec::new(); // the workers
     for i in 0..workers {
         let listener = listeners.proxy[i % listeners.proxy.len()].try_clone()?;
         listener.set_nonblocking(true)?;
@@ -186,18 +205,19 @@ pub fn start(
             server_cfg.max_idle_upstream_connections,
         ));
         let account_upstreams = account_upstreams(&server_cfg, &shared);
-        let proxy = Arc::new(Proxy::new(shared.clone(), upstream, account_upstreams));
-        let settings = server::Settings {
-            header_read_timeout: server_cfg.header_read_timeout,
-            drain_deadline: DRAIN_DEADLINE,
-        };
-        let rx = shutdown_rx.clone();
+        let proxy = Arc::new(Proxy::new(
+            shared.clone(),
+            upstream,
+            account_upstreams,
+            server_cfg.max_header_count,
+        ));
+        let (rx, slots) = (shutdown_rx.clone(), slots.clone());
         threads.push(spawn_runtime(
             format!("floodgate-worker-{i}"),
             async move {
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .expect("listener registers with the runtime");
-                server::serve(listener, proxy, rx, settings).await;
+                server::serve(listener, proxy, rx, settings, slots).await;
             },
         )?);
     }
@@ -207,15 +227,19 @@ pub fn start(
         .transpose()?;
     let control_shared = shared.clone();
     let control_state = state.clone();
-    threads.push(spawn_runtime("floodgate-control".into(), async move {
-        control(control_shared, admin_listener, shutdown_rx, control_state).await;
-    })?);
+    let (stop_admin, stop_admin_rx) = watch::channel(false);
+    let control = spawn_runtime("floodgate-control".into(), async move {
+        let admin = admin_listener.map(|l| (l, stop_admin_rx));
+        control(control_shared, admin, shutdown_rx, control_state).await;
+    })?;
     Ok(Running {
         addr,
         admin_addr,
         shared,
         shutdown,
-        threads,
+        stop_admin,
+        workers: threads,
+        control,
         state,
     })
 }
@@ -298,18 +322,19 @@ fn spawn_runtime(
     })
 }
 
-/// The admin listener and housekeeping, until shutdown.
+/// The admin listener and housekeeping. Housekeeping ends at shutdown; the admin listener runs
+/// until its own stop signal, sent once the workers have drained.
 async fn control(
     shared: Arc<Shared>,
-    admin: Option<TcpListener>,
+    admin: Option<(TcpListener, watch::Receiver<bool>)>,
     mut shutdown: watch::Receiver<bool>,
     state: Option<StateConfig>,
 ) {
-    if let Some(listener) = admin {
+    let admin = admin.map(|(listener, stop)| {
         let listener = tokio::net::TcpListener::from_std(listener)
             .expect("listener registers with the runtime");
-        tokio::spawn(admin::serve(listener, shared.clone(), shutdown.clone()));
-    }
+        tokio::spawn(admin::serve(listener, shared.clone(), stop))
+    });
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     let mut probe = tokio::time::interval(Duration::from_secs(1));
     let mut save = state.as_ref().map(|s| {
@@ -332,6 +357,9 @@ async fn control(
             }
             _ = shutdown.changed() => break,
         }
+    }
+    if let Some(admin) = admin {
+        let _ = admin.await;
     }
 }
 

@@ -1,11 +1,12 @@
 //! Errors a request can meet, and the one place they become HTTP responses.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use crate::identity::IdentityError;
 use crate::limits::headers::X_RATELIMIT_TYPE;
+use crate::proxy::hygiene::HygieneError;
 use crate::proxy::upload::TooLarge;
 use crate::proxy::ProxyBody;
 use crate::queue::QueueError;
@@ -16,6 +17,8 @@ const SHUTDOWN_RETRY_AFTER_SECS: u64 = 5;
 /// Why floodgate answered a request itself instead of the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    #[error(transparent)]
+    Hygiene(#[from] HygieneError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -37,6 +40,11 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::Hygiene(HygieneError::AmbiguousFraming) => StatusCode::BAD_REQUEST,
+            ProxyError::Hygiene(HygieneError::TooManyHeaders { .. }) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            ProxyError::Identity(IdentityError::ConflictingKeys) => StatusCode::BAD_REQUEST,
             ProxyError::Identity(_) => StatusCode::UNAUTHORIZED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
@@ -54,6 +62,9 @@ impl ProxyError {
     /// A short, stable machine-readable name (also the metric label).
     pub fn code(&self) -> &'static str {
         match self {
+            ProxyError::Hygiene(HygieneError::AmbiguousFraming) => "ambiguous_framing",
+            ProxyError::Hygiene(HygieneError::TooManyHeaders { .. }) => "too_many_headers",
+            ProxyError::Identity(IdentityError::ConflictingKeys) => "conflicting_api_keys",
             ProxyError::Identity(IdentityError::MissingKey) => "missing_api_key",
             ProxyError::Identity(IdentityError::UnknownKey) => "unknown_api_key",
             ProxyError::BodyTooLarge(_) => "payload_too_large",
@@ -73,6 +84,7 @@ impl ProxyError {
         !matches!(
             self,
             ProxyError::Identity(_)
+                | ProxyError::Hygiene(_)
                 | ProxyError::BodyTooLarge(_)
                 | ProxyError::Queue(_)
                 | ProxyError::ClientBody(_)
@@ -83,6 +95,11 @@ impl ProxyError {
     pub fn into_response(self) -> Response<ProxyBody> {
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut resp = json_response(self.status(), body.to_string());
+        if let ProxyError::Hygiene(HygieneError::AmbiguousFraming) = &self {
+            // RFC 9112 §6.1: the rest of the connection cannot be trusted to be framed right.
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ProxyError::Queue(e) = &self {
             let retry_after = match e {
                 QueueError::Full { retry_after_secs }

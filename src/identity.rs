@@ -145,12 +145,16 @@ pub enum IdentityError {
     MissingKey,
     #[error("unknown API key")]
     UnknownKey,
+    /// Two places (say `x-api-key` and `Authorization: Bearer`) name different keys: which one
+    /// counts is not for floodgate to guess, and the upstream might pick the other.
+    #[error("the request names more than one API key")]
+    ConflictingKeys,
 }
 
 impl IdentityConfig {
     /// Resolves the caller of a request that came from `peer`.
     pub fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, IdentityError> {
-        match self.read_key(headers) {
+        match self.read_key(headers)? {
             Some(key) => {
                 let account = AccountId::from_key(key);
                 match (self.accounts.get(&account), self.unknown_keys) {
@@ -170,18 +174,30 @@ impl IdentityConfig {
         }
     }
 
-    /// The first non-empty key among the configured sources.
-    fn read_key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
-        self.sources.iter().find_map(|source| {
-            let key = match source {
-                KeySource::Header(name) => headers.get(name).map(|v| v.as_bytes()),
-                KeySource::Bearer => headers
-                    .get(AUTHORIZATION)
-                    .and_then(|v| bearer_token(v.as_bytes())),
-            }?;
-            let key = key.trim_ascii();
-            (!key.is_empty()).then_some(key)
-        })
+    /// The key the configured sources name. Every non-empty key found — in any source, in any
+    /// repeat of a header — must be the same one.
+    fn read_key<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h [u8]>, IdentityError> {
+        let mut found: Option<&[u8]> = None;
+        for source in &self.sources {
+            let (name, bearer) = match source {
+                KeySource::Header(name) => (name, false),
+                KeySource::Bearer => (&AUTHORIZATION, true),
+            };
+            for value in headers.get_all(name) {
+                let key = match bearer {
+                    false => Some(value.as_bytes()),
+                    true => bearer_token(value.as_bytes()),
+                };
+                let Some(key) = key.map(<[u8]>::trim_ascii).filter(|k| !k.is_empty()) else {
+                    continue;
+                };
+                match found {
+                    Some(first) if first != key => return Err(IdentityError::ConflictingKeys),
+                    _ => found = Some(key),
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The client address: the peer, or, when the peer is a trusted proxy, the right-most
@@ -264,6 +280,32 @@ mod tests {
         assert_eq!(
             c.identify(&headers(&[("x-api-key", "  ")]), PEER),
             Err(IdentityError::MissingKey)
+        );
+    }
+
+    #[test]
+    fn different_keys_in_different_places_conflict() {
+        let c = config(UnknownKeys::DefaultTier(TierId(0)), Anonymous::Reject);
+        let conflict = headers(&[("x-api-key", "alice"), ("authorization", "Bearer bob")]);
+        assert_eq!(
+            c.identify(&conflict, PEER),
+            Err(IdentityError::ConflictingKeys)
+        );
+        let twice = headers(&[("x-api-key", "alice"), ("x-api-key", "bob")]);
+        assert_eq!(
+            c.identify(&twice, PEER),
+            Err(IdentityError::ConflictingKeys)
+        );
+        let same = headers(&[("x-api-key", "vip"), ("authorization", "Bearer vip")]);
+        assert_eq!(c.identify(&same, PEER).unwrap().tier, TierId(1));
+        let basic = headers(&[
+            ("x-api-key", "vip"),
+            ("authorization", "Basic dXNlcjpwdw=="),
+        ]);
+        assert_eq!(
+            c.identify(&basic, PEER).unwrap().tier,
+            TierId(1),
+            "a non-bearer Authorization names no key"
         );
     }
 

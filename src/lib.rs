@@ -12,7 +12,9 @@
 //!   that carries them across a restart.
 //! - [`queue`]: job queues — per-account FIFO under concurrency caps, upstream account pools.
 //! - [`proxy`]: a request's life, upload limits, and the upstream connection pool.
-//! - [`server`] / [`admin`]: the listeners.
+//! - [`server`] / [`admin`]: the listeners; [`server::conn`] bounds what one client connection
+//!   holds (head and idle timeouts), [`server::framing`] spots requests framed two ways.
+//! - [`reload`]: SIGHUP / file-change reload — validate, then swap atomically.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
 //! - [`app`]: wiring and threads; [`clock`]: the only reader of wall time; [`error`]: errors
 //!   and the one place they become HTTP responses.
@@ -31,5 +33,6 @@ pub mod metrics;
 pub mod penalties;
 pub mod proxy;
 pub mod queue;
+pub mod reload;
 pub mod server;
 pub mod store;

@@ -1,4 +1,4 @@
-//! The `floodgate` binary: CLI, logging, config, sockets, signals.
+//! The `floodgate` binary: CLI, logging, config, sockets, signals (TERM/INT stop, HUP reloads).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use floodgate::app::{self, Listeners};
 use floodgate::clock::SystemClock;
 use floodgate::config::{Config, Overrides};
+use floodgate::reload::Reloader;
 use floodgate::store::Store;
 
 /// A reverse proxy and rate limiter for HTTP APIs.
@@ -88,21 +89,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let listeners = Listeners::bind(&config).context("cannot bind listeners")?;
+    let watch = config.server.watch_config;
     let store = Store::from_config(&config.store).context("cannot set up the state store")?;
     let running = app::start(config, listeners, store, Arc::new(SystemClock))?;
     tracing::info!(addr = %running.addr, admin = ?running.admin_addr, "floodgate listening");
-    wait_for_signals(&running, &path, &overrides)?;
-    tracing::info!("shutting down");
+    let mut reloader = Reloader::new(path, overrides);
+    let signal = wait_for_signals(&running, &mut reloader, watch)?;
+    tracing::info!(signal, "shutting down");
     running.shutdown();
+    tracing::info!("stopped");
     Ok(())
 }
 
-/// Blocks until SIGTERM or SIGINT; reloads the config on SIGHUP.
+/// Blocks until SIGTERM or SIGINT (returns its name); reloads the config on SIGHUP and, with
+/// `watch`, when the file changes (its modification time is checked every second).
 fn wait_for_signals(
     running: &app::Running,
-    path: &std::path::Path,
-    overrides: &Overrides,
-) -> anyhow::Result<()> {
+    reloader: &mut Reloader,
+    watch: bool,
+) -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -111,17 +116,20 @@ fn wait_for_signals(
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = term.recv() => return Ok(()),
-                _ = int.recv() => return Ok(()),
-                _ = hup.recv() => match Config::load(path, overrides) {
-                    Ok(config) => {
-                        running.shared.reload(config);
-                        tracing::info!("config reloaded");
+                _ = term.recv() => return Ok("SIGTERM"),
+                _ = int.recv() => return Ok("SIGINT"),
+                _ = hup.recv() => {
+                    let _ = reloader.reload(&running.shared, "SIGHUP");
+                }
+                _ = poll.tick(), if watch => {
+                    if reloader.file_changed() {
+                        let _ = reloader.reload(&running.shared, "file change");
                     }
-                    Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),
-                },
+                }
             }
         }
     })

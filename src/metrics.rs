@@ -33,6 +33,12 @@ pub struct Metrics {
     incorrect_tasks: IntCounterVec,
     relax_earned: IntCounterVec,
     billing_marks: IntCounterVec,
+    would_limit: IntCounterVec,
+    would_queue: IntCounterVec,
+    reloads: IntCounter,
+    reload_failures: IntCounter,
+    pub client_connections: IntGauge,
+    client_timeouts: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -208,10 +214,55 @@ impl Metrics {
              on a flag tier) or surcharge (a relax job past the relax allowance).",
             &["tier", "mark"],
         );
+        let would_limit = counter(
+            "floodgate_would_limit_total",
+            "Requests a shadow limit would have refused (not enforced), by the limit's type.",
+            &["class", "tier", "type"],
+        );
+        let would_queue = counter(
+            "floodgate_would_queue_total",
+            "Jobs of a shadow job class that found no free slot and were forwarded at once.",
+            &["tier"],
+        );
+        let reload_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let reloads = reload_counter(
+            "floodgate_config_reloads_total",
+            "Config reloads applied (SIGHUP or file change).",
+        );
+        let reload_failures = reload_counter(
+            "floodgate_config_reload_failures_total",
+            "Config reloads refused (invalid file); the running config kept serving.",
+        );
+        let client_connections = IntGauge::new(
+            "floodgate_client_connections",
+            "Client connections open on the proxy port.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(client_connections.clone()))
+            .expect("registered once");
+        let client_timeouts = counter(
+            "floodgate_client_timeouts_total",
+            "Client connections closed by floodgate: kind=header (request head too slow), \
+             idle (keep-alive connection unused).",
+            &["kind"],
+        );
         Self {
             incorrect_tasks,
             relax_earned,
             billing_marks,
+            would_limit,
+            would_queue,
+            reloads,
+            reload_failures,
+            client_connections,
+            client_timeouts,
             jobs_queued,
             jobs_in_flight,
             upstream_account_in_flight,
@@ -319,6 +370,32 @@ impl Metrics {
     /// Counts a 429 by the kind of limit that refused it.
     pub fn limit_hit(&self, class: &str, tier: &str, kind: &str) {
         self.limited.with_label_values(&[class, tier, kind]).inc();
+    }
+
+    /// Counts a request a shadow limit would have refused.
+    pub fn would_limit(&self, class: &str, tier: &str, kind: &str) {
+        self.would_limit
+            .with_label_values(&[class, tier, kind])
+            .inc();
+    }
+
+    /// Counts a shadow job that would have waited for a slot.
+    pub fn would_queue(&self, tier: &str) {
+        self.would_queue.with_label_values(&[tier]).inc();
+    }
+
+    /// Counts a config reload, applied or refused.
+    pub fn config_reloaded(&self, ok: bool) {
+        if ok {
+            self.reloads.inc();
+        } else {
+            self.reload_failures.inc();
+        }
+    }
+
+    /// Counts a client connection floodgate closed: `header` or `idle`.
+    pub fn client_timeout(&self, kind: &'static str) {
+        self.client_timeouts.with_label_values(&[kind]).inc();
     }
 
     pub fn rejected(&self, reason: &str) {

@@ -57,7 +57,7 @@ bad_fixtures! {
     unknown_limit_field =>
         "line 11: tiers.basic.limits[1].per_minutes: unknown field `per_minutes`, expected one \
          of `classes`, `except`, `shared`, `per_second`, `per_minute`, `per_hour`, `per_day`, \
-         `interval`",
+         `interval`, `shadow`",
     wrong_type =>
         "line 12: tiers.basic.limits[0].per_minute: invalid type: string \"three\", expected u32",
     unknown_class =>
@@ -170,6 +170,14 @@ bad_fixtures! {
         "line 4: server.inspect_limit: \"64\" is below the minimum of 1KB",
     tasks_success_not_terminal =>
         "line 19: tasks.success: \"DONE\" is not one of tasks.terminal (SUCCESS, FAILURE)",
+    zero_max_connections =>
+        "line 4: server.max_connections: must be at least 1",
+    small_max_header_bytes =>
+        "line 5: server.max_header_bytes: \"100B\" is too small: a request head needs at least 1KB",
+    bad_shutdown_deadline =>
+        "line 4: server.shutdown_deadline: must be longer than zero",
+    shadow_not_bool =>
+        "line 12: tiers.basic.limits[0].shadow: invalid type: string \"yes\", expected a boolean",
 }
 
 /// A fixture added without an expectation (or an expectation whose file is gone) fails here.
@@ -309,4 +317,29 @@ fn shipped_configs_are_valid() {
             panic!("config/{name}: {e}");
         }
     }
+}
+
+/// The TOML inside deploy/kubernetes/configmap.yaml (the block under `floodgate.toml: |`).
+fn configmap_toml() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/configmap.yaml");
+    let yaml = std::fs::read_to_string(path).unwrap();
+    yaml.lines()
+        .skip_while(|l| l.trim() != "floodgate.toml: |")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.get(4..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_kubernetes_configmap_is_valid() {
+    let text = configmap_toml();
+    assert!(text.contains("[server]"), "no TOML found:\n{text}");
+    let config = Config::parse(&text, &Overrides::default())
+        .unwrap_or_else(|e| panic!("deploy/kubernetes/configmap.yaml: {e}"));
+    assert!(config.server.watch_config);
+    assert_eq!(config.server.admin, Some("0.0.0.0:9090".parse().unwrap()));
+    let summary = config.summary();
+    assert!(summary.contains("generate[shadow minute=5]"), "{summary}");
 }

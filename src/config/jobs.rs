@@ -196,6 +196,7 @@ fn job_class(src: &Source<'_>, field: &str, job: &RawJob) -> Result<JobClass, Co
         )?,
         follow_up_pointer: job.follow_up_pointer.clone(),
         task_id_pointer: job.task_id_pointer.clone(),
+        shadow: job.shadow,
     })
 }
 

@@ -16,12 +16,18 @@ pub(super) fn build_tier(
     classes: &[String],
     counter_owner: &mut HashMap<CounterId, String>,
 ) -> Result<Tier, ConfigError> {
-    let mut rules_by_class: Vec<Vec<Rule>> = vec![Vec::new(); classes.len()];
+    let mut enforced: Vec<Vec<Rule>> = vec![Vec::new(); classes.len()];
+    let mut shadow: Vec<Vec<Rule>> = vec![Vec::new(); classes.len()];
     for (i, entry) in limits.iter().enumerate() {
         let field = format!("tiers.{tier_name}.limits[{i}]");
         let limit = entry.get_ref();
         let members = members(src, &field, entry, classes)?;
         let windows = windows(src, &field, entry)?;
+        let rules_by_class = if limit.shadow {
+            &mut shadow
+        } else {
+            &mut enforced
+        };
         for &class in &members {
             let scope = scope_key(limit, &classes[class]);
             for &(kind, window, count) in &windows {
@@ -58,13 +64,8 @@ pub(super) fn build_tier(
             }
         }
     }
-    Ok(Tier::new(
-        tier_name.to_owned(),
-        rules_by_class
-            .into_iter()
-            .map(Vec::into_boxed_slice)
-            .collect(),
-    ))
+    let boxed = |rules: Vec<Vec<Rule>>| rules.into_iter().map(Vec::into_boxed_slice).collect();
+    Ok(Tier::new(tier_name.to_owned(), boxed(enforced)).with_shadow(boxed(shadow)))
 }
 
 /// The class ids an entry applies to.
@@ -174,20 +175,25 @@ fn windows(
     Ok(out)
 }
 
-/// What a counter counts: one class, or a shared group named by how it was written.
+/// What a counter counts: one class, or a shared group named by how it was written. A shadow
+/// rule counts apart from every enforced one (`shadow:` prefix), so rolling out a tighter limit
+/// beside the one in force never touches the enforced counter.
 fn scope_key(limit: &RawLimit, class: &str) -> String {
+    let mode = if limit.shadow { "shadow:" } else { "" };
     if !limit.shared {
-        return format!("class:{class}");
+        return format!("{mode}class:{class}");
     }
     let mut names: Vec<&str> = limit.classes.iter().map(|c| c.get_ref().as_str()).collect();
     names.sort_unstable();
     let mut except: Vec<&str> = limit.except.iter().map(|c| c.get_ref().as_str()).collect();
     except.sort_unstable();
-    format!("shared:{}!{}", names.join(","), except.join(","))
+    format!("{mode}shared:{}!{}", names.join(","), except.join(","))
 }
 
 /// A stable id for a counter: the same scope and window always give the same id, so counters
-/// survive restarts and reloads of rules that did not change.
+/// survive restarts and reloads of rules that did not change. The limit itself is not part of
+/// it: a reload that raises or lowers a limit keeps the counter, and the new limit applies to
+/// the window already open.
 fn counter_id(scope: &str, kind: LimitKind, window: Window) -> CounterId {
     let period = match window {
         Window::Fixed { period_ms } => period_ms,
@@ -218,5 +224,73 @@ fn claim_counter(
             owners.insert(id, label);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::classify::ClassId;
+    use crate::config::{Config, Overrides};
+    use crate::limits::Rule;
+
+    fn rules(limits: &str, extra: &str) -> (Vec<Rule>, Vec<Rule>) {
+        let text = format!(
+            "[server]\nupstream = \"http://127.0.0.1:9000\"\n{extra}\n\
+             [[route]]\npath = \"/a\"\nclass = \"a\"\n\
+             [[route]]\npath = \"/b\"\nclass = \"b\"\n{limits}"
+        );
+        let config = Config::parse(&text, &Overrides::default()).unwrap();
+        let tier = config.tier(crate::identity::TierId(0));
+        (
+            tier.rules(ClassId(1)).to_vec(),
+            tier.shadow_rules(ClassId(1)).to_vec(),
+        )
+    }
+
+    const FIVE: &str = "[[tiers.t.limits]]\nclasses = [\"a\"]\nper_minute = 5\nper_day = 50\n";
+
+    #[test]
+    fn counter_ids_come_from_scope_and_window_not_from_the_limit() {
+        let (base, _) = rules(FIVE, "");
+        let raised = rules(&FIVE.replace("per_minute = 5", "per_minute = 10"), "").0;
+        assert_eq!(base.len(), 2);
+        assert_eq!(raised[0].limit, 10);
+        assert_eq!(
+            base.iter().map(|r| r.counter).collect::<Vec<_>>(),
+            raised.iter().map(|r| r.counter).collect::<Vec<_>>(),
+            "a raised limit keeps its counters"
+        );
+        let unrelated = rules(
+            &format!("{FIVE}[[tiers.t.limits]]\nclasses = [\"b\"]\nper_second = 1\n"),
+            "header_read_timeout = \"3s\"\n[headers]\nietf = true\n",
+        )
+        .0;
+        assert_eq!(unrelated, base, "other rules and settings change nothing");
+    }
+
+    #[test]
+    fn a_different_window_scope_or_mode_is_a_different_counter() {
+        let (base, _) = rules(FIVE, "");
+        let hourly = rules(&FIVE.replace("per_minute", "per_hour"), "").0;
+        assert_ne!(hourly[0].counter, base[0].counter);
+        let shared = rules(
+            &FIVE.replace("per_day = 50", "per_day = 50\nshared = true"),
+            "",
+        )
+        .0;
+        assert_ne!(shared[0].counter, base[0].counter);
+        let (enforced, shadow) = rules(
+            &format!(
+                "{FIVE}[[tiers.t.limits]]\nclasses = [\"a\"]\nper_minute = 3\nshadow = true\n"
+            ),
+            "",
+        );
+        assert_eq!(enforced, base);
+        assert_eq!(shadow.len(), 1);
+        assert_eq!(shadow[0].limit, 3);
+        assert_ne!(
+            shadow[0].counter, base[0].counter,
+            "a shadow rule never shares an enforced counter"
+        );
     }
 }

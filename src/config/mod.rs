@@ -10,11 +10,11 @@ mod jobs;
 mod limits;
 mod penalties;
 mod raw;
+mod server;
 mod state;
 mod store;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ pub use classes::format_size;
 use error::{invalid, Source};
 pub use error::{ConfigError, Located};
 use raw::RawConfig;
+pub(crate) use server::build_upstream;
+pub use server::{restart_only_changes, ServerConfig, UpstreamTarget};
 pub use state::StateConfig;
 
 use crate::classify::{ClassId, PathPattern, Route, Router};
@@ -34,31 +36,6 @@ use crate::identity::{
 use crate::limits::{LimitKind, Tier, Window};
 use crate::penalties::PenaltiesConfig;
 use crate::queue::JobsConfig;
-
-/// Where floodgate listens and forwards.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    /// `None` turns the admin listener off.
-    pub admin: Option<SocketAddr>,
-    pub upstream: UpstreamTarget,
-    /// Worker threads (one event loop each); 0 in the file means one per CPU.
-    pub workers: usize,
-    pub upstream_connect_timeout: Duration,
-    pub upstream_timeout: Duration,
-    pub header_read_timeout: Duration,
-    pub max_idle_upstream_connections: usize,
-    /// Bytes of a job's request body (and of an upstream answer) read to look inside it; a
-    /// longer body is forwarded whole, its fields past this prefix unread.
-    pub inspect_limit: usize,
-}
-
-/// The upstream origin (plain HTTP).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTarget {
-    /// `host:port`, as connected to.
-    pub authority: String,
-}
 
 /// Header switches.
 #[derive(Debug, Clone, Copy, Default)]
@@ -97,9 +74,6 @@ pub struct Overrides {
     pub admin: Option<String>,
     pub workers: Option<usize>,
 }
-
-const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 
 impl Config {
     /// Reads and validates a config file.
@@ -162,24 +136,20 @@ impl Config {
             for (i, class) in self.classes.iter().enumerate() {
                 let rules = tier.rules(ClassId(i as u16));
                 if !rules.is_empty() {
-                    let parts: Vec<String> = rules
-                        .iter()
-                        .map(|r| match (r.kind, r.window) {
-                            (LimitKind::Interval, Window::Fixed { period_ms }) => {
-                                format!("interval=1/{period_ms}ms")
-                            }
-                            _ => format!("{}={}", r.kind.name(), r.limit),
-                        })
-                        .collect();
-                    out += &format!(" {class}[{}]", parts.join(" "));
+                    out += &format!(" {class}[{}]", rules_text(rules));
+                }
+                let shadow = tier.shadow_rules(ClassId(i as u16));
+                if !shadow.is_empty() {
+                    out += &format!(" {class}[shadow {}]", rules_text(shadow));
                 }
             }
             out += "\n";
         }
         for (i, class) in self.classes.iter().enumerate() {
             if let Some(job) = self.jobs.class(ClassId(i as u16)) {
+                let shadow = if job.shadow { " (shadow)" } else { "" };
                 out += &format!(
-                    "  job class {class}: {:?}, max job time {:?}\n",
+                    "  job class {class}: {:?}, max job time {:?}{shadow}\n",
                     job.mode, job.max_job_time
                 );
             }
@@ -283,6 +253,20 @@ impl Config {
     }
 }
 
+/// `minute=3 daily=100 interval=1/3000ms`, for the summary.
+fn rules_text(rules: &[crate::limits::Rule]) -> String {
+    let parts: Vec<String> = rules
+        .iter()
+        .map(|r| match (r.kind, r.window) {
+            (LimitKind::Interval, Window::Fixed { period_ms }) => {
+                format!("interval=1/{period_ms}ms")
+            }
+            _ => format!("{}={}", r.kind.name(), r.limit),
+        })
+        .collect();
+    parts.join(" ")
+}
+
 /// TOML -> raw structs; a syntax or type error names the field path and line.
 fn parse_raw(src: &Source<'_>, text: &str) -> Result<RawConfig, ConfigError> {
     toml::from_str::<RawConfig>(text).map_err(|err| {
@@ -353,7 +337,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let penalties =
         penalties::build_penalties(src, &raw, &classes, &jobs, tiers.len(), &counter_owner)?;
     Ok(Config {
-        server: build_server(src, &raw.server)?,
+        server: server::build_server(src, &raw.server)?,
         identity,
         router: Router::new(routes, ClassId(0), case_insensitive),
         classes,
@@ -422,108 +406,6 @@ fn build_route(
         methods: (!methods.is_empty()).then_some(methods),
         pattern,
         class: ClassId(class as u16),
-    })
-}
-
-fn build_server(src: &Source<'_>, s: &raw::RawServer) -> Result<ServerConfig, ConfigError> {
-    let addr = |field: &str,
-                v: Option<&Spanned<String>>,
-                default: &str|
-     -> Result<SocketAddr, ConfigError> {
-        let text = v.map_or(default, |s| s.get_ref().as_str());
-        text.parse().map_err(|_| {
-            let msg = format!("{text:?} is not a socket address like 127.0.0.1:8080");
-            match v {
-                Some(s) if s.span() != (0..0) => src.at(format!("server.{field}"), s.span(), msg),
-                _ => invalid(format!("server.{field}"), msg),
-            }
-        })
-    };
-    let admin = match s.admin.as_ref().map(|a| a.get_ref().as_str()) {
-        Some("off") => None,
-        _ => Some(addr("admin", s.admin.as_ref(), DEFAULT_ADMIN)?),
-    };
-    Ok(ServerConfig {
-        listen: addr("listen", s.listen.as_ref(), DEFAULT_LISTEN)?,
-        admin,
-        upstream: build_upstream(src, s.upstream.as_ref())?,
-        workers: match s.workers {
-            Some(0) | None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            Some(n) => n,
-        },
-        upstream_connect_timeout: duration(
-            src,
-            "server.upstream_connect_timeout",
-            s.upstream_connect_timeout.as_ref(),
-            "2s",
-        )?,
-        upstream_timeout: duration(
-            src,
-            "server.upstream_timeout",
-            s.upstream_timeout.as_ref(),
-            "60s",
-        )?,
-        header_read_timeout: duration(
-            src,
-            "server.header_read_timeout",
-            s.header_read_timeout.as_ref(),
-            "10s",
-        )?,
-        max_idle_upstream_connections: s.max_idle_upstream_connections.unwrap_or(1024),
-        inspect_limit: inspect_limit(src, s.inspect_limit.as_ref())?,
-    })
-}
-
-/// `[server] inspect_limit`: a size of at least 1KB (a job body's fields must fit in it).
-fn inspect_limit(src: &Source<'_>, v: Option<&Spanned<String>>) -> Result<usize, ConfigError> {
-    let Some(v) = v else {
-        return Ok(crate::proxy::inspect::DEFAULT_INSPECT_LIMIT);
-    };
-    let at = |m: String| src.at("server.inspect_limit", v.span(), m);
-    let bytes = classes::parse_size(v.get_ref()).map_err(at)?;
-    if bytes < 1024 {
-        return Err(at(format!("{:?} is below the minimum of 1KB", v.get_ref())));
-    }
-    usize::try_from(bytes).map_err(|_| at(format!("{:?} is too large", v.get_ref())))
-}
-
-pub(crate) fn build_upstream(
-    src: &Source<'_>,
-    v: Option<&Spanned<String>>,
-) -> Result<UpstreamTarget, ConfigError> {
-    let Some(v) = v else {
-        return Err(invalid(
-            "server.upstream",
-            "missing: set it in the file or pass --upstream URL",
-        ));
-    };
-    let fail = |msg: String| {
-        if v.span() == (0..0) {
-            invalid("server.upstream", msg)
-        } else {
-            src.at("server.upstream", v.span(), msg)
-        }
-    };
-    let text = v.get_ref();
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|_| fail(format!("{text:?} is not a URL")))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(fail(format!(
-            "{text:?}: only http:// upstreams are supported"
-        )));
-    }
-    let Some(authority) = uri.authority() else {
-        return Err(fail(format!("{text:?} has no host")));
-    };
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(fail(format!(
-            "{text:?}: an upstream URL has no path; requests keep their own"
-        )));
-    }
-    let port = authority.port_u16().unwrap_or(80);
-    Ok(UpstreamTarget {
-        authority: format!("{}:{port}", authority.host()),
     })
 }
 

@@ -84,6 +84,19 @@ pub struct RawServer {
     pub max_idle_upstream_connections: Option<usize>,
     /// How much of a job's request body (and of a task answer) is read to look inside it.
     pub inspect_limit: Option<Spanned<String>>,
+    /// A keep-alive client connection with no request for this long is closed.
+    pub idle_timeout: Option<Spanned<String>>,
+    /// How long in-flight requests get to finish after SIGTERM.
+    pub shutdown_deadline: Option<Spanned<String>>,
+    /// Client connections open at once, over all workers; more wait in the kernel's backlog.
+    pub max_connections: Option<Spanned<usize>>,
+    /// Largest request head (request line and headers), e.g. "64KB".
+    pub max_header_bytes: Option<Spanned<String>>,
+    /// Most header fields a request may carry.
+    pub max_header_count: Option<Spanned<usize>>,
+    /// Reload the config when the file changes (its modification time is checked every second).
+    #[serde(default)]
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +234,9 @@ pub struct RawJob {
     pub follow_up_pointer: Option<String>,
     /// JSON pointer, in a task-mode create response, to the new task's id.
     pub task_id_pointer: Option<String>,
+    /// Count what the queue would do (`floodgate_would_queue_total`) but forward at once.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +297,10 @@ pub struct RawLimit {
     pub per_day: Option<u32>,
     /// At most one request per this interval, e.g. "3s".
     pub interval: Option<Spanned<String>>,
+    /// Decide and count (`floodgate_would_limit_total`) but do not refuse: how a new limit is
+    /// rolled out safely.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -19,7 +19,7 @@ use crate::app::Shared;
 use crate::error::ProxyError;
 use crate::penalties::{JobFacts, Marks};
 use crate::queue::tasks::{TaskOwner, TaskTracker};
-use crate::queue::{JobClass, JobMode, SlotPermit, TaskPolling};
+use crate::queue::{JobClass, JobMode, JobPool, JobTicket, SlotPermit, TaskPolling};
 
 /// Names the upstream account that took a job.
 pub static X_UPSTREAM_ACCOUNT: HeaderName = HeaderName::from_static("x-floodgate-upstream-account");
@@ -100,7 +100,11 @@ impl Proxy {
             let gauges = ctx.policy.handles.tier_gauges(ctx.caller.tier);
             let (pool, mut ticket) = jobs.ticket(settings, &ctx.caller, affinity, gauges);
             ticket.front = front;
-            let permit = pool.acquire(&ticket).await?;
+            let permit = if job.shadow {
+                self.shadow_slot(ctx, &pool, &ticket)?
+            } else {
+                pool.acquire(&ticket).await?
+            };
             self.shared
                 .metrics
                 .queue_wait(tier, permit.waited().as_secs_f64());
@@ -152,6 +156,29 @@ impl Proxy {
             });
         }
         unreachable!("the loop returns")
+    }
+
+    /// Shadow mode: a slot at once, past the caps if need be. A job that would have waited is
+    /// counted and logged; it still counts as running, so later jobs see the real load.
+    fn shadow_slot(
+        &self,
+        ctx: &Ctx<'_>,
+        pool: &Arc<JobPool>,
+        ticket: &JobTicket,
+    ) -> Result<SlotPermit, ProxyError> {
+        let (permit, would_wait) = pool.start_now(ticket)?;
+        if would_wait {
+            let config = &ctx.policy.config;
+            let tier = &config.tier(ctx.caller.tier).name;
+            self.shared.metrics.would_queue(tier);
+            tracing::info!(
+                account = %ctx.caller.account.short(),
+                class = config.class_name(ctx.class),
+                tier = %tier,
+                "shadow queue: job would have waited for a slot; forwarded at once"
+            );
+        }
+        Ok(permit)
     }
 
     /// Task mode: keeps the slot from the create response until the task ends. A failed create

@@ -1,6 +1,6 @@
-//! A request's life, top to bottom: identify -> classify -> size check -> decide (for a job:
-//! read the body prefix, then penalties and limits together) -> (queue) -> forward -> judge the
-//! answer -> headers.
+//! A request's life, top to bottom: hygiene -> identify -> classify -> size check -> decide
+//! (enforced, then shadow; for a job: read the body prefix, then penalties and limits together)
+//! -> (queue) -> forward -> judge the answer -> headers.
 //!
 //! Everything here is the thin I/O edge around pure parts: identity, classification and the limit
 //! decision take plain values and return plain values; the store does the atomic bookkeeping;
@@ -8,6 +8,7 @@
 
 mod body;
 pub mod forwarding;
+pub mod hygiene;
 pub mod inspect;
 mod jobs;
 mod penalties;
@@ -73,6 +74,8 @@ pub struct Proxy {
     upstream: Arc<UpstreamClient>,
     /// Pools for upstream accounts that have their own base URL, by authority.
     account_upstreams: HashMap<String, Arc<UpstreamClient>>,
+    /// Header fields a request may carry (`[server] max_header_count`, fixed at start).
+    max_header_count: usize,
 }
 
 impl Proxy {
@@ -80,16 +83,30 @@ impl Proxy {
         shared: Arc<Shared>,
         upstream: Arc<UpstreamClient>,
         account_upstreams: HashMap<String, Arc<UpstreamClient>>,
+        max_header_count: usize,
     ) -> Self {
         Self {
             shared,
             upstream,
             account_upstreams,
+            max_header_count,
         }
+    }
+
+    /// The process's metrics (the listener counts connections in them).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.metrics
     }
 
     /// Answers one client request.
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        let ambiguous = req
+            .extensions()
+            .get::<hygiene::AmbiguousFraming>()
+            .is_some();
+        if let Err(e) = hygiene::check(req.headers(), ambiguous, self.max_header_count) {
+            return self.refuse(e.into());
+        }
         let policy = self.shared.policy.load_full();
         let config = &policy.config;
 
@@ -152,11 +169,12 @@ impl Proxy {
     async fn decide(&self, ctx: &Ctx<'_>) -> Result<Option<Usage>, Response<ProxyBody>> {
         let (policy, caller, class) = (ctx.policy, ctx.caller, ctx.class);
         let rules = policy.config.tier(caller.tier).rules(class);
+        let now = self.shared.clock.now_ms();
         if rules.is_empty() {
             policy.handles.admitted(class, caller.tier);
+            self.decide_shadow(ctx, now).await;
             return Ok(None);
         }
-        let now = self.shared.clock.now_ms();
         match self
             .shared
             .store
@@ -165,6 +183,7 @@ impl Proxy {
         {
             Ok(Decision::Admitted(usage)) => {
                 policy.handles.admitted(class, caller.tier);
+                self.decide_shadow(ctx, now).await;
                 Ok(Some(usage))
             }
             Ok(Decision::Refused(usage, refusal)) => Err(self.limited(ctx, &usage, &refusal)),
@@ -176,6 +195,11 @@ impl Proxy {
     fn limited(&self, ctx: &Ctx<'_>, usage: &Usage, refusal: &Refusal) -> Response<ProxyBody> {
         let (config, caller, class) = (&ctx.policy.config, ctx.caller, ctx.class);
         ctx.policy.handles.limited(class, caller.tier);
+        tracing::debug!(
+            account = %caller.account.short(), class = config.class_name(class),
+            limit = refusal.kind.name(), retry_after_secs = refusal.retry_after_secs,
+            "rate limited"
+        );
         self.shared.metrics.limit_hit(
             config.class_name(class),
             &config.tier(caller.tier).name,
@@ -195,6 +219,37 @@ impl Proxy {
         resp.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         resp
+    }
+
+    /// Shadow limits: decided and counted as if enforced, never refusing. They are checked
+    /// only for a request the enforced limits admitted (one they refuse is refused whatever
+    /// the shadow rules say) and on their own counters, so they take no part in the enforced
+    /// all-or-nothing decision; among themselves they consume all or none, like enforced rules.
+    async fn decide_shadow(&self, ctx: &Ctx<'_>, now: u64) {
+        let config = &ctx.policy.config;
+        let tier = config.tier(ctx.caller.tier);
+        let shadow = tier.shadow_rules(ctx.class);
+        if shadow.is_empty() {
+            return;
+        }
+        let store = &self.shared.store;
+        match store
+            .check_and_consume(ctx.caller.account, shadow, now)
+            .await
+        {
+            Ok(Decision::Refused(_, refusal)) => {
+                let class = config.class_name(ctx.class);
+                let kind = refusal.kind.name();
+                self.shared.metrics.would_limit(class, &tier.name, kind);
+                tracing::info!(
+                    account = %ctx.caller.account.short(), class, tier = %tier.name,
+                    limit = kind, retry_after_secs = refusal.retry_after_secs,
+                    "shadow limit would refuse; request admitted"
+                );
+            }
+            Ok(Decision::Admitted(_)) => {}
+            Err(e) => tracing::debug!(error = %e, "state store failed on a shadow limit"),
+        }
     }
 
     /// Sends the request upstream with its path, query and body untouched; a job's upstream
@@ -263,8 +318,10 @@ impl Proxy {
         e.into_response()
     }
 
-    /// Answers a request floodgate refuses itself (401, 413, 400), counted by reason.
+    /// Answers a request floodgate refuses itself (400, 401, 413, 431), counted by reason.
     fn refuse(&self, err: ProxyError) -> Response<ProxyBody> {
+        // The error names what was wrong, never the key itself.
+        tracing::debug!(reason = err.code(), error = %err, "request refused");
         self.shared.metrics.rejected(err.code());
         err.into_response()
     }

@@ -43,6 +43,9 @@ pub struct JobClass {
     pub follow_up_pointer: Option<String>,
     /// JSON pointer in the create response to the new task id (task mode).
     pub task_id_pointer: Option<String>,
+    /// Shadow mode: a job that would wait is counted (`floodgate_would_queue_total`) and
+    /// forwarded at once instead.
+    pub shadow: bool,
 }
 
 /// How task completion is observed.
@@ -91,7 +94,7 @@ pub struct QueueSettings {
 }
 
 /// A named set of upstream accounts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSpec {
     pub name: String,
     pub accounts: Vec<UpstreamAccount>,

@@ -16,7 +16,7 @@ use super::scheduler::{Scheduler, UpstreamIdx, WaiterId};
 use crate::identity::AccountId;
 
 /// An upstream account: the credential floodgate sets for jobs it runs, and where it lives.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamAccount {
     pub name: String,
     /// Header set (or replaced) on requests this account runs.
@@ -266,6 +266,24 @@ impl JobPool {
         };
         self.deliver(); // capacity may have freed between try_start and enqueue
         wait.until(ticket, queued_at).await
+    }
+
+    /// Shadow mode: a slot now, past the caps if need be; true when the job would have waited.
+    pub fn start_now(
+        self: &Arc<Self>,
+        ticket: &JobTicket,
+    ) -> Result<(SlotPermit, bool), QueueError> {
+        let (upstream, would_wait) = {
+            let mut inner = self.lock();
+            if inner.closed {
+                return Err(QueueError::Closed);
+            }
+            let now = self.now_ms();
+            inner
+                .sched
+                .force_start(ticket.tenant, ticket.concurrency, ticket.affinity, now)
+        };
+        Ok((self.permit(ticket, upstream, Duration::ZERO), would_wait))
     }
 
     fn permit(

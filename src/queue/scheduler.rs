@@ -109,6 +109,34 @@ impl Scheduler {
         Some(upstream)
     }
 
+    /// Starts a job now whatever the caps say (shadow mode: the job is counted as running, so
+    /// later jobs see the real load). Returns the upstream account it goes to — its affinity
+    /// account, or the least busy one, preferring accounts not cooling down — and whether it
+    /// would have had to wait.
+    pub fn force_start(
+        &mut self,
+        tenant: AccountId,
+        cap: u32,
+        affinity: Option<UpstreamIdx>,
+        now_ms: u64,
+    ) -> (UpstreamIdx, bool) {
+        if let Some(upstream) = self.try_start(tenant, cap, affinity, now_ms) {
+            return (upstream, false);
+        }
+        let upstream = affinity
+            .filter(|&u| u < self.upstreams.len())
+            .unwrap_or_else(|| {
+                (0..self.upstreams.len())
+                    .min_by_key(|&i| {
+                        let u = &self.upstreams[i];
+                        (now_ms < u.cooldown_until_ms, u.in_flight)
+                    })
+                    .unwrap_or(0)
+            });
+        self.occupy(tenant, upstream);
+        (upstream, true)
+    }
+
     /// Puts a job at the back (or, for a retried job, the front) of its tenant's queue; returns
     /// its position (1 = next).
     pub fn enqueue(

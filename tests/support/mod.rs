@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod raw;
 pub mod redis_server;
 
 use std::collections::{HashMap, HashSet};
@@ -424,13 +425,14 @@ impl Gate {
         Self::start_config(config, now_ms)
     }
 
-    pub fn start_config(config: Config, now_ms: u64) -> Gate {
+    /// Binds the way the binary does (one `SO_REUSEPORT` socket per worker, a backlog of 1024)
+    /// on loopback port 0.
+    pub fn start_config(mut config: Config, now_ms: u64) -> Gate {
         let cfg_store = config.store.clone();
         let clock = ManualClock::new(now_ms);
-        let listeners = Listeners {
-            proxy: vec![std::net::TcpListener::bind("127.0.0.1:0").unwrap()],
-            admin: Some(std::net::TcpListener::bind("127.0.0.1:0").unwrap()),
-        };
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.admin = Some("127.0.0.1:0".parse().unwrap());
+        let listeners = Listeners::bind(&config).expect("bind loopback port 0");
         let dyn_clock: Arc<dyn Clock> = Arc::new(clock.clone());
         let running = app::start(
             config,
@@ -569,5 +571,43 @@ impl TestClient {
 
     pub async fn get(&self, url: &str) -> Answer {
         self.send("GET", url, &[], Bytes::new()).await
+    }
+}
+
+/// The value of one sample in Prometheus text, e.g.
+/// `floodgate_would_limit_total{class="gen",tier="basic",type="minute"}`; 0 when absent (an
+/// unlabelled series or a label set never touched).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// Reads `/metrics` from an admin address.
+pub async fn metrics(admin_url: &str) -> String {
+    let a = TestClient::new().get(admin_url).await;
+    assert_eq!(a.status, 200);
+    String::from_utf8_lossy(&a.body).into_owned()
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes; true when it held.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

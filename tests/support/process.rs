@@ -11,6 +11,12 @@ use tokio::time::{sleep, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 
+/// The binary under test: `FLOODGATE_BIN` when set (to soak a release build), else the one
+/// cargo built for these tests.
+pub fn bin() -> String {
+    std::env::var("FLOODGATE_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 /// A running floodgate process.
 pub struct Process {
     child: Child,
@@ -28,15 +34,27 @@ impl Process {
         }
     }
 
+    /// Like [`Process::start`], with `RUST_LOG` set to `log` (e.g. "debug").
+    pub async fn start_logging(config: &Path, upstream: &str, log: &str) -> Process {
+        match Self::spawn(config, upstream, log).await {
+            Ok(p) => p,
+            Err(log) => panic!("floodgate did not start:\n{log}"),
+        }
+    }
+
     /// Like [`Process::start`], but a failed start returns the process's log.
     pub async fn try_start(config: &Path, upstream: &str) -> Result<Process, String> {
+        Self::spawn(config, upstream, "info").await
+    }
+
+    async fn spawn(config: &Path, upstream: &str, log: &str) -> Result<Process, String> {
         let stderr_file = tempfile::NamedTempFile::new().expect("temp file");
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .args(["--log-format", "json", "--config"])
             .arg(config)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(["--upstream", upstream, "--workers", "1"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr_file.reopen().expect("reopen temp file"))
@@ -132,6 +150,32 @@ impl Process {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Every JSON log line whose message is `message`.
+    pub fn log_lines(&self, message: &str) -> Vec<serde_json::Value> {
+        self.stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
+
+    /// The process's resident set size in KiB (Linux), if readable.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
     }
 }
 

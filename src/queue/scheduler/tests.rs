@@ -126,3 +126,23 @@ fn a_retried_job_goes_to_the_front() {
     s.enqueue(A, 1, 2, None, 1, true).unwrap();
     assert_eq!(s.position(A, 2), Some(1));
 }
+
+#[test]
+fn shadow_jobs_start_past_the_caps_and_count_as_running() {
+    let mut s = Scheduler::new(&[1, 1]);
+    assert_eq!(s.force_start(A, 2, None, 0), (0, false));
+    assert_eq!(s.force_start(A, 2, None, 0), (1, false));
+    // The tenant is at its cap: the third would wait, so it goes to the least busy account.
+    let (upstream, would_wait) = s.force_start(A, 2, None, 0);
+    assert!(would_wait);
+    assert_eq!(s.tenant_load(A), (3, 0));
+    assert_eq!(s.upstream_in_flight().iter().sum::<u32>(), 3);
+    assert_eq!(s.force_start(B, 5, Some(upstream), 0), (upstream, true));
+    // Releases bring the counts back down; a queued enforced job then starts as usual.
+    for u in [0, 1, upstream] {
+        s.release(A, u);
+    }
+    s.release(B, upstream);
+    assert_eq!(s.upstream_in_flight(), vec![0, 0]);
+    assert_eq!(s.tenants_tracked(), 0);
+}

@@ -1,0 +1,372 @@
+//! One client connection's clocks: how long it may take to send a request head, and how long it
+//! may sit idle between requests.
+//!
+//! hyper's own `header_read_timeout` starts as soon as a connection waits for a head, so an idle
+//! keep-alive connection would be closed at the header timeout too; floodgate wants the two apart
+//! (a head in 10 s, but a keep-alive connection kept for 60 s). So the connection reports what it
+//! is doing — bytes arriving ([`ActivityIo`]), a request started, its response body finished
+//! ([`Tracked`]) — and [`Activity::verdict`] turns that into "wait until" or "close now".
+//!
+//! A new connection starts in the head phase: a client that connects and sends nothing is a
+//! slow head, not an idle keep-alive connection.
+//!
+//! The same reads feed [`FramingScan`], which notes a head framed two ways (see framing.rs).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use super::framing::FramingScan;
+
+/// The connection timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the first byte of a head (or the accept) to the end of the head.
+    pub header: Duration,
+    /// From the end of a response to the first byte of the next request.
+    pub idle: Duration,
+}
+
+/// Why a connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Header,
+    Idle,
+}
+
+impl Expiry {
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Expiry::Header => "header",
+            Expiry::Idle => "idle",
+        }
+    }
+}
+
+/// What a connection is doing, in milliseconds since it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// A request is being served (its response body not yet finished).
+    Busy,
+    /// Receiving a request head since this moment.
+    Head { since_ms: u64 },
+    /// Between requests since this moment.
+    Idle { since_ms: u64 },
+}
+
+/// What to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Look again at this moment (ms since accept).
+    CheckAt(u64),
+    Close(Expiry),
+}
+
+/// Decides whether a connection in `phase` has run out of time at `now_ms`.  [pure]
+///
+/// The next check is never further away than the shorter timeout, because the phase can change
+/// between checks without the watcher being told (a busy connection goes idle, an idle one
+/// starts a head) and the new phase's deadline must not be missed.
+pub fn verdict(phase: Phase, now_ms: u64, t: Timeouts) -> Verdict {
+    let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+    let period = ms(t.header.min(t.idle)).max(1);
+    let deadline = match phase {
+        Phase::Busy => None,
+        Phase::Head { since_ms } => Some((since_ms.saturating_add(ms(t.header)), Expiry::Header)),
+        Phase::Idle { since_ms } => Some((since_ms.saturating_add(ms(t.idle)), Expiry::Idle)),
+    };
+    match deadline {
+        Some((at, why)) if now_ms >= at => Verdict::Close(why),
+        Some((at, _)) => Verdict::CheckAt(at.min(now_ms.saturating_add(period))),
+        None => Verdict::CheckAt(now_ms.saturating_add(period)),
+    }
+}
+
+const NONE: u64 = u64::MAX;
+
+/// The shared record of one connection's activity (atomics: the I/O wrapper, the service and
+/// the response body all report into it).
+#[derive(Debug)]
+pub struct Activity {
+    accepted: Instant,
+    /// Requests whose response body is not finished.
+    active: AtomicU32,
+    /// When the current head began (ms), or `NONE`.
+    head_since: AtomicU64,
+    /// When the connection last went idle (ms).
+    idle_since: AtomicU64,
+    /// Requests started on this connection.
+    started: AtomicU64,
+    /// The head being read declared its body two ways.
+    ambiguous: AtomicBool,
+}
+
+impl Activity {
+    /// A connection accepted now: in its head phase from the start.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            accepted: Instant::now(),
+            active: AtomicU32::new(0),
+            head_since: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            ambiguous: AtomicBool::new(false),
+        })
+    }
+
+    /// Milliseconds since the accept.
+    pub fn now_ms(&self) -> u64 {
+        self.accepted.elapsed().as_millis() as u64
+    }
+
+    /// The instant `ms` after the accept.
+    pub fn instant_at(&self, ms: u64) -> Instant {
+        self.accepted + Duration::from_millis(ms)
+    }
+
+    pub fn phase(&self) -> Phase {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return Phase::Busy;
+        }
+        match self.head_since.load(Ordering::Acquire) {
+            NONE => Phase::Idle {
+                since_ms: self.idle_since.load(Ordering::Acquire),
+            },
+            since_ms => Phase::Head { since_ms },
+        }
+    }
+
+    pub fn verdict(&self, t: Timeouts) -> Verdict {
+        verdict(self.phase(), self.now_ms(), t)
+    }
+
+    /// hyper parsed a request head and called the service: busy until the guard drops.
+    pub fn request_started(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(NONE, Ordering::Release);
+        ActiveGuard {
+            activity: self.clone(),
+        }
+    }
+
+    /// Whether the head just parsed was framed two ways; clears the mark.
+    pub fn take_ambiguous(&self) -> bool {
+        self.ambiguous.swap(false, Ordering::AcqRel)
+    }
+
+    /// Bytes arrived from the client: on a connection that was idle, a head has begun.
+    fn bytes_read(&self) {
+        if self.active.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Acquire) == NONE
+        {
+            self.head_since.store(self.now_ms(), Ordering::Release);
+        }
+    }
+}
+
+/// Marks a request as in progress; dropped when its response body is finished or abandoned.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    activity: Arc<Activity>,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let a = &self.activity;
+        a.idle_since.store(a.now_ms(), Ordering::Release);
+        a.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The client socket, reporting every read to its [`Activity`] and scanning request heads.
+#[derive(Debug)]
+pub struct ActivityIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+    scan: FramingScan,
+    /// A head is being scanned; false from its end until its request has finished.
+    scanning: bool,
+    /// Requests started when the last scan ended.
+    scanned_at: u64,
+}
+
+impl<T> ActivityIo<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Self {
+            inner,
+            activity,
+            scan: FramingScan::default(),
+            scanning: true,
+            scanned_at: 0,
+        }
+    }
+
+    /// Bytes read while no request is in progress belong to a head (a body is read only after
+    /// its head was parsed). Heads pipelined behind a busy request are left to hyper's rules.
+    fn scan_head(&mut self, bytes: &[u8]) {
+        let a = &self.activity;
+        if !self.scanning
+            && a.active.load(Ordering::Acquire) == 0
+            && a.started.load(Ordering::Acquire) > self.scanned_at
+        {
+            self.scan.reset();
+            self.scanning = true;
+        }
+        if !self.scanning {
+            return;
+        }
+        if let Some((_, framing)) = self.scan.feed(bytes) {
+            self.scanning = false;
+            self.scanned_at = a.started.load(Ordering::Acquire);
+            if framing.is_ambiguous() {
+                a.ambiguous.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.bytes_read();
+            this.scan_head(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A response body that keeps its request marked busy until the body is finished.
+#[derive(Debug)]
+pub struct Tracked<B> {
+    inner: B,
+    _guard: ActiveGuard,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, guard: ActiveGuard) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timeouts = Timeouts {
+        header: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+    };
+
+    #[test]
+    fn a_new_connection_must_send_its_head_within_the_header_timeout() {
+        let fresh = Phase::Head { since_ms: 0 };
+        assert_eq!(verdict(fresh, 0, T), Verdict::CheckAt(10_000));
+        assert_eq!(verdict(fresh, 9_999, T), Verdict::CheckAt(10_000));
+        assert_eq!(verdict(fresh, 10_000, T), Verdict::Close(Expiry::Header));
+    }
+
+    #[test]
+    fn an_idle_connection_gets_the_idle_timeout_but_is_checked_at_the_shorter_period() {
+        let idle = Phase::Idle { since_ms: 5_000 };
+        assert_eq!(verdict(idle, 5_000, T), Verdict::CheckAt(15_000));
+        assert_eq!(verdict(idle, 60_000, T), Verdict::CheckAt(65_000));
+        assert_eq!(verdict(idle, 65_000, T), Verdict::Close(Expiry::Idle));
+    }
+
+    #[test]
+    fn a_busy_connection_is_never_closed_by_these_clocks() {
+        assert_eq!(
+            verdict(Phase::Busy, 1_000_000, T),
+            Verdict::CheckAt(1_010_000)
+        );
+    }
+
+    #[test]
+    fn a_head_started_while_idle_runs_on_the_header_clock() {
+        let head = Phase::Head { since_ms: 30_000 };
+        assert_eq!(verdict(head, 35_000, T), Verdict::CheckAt(40_000));
+        assert_eq!(verdict(head, 40_000, T), Verdict::Close(Expiry::Header));
+    }
+
+    #[tokio::test]
+    async fn activity_moves_between_phases() {
+        let a = Activity::new();
+        assert_eq!(a.phase(), Phase::Head { since_ms: 0 });
+        let guard = a.request_started();
+        assert_eq!(a.phase(), Phase::Busy);
+        a.bytes_read(); // request body bytes: still busy
+        assert_eq!(a.phase(), Phase::Busy);
+        drop(guard);
+        assert!(matches!(a.phase(), Phase::Idle { .. }));
+        a.bytes_read();
+        assert!(matches!(a.phase(), Phase::Head { .. }));
+    }
+}

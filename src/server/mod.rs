@@ -1,0 +1,188 @@
+//! The proxy listener: accepts connections and serves HTTP/1.1 on them until shutdown.
+//!
+//! What a client can hold is bounded: connections by a semaphore shared by every worker (past
+//! it, each worker holds one accepted connection and the rest wait in the kernel's backlog), a request head by `max_header_bytes` and
+//! the header timeout, an idle keep-alive connection by the idle timeout ([`conn`]). On shutdown
+//! the listener closes, idle connections close, and connections with a request in flight get
+//! until the drain deadline to finish it (mini-redis's pattern: each connection task holds a
+//! sender; the channel closes when the last one ends).
+
+pub mod conn;
+pub mod framing;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::proxy::hygiene::AmbiguousFraming;
+use crate::proxy::{Peer, Proxy};
+use conn::{Activity, ActivityIo, Timeouts, Tracked, Verdict};
+
+/// hyper's parser keeps this many header slots on the stack; more costs a heap table per request.
+const PARSER_HEADER_SLOTS: usize = 100;
+/// The read buffer never shrinks below this, so request bodies still stream in large reads.
+const MIN_READ_BUFFER: usize = 64 * 1024;
+
+/// Listener settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub timeouts: Timeouts,
+    /// How long open connections may keep going after shutdown starts.
+    pub drain_deadline: Duration,
+    /// Largest request head; larger is answered 431 by the parser.
+    pub max_header_bytes: usize,
+    /// Header fields the proxy accepts (it answers 431 JSON past this); the parser's table is
+    /// at least this big.
+    pub max_header_count: usize,
+}
+
+impl Settings {
+    fn builder(&self) -> http1::Builder {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(None) // floodgate's own clocks: see conn.rs
+            .keep_alive(true)
+            .max_buf_size(self.max_header_bytes.max(MIN_READ_BUFFER))
+            .max_header_size(self.max_header_bytes);
+        if self.max_header_count > PARSER_HEADER_SLOTS {
+            builder.max_headers(self.max_header_count);
+        }
+        builder
+    }
+}
+
+/// Serves `listener` until `shutdown` flips, then drains open connections. `slots` bounds the
+/// connections of every worker together.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    mut shutdown: watch::Receiver<bool>,
+    settings: Settings,
+    slots: Arc<Semaphore>,
+) {
+    let builder = settings.builder();
+    let (drain, mut drained) = mpsc::channel::<()>(1);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        // Accept first, then wait for a slot: a slot taken before accepting would sit idle in
+        // a worker whose socket has no connection while another worker's backlog waits. While
+        // this worker waits, further connections queue in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // closed: only at the end of the process
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            proxy: proxy.clone(),
+            peer: Peer::new(peer),
+            settings,
+            _slot: slot,
+            _drain: drain.clone(),
+        };
+        tokio::spawn(conn.run(stream, builder.clone(), shutdown.clone()));
+    }
+    drop(listener);
+    drop(drain);
+    if tokio::time::timeout(settings.drain_deadline, drained.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            deadline = ?settings.drain_deadline,
+            "drain deadline passed with requests still in flight; closing them"
+        );
+    }
+}
+
+/// One accepted client connection and what it holds until it ends.
+struct Connection {
+    proxy: Arc<Proxy>,
+    peer: Peer,
+    settings: Settings,
+    /// Its place under `max_connections`.
+    _slot: OwnedSemaphorePermit,
+    /// Keeps the drain channel open while the connection lives.
+    _drain: mpsc::Sender<()>,
+}
+
+impl Connection {
+    async fn run(
+        self,
+        stream: TcpStream,
+        builder: http1::Builder,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let metrics = self.proxy.metrics();
+        metrics.client_connections.inc();
+        let activity = Activity::new();
+        let (proxy, peer) = (self.proxy.clone(), self.peer.clone());
+        let tracker = activity.clone();
+        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            let guard = tracker.request_started();
+            if tracker.take_ambiguous() {
+                req.extensions_mut().insert(AmbiguousFraming);
+            }
+            let (proxy, peer) = (proxy.clone(), peer.clone());
+            async move {
+                let resp = proxy.handle(req, &peer).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard)))
+            }
+        });
+        let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let mut draining = *shutdown.borrow();
+        if draining {
+            conn.as_mut().graceful_shutdown();
+        }
+        let mut check_at = activity.now_ms();
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "client connection ended with an error");
+                    }
+                    break;
+                }
+                _ = shutdown.changed(), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(activity.instant_at(check_at)) => {
+                    match activity.verdict(self.settings.timeouts) {
+                        Verdict::CheckAt(at) => check_at = at,
+                        Verdict::Close(why) => {
+                            tracing::debug!(
+                                peer = %self.peer.addr, reason = why.name(), "client connection timed out"
+                            );
+                            metrics.client_timeout(why.name());
+                            break; // dropping the connection closes the socket
+                        }
+                    }
+                }
+            }
+        }
+        metrics.client_connections.dec();
+    }
+}

@@ -1,0 +1,399 @@
+//! Property tests (proptest) of the pure parts that take client or operator input: the path
+//! normaliser and the router, the config loader, the header renderer and the limit decision.
+//! Case counts stay modest so the suite stays fast; a failure is shrunk to a minimal input and
+//! saved under `proptest-regressions/`.
+
+use http::{HeaderMap, Method};
+use proptest::prelude::*;
+
+use floodgate::classify::{normalize_path, ClassId, PathPattern, Route, Router};
+use floodgate::config::{Config, ConfigError, Overrides};
+use floodgate::limits::headers::{write_refusal, write_usage};
+use floodgate::limits::{
+    decide, CounterId, Counters, Decision, LimitKind, Refusal, Rule, Usage, Window, WindowUsage,
+};
+
+/// `n` cases, or `PROPTEST_CASES` when set (for a deeper run than CI's).
+fn cases(n: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Paths a client might send to dodge a route: dot segments, doubled slashes, escapes (valid,
+/// broken and of reserved characters), case, non-ASCII, queries — and arbitrary text.
+fn paths() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("/".to_owned()),
+        Just("//".to_owned()),
+        Just(".".to_owned()),
+        Just("..".to_owned()),
+        Just("%".to_owned()),
+        Just("%%".to_owned()),
+        Just("%2e".to_owned()),
+        Just("%2F".to_owned()),
+        Just("%25".to_owned()),
+        Just("?".to_owned()),
+        Just("é".to_owned()),
+        "%[0-9a-fA-F]{2}",
+        "[0-9a-fA-F]{1,2}",
+        "%(3[0-9]|4[1-6]|6[1-6])", // escapes of hex digits: a lone '%' before one is a trap
+        "[a-zA-Z0-9_~-]{1,4}",
+        "(api|v1|txt2img|mj|message|prompt)",
+    ];
+    prop_oneof![
+        4 => prop::collection::vec(piece, 0..24).prop_map(|p| p.concat()),
+        1 => any::<String>(),
+    ]
+}
+
+fn router(case_insensitive: bool) -> Router {
+    let route = |path: &str, method: Option<Method>, class| Route {
+        methods: method.map(|m| vec![m]),
+        pattern: PathPattern::parse(path, case_insensitive).unwrap(),
+        class: ClassId(class),
+    };
+    Router::new(
+        vec![
+            route("/api/v1/txt2img", Some(Method::POST), 1),
+            route("/api/v1/prompt/*", None, 2),
+            route("/mj/message/{id}", Some(Method::GET), 3),
+            route("/a%2Fb/{x}/c", None, 4),
+            route("/*", Some(Method::DELETE), 5),
+        ],
+        ClassId(0),
+        case_insensitive,
+    )
+}
+
+proptest! {
+    #![proptest_config(cases(512))]
+
+    #[test]
+    fn normalising_is_idempotent_and_agrees_with_the_router(
+        raw in paths(),
+        case_insensitive in any::<bool>(),
+        method in prop::sample::select(vec![Method::GET, Method::POST, Method::DELETE]),
+    ) {
+        let once = normalize_path(&raw, case_insensitive).into_owned();
+        prop_assert!(once.starts_with('/'), "{:?} -> {:?}", raw, once);
+        prop_assert!(!once.contains("//") && !once.contains('?'), "{:?} -> {:?}", raw, once);
+        let twice = normalize_path(&once, case_insensitive).into_owned();
+        prop_assert_eq!(&twice, &once, "norm(norm(p)) != norm(p) for {:?}", raw);
+        let r = router(case_insensitive);
+        prop_assert_eq!(r.classify(&method, &raw), r.classify(&method, &once));
+    }
+}
+
+/// A route template from literal segments and placeholders, and a path that fills it in.
+fn template_and_path() -> impl Strategy<Value = (String, String)> {
+    prop::collection::vec(
+        (any::<bool>(), "[a-z0-9]{1,6}", "[a-zA-Z0-9_~.-]{1,6}"),
+        1..6,
+    )
+    .prop_filter("dot segments are not values", |segs| {
+        segs.iter().all(|(_, _, v)| v != "." && v != "..")
+    })
+    .prop_map(|segs| {
+        let mut template = String::new();
+        let mut path = String::new();
+        for (i, (placeholder, lit, value)) in segs.iter().enumerate() {
+            if *placeholder {
+                template += &format!("/{{p{i}}}");
+                path += &format!("/{value}");
+            } else {
+                template += &format!("/{lit}");
+                path += &format!("/{lit}");
+            }
+        }
+        (template, path)
+    })
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    #[test]
+    fn any_route_text_parses_or_is_refused_without_panicking(raw in paths(), ci in any::<bool>()) {
+        let _ = PathPattern::parse(&raw, ci);
+    }
+
+    #[test]
+    fn templates_and_prefixes_match_the_paths_built_from_them(
+        (template, path) in template_and_path(),
+        tail in "(/[a-z0-9]{1,4}){0,3}",
+    ) {
+        let exact = PathPattern::parse(&template, false).unwrap();
+        prop_assert!(exact.matches(&normalize_path(&path, false)), "{} !~ {}", template, path);
+        let with_tail = format!("{path}{tail}");
+        prop_assert_eq!(exact.matches(&normalize_path(&with_tail, false)), tail.is_empty());
+        let prefix = PathPattern::parse(&format!("{path}/*"), false).unwrap();
+        prop_assert!(prefix.matches(&normalize_path(&with_tail, false)));
+        let r = Router::new(
+            vec![Route { methods: None, pattern: exact, class: ClassId(7) }],
+            ClassId(0),
+            false,
+        );
+        prop_assert_eq!(r.classify(&Method::GET, &format!("{path}/")), ClassId(7));
+    }
+}
+
+/// Lines a config file is made of: every section and key floodgate knows, with values of every
+/// shape (good and bad), plus noise.
+fn config_text() -> impl Strategy<Value = String> {
+    let section = prop::sample::select(vec![
+        "[server]",
+        "[identity]",
+        "[routing]",
+        "[[route]]",
+        "[[tiers.basic.limits]]",
+        "[[tiers.pro.limits]]",
+        "[tiers.basic]",
+        "[accounts]",
+        "[headers]",
+        "[[jobs]]",
+        "[tasks]",
+        "[[account]]",
+        "[[upstream_account]]",
+        "[classes.gen]",
+        "[state]",
+    ])
+    .prop_map(str::to_owned);
+    let key = prop::sample::select(vec![
+        "listen",
+        "upstream",
+        "admin",
+        "workers",
+        "upstream_timeout",
+        "header_read_timeout",
+        "idle_timeout",
+        "shutdown_deadline",
+        "max_connections",
+        "max_header_bytes",
+        "max_header_count",
+        "watch_config",
+        "sources",
+        "default_tier",
+        "unknown_keys",
+        "anonymous",
+        "trusted_proxies",
+        "default_class",
+        "case_insensitive",
+        "path",
+        "method",
+        "methods",
+        "class",
+        "classes",
+        "except",
+        "shared",
+        "per_second",
+        "per_minute",
+        "per_day",
+        "interval",
+        "shadow",
+        "concurrency",
+        "max_queue",
+        "max_wait",
+        "upstream_accounts",
+        "mode",
+        "max_job_time",
+        "task_id_pointer",
+        "follow_up_pointer",
+        "get_path",
+        "status_pointer",
+        "terminal",
+        "poll_interval",
+        "key",
+        "tier",
+        "name",
+        "credential",
+        "base_url",
+        "max_body",
+        "file",
+        "save_interval",
+        "ietf",
+        "\"demo\"",
+    ]);
+    let value = prop_oneof![
+        Just("0".to_owned()),
+        Just("1".to_owned()),
+        Just("4294967296".to_owned()),
+        Just("-1".to_owned()),
+        Just("true".to_owned()),
+        Just("\"\"".to_owned()),
+        Just("\"*\"".to_owned()),
+        Just("[\"*\"]".to_owned()),
+        Just("[\"gen\", \"*\"]".to_owned()),
+        Just("[]".to_owned()),
+        Just("\"gen\"".to_owned()),
+        Just("\"basic\"".to_owned()),
+        Just("\"/gen/{id}\"".to_owned()),
+        Just("\"/gen/*\"".to_owned()),
+        Just("\"http://127.0.0.1:1\"".to_owned()),
+        Just("\"10MB\"".to_owned()),
+        Just("\"task\"".to_owned()),
+        Just("\"/result\"".to_owned()),
+        Just("\"99999999999999999999d\"".to_owned()),
+        "\"[0-9]{1,3}(ms|s|m|h|d|KB|MB|)\"",
+        "\"[ -~]{0,12}\"",
+    ];
+    let line = prop_oneof![
+        2 => section,
+        6 => (key, value).prop_map(|(k, v)| format!("{k} = {v}")),
+        1 => "[ -~]{0,20}",
+    ];
+    prop_oneof![
+        8 => prop::collection::vec(line, 0..30).prop_map(|l| l.join("\n")),
+        1 => any::<String>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases(512))]
+
+    #[test]
+    fn the_config_loader_never_panics_and_every_error_names_a_field(text in config_text()) {
+        let overrides = Overrides {
+            upstream: Some("http://127.0.0.1:9000".into()),
+            ..Overrides::default()
+        };
+        match Config::parse(&text, &overrides) {
+            Ok(config) => {
+                let _ = config.summary();
+            }
+            Err(ConfigError::Invalid(located)) => {
+                prop_assert!(!located.field.is_empty(), "no field: {:?}", located);
+                prop_assert!(!located.message.is_empty(), "no message: {:?}", located);
+            }
+            Err(other) => prop_assert!(false, "parse of text gave {:?}", other),
+        }
+    }
+}
+
+fn kinds() -> impl Strategy<Value = LimitKind> {
+    prop::sample::select(vec![
+        LimitKind::Second,
+        LimitKind::Minute,
+        LimitKind::Hour,
+        LimitKind::Daily,
+        LimitKind::Interval,
+    ])
+}
+
+fn window_usage() -> impl Strategy<Value = WindowUsage> {
+    (
+        any::<u32>(),
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        kinds(),
+    )
+        .prop_map(
+            |(limit, remaining, reset_secs, window_secs, kind)| WindowUsage {
+                limit,
+                remaining,
+                reset_secs,
+                window_secs,
+                kind,
+            },
+        )
+}
+
+fn num(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.parse().ok()
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    #[test]
+    fn rendered_headers_parse_back_to_the_decision(
+        primary in prop::option::of(window_usage()),
+        daily in prop::option::of(window_usage()),
+        refusal in prop::option::of((kinds(), any::<u64>())),
+        ietf in any::<bool>(),
+    ) {
+        let mut h = HeaderMap::new();
+        write_usage(&mut h, &Usage { primary, daily }, ietf);
+        if let Some((kind, retry_after_secs)) = refusal {
+            write_refusal(&mut h, &Refusal { kind, retry_after_secs });
+            prop_assert_eq!(num(&h, "retry-after"), Some(retry_after_secs));
+            prop_assert_eq!(h["x-ratelimit-type"].to_str().unwrap(), kind.name());
+        }
+        let shown = primary.or(daily);
+        prop_assert_eq!(num(&h, "x-ratelimit-limit"), shown.map(|w| u64::from(w.limit)));
+        prop_assert_eq!(num(&h, "x-ratelimit-remaining"), shown.map(|w| u64::from(w.remaining)));
+        prop_assert_eq!(num(&h, "x-ratelimit-daily-limit"), daily.map(|w| u64::from(w.limit)));
+        prop_assert_eq!(
+            num(&h, "x-ratelimit-daily-remaining"),
+            daily.map(|w| u64::from(w.remaining))
+        );
+        let windows: Vec<WindowUsage> = primary.into_iter().chain(daily).collect();
+        if ietf && !windows.is_empty() {
+            let policy = h["ratelimit-policy"].to_str().unwrap();
+            let state = h["ratelimit"].to_str().unwrap();
+            let items = |v: &str| v.split(", ").map(str::to_owned).collect::<Vec<_>>();
+            for (w, (p, s)) in windows.iter().zip(items(policy).iter().zip(items(state).iter())) {
+                prop_assert_eq!(p, &format!("\"{}\";q={};w={}", w.kind.name(), w.limit, w.window_secs));
+                prop_assert_eq!(s, &format!("\"{}\";r={};t={}", w.kind.name(), w.remaining, w.reset_secs));
+            }
+        } else {
+            prop_assert!(h.get("ratelimit").is_none());
+        }
+    }
+}
+
+fn rules() -> impl Strategy<Value = Vec<Rule>> {
+    prop::collection::vec((1u32..5, 1u64..5_000, kinds()), 1..4).prop_map(|rs| {
+        rs.into_iter()
+            .enumerate()
+            .map(|(i, (limit, period_ms, kind))| Rule {
+                counter: CounterId(i as u32),
+                limit,
+                window: if kind == LimitKind::Daily {
+                    Window::UtcDay
+                } else {
+                    Window::Fixed { period_ms }
+                },
+                kind,
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    #[test]
+    fn a_decision_consumes_every_rule_or_none(
+        rules in rules(),
+        steps in prop::collection::vec(0u64..3_000, 1..40),
+    ) {
+        let mut counters = Counters::default();
+        let mut now = 1_795_392_000_000u64;
+        for step in steps {
+            now += step;
+            let before: Vec<u32> = rules.iter().map(|r| counters.used(r.counter, now)).collect();
+            let decision = decide(&rules, &mut counters, now);
+            let after: Vec<u32> = rules.iter().map(|r| counters.used(r.counter, now)).collect();
+            match decision {
+                Decision::Admitted(_) => {
+                    for ((b, a), r) in before.iter().zip(&after).zip(&rules) {
+                        prop_assert_eq!(*a, b + 1);
+                        prop_assert!(*a <= r.limit);
+                    }
+                }
+                Decision::Refused(_, refusal) => {
+                    prop_assert_eq!(&before, &after, "a refusal consumed something");
+                    prop_assert!(refusal.retry_after_secs >= 1);
+                    prop_assert!(rules.iter().zip(&before).any(|(r, b)| *b >= r.limit));
+                }
+            }
+        }
+    }
+}

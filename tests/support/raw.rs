@@ -1,0 +1,110 @@
+//! A raw HTTP/1.1 client over TCP, for what a well-behaved client library will not send:
+//! ambiguous framing, oversized heads, heads sent a byte at a time. Every read is bounded.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// A response as read off the wire.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    }
+}
+
+/// Connects with a bounded wait.
+pub async fn connect(addr: SocketAddr) -> TcpStream {
+    timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+/// Sends `raw` on a fresh connection and reads one response (5 s at most).
+pub async fn exchange(addr: SocketAddr, raw: &[u8]) -> RawAnswer {
+    let mut s = connect(addr).await;
+    s.write_all(raw).await.expect("write request");
+    read_response(&mut s)
+        .await
+        .unwrap_or_else(|e| panic!("no response to {:?}: {e}", String::from_utf8_lossy(raw)))
+}
+
+/// Reads one response: its head and a `Content-Length` body (5 s at most).
+pub async fn read_response(s: &mut TcpStream) -> Result<RawAnswer, String> {
+    timeout(Duration::from_secs(5), read_inner(s))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+async fn read_inner(s: &mut TcpStream) -> Result<RawAnswer, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!(
+                "closed before the head ended: {:?}",
+                String::from_utf8_lossy(&buf)
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line: {head:?}"))?;
+    let mut answer = RawAnswer {
+        status,
+        head,
+        body: String::new(),
+    };
+    let len: usize = answer
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    answer.body = String::from_utf8_lossy(&body).into_owned();
+    Ok(answer)
+}
+
+/// Waits (up to `limit`) for the server to close the connection; true when it did. Bytes the
+/// server sends meanwhile are skipped.
+pub async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut chunk = [0u8; 1024];
+    let wait = async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    timeout(limit, wait).await.is_ok()
+}
