@@ -7,17 +7,18 @@
 //! are counter ids, values `count:end_ms` — the same [`Counter`] the memory store keeps, so the
 //! pure [`usage_of`](crate::limits) renders the headers from either store.
 //!
-//! The `redis` crate's multiplexed connection carries every worker's commands over one TCP
-//! connection, pipelined; it is dialled again after any failure.
+//! The `redis` crate's multiplexed connection pipelines a worker's commands over one socket; each
+//! worker thread has its own, dialled again after any failure.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use redis::Script;
-use tokio::sync::Mutex;
 
 use super::StoreError;
 use crate::identity::AccountId;
@@ -124,23 +125,20 @@ return 1
 /// How many times an update is retried when another replica wrote the account meanwhile.
 const CAS_ATTEMPTS: usize = 8;
 
-/// Counters shared through a Redis server. Redis I/O runs on a small runtime of its own, so the
-/// multiplexed connection lives independently of any one worker's event loop; it is opened on
-/// first use and reopened by the connection manager after failures.
+/// Counters shared through a Redis server. Each worker thread talks to Redis over its own
+/// multiplexed connection (its event loop drives the socket: no hop to another thread on the
+/// request path); a connection is dialled on first use and again after a failure.
 pub struct RedisStore {
+    /// Tells this store's connections apart in the per-thread cache.
+    id: u64,
     url: String,
     timeout: Duration,
-    /// The multiplexed connection, dialled on first use and after a failure.
-    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
     script: Arc<Script>,
     cas: Arc<Script>,
     lease_acquire: Arc<Script>,
     lease_renew: Arc<Script>,
     /// Added to Redis `TIME`: zero in production; tests move the shared clock with it.
     offset_ms: AtomicI64,
-    io: tokio::runtime::Handle,
-    /// Keeps the I/O runtime alive; dropped with the store.
-    _io_thread: IoThread,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -152,18 +150,12 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// The thread that drives Redis I/O; stops when the store is dropped.
-struct IoThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+thread_local! {
+    /// Per thread, per store: the multiplexed connection this thread's event loop drives.
+    static CONNECTIONS: RefCell<HashMap<u64, MultiplexedConnection>> = RefCell::new(HashMap::new());
 }
 
-impl Drop for IoThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
 
 /// The key of an account's counters; the braces keep one account's keys on one cluster slot.
 pub fn account_key(account: AccountId) -> String {
@@ -183,84 +175,51 @@ impl RedisStore {
     /// A store for `url` (e.g. `redis://127.0.0.1:6379/0`); nothing is connected yet.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         redis::Client::open(url).map_err(unavailable)?; // validates the URL
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("floodgate-redis".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                let _ = handle_tx.send(rt.handle().clone());
-                rt.block_on(async {
-                    let _ = stop_rx.await;
-                });
-            })
-            .map_err(unavailable)?;
-        let io = handle_rx.recv().map_err(unavailable)?;
         Ok(Self {
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             url: url.to_owned(),
             timeout,
-            conn: Arc::new(Mutex::new(None)),
             script: Arc::new(Script::new(CHECK_AND_CONSUME)),
             cas: Arc::new(Script::new(COMPARE_AND_SET)),
             lease_acquire: Arc::new(Script::new(LEASE_ACQUIRE)),
             lease_renew: Arc::new(Script::new(LEASE_RENEW)),
             offset_ms: AtomicI64::new(0),
-            io,
-            _io_thread: IoThread {
-                stop: Some(stop_tx),
-            },
         })
     }
 
-    /// Runs `op` on the I/O runtime with a connection, bounded by the store's timeout. A failed
-    /// or timed-out operation drops the connection, so the next one dials afresh: recovery
-    /// after a Redis restart takes one successful connect, with no backoff state to wait out.
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(MultiplexedConnection) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
-    {
-        let (slot, url, timeout) = (self.conn.clone(), self.url.clone(), self.timeout);
-        let task = self.io.spawn(async move {
-            let conn = {
-                let mut guard = slot.lock().await;
-                match guard.as_ref() {
-                    Some(c) => c.clone(),
-                    None => {
-                        let client = redis::Client::open(url.as_str())?;
-                        let config = AsyncConnectionConfig::new()
-                            .set_connection_timeout(timeout)
-                            .set_response_timeout(timeout);
-                        let c = client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await?;
-                        *guard = Some(c.clone());
-                        c
-                    }
-                }
-            };
-            op(conn).await
-        });
-        let outcome = match tokio::time::timeout(self.timeout, task).await {
-            Err(_) => Err(StoreError::Unavailable("redis timed out".into())),
-            Ok(Err(join)) => Err(unavailable(join)),
-            Ok(Ok(result)) => result.map_err(unavailable),
-        };
-        if outcome.is_err() {
-            self.drop_connection();
+    /// This thread's connection to this store's server, dialled on first use.
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(c) = CONNECTIONS.with(|m| m.borrow().get(&self.id).cloned()) {
+            return Ok(c);
         }
-        outcome
+        let client = redis::Client::open(self.url.as_str())?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout);
+        let c = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        CONNECTIONS.with(|m| m.borrow_mut().insert(self.id, c.clone()));
+        Ok(c)
     }
 
-    fn drop_connection(&self) {
-        let slot = self.conn.clone();
-        self.io.spawn(async move {
-            *slot.lock().await = None;
-        });
+    /// Runs `op` with this thread's connection, bounded by the store's timeout. A failed or
+    /// timed-out operation drops the connection, so the next one dials afresh: recovery after a
+    /// Redis restart takes one successful connect, with no backoff state to wait out.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let attempt = async { op(self.connection().await?).await };
+        let outcome = match tokio::time::timeout(self.timeout, attempt).await {
+            Err(_) => Err(StoreError::Unavailable("redis timed out".into())),
+            Ok(result) => result.map_err(unavailable),
+        };
+        if outcome.is_err() {
+            CONNECTIONS.with(|m| m.borrow_mut().remove(&self.id));
+        }
+        outcome
     }
 
     /// One round trip: check and consume every rule atomically on the server.
