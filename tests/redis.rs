@@ -382,6 +382,27 @@ async fn job_concurrency_cap_holds_across_three_replicas() {
     );
     waits.sort_unstable();
     eprintln!("queue waits across replicas (ms): {waits:?}");
+    // Hand-off across replicas: from a job's end at the upstream to the next job's arrival.
+    let seen = up.seen();
+    let mut ends: Vec<Instant> = seen
+        .iter()
+        .filter_map(|s| up.ended(s.header("x-job").unwrap()))
+        .collect();
+    ends.sort();
+    let mut starts: Vec<Instant> = seen.iter().map(|s| s.at).collect();
+    starts.sort();
+    let mut gaps: Vec<Duration> = starts[3..]
+        .iter()
+        .zip(&ends)
+        .map(|(start, end)| start.saturating_duration_since(*end))
+        .collect();
+    gaps.sort();
+    eprintln!("shared-slot hand-off (job end -> next job at the upstream): {gaps:?}");
+    assert!(
+        gaps[gaps.len() / 2] < Duration::from_millis(100),
+        "hand-off median {:?}",
+        gaps[gaps.len() / 2]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
