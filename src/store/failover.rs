@@ -186,18 +186,13 @@ impl SharedStore {
         rules: &[Rule],
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
-        if self.breaker.allows() {
-            let started = Instant::now();
-            match self.redis.check_and_consume(account, rules).await {
-                Ok(decision) => {
-                    self.health.latency.observe(started.elapsed().as_secs_f64());
-                    self.recovered();
-                    return Ok(decision);
-                }
-                Err(e) => self.failed(&e),
-            }
+        match self
+            .attempt(self.redis.check_and_consume(account, rules))
+            .await
+        {
+            Some(decision) => Ok(decision),
+            None => self.fallback(account, rules, now_ms),
         }
-        self.fallback(account, rules, now_ms)
     }
 
     /// A job submission's penalties and rules, decided in Rust on counters read from Redis and
@@ -209,24 +204,15 @@ impl SharedStore {
         job: &JobCheck,
         now_ms: u64,
     ) -> Result<Admission, StoreError> {
-        if self.breaker.allows() {
-            match self
-                .redis
-                .update(account, |c, now| penalties::admit(rules, job, c, now))
-                .await
-            {
-                Ok(a) => {
-                    self.recovered();
-                    return Ok(a);
-                }
-                Err(e) => self.failed(&e),
-            }
-        }
-        match self.on_failure {
-            OnFailure::FailClosed => {
+        let shared = self
+            .redis
+            .update(account, |c, now| penalties::admit(rules, job, c, now));
+        match (self.attempt(shared).await, self.on_failure) {
+            (Some(admission), _) => Ok(admission),
+            (None, OnFailure::FailClosed) => {
                 Err(StoreError::Unavailable("shared store unavailable".into()))
             }
-            _ => Ok(self.local.admit_job(account, rules, job, now_ms)),
+            (None, _) => Ok(self.local.admit_job(account, rules, job, now_ms)),
         }
     }
 
@@ -238,20 +224,37 @@ impl SharedStore {
         ids: &PenaltyIds,
         now_ms: u64,
     ) -> Result<u32, StoreError> {
-        if self.breaker.allows() {
-            match self
-                .redis
-                .update(account, |c, now| penalties::record(event, ids, c, now))
-                .await
-            {
-                Ok(n) => {
-                    self.recovered();
-                    return Ok(n);
-                }
-                Err(e) => self.failed(&e),
+        let shared = self
+            .redis
+            .update(account, |c, now| penalties::record(event, ids, c, now));
+        match self.attempt(shared).await {
+            Some(tally) => Ok(tally),
+            None => Ok(self.local.record(account, event, ids, now_ms)),
+        }
+    }
+
+    /// Runs a Redis operation unless the breaker is open, timing it and keeping the breaker and
+    /// the health metrics up to date; `None` when it was skipped or failed (the caller's failure
+    /// policy applies).
+    async fn attempt<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Option<T> {
+        if !self.breaker.allows() {
+            return None;
+        }
+        let started = Instant::now();
+        match op.await {
+            Ok(value) => {
+                self.health.latency.observe(started.elapsed().as_secs_f64());
+                self.recovered();
+                Some(value)
+            }
+            Err(e) => {
+                self.failed(&e);
+                None
             }
         }
-        Ok(self.local.record(account, event, ids, now_ms))
     }
 
     pub async fn counters(
