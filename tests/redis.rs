@@ -441,3 +441,100 @@ async fn a_dead_replicas_slot_returns_when_its_lease_expires() {
         "the slot came back at the lease expiry: {waited:?}"
     );
 }
+
+/// Penalties and relax allowances live in Redis too: two replicas share one account's tallies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn penalty_and_relax_tallies_are_shared_across_replicas() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = format!(
+        r#"
+        [store]
+        type = "redis"
+        url = "{}"
+        timeout = "2s"
+        on_failure = "fail_closed"
+        [[route]]
+        method = "POST"
+        path = "/submit/imagine"
+        class = "imagine"
+        [[jobs]]
+        classes = ["imagine"]
+        [incorrect_tasks]
+        [[incorrect_tasks.match]]
+        pointer = "/code"
+        values = [24]
+        [relax]
+        mode_pointer = "/process_mode"
+        [tiers.free.incorrect_tasks]
+        per_day = 2
+        action = "block"
+        [tiers.free.relax]
+        per_day = 2
+        action = "reject"
+        "#,
+        redis.url()
+    );
+    let (a, b) = (
+        Gate::start(&cfg, &up.url(), DAY0_MS),
+        Gate::start(&cfg, &up.url(), DAY0_MS),
+    );
+    let c = TestClient::new();
+    let banned = r#"{"code":24,"description":"Banned prompt detected"}"#;
+    let relax = r#"{"prompt": "x", "process_mode": "relax"}"#;
+    // One relax job on each replica uses the shared allowance of 2; a third is rejected.
+    for gate in [&a, &b] {
+        let r = c
+            .send(
+                "POST",
+                &gate.url("/submit/imagine"),
+                &[("x-api-key", "acct")],
+                relax,
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let r = c
+        .send(
+            "POST",
+            &a.url("/submit/imagine"),
+            &[("x-api-key", "acct")],
+            relax,
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-ratelimit-type")),
+        (429, Some("relax"))
+    );
+    // One incorrect task answered through each replica: the next job is blocked on both.
+    for gate in [&a, &b] {
+        let r = c
+            .send(
+                "POST",
+                &gate.url("/submit/imagine"),
+                &[("x-api-key", "acct"), ("x-upstream-body", banned)],
+                "{}",
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    for gate in [&b, &a] {
+        let r = c
+            .send(
+                "POST",
+                &gate.url("/submit/imagine"),
+                &[("x-api-key", "acct")],
+                "{}",
+            )
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), r.header("x-ratelimit-type")),
+            (429, Some("penalty"))
+        );
+    }
+    assert_eq!(
+        up.count_prefix("/submit/"),
+        4,
+        "refused jobs never reach the upstream"
+    );
+}
