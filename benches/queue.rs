@@ -75,6 +75,48 @@ async fn hand_offs(n: usize) -> Vec<Duration> {
     samples
 }
 
+/// floodgate's layout: two workers, each a current_thread runtime on its own thread. The job
+/// finishing on worker R releases the slot; the job waiting on worker W takes it.
+fn hand_offs_between_workers(n: usize) -> Vec<Duration> {
+    let pool = pool(u32::MAX);
+    let t = ticket(1, 1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, floodgate::queue::SlotPermit)>(1);
+    let current = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (wp, wt) = (pool.clone(), t.clone());
+    let waiter = std::thread::spawn(move || {
+        current().block_on(async move {
+            for _ in 0..n {
+                let permit = wp.acquire(&wt).await.unwrap();
+                if tx.send((Instant::now(), permit)).await.is_err() {
+                    return;
+                }
+            }
+        })
+    });
+    let samples = current().block_on(async move {
+        let mut held = pool.acquire(&t).await.unwrap();
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            while pool.waiting() == 0 {
+                tokio::task::yield_now().await;
+            }
+            let released = Instant::now();
+            drop(held);
+            let (got, permit) = rx.recv().await.unwrap();
+            samples.push(got.duration_since(released));
+            held = permit;
+        }
+        samples
+    });
+    waiter.join().unwrap();
+    samples
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     statm
@@ -131,6 +173,11 @@ fn main() {
     report(
         "same worker (current_thread)",
         local.block_on(hand_offs(20_000)),
+    );
+    // floodgate's layout: the waiter parked on another worker's event loop.
+    report(
+        "between two workers (current_thread each)",
+        hand_offs_between_workers(20_000),
     );
     // Two threads: the waiter may be woken on the other core.
     let rt = tokio::runtime::Builder::new_multi_thread()
