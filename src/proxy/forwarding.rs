@@ -16,43 +16,62 @@ pub static X_FLOODGATE_CLASS: HeaderName = HeaderName::from_static("x-floodgate-
 /// Prefix of headers only floodgate may set towards the upstream.
 const OWN_PREFIX: &[u8] = b"x-floodgate-";
 
-/// Removes `Connection`, the fields it names, and the fixed hop-by-hop fields. Most messages
-/// carry none of them, so one scan decides whether any removal (each a hash lookup) is needed.
+/// The fixed hop-by-hop fields (RFC 9110 §7.6.1, plus the legacy `Proxy-Connection`).
+static HOP_BY_HOP: [&HeaderName; 6] = [
+    &CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &TE,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+];
+
+/// Removes `Connection`, the fields it names, and the fixed hop-by-hop fields. One scan of the
+/// names notes which are present, so only those are removed (each removal is a hash lookup);
+/// most requests carry none, and a typical response only `Connection: keep-alive`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if let Some(conn) = headers.get(CONNECTION).cloned() {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-                    headers.remove(name);
-                }
-            }
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
         }
     }
-    for name in [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ] {
-        headers.remove(name);
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // Fields named by Connection, other than the fixed ones handled below.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|list| list.split(','))
+            .map(str::trim)
+            .filter(|n| {
+                !n.is_empty()
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| h.as_str().eq_ignore_ascii_case(n))
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ]
-    .contains(&name)
+/// The position of `name` in [`HOP_BY_HOP`]; the length check keeps most names to one compare.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str().len() {
+        2 | 7 | 10 | 16 | 17 => HOP_BY_HOP.iter().position(|h| *h == name),
+        _ => None,
+    }
 }
 
 /// Prepares a client request's headers for the upstream. `peer` is the connection's address,
