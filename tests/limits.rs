@@ -1,5 +1,6 @@
 //! The seed's limits through the shipped configs, over real HTTP: exact counts, the 429 format,
-//! Retry-After, the UTC day reset, and refused requests never reaching the upstream.
+//! Retry-After, the UTC day reset, and refused requests never reaching the upstream. (Exactness
+//! under 64 parallel requests is in the behaviour suite both stores run, tests/redis.rs.)
 
 mod support;
 
@@ -270,37 +271,4 @@ async fn midjourney_progress_ten_per_second_and_others_one_per_three_seconds() {
         .status,
         200
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixty_four_parallel_requests_on_five_per_minute_admit_exactly_five() {
-    let up = Upstream::start().await;
-    let config = r#"
-        [[route]]
-        path = "/five"
-        class = "five"
-        [[tiers.t.limits]]
-        classes = ["five"]
-        per_minute = 5
-    "#;
-    let gate = Gate::start(config, &up.url(), DAY0_MS);
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let url = gate.url("/five");
-        tasks.push(tokio::spawn(async move {
-            TestClient::new().post(&url, "same-key").await
-        }));
-    }
-    let mut ok = 0;
-    let mut limited = 0;
-    for t in tasks {
-        let a = t.await.unwrap();
-        match a.status.as_u16() {
-            200 => ok += 1,
-            429 => limited += 1,
-            s => panic!("unexpected status {s}"),
-        }
-    }
-    assert_eq!((ok, limited), (5, 59));
-    assert_eq!(up.count(), 5);
 }
