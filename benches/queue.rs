@@ -1,15 +1,19 @@
-//! Queue hand-off latency: from a slot's release to the next waiting job holding it, measured
-//! across tasks on a two-worker runtime (the path a queued job takes before it is forwarded).
+//! Queue hand-off latency: from a slot's release to the next waiting job holding it, or to its
+//! request being written to the upstream, measured as floodgate runs jobs.
 //!
 //!     cargo bench --bench queue
 //!
 //! Prints p50 / p99 / max over 20,000 hand-offs, and the memory a queued job costs the pool.
 
-use std::sync::Arc;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use floodgate::identity::AccountId;
-use floodgate::queue::{JobPool, JobTicket, TierGauges, UpstreamAccount};
+use floodgate::queue::{
+    GrantNotice, Granted, JobPool, JobTicket, SlotPermit, StartOnGrant, TierGauges, UpstreamAccount,
+};
 use prometheus::IntGauge;
 
 fn gauges() -> TierGauges {
@@ -117,6 +121,85 @@ fn hand_offs_between_workers(n: usize) -> Vec<Duration> {
     samples
 }
 
+/// A loopback "upstream" that reads and discards whatever it is sent.
+fn sink() -> TcpStream {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// floodgate's queued-job path: the waiting job leaves a start-on-grant hook, so the worker
+/// that frees the slot writes the job's request to the upstream at once, without waiting for
+/// the waiter's worker to wake. Measured from the release to the request written to a
+/// loopback socket.
+fn forwards_by_granting_worker(n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let pool = pool(u32::MAX);
+    let t = ticket(1, 1);
+    let upstream = Arc::new(sink());
+    // when the forward's write began, and when it returned
+    let written: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::new(Mutex::new(None));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<floodgate::queue::SlotPermit>(1);
+    let current = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let releaser = current();
+    // held before the waiter starts, so every one of the waiter's jobs queues
+    let first = releaser.block_on(pool.acquire(&t)).unwrap();
+    let (wp, wt, ww) = (pool.clone(), t.clone(), written.clone());
+    let waiter = std::thread::spawn(move || {
+        current().block_on(async move {
+            for _ in 0..n {
+                let (up, at, permits) = (upstream.clone(), ww.clone(), tx.clone());
+                let hook = move || -> Option<StartOnGrant> {
+                    Some(Box::new(move |permit: SlotPermit, notice: GrantNotice| {
+                        tokio::spawn(async move {
+                            let req = b"POST /mj/submit/imagine HTTP/1.1\r\nhost: up\r\ncontent-length: 2\r\n\r\n{}";
+                            let writing = Instant::now();
+                            (&*up).write_all(req).unwrap();
+                            *at.lock().unwrap() = Some((writing, Instant::now()));
+                            // the job's own task gets the permit with the answer
+                            let _ = permits.send(permit).await;
+                            drop(notice);
+                        });
+                    }))
+                };
+                let granted = wp.acquire_starting(&wt, hook).await.unwrap();
+                assert!(matches!(granted, Granted::Started), "the hook took the job");
+            }
+        })
+    });
+    let samples = releaser.block_on(async move {
+        let mut held = first;
+        let mut samples = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            while pool.waiting() == 0 {
+                tokio::task::yield_now().await;
+            }
+            let released = Instant::now();
+            drop(held);
+            held = rx.recv().await.unwrap();
+            // the hook's task wrote the request before passing the permit on
+            let at = written.lock().unwrap().take();
+            let (writing, done) = at.expect("the forward was written");
+            samples.0.push(writing.duration_since(released));
+            samples.1.push(done.duration_since(released));
+        }
+        samples
+    });
+    waiter.join().unwrap();
+    samples
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     statm
@@ -178,6 +261,16 @@ fn main() {
     report(
         "between two workers (current_thread each)",
         hand_offs_between_workers(20_000),
+    );
+    // floodgate's queued-job path: the releasing worker writes the next job's request.
+    let (began, written) = forwards_by_granting_worker(20_000);
+    report(
+        "release to the next job's forward beginning (its upstream write), on the releasing worker",
+        began,
+    );
+    report(
+        "release to the next job's request written to a loopback upstream (write returned)",
+        written,
     );
     // Two threads: the waiter may be woken on the other core.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -22,7 +22,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::clock::Clock;
 use crate::config::{Config, StateConfig};
 use crate::metrics::{Handles, Metrics};
-use crate::proxy::upstream::UpstreamClient;
+use crate::proxy::upstream::{UpstreamClient, Upstreams};
 use crate::proxy::Proxy;
 use crate::queue::Jobs;
 use crate::server::conn::Timeouts;
@@ -198,23 +198,25 @@ pub fn start(
     for i in 0..workers {
         let listener = listeners.proxy[i % listeners.proxy.len()].try_clone()?;
         listener.set_nonblocking(true)?;
-        let upstream = Arc::new(UpstreamClient::new(
-            server_cfg.upstream.authority.clone(),
-            server_cfg.upstream_connect_timeout,
-            server_cfg.upstream_timeout,
-            server_cfg.max_idle_upstream_connections,
-        ));
-        let account_upstreams = account_upstreams(&server_cfg, &shared);
+        let upstreams = Arc::new(Upstreams {
+            default: Arc::new(UpstreamClient::new(
+                server_cfg.upstream.authority.clone(),
+                server_cfg.upstream_connect_timeout,
+                server_cfg.upstream_timeout,
+                server_cfg.max_idle_upstream_connections,
+            )),
+            by_authority: account_upstreams(&server_cfg, &shared),
+        });
         let proxy = Arc::new(Proxy::new(
             shared.clone(),
-            upstream,
-            account_upstreams,
+            upstreams,
             server_cfg.max_header_count,
         ));
         let (rx, slots) = (shutdown_rx.clone(), slots.clone());
         threads.push(spawn_runtime(
             format!("floodgate-worker-{i}"),
             async move {
+                proxy.enter_worker();
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .expect("listener registers with the runtime");
                 server::serve(listener, proxy, rx, settings, slots).await;

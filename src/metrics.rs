@@ -30,6 +30,7 @@ pub struct Metrics {
     queue_wait: HistogramVec,
     jobs_dropped: IntCounterVec,
     cooldowns: IntCounterVec,
+    handoffs: IntCounterVec,
     incorrect_tasks: IntCounterVec,
     relax_earned: IntCounterVec,
     billing_marks: IntCounterVec,
@@ -197,6 +198,11 @@ impl Metrics {
             "Times an upstream account answered 429 and was rested.",
             &["upstream_account"],
         );
+        let handoffs = counter(
+            "floodgate_queue_handoffs_total",
+            "Queued jobs sent when their slot freed, by who sent them: granting_worker, own_worker.",
+            &["sent_by"],
+        );
         let incorrect_tasks = counter(
             "floodgate_incorrect_tasks_total",
             "Answers judged incorrect tasks (banned prompt, invalid parameter...), counted \
@@ -270,6 +276,7 @@ impl Metrics {
             queue_wait,
             jobs_dropped,
             cooldowns,
+            handoffs,
             registry,
             requests,
             limited,
@@ -352,6 +359,16 @@ impl Metrics {
 
     pub fn cooldown(&self, upstream_account: &str) {
         self.cooldowns.with_label_values(&[upstream_account]).inc();
+    }
+
+    /// A queued job was sent: by the worker that freed its slot, or by its own.
+    pub fn handoff(&self, by_granting_worker: bool) {
+        let by = if by_granting_worker {
+            "granting_worker"
+        } else {
+            "own_worker"
+        };
+        self.handoffs.with_label_values(&[by]).inc();
     }
 
     pub fn incorrect_task(&self, class: &str, tier: &str) {

@@ -87,6 +87,13 @@ async fn seed_scenario_concurrency_three_eight_jobs_fifo() {
         answers[3].num("x-queue-wait-ms") >= 200,
         "job 4 waited for job 1"
     );
+    let metrics = TestClient::new().get(&gate.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(r#"floodgate_queue_handoffs_total{sent_by="granting_worker"} 5"#),
+        "the five queued jobs were sent by the worker that freed their slot: {text}"
+    );
+    assert!(!text.contains(r#"sent_by="own_worker""#), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,6 +535,7 @@ async fn a_thousand_jobs_with_random_disconnects_leak_no_slot() {
             String::from_utf8_lossy(&c.get(&gate.admin_url("/metrics")).await.body).into_owned();
         if m.contains(r#"floodgate_jobs_in_flight{tier="t"} 0"#)
             && m.contains(r#"floodgate_jobs_queued{tier="t"} 0"#)
+            && m.contains(r#"floodgate_pool_jobs_queued{upstream_accounts="upstream"} 0"#)
         {
             drained = true;
             break;

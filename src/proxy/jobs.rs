@@ -3,23 +3,27 @@
 //! the task is seen to finish (task mode).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST, RETRY_AFTER};
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
 use super::inspect::{json_string_at, read_prefix, Prefix};
 use super::penalties::{settle_task, write_marks};
-use super::upstream::UpstreamClient;
-use super::{Ctx, Proxy, ProxyBody, RequestBody};
+use super::upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
+use super::{route, Ctx, Proxy, ProxyBody, RequestBody};
 use crate::app::Shared;
 use crate::error::ProxyError;
 use crate::penalties::{JobFacts, Marks};
 use crate::queue::tasks::{TaskOwner, TaskTracker};
-use crate::queue::{JobClass, JobMode, JobPool, JobTicket, SlotPermit, TaskPolling};
+use crate::queue::{
+    GrantNotice, Granted, JobClass, JobMode, JobPool, JobTicket, QueueError, SlotPermit,
+    StartOnGrant, TaskPolling,
+};
 
 /// Names the upstream account that took a job.
 pub static X_UPSTREAM_ACCOUNT: HeaderName = HeaderName::from_static("x-floodgate-upstream-account");
@@ -93,28 +97,21 @@ impl Proxy {
             .map(|(_, upstream)| upstream);
         let retriable = prefix.is_complete() && settings.pool != 0;
         let (bytes, mut rest) = (prefix.bytes, prefix.rest);
-        let tier = &config.tier(ctx.caller.tier).name;
         let attempts = jobs.pools[settings.pool].accounts.len();
         let mut front = false;
         for attempt in 1.. {
             let gauges = ctx.policy.handles.tier_gauges(ctx.caller.tier);
             let (pool, mut ticket) = jobs.ticket(settings, &ctx.caller, affinity, gauges);
             ticket.front = front;
-            let permit = if job.shadow {
-                self.shadow_slot(ctx, &pool, &ticket)?
-            } else {
-                pool.acquire(&ticket).await?
-            };
-            self.shared
-                .metrics
-                .queue_wait(tier, permit.waited().as_secs_f64());
             let body = RequestBody::Prefixed {
                 prefix: Some(bytes.clone()),
                 rest: rest.take(),
             };
-            let account = (settings.pool != 0).then(|| permit.account().clone());
-            let request = Request::from_parts(parts.clone(), body);
-            let resp = self.forward(ctx, request, account.as_ref(), &marks).await?;
+            let req = self.outgoing(ctx, Request::from_parts(parts.clone(), body), &marks);
+            let named = settings.pool != 0;
+            let (permit, resp) = self
+                .queue_and_send(ctx, &pool, &ticket, req, job.shadow, named)
+                .await?;
             if resp.status() == http::StatusCode::TOO_MANY_REQUESTS && settings.pool != 0 {
                 let rest_ms = retry_after_ms(&resp).unwrap_or(DEFAULT_COOLDOWN_MS);
                 pool.cool_down(permit.upstream(), rest_ms);
@@ -156,6 +153,54 @@ impl Proxy {
             });
         }
         unreachable!("the loop returns")
+    }
+
+    /// Waits for a slot and sends the job (as its upstream account when `named_account`). A job
+    /// that had to wait is sent by whoever freed its slot, on that worker (see
+    /// [`start_on_grant`]).
+    async fn queue_and_send(
+        &self,
+        ctx: &Ctx<'_>,
+        pool: &Arc<JobPool>,
+        ticket: &JobTicket,
+        req: Request<ForwardBody>,
+        shadow: bool,
+        named_account: bool,
+    ) -> Result<(SlotPermit, Response<ProxyBody>), ProxyError> {
+        let mut unsent = Some(req);
+        let (early_tx, early_rx) = oneshot::channel();
+        let granted = if shadow {
+            Granted::Permit(self.shadow_slot(ctx, pool, ticket)?)
+        } else {
+            let on_wait = || start_on_grant(unsent.take(), early_tx, named_account);
+            pool.acquire_starting(ticket, on_wait).await?
+        };
+        let (permit, resp) = match (granted, unsent) {
+            (Granted::Permit(permit), Some(req)) => {
+                let account = named_account.then(|| permit.account().clone());
+                let resp = self.send_as(ctx, req, account.as_ref()).await?;
+                (permit, resp)
+            }
+            (Granted::Permit(_), None) => return Err(QueueError::Closed.into()), // not reached
+            (Granted::Started, _) => match early_rx.await {
+                Ok(Early::Started { permit, resp, at }) => {
+                    self.shared.metrics.handoff(true);
+                    (permit, self.arrived(ctx, resp, at)?)
+                }
+                Ok(Early::NotStarted { permit, req }) => {
+                    self.shared.metrics.handoff(false);
+                    let account = named_account.then(|| permit.account().clone());
+                    let resp = self.send_as(ctx, req, account.as_ref()).await?;
+                    (permit, resp)
+                }
+                Err(_) => return Err(QueueError::Closed.into()),
+            },
+        };
+        let tier = &ctx.policy.config.tier(ctx.caller.tier).name;
+        self.shared
+            .metrics
+            .queue_wait(tier, permit.waited().as_secs_f64());
+        Ok((permit, resp))
     }
 
     /// Shadow mode: a slot at once, past the caps if need be. A job that would have waited is
@@ -221,14 +266,7 @@ impl Proxy {
     ) {
         let tracker = self.shared.jobs.tracker.clone();
         let account = permit.account().clone();
-        let client = match &account.authority {
-            Some(a) => self
-                .account_upstreams
-                .get(a)
-                .unwrap_or(&self.upstream)
-                .clone(),
-            None => self.upstream.clone(),
-        };
+        let client = self.upstreams.client(account.authority.as_deref()).clone();
         let poll = ctx
             .policy
             .config
@@ -318,6 +356,49 @@ async fn peek(
 /// Whether a get-task response body shows a terminal status.
 fn is_terminal(tasks: &TaskPolling, body: &[u8]) -> bool {
     json_string_at(body, &tasks.status_pointer).is_some_and(|s| tasks.terminal.contains(&s))
+}
+
+/// A queued job, taken in charge where its slot was granted (see [`StartOnGrant`]).
+enum Early {
+    /// Sent at `at` on the granting worker's connections; this is the upstream's answer.
+    Started {
+        permit: SlotPermit,
+        resp: Result<Response<UpstreamBody>, ProxyError>,
+        at: Instant,
+    },
+    /// Granted on a thread that is not a worker: the job sends it itself.
+    NotStarted {
+        permit: SlotPermit,
+        req: Request<ForwardBody>,
+    },
+}
+
+/// The hook a waiting job leaves in its queue: when its slot is granted, send its request at
+/// once on the granting worker's connections, and wake the job's task with the answer.
+fn start_on_grant(
+    req: Option<Request<ForwardBody>>,
+    early: oneshot::Sender<Early>,
+    named_account: bool,
+) -> Option<StartOnGrant> {
+    let req = req?;
+    Some(Box::new(move |permit: SlotPermit, notice: GrantNotice| {
+        let here = Upstreams::current().zip(tokio::runtime::Handle::try_current().ok());
+        if let Some((upstreams, runtime)) = here {
+            let mut req = req;
+            let account = named_account.then(|| permit.account());
+            let client = route(&upstreams, &mut req, account).clone();
+            runtime.spawn(async move {
+                let at = Instant::now();
+                let resp = client.send(req).await;
+                // A job whose client left drops the answer here, and with it the slot.
+                let _ = early.send(Early::Started { permit, resp, at });
+                drop(notice);
+            });
+        } else {
+            let _ = early.send(Early::NotStarted { permit, req });
+            drop(notice);
+        }
+    }))
 }
 
 /// Names the upstream account and the queue wait on a job's response.

@@ -15,7 +15,6 @@ mod penalties;
 pub mod upload;
 pub mod upstream;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,7 +27,7 @@ use hyper::body::Incoming;
 
 pub use body::{ProxyBody, RequestBody};
 use upload::UploadBody;
-use upstream::UpstreamClient;
+use upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
 
 use crate::app::{Policy, Shared};
 use crate::classify::{normalize_path, ClassId};
@@ -71,26 +70,24 @@ struct Ctx<'a> {
 /// One worker's proxy: the shared state plus the worker's own upstream connection pools.
 pub struct Proxy {
     shared: Arc<Shared>,
-    upstream: Arc<UpstreamClient>,
-    /// Pools for upstream accounts that have their own base URL, by authority.
-    account_upstreams: HashMap<String, Arc<UpstreamClient>>,
+    upstreams: Arc<Upstreams>,
     /// Header fields a request may carry (`[server] max_header_count`, fixed at start).
     max_header_count: usize,
 }
 
 impl Proxy {
-    pub fn new(
-        shared: Arc<Shared>,
-        upstream: Arc<UpstreamClient>,
-        account_upstreams: HashMap<String, Arc<UpstreamClient>>,
-        max_header_count: usize,
-    ) -> Self {
+    pub fn new(shared: Arc<Shared>, upstreams: Arc<Upstreams>, max_header_count: usize) -> Self {
         Self {
             shared,
-            upstream,
-            account_upstreams,
+            upstreams,
             max_header_count,
         }
+    }
+
+    /// Called on the worker thread that runs this proxy: work started on this thread (a
+    /// queued job's forward, when a slot frees here) uses this worker's connections.
+    pub fn enter_worker(&self) {
+        self.upstreams.enter();
     }
 
     /// The process's metrics (the listener counts connections in them).
@@ -261,33 +258,51 @@ impl Proxy {
         account: Option<&UpstreamAccount>,
         marks: &Marks,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let req = self.outgoing(ctx, req, marks);
+        self.send_as(ctx, req, account).await
+    }
+
+    /// Sends a prepared request on this worker's connections, as `account` when a job runs on
+    /// one.
+    async fn send_as(
+        &self,
+        ctx: &Ctx<'_>,
+        mut req: Request<ForwardBody>,
+        account: Option<&UpstreamAccount>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let client = route(&self.upstreams, &mut req, account).clone();
+        let started = Instant::now();
+        let resp = client.send(req).await;
+        self.arrived(ctx, resp, started)
+    }
+
+    /// The request as it goes upstream, whichever upstream account will run it: origin-form,
+    /// hop-by-hop fields dropped, forwarding headers, floodgate's own annotations.
+    fn outgoing(
+        &self,
+        ctx: &Ctx<'_>,
+        req: Request<RequestBody>,
+        marks: &Marks,
+    ) -> Request<ForwardBody> {
         let config = &ctx.policy.config;
         let mut req = req.map(|body| UploadBody::new(body, config.max_body(ctx.class)));
-        let client = match account.and_then(|a| a.authority.as_ref()) {
-            Some(authority) => self
-                .account_upstreams
-                .get(authority)
-                .unwrap_or(&self.upstream)
-                .clone(),
-            None => self.upstream.clone(),
-        };
-        prepare_request(&mut req, ctx.peer, client.authority());
-        if let Some(account) = account {
-            if let Some((name, value)) = &account.credential {
-                req.headers_mut().insert(name.clone(), value.clone());
-            }
-            if account.authority.is_some() {
-                if let Ok(v) = HeaderValue::from_str(client.authority()) {
-                    req.headers_mut().insert(HOST, v);
-                }
-            }
-        }
+        prepare_request(&mut req, ctx.peer, self.upstreams.default.authority());
         if config.headers.annotate_upstream {
             annotate(&mut req, ctx);
         }
         penalties::write_marks(req.headers_mut(), marks);
-        let started = Instant::now();
-        let mut resp = client.send(req).await?;
+        req
+    }
+
+    /// The upstream's answer to a request sent at `started`, timed, with its hop-by-hop fields
+    /// dropped.
+    fn arrived(
+        &self,
+        ctx: &Ctx<'_>,
+        resp: Result<Response<UpstreamBody>, ProxyError>,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut resp = resp?;
         ctx.policy
             .handles
             .upstream_latency(ctx.class, started.elapsed().as_secs_f64());
@@ -337,6 +352,27 @@ impl Proxy {
             .is_running(id)
             .then(|| id.to_owned())
     }
+}
+
+/// The pool a request goes out on; an upstream account sets its credential, and with its own
+/// base URL, the Host.
+fn route<'u>(
+    upstreams: &'u Upstreams,
+    req: &mut Request<ForwardBody>,
+    account: Option<&UpstreamAccount>,
+) -> &'u Arc<UpstreamClient> {
+    let client = upstreams.client(account.and_then(|a| a.authority.as_deref()));
+    if let Some(account) = account {
+        if let Some((name, value)) = &account.credential {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
+        if account.authority.is_some() {
+            if let Ok(v) = HeaderValue::from_str(client.authority()) {
+                req.headers_mut().insert(HOST, v);
+            }
+        }
+    }
+    client
 }
 
 /// Tells the upstream the resolved tier and class.

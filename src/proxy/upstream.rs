@@ -6,6 +6,8 @@
 //! on a reused connection before being sent (the upstream closed an idle keep-alive) is retried
 //! once on a fresh connection.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::error::Error as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,39 @@ use crate::error::ProxyError;
 pub type ForwardBody = UploadBody<RequestBody>;
 
 type Sender = SendRequest<ForwardBody>;
+
+/// One worker's upstream pools: the upstream's, and one per upstream-account base URL.
+#[derive(Debug)]
+pub struct Upstreams {
+    pub default: Arc<UpstreamClient>,
+    /// Pools for upstream accounts that have their own base URL, by authority.
+    pub by_authority: HashMap<String, Arc<UpstreamClient>>,
+}
+
+thread_local! {
+    /// The pools of the worker running on this thread. A connection's task runs on the worker
+    /// that opened it, so work started here must use this worker's pools.
+    static CURRENT: RefCell<Option<Arc<Upstreams>>> = const { RefCell::new(None) };
+}
+
+impl Upstreams {
+    /// The pool for an authority (`None`: the upstream's own).
+    pub fn client(&self, authority: Option<&str>) -> &Arc<UpstreamClient> {
+        authority
+            .and_then(|a| self.by_authority.get(a))
+            .unwrap_or(&self.default)
+    }
+
+    /// Makes these the pools of the worker on this thread.
+    pub fn enter(self: &Arc<Self>) {
+        CURRENT.with(|c| *c.borrow_mut() = Some(self.clone()));
+    }
+
+    /// The pools of the worker on this thread, if this thread is a worker.
+    pub fn current() -> Option<Arc<Self>> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+}
 
 /// Connections to one upstream origin.
 #[derive(Debug)]

@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use http::Method;
 
-pub use pool::{JobPool, JobTicket, QueueError, SlotPermit, TierGauges, UpstreamAccount};
+pub use pool::{
+    GrantNotice, Granted, JobPool, JobTicket, QueueError, SlotPermit, StartOnGrant, TierGauges,
+    UpstreamAccount,
+};
 
 use crate::classify::{ClassId, PathPattern};
 use crate::identity::{AccountId, BuildIdHasher, Caller};

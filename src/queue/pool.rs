@@ -1,6 +1,12 @@
 //! The async edge of a job pool: waiting jobs park on a oneshot channel until the scheduler
 //! grants them a slot, and every slot is an RAII [`SlotPermit`] released on drop — response
 //! done, upstream error, client gone or timeout alike.
+//!
+//! A waiting job may leave a [`StartOnGrant`] hook: the code that grants its slot (usually the
+//! job that just finished, on whatever worker thread it ran) runs the hook at once, so the
+//! queued job's forward starts there instead of one thread wake-up later on the waiter's own
+//! worker. A parked worker thread takes tens of microseconds to wake on a VM; the forward
+//! should not wait for that.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,7 +18,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::leases::{self, LeaseGuard, SlotLeases};
-use super::scheduler::{Scheduler, UpstreamIdx, WaiterId};
+use super::scheduler::{self, Scheduler, UpstreamIdx, WaiterId};
 use crate::identity::AccountId;
 
 /// An upstream account: the credential floodgate sets for jobs it runs, and where it lives.
@@ -63,10 +69,63 @@ pub struct TierGauges {
     pub cancelled: prometheus::IntCounter,
 }
 
+/// Work a waiting job leaves to run where its slot is granted: on the thread that freed the
+/// slot. It takes charge of the job there — the permit, and a [`GrantNotice`] to drop once the
+/// job's own task should look for it (the hook's own channel carries what it did). It must not
+/// block; it may spawn onto the current runtime.
+pub type StartOnGrant = Box<dyn FnOnce(SlotPermit, GrantNotice) + Send>;
+
+/// How a job got its slot.
+#[derive(Debug)]
+pub enum Granted {
+    /// The job holds this permit and goes on itself.
+    Permit(SlotPermit),
+    /// Its [`StartOnGrant`] hook took the permit and started the job where the slot freed.
+    Started,
+}
+
+/// What the pool sends a waiting job.
+#[derive(Debug)]
+enum Grant {
+    Permit(SlotPermit),
+    Started,
+}
+
+/// Wakes a job whose start-on-grant hook took its slot, when dropped: the job's task is not
+/// woken at the grant itself (waking another worker's thread costs the granting thread tens of
+/// microseconds, which would delay the start the hook exists for).
+#[derive(Debug)]
+pub struct GrantNotice(Option<oneshot::Sender<Grant>>);
+
+impl Drop for GrantNotice {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Grant::Started);
+        }
+    }
+}
+
+/// A parked job: where its grant goes, what to start when it is granted, and its gauges.
+struct Waiter {
+    tx: oneshot::Sender<Grant>,
+    on_grant: Option<StartOnGrant>,
+    queued_at: Instant,
+    gauges: TierGauges,
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiter")
+            .field("on_grant", &self.on_grant.is_some())
+            .field("queued_at", &self.queued_at)
+            .finish()
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     sched: Scheduler,
-    waiters: HashMap<WaiterId, oneshot::Sender<SlotPermit>>,
+    waiters: HashMap<WaiterId, Waiter>,
     next_id: WaiterId,
     closed: bool,
     /// Moving average of how long a job holds its slot, for Retry-After estimates.
@@ -177,35 +236,70 @@ impl JobPool {
 
     /// Gets a slot now, or waits in the tenant's queue for one (FIFO), up to `max_wait`.
     pub async fn acquire(self: &Arc<Self>, ticket: &JobTicket) -> Result<SlotPermit, QueueError> {
+        match self.acquire_starting(ticket, || None).await? {
+            Granted::Permit(permit) => Ok(permit),
+            Granted::Started => Err(QueueError::Closed), // no hook was given
+        }
+    }
+
+    /// As [`acquire`](Self::acquire); when the job has to wait, `on_wait` is asked (once) for a
+    /// hook to run where its slot is granted. Not used when slots are shared with other
+    /// replicas: there the slot is only whole once its leases are held.
+    pub async fn acquire_starting(
+        self: &Arc<Self>,
+        ticket: &JobTicket,
+        on_wait: impl FnOnce() -> Option<StartOnGrant>,
+    ) -> Result<Granted, QueueError> {
         let queued_at = Instant::now();
-        let mut permit = self.acquire_local(ticket, queued_at).await?;
-        if let Some(backend) = self.leases.get() {
-            let deadline = queued_at + ticket.max_wait;
-            let tenant_key = format!("tenant:{:032x}", ticket.tenant.0);
-            let upstream = &self.accounts[permit.upstream];
-            let keys = [
-                (ticket.concurrency != u32::MAX).then_some((tenant_key, ticket.concurrency)),
-                (upstream.concurrency != u32::MAX).then(|| {
-                    (
-                        format!("slots:{}:{}", self.name, upstream.name),
-                        upstream.concurrency,
-                    )
-                }),
-            ];
-            for (key, cap) in keys.into_iter().flatten() {
-                match leases::hold(backend, key, cap, deadline).await {
-                    Some(guard) => permit.leases.push(guard),
-                    None => {
-                        let ahead = 1;
-                        let avg = self.lock().avg_job_ms;
-                        return Err(QueueError::TimedOut {
-                            retry_after_secs: estimate_secs(avg, ahead, ticket.concurrency),
-                        });
-                    }
+        let shared = self.leases.get();
+        let on_wait = || if shared.is_some() { None } else { on_wait() };
+        let granted = self.acquire_local(ticket, queued_at, on_wait).await?;
+        let Some(backend) = shared else {
+            return Ok(granted);
+        };
+        let permit = match granted {
+            Granted::Permit(permit) => permit,
+            started => return Ok(started),
+        };
+        // Boxed: only replicas sharing slots pay for this state in every waiting job.
+        Box::pin(self.hold_leases(backend, permit, ticket, queued_at))
+            .await
+            .map(Granted::Permit)
+    }
+
+    /// Completes a local slot with the shared leases of the tenant and the upstream account.
+    async fn hold_leases(
+        &self,
+        backend: &Arc<dyn SlotLeases>,
+        mut permit: SlotPermit,
+        ticket: &JobTicket,
+        queued_at: Instant,
+    ) -> Result<SlotPermit, QueueError> {
+        let deadline = queued_at + ticket.max_wait;
+        let tenant_key = format!("tenant:{:032x}", ticket.tenant.0);
+        let upstream = &self.accounts[permit.upstream];
+        let keys = [
+            (ticket.concurrency != u32::MAX).then_some((tenant_key, ticket.concurrency)),
+            (upstream.concurrency != u32::MAX).then(|| {
+                (
+                    format!("slots:{}:{}", self.name, upstream.name),
+                    upstream.concurrency,
+                )
+            }),
+        ];
+        for (key, cap) in keys.into_iter().flatten() {
+            match leases::hold(backend, key, cap, deadline).await {
+                Some(guard) => permit.leases.push(guard),
+                None => {
+                    let ahead = 1;
+                    let avg = self.lock().avg_job_ms;
+                    return Err(QueueError::TimedOut {
+                        retry_after_secs: estimate_secs(avg, ahead, ticket.concurrency),
+                    });
                 }
             }
-            permit.waited = queued_at.elapsed();
         }
+        permit.waited = queued_at.elapsed();
         Ok(permit)
     }
 
@@ -219,7 +313,8 @@ impl JobPool {
         self: &Arc<Self>,
         ticket: &JobTicket,
         queued_at: Instant,
-    ) -> Result<SlotPermit, QueueError> {
+        on_wait: impl FnOnce() -> Option<StartOnGrant>,
+    ) -> Result<Granted, QueueError> {
         let (id, rx) = {
             let mut inner = self.lock();
             if inner.closed {
@@ -232,7 +327,7 @@ impl JobPool {
                     .try_start(ticket.tenant, ticket.concurrency, ticket.affinity, now)
             {
                 drop(inner);
-                return Ok(self.permit(ticket, up, Duration::ZERO));
+                return Ok(Granted::Permit(self.permit(ticket, up, Duration::ZERO)));
             }
             let id = inner.next_id;
             inner.next_id += 1;
@@ -250,22 +345,26 @@ impl JobPool {
                 return Err(QueueError::Full { retry_after_secs });
             }
             let (tx, rx) = oneshot::channel();
-            inner.waiters.insert(id, tx);
+            ticket.tier_gauges.queued.inc();
+            self.queued_gauge.inc();
+            let waiter = Waiter {
+                tx,
+                on_grant: on_wait(),
+                queued_at,
+                gauges: ticket.tier_gauges.clone(),
+            };
+            inner.waiters.insert(id, waiter);
             (id, rx)
         };
-        ticket.tier_gauges.queued.inc();
-        self.queued_gauge.inc();
         let mut wait = Waiting {
             pool: self.clone(),
             tenant: ticket.tenant,
             id,
             rx: Some(rx),
-            gauge: ticket.tier_gauges.queued.clone(),
-            cancelled: ticket.tier_gauges.cancelled.clone(),
             timed_out: false,
         };
         self.deliver(); // capacity may have freed between try_start and enqueue
-        wait.until(ticket, queued_at).await
+        wait.until(ticket).await
     }
 
     /// Shadow mode: a slot now, past the caps if need be; true when the job would have waited.
@@ -341,22 +440,11 @@ impl JobPool {
                 return;
             }
             let mut returned = false;
-            for (g, tx) in grants {
-                self.in_flight_gauges[g.upstream].inc();
-                let permit = SlotPermit {
-                    pool: self.clone(),
-                    tenant: g.tenant,
-                    upstream: g.upstream,
-                    started: Instant::now(),
-                    waited: Duration::ZERO,
-                    tier_in_flight: None, // set by the waiter when it takes the permit
-                    leases: Vec::new(),
-                    armed: true,
-                };
-                if let Err(mut permit) = tx.send(permit) {
-                    permit.armed = false;
-                    self.in_flight_gauges[g.upstream].dec();
-                    self.lock().sched.release(g.tenant, g.upstream);
+            for (g, waiter) in grants {
+                if let Some(taken_back) = self.grant(g, waiter) {
+                    self.lock()
+                        .sched
+                        .release(taken_back.tenant, taken_back.upstream);
                     returned = true;
                 }
             }
@@ -364,6 +452,42 @@ impl JobPool {
                 return;
             }
         }
+    }
+
+    /// Gives a granted slot to its waiting job — to its start-on-grant hook when it left one.
+    /// Returns the grant when the job has gone, for the caller to take back.
+    fn grant(self: &Arc<Self>, g: scheduler::Grant, waiter: Waiter) -> Option<scheduler::Grant> {
+        waiter.gauges.queued.dec();
+        self.queued_gauge.dec();
+        waiter.gauges.in_flight.inc();
+        self.in_flight_gauges[g.upstream].inc();
+        let permit = SlotPermit {
+            pool: self.clone(),
+            tenant: g.tenant,
+            upstream: g.upstream,
+            started: Instant::now(),
+            waited: waiter.queued_at.elapsed(),
+            tier_in_flight: Some(waiter.gauges.in_flight.clone()),
+            leases: Vec::new(),
+            armed: true,
+        };
+        let permit = match waiter.on_grant {
+            Some(start) if !waiter.tx.is_closed() => {
+                start(permit, GrantNotice(Some(waiter.tx)));
+                return None;
+            }
+            _ => match waiter.tx.send(Grant::Permit(permit)) {
+                Ok(()) => return None,
+                Err(Grant::Permit(permit)) => permit,
+                Err(Grant::Started) => return None,
+            },
+        };
+        // The job left in the same instant: undo the grant without releasing (no re-entry).
+        let mut permit = permit;
+        permit.armed = false;
+        waiter.gauges.in_flight.dec();
+        self.in_flight_gauges[g.upstream].dec();
+        Some(g)
     }
 
     /// When jobs wait only because upstream accounts cool down, dispatch again when one ends.
@@ -425,61 +549,219 @@ struct Waiting {
     pool: Arc<JobPool>,
     tenant: AccountId,
     id: WaiterId,
-    rx: Option<oneshot::Receiver<SlotPermit>>,
-    gauge: IntGauge,
-    cancelled: prometheus::IntCounter,
+    /// `None` once the wait is over: granted, or out of the queue.
+    rx: Option<oneshot::Receiver<Grant>>,
     timed_out: bool,
 }
 
 impl Waiting {
-    async fn until(
-        &mut self,
-        ticket: &JobTicket,
-        queued_at: Instant,
-    ) -> Result<SlotPermit, QueueError> {
+    async fn until(&mut self, ticket: &JobTicket) -> Result<Granted, QueueError> {
         let rx = self.rx.as_mut().expect("waiting once");
-        let outcome = tokio::time::timeout(ticket.max_wait, rx).await;
-        match outcome {
-            Ok(Ok(mut permit)) => {
-                self.rx = None;
-                permit.waited = queued_at.elapsed();
-                ticket.tier_gauges.in_flight.inc();
-                permit.tier_in_flight = Some(ticket.tier_gauges.in_flight.clone());
-                Ok(permit)
-            }
-            Ok(Err(_)) => {
-                self.rx = None;
-                Err(QueueError::Closed)
-            }
+        let grant = match tokio::time::timeout(ticket.max_wait, rx).await {
+            Ok(grant) => grant,
+            // Out of time, unless a slot was granted meanwhile: then its grant is on its way.
             Err(_) => {
-                self.timed_out = true;
                 let ahead = self.pool.position(self.tenant, self.id).unwrap_or(1);
-                let avg = self.pool.lock().avg_job_ms;
-                Err(QueueError::TimedOut {
-                    retry_after_secs: estimate_secs(avg, ahead, ticket.concurrency),
-                })
+                self.timed_out = true;
+                if self.leave() {
+                    let avg = self.pool.lock().avg_job_ms;
+                    return Err(QueueError::TimedOut {
+                        retry_after_secs: estimate_secs(avg, ahead, ticket.concurrency),
+                    });
+                }
+                self.timed_out = false;
+                self.rx.as_mut().expect("still waiting").await
+            }
+        };
+        self.rx = None;
+        match grant {
+            Ok(Grant::Permit(permit)) => Ok(Granted::Permit(permit)),
+            Ok(Grant::Started) => Ok(Granted::Started),
+            Err(_) => Err(QueueError::Closed),
+        }
+    }
+
+    /// Takes the job out of its queue; false when it was already granted a slot.
+    fn leave(&mut self) -> bool {
+        let waiter = {
+            let mut inner = self.pool.lock();
+            if !inner.sched.remove(self.tenant, self.id) {
+                return false;
+            }
+            inner.waiters.remove(&self.id)
+        };
+        if let Some(waiter) = waiter {
+            waiter.gauges.queued.dec();
+            self.pool.queued_gauge.dec();
+            if !self.timed_out {
+                waiter.gauges.cancelled.inc();
             }
         }
+        self.rx = None;
+        true
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.gauge.dec();
-        let Some(rx) = self.rx.take() else { return };
-        self.pool.queued_gauge.dec();
-        let removed = {
-            let mut inner = self.pool.lock();
-            let removed = inner.sched.remove(self.tenant, self.id);
-            if removed {
-                inner.waiters.remove(&self.id);
-            }
-            removed
-        };
-        if removed && !self.timed_out {
-            self.cancelled.inc();
+        if self.rx.is_none() {
+            return;
         }
-        // A permit already sent to us is dropped here, outside the lock, which frees its slot.
-        drop(rx);
+        // Still queued: leave. Already granted: a permit sent to us is dropped with `rx`,
+        // outside the lock, which frees its slot; a hook that took the job frees it when done.
+        self.leave();
+        self.rx = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn gauges() -> TierGauges {
+        TierGauges {
+            queued: IntGauge::new("q", "q").unwrap(),
+            in_flight: IntGauge::new("f", "f").unwrap(),
+            cancelled: prometheus::IntCounter::new("c", "c").unwrap(),
+        }
+    }
+
+    fn one_slot_pool() -> Arc<JobPool> {
+        let account = UpstreamAccount {
+            name: "a".into(),
+            credential: None,
+            authority: None,
+            concurrency: 1,
+        };
+        Arc::new(JobPool::new(
+            "p".into(),
+            vec![account],
+            vec![IntGauge::new("u", "u").unwrap()],
+            IntGauge::new("pq", "pq").unwrap(),
+        ))
+    }
+
+    fn ticket(max_wait: Duration) -> JobTicket {
+        JobTicket {
+            tenant: AccountId(1),
+            concurrency: 1,
+            max_queue: 10,
+            max_wait,
+            affinity: None,
+            front: false,
+            tier_gauges: gauges(),
+        }
+    }
+
+    async fn until_waiting(pool: &JobPool) {
+        for _ in 0..1_000 {
+            if pool.waiting() == 1 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the job never queued");
+    }
+
+    #[tokio::test]
+    async fn the_hook_starts_a_queued_job_inside_the_release() {
+        let pool = one_slot_pool();
+        let t = ticket(Duration::from_secs(5));
+        let held = pool.acquire(&t).await.unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let (permit_tx, permit_rx) = std::sync::mpsc::channel();
+        let (p, t2, r) = (pool.clone(), t.clone(), ran.clone());
+        let waiter = tokio::spawn(async move {
+            let hook = move || -> Option<StartOnGrant> {
+                Some(Box::new(move |permit, notice| {
+                    r.store(true, Ordering::SeqCst);
+                    permit_tx.send((permit, notice)).unwrap();
+                }))
+            };
+            p.acquire_starting(&t2, hook).await
+        });
+        until_waiting(&pool).await;
+        assert_eq!(t.tier_gauges.queued.get(), 1);
+        drop(held);
+        assert!(
+            ran.load(Ordering::SeqCst),
+            "the hook ran in the release itself"
+        );
+        let (permit, notice) = permit_rx.try_recv().unwrap();
+        assert_eq!(
+            t.tier_gauges.queued.get(),
+            0,
+            "a granted job is no longer queued"
+        );
+        assert_eq!(pool.queued_gauge.get(), 0);
+        assert_eq!(t.tier_gauges.in_flight.get(), 1);
+        assert!(!waiter.is_finished(), "the job's task waits for the notice");
+        drop(notice);
+        assert!(matches!(waiter.await.unwrap(), Ok(Granted::Started)));
+        drop(permit);
+        assert_eq!(t.tier_gauges.in_flight.get(), 0);
+        assert_eq!(pool.upstream_in_flight(), vec![0]);
+    }
+
+    #[tokio::test]
+    async fn a_job_granted_before_its_wait_ran_out_is_not_timed_out() {
+        let pool = one_slot_pool();
+        let t = ticket(Duration::from_millis(20));
+        let held = pool.acquire(&t).await.unwrap();
+        let (p, t2) = (pool.clone(), t.clone());
+        let waiter = tokio::spawn(async move {
+            let hook = move || -> Option<StartOnGrant> {
+                Some(Box::new(move |permit, notice| {
+                    // the started job outlives the queue's maximum wait
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(80)).await;
+                        drop((permit, notice));
+                    });
+                }))
+            };
+            p.acquire_starting(&t2, hook).await
+        });
+        until_waiting(&pool).await;
+        drop(held);
+        let outcome = waiter.await.unwrap();
+        assert!(matches!(outcome, Ok(Granted::Started)), "{outcome:?}");
+        assert_eq!(t.tier_gauges.cancelled.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_waits_too_long_leaves_the_queue_and_its_gauges() {
+        let pool = one_slot_pool();
+        let t = ticket(Duration::from_millis(20));
+        let _held = pool.acquire(&t).await.unwrap();
+        let outcome = pool.acquire(&t).await;
+        assert!(matches!(outcome, Err(QueueError::TimedOut { .. })));
+        assert_eq!(pool.waiting(), 0);
+        assert_eq!(t.tier_gauges.queued.get(), 0);
+        assert_eq!(pool.queued_gauge.get(), 0);
+        assert_eq!(t.tier_gauges.cancelled.get(), 0, "timed out, not cancelled");
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_client_leaves_is_cancelled_and_uncounted() {
+        let pool = one_slot_pool();
+        let t = ticket(Duration::from_secs(5));
+        let held = pool.acquire(&t).await.unwrap();
+        let (p, t2) = (pool.clone(), t.clone());
+        let waiter = tokio::spawn(async move { p.acquire(&t2).await.map(|_| ()) });
+        until_waiting(&pool).await;
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(pool.waiting(), 0);
+        assert_eq!(t.tier_gauges.queued.get(), 0);
+        assert_eq!(pool.queued_gauge.get(), 0);
+        assert_eq!(t.tier_gauges.cancelled.get(), 1);
+        drop(held);
+        assert_eq!(
+            pool.upstream_in_flight(),
+            vec![0],
+            "nobody took the freed slot"
+        );
     }
 }
