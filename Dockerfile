@@ -45,11 +45,8 @@ RUN groupadd --system --gid 10001 floodgate \
 COPY --from=build /out/floodgate /usr/local/bin/floodgate
 COPY config/ /etc/floodgate/
 
-# Optional: back large allocations (the counter tables) with transparent huge pages when the
-# host's THP mode is "madvise" or "always" (glibc >= 2.35; bookworm has 2.36). Measured on a
-# 2-vCPU KVM guest: a decision at 1M distinct accounts went from ~450-600 ns to ~375-400 ns, for
-# ~1% more RSS. Harmless where THP is off.
-# ENV GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+# floodgate asks for transparent huge pages for its counter tables itself (src/hugepages.rs);
+# they apply when the host's THP mode is "madvise" or "always".
 
 USER 10001:10001
 # 8080: the proxy; 9090: admin (/healthz, /readyz, /metrics, /usage).

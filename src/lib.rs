@@ -18,8 +18,13 @@
 //! - [`metrics`]: Prometheus metrics with bounded labels.
 //! - [`app`]: wiring and threads; [`clock`]: the only reader of wall time; [`error`]: errors
 //!   and the one place they become HTTP responses.
+//! - [`hugepages`]: the global allocator — the system's, with huge pages for large tables (the
+//!   one module with `unsafe` code).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+#[global_allocator]
+static ALLOCATOR: hugepages::HugePageAllocator = hugepages::HugePageAllocator;
 
 pub mod admin;
 pub mod app;
@@ -27,6 +32,8 @@ pub mod classify;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[allow(unsafe_code)]
+pub mod hugepages;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
