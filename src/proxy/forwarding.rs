@@ -39,7 +39,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
+    if present & 1 != 0 && names_other_fields(headers) {
         // Fields named by Connection, other than the fixed ones handled below.
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -47,12 +47,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|list| list.split(','))
             .map(str::trim)
-            .filter(|n| {
-                !n.is_empty()
-                    && !HOP_BY_HOP
-                        .iter()
-                        .any(|h| h.as_str().eq_ignore_ascii_case(n))
-            })
+            .filter(|n| !n.is_empty() && !is_fixed(n))
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for name in named {
@@ -64,6 +59,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(*name);
         }
     }
+}
+
+/// Whether `Connection` names a field beyond the fixed ones (`Connection: keep-alive`, on
+/// nearly every response, names none: checked without allocating).
+fn names_other_fields(headers: &HeaderMap) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str().map_or(true, |list| {
+            list.split(',')
+                .map(str::trim)
+                .any(|n| !n.is_empty() && !is_fixed(n))
+        })
+    })
+}
+
+/// A fixed hop-by-hop field's name, in any case.
+fn is_fixed(token: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().len() == token.len() && h.as_str().eq_ignore_ascii_case(token))
 }
 
 /// The position of `name` in [`HOP_BY_HOP`]; the length check keeps most names to one compare.

@@ -11,9 +11,13 @@ pub mod conn;
 pub mod framing;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,7 +26,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::proxy::hygiene::AmbiguousFraming;
 use crate::proxy::{Peer, Proxy};
-use conn::{Activity, ActivityIo, Timeouts, Tracked, Verdict};
+use conn::{Activity, ActivityIo, Expiry, Timeouts, Tracked, Verdict};
 
 /// hyper's parser keeps this many header slots on the stack; more costs a heap table per request.
 const PARSER_HEADER_SLOTS: usize = 100;
@@ -115,6 +119,69 @@ pub async fn serve(
     }
 }
 
+/// What a connection's watcher tells it: keep going, drain (finish the request in flight, then
+/// close), or close now because a clock ran out.
+#[derive(Debug, Default)]
+struct Stop {
+    state: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl Stop {
+    const RUN: u8 = 0;
+    const DRAIN: u8 = 1;
+    const HEADER_TIMEOUT: u8 = 2;
+    const IDLE_TIMEOUT: u8 = 3;
+
+    fn signal(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn expiry(state: u8) -> Expiry {
+        if state == Self::HEADER_TIMEOUT {
+            Expiry::Header
+        } else {
+            Expiry::Idle
+        }
+    }
+}
+
+/// Watches one connection's clocks and the shutdown signal, and tells the connection when to
+/// drain or close.
+async fn watch(
+    activity: Arc<Activity>,
+    timeouts: Timeouts,
+    stop: Arc<Stop>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut draining = *shutdown.borrow();
+    if draining {
+        stop.signal(Stop::DRAIN);
+    }
+    let mut check_at = activity.now_ms();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                stop.signal(Stop::DRAIN);
+            }
+            _ = tokio::time::sleep_until(activity.instant_at(check_at)) => {
+                match activity.verdict(timeouts) {
+                    Verdict::CheckAt(at) => check_at = at,
+                    Verdict::Close(why) => {
+                        stop.signal(match why {
+                            Expiry::Header => Stop::HEADER_TIMEOUT,
+                            Expiry::Idle => Stop::IDLE_TIMEOUT,
+                        });
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One accepted client connection and what it holds until it ends.
 struct Connection {
     proxy: Arc<Proxy>,
@@ -131,7 +198,7 @@ impl Connection {
         self,
         stream: TcpStream,
         builder: http1::Builder,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) {
         let metrics = self.proxy.metrics();
         metrics.client_connections.inc();
@@ -152,35 +219,45 @@ impl Connection {
         let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
-        let mut draining = *shutdown.borrow();
-        if draining {
-            conn.as_mut().graceful_shutdown();
+        // The clocks and the shutdown signal live in a task of their own, so the connection's
+        // own polls (several per request) only read a flag.
+        let stop = Arc::new(Stop::default());
+        if *shutdown.borrow() {
+            stop.signal(Stop::DRAIN);
         }
-        let mut check_at = activity.now_ms();
-        loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "client connection ended with an error");
-                    }
-                    break;
-                }
-                _ = shutdown.changed(), if !draining => {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                _ = tokio::time::sleep_until(activity.instant_at(check_at)) => {
-                    match activity.verdict(self.settings.timeouts) {
-                        Verdict::CheckAt(at) => check_at = at,
-                        Verdict::Close(why) => {
-                            tracing::debug!(
-                                peer = %self.peer.addr, reason = why.name(), "client connection timed out"
-                            );
-                            metrics.client_timeout(why.name());
-                            break; // dropping the connection closes the socket
-                        }
+        let watcher = tokio::spawn(watch(
+            activity,
+            self.settings.timeouts,
+            stop.clone(),
+            shutdown,
+        ));
+        let mut draining = false;
+        let ended = std::future::poll_fn(|cx| {
+            stop.waker.register(cx.waker());
+            match stop.state.load(Ordering::Acquire) {
+                Stop::RUN => {}
+                Stop::DRAIN => {
+                    if !draining {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
                     }
                 }
+                closed => return Poll::Ready(Err(closed)),
+            }
+            conn.as_mut().poll(cx).map(Ok)
+        })
+        .await;
+        watcher.abort();
+        match ended {
+            Ok(Err(e)) => tracing::debug!(error = %e, "client connection ended with an error"),
+            Ok(Ok(())) => {}
+            Err(closed) => {
+                let why = Stop::expiry(closed);
+                tracing::debug!(
+                    peer = %self.peer.addr, reason = why.name(), "client connection timed out"
+                );
+                metrics.client_timeout(why.name());
+                // dropping the connection closes the socket
             }
         }
         metrics.client_connections.dec();
