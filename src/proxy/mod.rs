@@ -134,19 +134,12 @@ impl Proxy {
                 let forwarded = self.forward(&ctx, req, None, &Marks::default()).await;
                 (usage, forwarded)
             }
-            Some(job) => {
-                // A job's body prefix is read once, here: its mode decides the relax check,
-                // and the job stage reuses it (follow-up affinity, retries).
-                let submission = match jobs::Submission::read(req, &ctx).await {
-                    Ok(s) => s,
-                    Err(e) => return self.refuse(e),
-                };
-                let (usage, marks) = match self.admit_job(&ctx, submission.facts).await {
-                    Ok(admitted) => admitted,
-                    Err(resp) => return resp,
-                };
-                (usage, self.run_job(&ctx, submission, marks, job).await)
-            }
+            // Boxed: a job's stages hold kilobytes of state that a plain request's future
+            // would otherwise carry (and copy) too.
+            Some(job) => match Box::pin(self.job(&ctx, req, job)).await {
+                Ok(ran) => ran,
+                Err(resp) => return resp,
+            },
         };
         let mut resp = match result {
             Ok(resp) => resp,
@@ -159,6 +152,24 @@ impl Proxy {
             rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf);
         }
         resp
+    }
+
+    /// A job's stages: read its body prefix, admit it (penalties and limits together), queue
+    /// and run it. `Err`: the finished refusal.
+    async fn job(
+        &self,
+        ctx: &Ctx<'_>,
+        req: Request<Incoming>,
+        job: &crate::queue::JobClass,
+    ) -> Result<(Option<Usage>, Result<Response<ProxyBody>, ProxyError>), Response<ProxyBody>> {
+        // A job's body prefix is read once, here: its mode decides the relax check, and the
+        // job stage reuses it (follow-up affinity, retries).
+        let submission = match jobs::Submission::read(req, ctx).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.refuse(e)),
+        };
+        let (usage, marks) = self.admit_job(ctx, submission.facts).await?;
+        Ok((usage, self.run_job(ctx, submission, marks, job).await))
     }
 
     /// Checks and consumes the caller's limits for its class. `Ok(None)`: the class is not

@@ -105,7 +105,8 @@ impl UpstreamClient {
         loop {
             let (mut sender, reused) = match self.checkout().await {
                 Some(s) => (s, true),
-                None => (self.connect().await?, false),
+                // boxed: a new connection's state stays out of every request's future
+                None => (Box::pin(self.connect()).await?, false),
             };
             match timeout_at(deadline, sender.try_send_request(req)).await {
                 Err(_) => return Err(ProxyError::UpstreamTimeout),

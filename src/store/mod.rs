@@ -107,6 +107,10 @@ impl Store {
     }
 
     /// Checks every rule for `account` at `now_ms` and consumes all of them, or none.
+    ///
+    /// The Redis branches here are boxed: a Redis call's future holds kilobytes of state, and
+    /// unboxed it would make every in-memory decision — and every request's future, which
+    /// contains it — that large (5.2 KB here, copied as the request's futures are moved).
     pub async fn check_and_consume(
         &self,
         account: AccountId,
@@ -115,7 +119,7 @@ impl Store {
     ) -> Result<Decision, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.check_and_consume(account, rules, now_ms)),
-            Store::Redis(s) => s.check_and_consume(account, rules, now_ms).await,
+            Store::Redis(s) => Box::pin(s.check_and_consume(account, rules, now_ms)).await,
         }
     }
 
@@ -130,7 +134,7 @@ impl Store {
     ) -> Result<Admission, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.admit_job(account, rules, job, now_ms)),
-            Store::Redis(s) => s.admit_job(account, rules, job, now_ms).await,
+            Store::Redis(s) => Box::pin(s.admit_job(account, rules, job, now_ms)).await,
         }
     }
 
@@ -144,7 +148,7 @@ impl Store {
     ) -> Result<u32, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.record(account, event, ids, now_ms)),
-            Store::Redis(s) => s.record(account, event, ids, now_ms).await,
+            Store::Redis(s) => Box::pin(s.record(account, event, ids, now_ms)).await,
         }
     }
 
@@ -156,7 +160,7 @@ impl Store {
     ) -> Result<Vec<Counter>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.counters(account, now_ms)),
-            Store::Redis(s) => s.counters(account, now_ms).await,
+            Store::Redis(s) => Box::pin(s.counters(account, now_ms)).await,
         }
     }
 
