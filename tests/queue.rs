@@ -181,6 +181,63 @@ const TWO_ACCOUNTS: &str = r#"
     upstream_accounts = ["a", "b"]
 "#;
 
+/// An upstream account with its own base URL: queued jobs, sent by whichever worker frees the
+/// slot, still go to that URL with its Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_of_an_account_with_its_own_base_url_go_there() {
+    let main_up = Upstream::start().await;
+    let own_up = Upstream::start().await;
+    let config = format!(
+        r#"
+        [[route]]
+        method = "POST"
+        path = "/slow"
+        class = "job"
+        [[jobs]]
+        classes = ["job"]
+        [tiers.pro]
+        [[upstream_account]]
+        name = "own"
+        base_url = "{}"
+        credential_header = "mj-api-secret"
+        credential = "secret-own"
+        concurrency = 1
+        [[account]]
+        key = "pro-key"
+        tier = "pro"
+        upstream_accounts = ["own"]
+        "#,
+        own_up.url()
+    );
+    let gate = Gate::start(&config, &main_up.url(), DAY0_MS);
+    let mut handles = Vec::new();
+    for i in 0..4 {
+        handles.push(spawn_job(&gate, "pro-key", format!("j{i}"), 60));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    assert!(
+        main_up.seen().is_empty(),
+        "nothing went to the main upstream"
+    );
+    let seen = own_up.seen();
+    let host = own_up.url().trim_start_matches("http://").to_owned();
+    assert_eq!(seen.len(), 4);
+    assert!(seen.iter().all(|s| s.header("host") == Some(host.as_str())));
+    assert!(seen
+        .iter()
+        .all(|s| s.header("mj-api-secret") == Some("secret-own")));
+    assert_eq!(own_up.max_in_flight(), 1);
+    let metrics = TestClient::new().get(&gate.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(r#"floodgate_queue_handoffs_total{sent_by="granting_worker"} 3"#),
+        "the three queued jobs were sent where their slot freed: {text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_alternate_over_upstream_accounts_within_their_caps() {
     let up = Upstream::start().await;
