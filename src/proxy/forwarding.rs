@@ -3,13 +3,14 @@
 //! tell the upstream something are removed from what the client sent.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
 };
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
 pub static X_FLOODGATE_TIER: HeaderName = HeaderName::from_static("x-floodgate-tier");
 pub static X_FLOODGATE_CLASS: HeaderName = HeaderName::from_static("x-floodgate-class");
 
@@ -93,18 +94,8 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 pub fn request_headers(headers: &mut HeaderMap, peer: &HeaderValue) {
     strip_hop_by_hop(headers);
     strip_own(headers);
-    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => {
-            let joined = format!("{existing}, {}", peer.to_str().unwrap_or_default());
-            if let Ok(v) = HeaderValue::from_str(&joined) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
-        }
-        _ => {
-            headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
-        }
-    }
-    append(headers, &X_FORWARDED_PROTO, "http");
+    append_to_list(headers, &X_FORWARDED_FOR, peer);
+    append_to_list(headers, &X_FORWARDED_PROTO, &HTTP);
 }
 
 /// Drops any `x-floodgate-*` header a client sent: the upstream must be able to trust them.
@@ -119,16 +110,26 @@ fn strip_own(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends to a comma-separated list header, creating it when absent.
-fn append(headers: &mut HeaderMap, name: &HeaderName, value: &'static str) {
-    match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => {
-            if let Ok(v) = HeaderValue::from_str(&format!("{existing}, {value}")) {
-                headers.insert(name.clone(), v);
-            }
+/// Appends `value` to a comma-separated list header, creating it when absent. One hash lookup
+/// either way (the entry API), since nearly every request takes the "absent" branch.
+fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    match headers.entry(name) {
+        Entry::Vacant(e) => {
+            e.insert(value.clone());
         }
-        _ => {
-            headers.insert(name.clone(), HeaderValue::from_static(value));
+        Entry::Occupied(mut e) => {
+            let joined = match e.get().to_str() {
+                Ok(existing) if !existing.is_empty() => {
+                    format!("{existing}, {}", value.to_str().unwrap_or_default())
+                }
+                _ => {
+                    e.insert(value.clone());
+                    return;
+                }
+            };
+            if let Ok(v) = HeaderValue::from_str(&joined) {
+                e.insert(v);
+            }
         }
     }
 }
