@@ -21,25 +21,12 @@ use floodgate::identity::{AccountId, BuildIdHasher};
 use floodgate::limits::{Counter, Counters, Rule};
 use floodgate::store::MemoryStore;
 
-/// 2026-11-23T00:00:00Z in milliseconds.
-const DAY0: u64 = 1_795_392_000_000;
+mod common;
+use common::{account, DAY0};
+
 const KEYS: u64 = 1_000_000;
 const CASE_VAR: &str = "FLOODGATE_MEMORY_CASE";
 const TARGET_BYTES_PER_KEY: f64 = 200.0;
-
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Distinct for distinct `i` (the low half is a bijection of `i`), uniform-looking.
-fn account(i: u64) -> AccountId {
-    let lo = splitmix64(i);
-    let hi = splitmix64(i ^ 0xA5A5_A5A5_A5A5_A5A5);
-    AccountId(((hi as u128) << 64) | lo as u128)
-}
 
 /// The page size, from the ELF auxiliary vector (AT_PAGESZ = 6); 4096 if unreadable.
 fn page_size() -> u64 {

@@ -168,39 +168,54 @@ impl Proxy {
         named_account: bool,
     ) -> Result<(SlotPermit, Response<ProxyBody>), ProxyError> {
         let mut unsent = Some(req);
-        let (early_tx, early_rx) = oneshot::channel();
+        let mut early = None; // only a job that has to wait gets a channel for its hook
         let granted = if shadow {
             Granted::Permit(self.shadow_slot(ctx, pool, ticket)?)
         } else {
-            let on_wait = || start_on_grant(unsent.take(), early_tx, named_account);
+            let on_wait = || {
+                let (tx, rx) = oneshot::channel();
+                early = Some(rx);
+                start_on_grant(unsent.take(), tx, named_account)
+            };
             pool.acquire_starting(ticket, on_wait).await?
         };
-        let (permit, resp) = match (granted, unsent) {
-            (Granted::Permit(permit), Some(req)) => {
-                let account = named_account.then(|| permit.account().clone());
-                let resp = self.send_as(ctx, req, account.as_ref()).await?;
+        let (permit, resp) = match (granted, unsent, early) {
+            (Granted::Permit(permit), Some(req), _) => {
+                let resp = self.send_on(ctx, req, &permit, named_account).await?;
                 (permit, resp)
             }
-            (Granted::Permit(_), None) => return Err(QueueError::Closed.into()), // not reached
-            (Granted::Started, _) => match early_rx.await {
+            (Granted::Started, _, Some(early)) => match early.await {
                 Ok(Early::Started { permit, resp, at }) => {
                     self.shared.metrics.handoff(true);
                     (permit, self.arrived(ctx, resp, at)?)
                 }
                 Ok(Early::NotStarted { permit, req }) => {
                     self.shared.metrics.handoff(false);
-                    let account = named_account.then(|| permit.account().clone());
-                    let resp = self.send_as(ctx, req, account.as_ref()).await?;
+                    let resp = self.send_on(ctx, req, &permit, named_account).await?;
                     (permit, resp)
                 }
                 Err(_) => return Err(QueueError::Closed.into()),
             },
+            // a permit always comes with the unsent request, a started job with its channel
+            _ => return Err(QueueError::Closed.into()),
         };
         let tier = &ctx.policy.config.tier(ctx.caller.tier).name;
         self.shared
             .metrics
             .queue_wait(tier, permit.waited().as_secs_f64());
         Ok((permit, resp))
+    }
+
+    /// Sends a job on this worker's connections, as its permit's upstream account when named.
+    async fn send_on(
+        &self,
+        ctx: &Ctx<'_>,
+        req: Request<ForwardBody>,
+        permit: &SlotPermit,
+        named_account: bool,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let account = named_account.then(|| permit.account().clone());
+        self.send_as(ctx, req, account.as_ref()).await
     }
 
     /// Shadow mode: a slot at once, past the caps if need be. A job that would have waited is

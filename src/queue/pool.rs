@@ -471,19 +471,17 @@ impl JobPool {
             leases: Vec::new(),
             armed: true,
         };
-        let permit = match waiter.on_grant {
+        let mut permit = match waiter.on_grant {
             Some(start) if !waiter.tx.is_closed() => {
                 start(permit, GrantNotice(Some(waiter.tx)));
                 return None;
             }
             _ => match waiter.tx.send(Grant::Permit(permit)) {
-                Ok(()) => return None,
                 Err(Grant::Permit(permit)) => permit,
-                Err(Grant::Started) => return None,
+                Ok(()) | Err(Grant::Started) => return None,
             },
         };
         // The job left in the same instant: undo the grant without releasing (no re-entry).
-        let mut permit = permit;
         permit.armed = false;
         waiter.gauges.in_flight.dec();
         self.in_flight_gauges[g.upstream].dec();
