@@ -66,7 +66,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// nearly every response, names none: checked without allocating).
 fn names_other_fields(headers: &HeaderMap) -> bool {
     headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str().map_or(true, |list| {
+        let v = v.as_bytes();
+        if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
+            return false; // the common cases, without splitting
+        }
+        std::str::from_utf8(v).map_or(true, |list| {
             list.split(',')
                 .map(str::trim)
                 .any(|n| !n.is_empty() && !is_fixed(n))

@@ -159,6 +159,7 @@ impl UpstreamClient {
         };
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
+            .writev(false) // as on the listener: one flat buffer per write
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;

@@ -35,6 +35,8 @@ pub struct FramingScan {
     start_len: usize,
     /// 0 while the line holds nothing but `\r`.
     line_len: usize,
+    /// The line starts with `c` or `t`: it may be a framing field.
+    watched: bool,
     commas: u8,
     seen_request_line: bool,
     framing: Framing,
@@ -58,24 +60,37 @@ impl FramingScan {
         }
     }
 
-    /// Notes a piece of the current line (it holds no `\n`; `\r` is ignored everywhere).
+    /// Notes a piece of the current line (it holds no `\n`; `\r` is ignored everywhere). Only
+    /// lines that start like one of the two framing fields are copied and have their commas
+    /// counted; every other line is only noted as not blank.
     fn take(&mut self, piece: &[u8]) {
         for &b in piece {
-            if self.start_len == LONGEST {
+            if b == b'\r' {
+                continue;
+            }
+            if self.line_len == 0 {
+                self.line_len = 1;
+                self.watched = matches!(b, b'c' | b'C' | b't' | b'T');
+            }
+            if !self.watched || self.start_len == LONGEST {
                 break;
             }
-            if b != b'\r' {
-                self.start[self.start_len] = b.to_ascii_lowercase();
-                self.start_len += 1;
-            }
+            self.start[self.start_len] = b.to_ascii_lowercase();
+            self.start_len += 1;
         }
-        if self.line_len == 0 && piece.iter().any(|&b| b != b'\r') {
-            self.line_len = 1;
+        if self.watched && self.may_be_content_length() {
+            let commas = memchr::memchr_iter(b',', piece).count();
+            self.commas = self
+                .commas
+                .saturating_add(u8::try_from(commas).unwrap_or(u8::MAX));
         }
-        let commas = memchr::memchr_iter(b',', piece).count();
-        self.commas = self
-            .commas
-            .saturating_add(u8::try_from(commas).unwrap_or(u8::MAX));
+    }
+
+    /// The line seen so far is (or may still become) a `Content-Length` field.
+    fn may_be_content_length(&self) -> bool {
+        const NAME: &[u8] = b"content-length:";
+        let n = self.start_len.min(NAME.len());
+        self.start[..n] == NAME[..n]
     }
 
     /// Starts over, for the next head on the connection.
@@ -101,6 +116,7 @@ impl FramingScan {
         }
         self.start_len = 0;
         self.line_len = 0;
+        self.watched = false;
         self.commas = 0;
         false
     }
