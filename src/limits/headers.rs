@@ -1,6 +1,7 @@
 //! Renders a [`Decision`](super::Decision) as `X-RateLimit-*` (and optionally IETF `RateLimit`)
 //! response headers.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -27,18 +28,45 @@ fn number(n: u32) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(n))
 }
 
+/// Which limit a header reports, for [`limit`]'s cache.
+const PRIMARY: usize = 0;
+const DAILY: usize = 1;
+
+/// A limit past the prepared table: limits repeat from request to request (they come from the
+/// config), so each thread keeps the last primary and daily limit it rendered.
+fn limit(n: u32, which: usize) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<[Option<(u32, HeaderValue)>; 2]> = const { RefCell::new([None, None]) };
+    }
+    if n <= 1024 {
+        return number(n);
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        let last = &mut last[which];
+        match &*last {
+            Some((m, v)) if *m == n => v.clone(),
+            _ => {
+                let v = HeaderValue::from(n);
+                *last = Some((n, v.clone()));
+                v
+            }
+        }
+    })
+}
+
 /// Writes the usage headers every response of a limited class carries.
 pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
     if let Some(p) = usage.primary {
-        headers.insert(X_RATELIMIT_LIMIT.clone(), number(p.limit));
+        headers.insert(X_RATELIMIT_LIMIT.clone(), limit(p.limit, PRIMARY));
         headers.insert(X_RATELIMIT_REMAINING.clone(), number(p.remaining));
     }
     if let Some(d) = usage.daily {
-        headers.insert(X_RATELIMIT_DAILY_LIMIT.clone(), number(d.limit));
+        headers.insert(X_RATELIMIT_DAILY_LIMIT.clone(), limit(d.limit, DAILY));
         headers.insert(X_RATELIMIT_DAILY_REMAINING.clone(), number(d.remaining));
         if usage.primary.is_none() {
             // A daily-only quota still answers the two headers every client reads first.
-            headers.insert(X_RATELIMIT_LIMIT.clone(), number(d.limit));
+            headers.insert(X_RATELIMIT_LIMIT.clone(), limit(d.limit, DAILY));
             headers.insert(X_RATELIMIT_REMAINING.clone(), number(d.remaining));
         }
     }
@@ -79,5 +107,25 @@ fn write_ietf(headers: &mut HeaderMap, usage: &Usage) {
     ) {
         headers.insert(RATELIMIT_POLICY.clone(), p);
         headers.insert(RATELIMIT.clone(), s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_limits_render_as_their_digits_in_and_past_the_table() {
+        for n in [0, 7, 1024, 1025, 60_000, 1_000_000_000, u32::MAX] {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string());
+            for which in [PRIMARY, DAILY] {
+                assert_eq!(limit(n, which).to_str().unwrap(), n.to_string());
+                assert_eq!(
+                    limit(n, which).to_str().unwrap(),
+                    n.to_string(),
+                    "cached {n}"
+                );
+            }
+        }
     }
 }

@@ -18,7 +18,9 @@ pub enum ProxyBody {
     Upstream {
         prefix: Option<Bytes>,
         body: UpstreamBody,
-        permit: Option<SlotPermit>,
+        /// Boxed: only job responses carry one, and every plain response is moved several
+        /// times on its way out (a smaller body is a cheaper move).
+        permit: Option<Box<SlotPermit>>,
     },
     Full(Option<Bytes>),
 }
@@ -43,7 +45,7 @@ impl ProxyBody {
     /// Keeps a job slot until this body is done.
     pub fn hold(&mut self, slot: SlotPermit) {
         if let ProxyBody::Upstream { permit, .. } = self {
-            *permit = Some(slot);
+            *permit = Some(Box::new(slot));
         }
     }
 }
@@ -106,6 +108,12 @@ pub enum RequestBody {
         prefix: Option<Bytes>,
         rest: Option<hyper::body::Incoming>,
     },
+}
+
+impl From<hyper::body::Incoming> for RequestBody {
+    fn from(body: hyper::body::Incoming) -> Self {
+        RequestBody::Streaming(body)
+    }
 }
 
 impl RequestBody {

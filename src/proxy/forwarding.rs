@@ -28,19 +28,24 @@ static HOP_BY_HOP: [&HeaderName; 6] = [
 ];
 
 /// Removes `Connection`, the fields it names, and the fixed hop-by-hop fields. One scan of the
-/// names notes which are present, so only those are removed (each removal is a hash lookup);
-/// most requests carry none, and a typical response only `Connection: keep-alive`.
+/// fields notes which are present and whether `Connection` names anything beyond them, so only
+/// those are removed (each removal is a hash lookup); most requests carry none, and a typical
+/// response only `Connection: keep-alive`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u8;
-    for name in headers.keys() {
+    let mut names_others = false;
+    for (name, value) in headers.iter() {
         if let Some(i) = hop_by_hop_index(name) {
             present |= 1 << i;
+            if i == 0 && !names_others {
+                names_others = names_other_fields(value);
+            }
         }
     }
     if present == 0 {
         return;
     }
-    if present & 1 != 0 && names_other_fields(headers) {
+    if names_others {
         // Fields named by Connection, other than the fixed ones handled below.
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -62,19 +67,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Whether `Connection` names a field beyond the fixed ones (`Connection: keep-alive`, on
-/// nearly every response, names none: checked without allocating).
-fn names_other_fields(headers: &HeaderMap) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        let v = v.as_bytes();
-        if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
-            return false; // the common cases, without splitting
-        }
-        std::str::from_utf8(v).map_or(true, |list| {
-            list.split(',')
-                .map(str::trim)
-                .any(|n| !n.is_empty() && !is_fixed(n))
-        })
+/// Whether a `Connection` value names a field beyond the fixed ones (`keep-alive`, on nearly
+/// every response, names none: checked without splitting or allocating).
+fn names_other_fields(value: &HeaderValue) -> bool {
+    let v = value.as_bytes();
+    if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
+        return false;
+    }
+    std::str::from_utf8(v).map_or(true, |list| {
+        list.split(',')
+            .map(str::trim)
+            .any(|n| !n.is_empty() && !is_fixed(n))
     })
 }
 

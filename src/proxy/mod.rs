@@ -130,8 +130,7 @@ impl Proxy {
                     Ok(usage) => usage,
                     Err(resp) => return resp,
                 };
-                let req = req.map(RequestBody::Streaming);
-                let forwarded = self.forward(&ctx, req, None, &Marks::default()).await;
+                let forwarded = self.forward(&ctx, req).await;
                 (usage, forwarded)
             }
             // Boxed: a job's stages hold kilobytes of state that a plain request's future
@@ -260,17 +259,15 @@ impl Proxy {
         }
     }
 
-    /// Sends the request upstream with its path, query and body untouched; a job's upstream
-    /// account sets its credential (and, with its own base URL, the destination).
+    /// Sends a plain request upstream with its path, query and body untouched (one move of
+    /// its parts into the outgoing request).
     async fn forward(
         &self,
         ctx: &Ctx<'_>,
-        req: Request<RequestBody>,
-        account: Option<&UpstreamAccount>,
-        marks: &Marks,
+        req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let req = self.outgoing(ctx, req, marks);
-        self.send_as(ctx, req, account).await
+        let req = self.outgoing(ctx, req, &Marks::default());
+        self.send_as(ctx, req, None).await
     }
 
     /// Sends a prepared request on this worker's connections, as `account` when a job runs on
@@ -292,11 +289,11 @@ impl Proxy {
     fn outgoing(
         &self,
         ctx: &Ctx<'_>,
-        req: Request<RequestBody>,
+        req: Request<impl Into<RequestBody>>,
         marks: &Marks,
     ) -> Request<ForwardBody> {
         let config = &ctx.policy.config;
-        let mut req = req.map(|body| UploadBody::new(body, config.max_body(ctx.class)));
+        let mut req = req.map(|body| UploadBody::new(body.into(), config.max_body(ctx.class)));
         prepare_request(&mut req, ctx.peer, self.upstreams.default.authority());
         if config.headers.annotate_upstream {
             annotate(&mut req, ctx);
