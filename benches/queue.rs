@@ -28,7 +28,7 @@ fn pool(cap: u32) -> Arc<JobPool> {
     let account = UpstreamAccount {
         name: "upstream".into(),
         credential: None,
-        authority: None,
+        origin: None,
         concurrency: cap,
     };
     Arc::new(JobPool::new(

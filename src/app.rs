@@ -20,9 +20,9 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Semaphore};
 
 use crate::clock::Clock;
-use crate::config::{Config, StateConfig};
+use crate::config::{Config, StateConfig, UpstreamTarget};
 use crate::metrics::{Handles, Metrics};
-use crate::proxy::upstream::{UpstreamClient, Upstreams};
+use crate::proxy::upstream::{self, UpstreamClient, Upstreams};
 use crate::proxy::Proxy;
 use crate::queue::Jobs;
 use crate::server::conn::Timeouts;
@@ -194,18 +194,18 @@ pub fn start(
     let slots = Arc::new(Semaphore::new(
         server_cfg.max_connections.min(Semaphore::MAX_PERMITS),
     ));
+    let tls = upstream_tls(&server_cfg, &shared)?;
     let mut threads = Vec::new(); // the workers
     for i in 0..workers {
         let listener = listeners.proxy[i % listeners.proxy.len()].try_clone()?;
         listener.set_nonblocking(true)?;
         let upstreams = Arc::new(Upstreams {
-            default: Arc::new(UpstreamClient::new(
-                server_cfg.upstream.authority.clone(),
-                server_cfg.upstream_connect_timeout,
-                server_cfg.upstream_timeout,
-                server_cfg.max_idle_upstream_connections,
-            )),
-            by_authority: account_upstreams(&server_cfg, &shared),
+            default: Arc::new(upstream_client(
+                &server_cfg,
+                &server_cfg.upstream,
+                tls.as_ref(),
+            )?),
+            by_origin: account_upstreams(&server_cfg, &shared, tls.as_ref())?,
         });
         let proxy = Arc::new(Proxy::new(
             shared.clone(),
@@ -250,23 +250,61 @@ pub fn start(
 fn account_upstreams(
     server: &crate::config::ServerConfig,
     shared: &Shared,
-) -> HashMap<String, Arc<UpstreamClient>> {
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> io::Result<HashMap<String, Arc<UpstreamClient>>> {
     let mut out = HashMap::new();
     for pool in &shared.jobs.pools {
         for account in &pool.accounts {
-            if let Some(authority) = &account.authority {
-                out.entry(authority.clone()).or_insert_with(|| {
-                    Arc::new(UpstreamClient::new(
-                        authority.clone(),
-                        server.upstream_connect_timeout,
-                        server.upstream_timeout,
-                        server.max_idle_upstream_connections,
-                    ))
-                });
+            let Some(origin) = &account.origin else {
+                continue;
+            };
+            if out.contains_key(origin) {
+                continue;
             }
+            let target = UpstreamTarget::parse(origin).map_err(io::Error::other)?;
+            let client = upstream_client(server, &target, tls)?;
+            out.insert(origin.clone(), Arc::new(client));
         }
     }
-    out
+    Ok(out)
+}
+
+/// A worker's pool for one origin, with the `[server]` timeouts and idle bound.
+fn upstream_client(
+    server: &crate::config::ServerConfig,
+    target: &UpstreamTarget,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> io::Result<UpstreamClient> {
+    UpstreamClient::new(
+        target,
+        tls,
+        server.upstream_connect_timeout,
+        server.upstream_timeout,
+        server.max_idle_upstream_connections,
+    )
+    .map_err(io::Error::other)
+}
+
+/// The TLS settings for `https://` origins, when any origin is one.
+fn upstream_tls(
+    server: &crate::config::ServerConfig,
+    shared: &Shared,
+) -> io::Result<Option<Arc<rustls::ClientConfig>>> {
+    let accounts = shared.jobs.pools.iter().flat_map(|p| &p.accounts);
+    let any_https = server.upstream.tls
+        || accounts
+            .filter_map(|a| a.origin.as_deref())
+            .any(|o| o.starts_with("https://"));
+    if !any_https {
+        return Ok(None);
+    }
+    let extra = server
+        .upstream_ca
+        .as_ref()
+        .map_or(&[][..], |ca| &ca.certs[..]);
+    upstream::tls_client_config(extra)
+        .map(Some)
+        .map_err(|e| io::Error::other(format!("upstream TLS settings: {e}")))
 }
 
 /// Loads the state file into the store before serving. A corrupt file is reported and set aside

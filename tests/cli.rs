@@ -129,7 +129,7 @@ fn check_bad_flag_value_names_the_field() {
     // Only --config is a global flag: the overrides go before the subcommand.
     let out = floodgate(&[
         "--upstream",
-        "https://127.0.0.1:9443",
+        "ftp://127.0.0.1:9443",
         "check",
         "--config",
         path.to_str().unwrap(),
@@ -138,7 +138,8 @@ fn check_bad_flag_value_names_the_field() {
     assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
     assert!(
         stderr.contains(
-            "server.upstream: \"https://127.0.0.1:9443\": only http:// upstreams are supported"
+            "server.upstream: \"ftp://127.0.0.1:9443\": only http:// and https:// upstreams are \
+             supported"
         ),
         "{stderr}"
     );

@@ -92,9 +92,12 @@ bad_fixtures! {
         "line 6: route[0].method: \"GET, POST\" is not an HTTP method",
     bad_listen =>
         "line 3: server.listen: \"localhost:8080\" is not a socket address like 127.0.0.1:8080",
-    https_upstream =>
-        "line 4: server.upstream: \"https://api.example.com\": only http:// upstreams are \
-         supported",
+    bad_scheme_upstream =>
+        "line 4: server.upstream: \"ftp://api.example.com\": only http:// and https:// \
+         upstreams are supported",
+    missing_upstream_ca =>
+        "line 4: server.upstream_ca_file: cannot read \"/nonexistent/upstream-ca.pem\": No such \
+         file or directory (os error 2)",
     upstream_with_path =>
         "line 4: server.upstream: \"http://127.0.0.1:9000/api/v1\": an upstream URL has no path; \
          requests keep their own",
@@ -258,7 +261,7 @@ fn type_error_on_spanned_values_names_the_plain_field() {
 /// A bad command-line value has no line in the file, so the error names only the field.
 #[test]
 fn bad_overrides_name_the_field_without_a_line() {
-    let text = read_fixture("https_upstream");
+    let text = read_fixture("bad_scheme_upstream");
     let o = |listen: Option<&str>, upstream: Option<&str>, admin: Option<&str>| Overrides {
         listen: listen.map(Into::into),
         upstream: upstream.map(Into::into),
@@ -266,8 +269,9 @@ fn bad_overrides_name_the_field_without_a_line() {
         workers: None,
     };
     assert_eq!(
-        parse_err(&text, &o(None, Some("https://127.0.0.1:9443"), None)).to_string(),
-        "server.upstream: \"https://127.0.0.1:9443\": only http:// upstreams are supported"
+        parse_err(&text, &o(None, Some("ftp://127.0.0.1:9443"), None)).to_string(),
+        "server.upstream: \"ftp://127.0.0.1:9443\": only http:// and https:// upstreams are \
+         supported"
     );
     let ok_upstream = Some("http://127.0.0.1:9000");
     assert_eq!(
@@ -287,7 +291,11 @@ fn upstream_override_repairs_the_upstream_fixtures() {
         upstream: Some("http://127.0.0.1:9000".into()),
         ..Overrides::default()
     };
-    for name in ["https_upstream", "upstream_with_path", "missing_upstream"] {
+    for name in [
+        "bad_scheme_upstream",
+        "upstream_with_path",
+        "missing_upstream",
+    ] {
         let config = Config::parse(&read_fixture(name), &overrides)
             .unwrap_or_else(|e| panic!("{name} with --upstream: {e}"));
         assert_eq!(config.server.upstream.authority, "127.0.0.1:9000", "{name}");

@@ -69,7 +69,7 @@ pub(super) fn build_jobs(
         accounts: vec![UpstreamAccount {
             name: "upstream".into(),
             credential: None,
-            authority: None,
+            origin: None,
             concurrency: u32::MAX,
         }],
     });
@@ -299,10 +299,10 @@ fn upstream_accounts(
             }
             None => None,
         };
-        let authority = u
+        let origin = u
             .base_url
             .as_ref()
-            .map(|b| build_upstream(src, Some(b)).map(|t| t.authority))
+            .map(|b| build_upstream(src, Some(b)).map(|t| t.origin))
             .transpose()?;
         let concurrency =
             positive(&format!("{field}.concurrency"), u.concurrency)?.unwrap_or(u32::MAX);
@@ -311,7 +311,7 @@ fn upstream_accounts(
             UpstreamAccount {
                 name,
                 credential,
-                authority,
+                origin,
                 concurrency,
             },
         );

@@ -109,9 +109,9 @@ impl Config {
     /// A human summary for `floodgate check`.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "listen {}  upstream http://{}  admin {}\n{} routes, {} classes, {} tiers\n",
+            "listen {}  upstream {}  admin {}\n{} routes, {} classes, {} tiers\n",
             self.server.listen,
-            self.server.upstream.authority,
+            self.server.upstream.origin,
             self.server.admin.map_or("off".into(), |a| a.to_string()),
             self.router.routes().len(),
             self.classes.len(),

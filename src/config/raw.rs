@@ -76,6 +76,8 @@ pub struct RawStore {
 pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub upstream: Option<Spanned<String>>,
+    /// PEM file of extra certificate authorities for `https://` upstreams.
+    pub upstream_ca_file: Option<Spanned<String>>,
     pub admin: Option<Spanned<String>>,
     pub workers: Option<usize>,
     pub upstream_connect_timeout: Option<Spanned<String>>,

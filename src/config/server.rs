@@ -3,8 +3,11 @@
 //! pools are built from it, so a reload reports a changed `[server]` instead of applying it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use toml::Spanned;
 
 use super::classes::{format_size, parse_size};
@@ -30,6 +33,8 @@ pub struct ServerConfig {
     /// `None` turns the admin listener off.
     pub admin: Option<SocketAddr>,
     pub upstream: UpstreamTarget,
+    /// Extra roots for `https://` upstreams (`upstream_ca_file`).
+    pub upstream_ca: Option<UpstreamCa>,
     /// Worker threads (one event loop each); 0 in the file means one per CPU.
     pub workers: usize,
     pub upstream_connect_timeout: Duration,
@@ -55,11 +60,64 @@ pub struct ServerConfig {
     pub inspect_limit: usize,
 }
 
-/// The upstream origin (plain HTTP).
+/// An upstream origin: `http://` or `https://`, a host and a port, no path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTarget {
+    /// `http://host:port` or `https://host:port`: names the origin's connection pool.
+    pub origin: String,
     /// `host:port`, as connected to.
     pub authority: String,
+    /// The host without port or IPv6 brackets: the name a TLS certificate must carry.
+    pub host: String,
+    /// The URL's authority as written: the `Host` of requests floodgate addresses to it.
+    pub host_header: String,
+    /// Connections are TLS (`https://`).
+    pub tls: bool,
+}
+
+impl UpstreamTarget {
+    /// Parses an upstream URL; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let uri: http::Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
+        let (tls, default_port) = match uri.scheme_str() {
+            Some("http") => (false, 80),
+            Some("https") => (true, 443),
+            _ => {
+                return Err(format!(
+                    "{text:?}: only http:// and https:// upstreams are supported"
+                ))
+            }
+        };
+        let Some(authority) = uri.authority() else {
+            return Err(format!("{text:?} has no host"));
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "{text:?}: an upstream URL has no path; requests keep their own"
+            ));
+        }
+        let port = authority.port_u16().unwrap_or(default_port);
+        let host = authority.host();
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        if tls && ServerName::try_from(bare_host).is_err() {
+            return Err(format!("{text:?}: {bare_host:?} is not a TLS server name"));
+        }
+        let scheme = if tls { "https" } else { "http" };
+        Ok(UpstreamTarget {
+            origin: format!("{scheme}://{host}:{port}"),
+            authority: format!("{host}:{port}"),
+            host: bare_host.to_owned(),
+            host_header: authority.as_str().to_owned(),
+            tls,
+        })
+    }
+}
+
+/// Extra certificate authorities trusted for `https://` upstreams, beside the bundled roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamCa {
+    pub path: PathBuf,
+    pub certs: Vec<CertificateDer<'static>>,
 }
 
 pub(super) fn build_server(src: &Source<'_>, s: &RawServer) -> Result<ServerConfig, ConfigError> {
@@ -75,6 +133,7 @@ pub(super) fn build_server(src: &Source<'_>, s: &RawServer) -> Result<ServerConf
         listen: socket_addr(src, "listen", s.listen.as_ref(), DEFAULT_LISTEN)?,
         admin,
         upstream: build_upstream(src, s.upstream.as_ref())?,
+        upstream_ca: upstream_ca(src, s.upstream_ca_file.as_ref())?,
         workers: match s.workers {
             Some(0) | None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             Some(n) => n,
@@ -170,27 +229,31 @@ pub(crate) fn build_upstream(
             src.at("server.upstream", v.span(), msg)
         }
     };
-    let text = v.get_ref();
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|_| fail(format!("{text:?} is not a URL")))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(fail(format!(
-            "{text:?}: only http:// upstreams are supported"
-        )));
+    UpstreamTarget::parse(v.get_ref()).map_err(fail)
+}
+
+/// Reads `upstream_ca_file`: a PEM bundle of at least one certificate.
+fn upstream_ca(
+    src: &Source<'_>,
+    v: Option<&Spanned<String>>,
+) -> Result<Option<UpstreamCa>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    let path = PathBuf::from(v.get_ref());
+    let fail = |msg: String| src.at("server.upstream_ca_file", v.span(), msg);
+    let pem = std::fs::read(&path).map_err(|e| fail(format!("cannot read {path:?}: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(format!("{path:?} is not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail(format!("{path:?} holds no PEM certificate")));
     }
-    let Some(authority) = uri.authority() else {
-        return Err(fail(format!("{text:?} has no host")));
-    };
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(fail(format!(
-            "{text:?}: an upstream URL has no path; requests keep their own"
-        )));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| fail(format!("{path:?}: a certificate cannot be a root: {e}")))?;
     }
-    let port = authority.port_u16().unwrap_or(80);
-    Ok(UpstreamTarget {
-        authority: format!("{}:{port}", authority.host()),
-    })
+    Ok(Some(UpstreamCa { path, certs }))
 }
 
 /// The settings a reload cannot apply because sockets, threads and pools were built from them
@@ -206,6 +269,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     check("server.listen", a.listen != b.listen);
     check("server.admin", a.admin != b.admin);
     check("server.upstream", a.upstream != b.upstream);
+    check("server.upstream_ca_file", a.upstream_ca != b.upstream_ca);
     check("server.workers", a.workers != b.workers);
     check(
         "server.upstream_connect_timeout",

@@ -281,7 +281,7 @@ impl Proxy {
     ) {
         let tracker = self.shared.jobs.tracker.clone();
         let account = permit.account().clone();
-        let client = self.upstreams.client(account.authority.as_deref()).clone();
+        let client = self.upstreams.client(account.origin.as_deref()).clone();
         let poll = ctx
             .policy
             .config
@@ -489,7 +489,7 @@ impl Watcher {
         let mut req = Request::builder()
             .method(tasks.get_method.clone())
             .uri(tasks.path_for(&self.id));
-        if let Ok(host) = HeaderValue::from_str(self.client.authority()) {
+        if let Ok(host) = HeaderValue::from_str(self.client.host_header()) {
             req = req.header(HOST, host);
         }
         if let Some((name, value)) = &self.credential {

@@ -294,7 +294,7 @@ impl Proxy {
     ) -> Request<ForwardBody> {
         let config = &ctx.policy.config;
         let mut req = req.map(|body| UploadBody::new(body.into(), config.max_body(ctx.class)));
-        prepare_request(&mut req, ctx.peer, self.upstreams.default.authority());
+        prepare_request(&mut req, ctx.peer, self.upstreams.default.host_header());
         if config.headers.annotate_upstream {
             annotate(&mut req, ctx);
         }
@@ -369,13 +369,13 @@ fn route<'u>(
     req: &mut Request<ForwardBody>,
     account: Option<&UpstreamAccount>,
 ) -> &'u Arc<UpstreamClient> {
-    let client = upstreams.client(account.and_then(|a| a.authority.as_deref()));
+    let client = upstreams.client(account.and_then(|a| a.origin.as_deref()));
     if let Some(account) = account {
         if let Some((name, value)) = &account.credential {
             req.headers_mut().insert(name.clone(), value.clone());
         }
-        if account.authority.is_some() {
-            if let Ok(v) = HeaderValue::from_str(client.authority()) {
+        if account.origin.is_some() {
+            if let Ok(v) = HeaderValue::from_str(client.host_header()) {
                 req.headers_mut().insert(HOST, v);
             }
         }
@@ -396,7 +396,7 @@ fn annotate<B>(req: &mut Request<B>, ctx: &Ctx<'_>) {
 }
 
 /// Origin-form target, HTTP/1.1 towards the upstream, a Host header, forwarding headers.
-fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, upstream_authority: &str) {
+fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, upstream_host: &str) {
     if req.uri().scheme().is_some() {
         // absolute-form from the client: the upstream gets origin-form, Host carries the authority
         if let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) {
@@ -410,7 +410,7 @@ fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, upstream_authority: &st
         }
     }
     if !req.headers().contains_key(HOST) {
-        if let Ok(v) = HeaderValue::from_str(upstream_authority) {
+        if let Ok(v) = HeaderValue::from_str(upstream_host) {
             req.headers_mut().insert(HOST, v);
         }
     }

@@ -5,6 +5,9 @@
 //! connection goes back to the pool only once its response body has ended; a request that fails
 //! on a reused connection before being sent (the upstream closed an idle keep-alive) is retried
 //! once on a fresh connection.
+//!
+//! An `https://` origin gets TLS (rustls, with the bundled Mozilla roots plus any
+//! `upstream_ca_file`), set up inside the connect timeout; its connections are pooled the same way.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,11 +23,17 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use super::body::RequestBody;
 use super::upload::{UploadBody, UploadError};
+use crate::config::UpstreamTarget;
 use crate::error::ProxyError;
 
 /// What goes upstream: the request body (streamed, or with an inspected prefix put back), counted
@@ -37,8 +46,8 @@ type Sender = SendRequest<ForwardBody>;
 #[derive(Debug)]
 pub struct Upstreams {
     pub default: Arc<UpstreamClient>,
-    /// Pools for upstream accounts that have their own base URL, by authority.
-    pub by_authority: HashMap<String, Arc<UpstreamClient>>,
+    /// Pools for upstream accounts that have their own base URL, by origin.
+    pub by_origin: HashMap<String, Arc<UpstreamClient>>,
 }
 
 thread_local! {
@@ -48,10 +57,10 @@ thread_local! {
 }
 
 impl Upstreams {
-    /// The pool for an authority (`None`: the upstream's own).
-    pub fn client(&self, authority: Option<&str>) -> &Arc<UpstreamClient> {
-        authority
-            .and_then(|a| self.by_authority.get(a))
+    /// The pool for an origin (`None`: the upstream's own).
+    pub fn client(&self, origin: Option<&str>) -> &Arc<UpstreamClient> {
+        origin
+            .and_then(|o| self.by_origin.get(o))
             .unwrap_or(&self.default)
     }
 
@@ -66,10 +75,47 @@ impl Upstreams {
     }
 }
 
+/// The TLS client settings every `https://` origin shares: the bundled Mozilla roots plus
+/// `extra_roots`, TLS 1.2 and 1.3, and ALPN `http/1.1` (floodgate speaks HTTP/1.1 upstream).
+pub fn tls_client_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in extra_roots {
+        roots.add(cert.clone())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// How to open TLS to one origin: the shared settings and the name its certificate must carry.
+#[derive(Clone)]
+struct Tls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish()
+    }
+}
+
 /// Connections to one upstream origin.
 #[derive(Debug)]
 pub struct UpstreamClient {
+    /// `host:port`, as connected to.
     authority: String,
+    /// The `Host` of requests floodgate addresses to this origin itself.
+    host_header: String,
+    tls: Option<Tls>,
     connect_timeout: Duration,
     response_timeout: Duration,
     max_idle: usize,
@@ -77,23 +123,37 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
+    /// A pool for `target`; an `https://` target needs `tls` (see [`tls_client_config`]).
     pub fn new(
-        authority: String,
+        target: &UpstreamTarget,
+        tls: Option<&Arc<ClientConfig>>,
         connect_timeout: Duration,
         response_timeout: Duration,
         max_idle: usize,
-    ) -> Self {
-        Self {
-            authority,
+    ) -> Result<Self, String> {
+        let tls = match (target.tls, tls) {
+            (false, _) => None,
+            (true, None) => return Err(format!("{}: no TLS settings", target.origin)),
+            (true, Some(config)) => Some(Tls {
+                connector: TlsConnector::from(config.clone()),
+                name: ServerName::try_from(target.host.clone())
+                    .map_err(|e| format!("{}: not a TLS server name: {e}", target.origin))?,
+            }),
+        };
+        Ok(Self {
+            authority: target.authority.clone(),
+            host_header: target.host_header.clone(),
+            tls,
             connect_timeout,
             response_timeout,
             max_idle,
             idle: Mutex::new(Vec::new()),
-        }
+        })
     }
 
-    pub fn authority(&self) -> &str {
-        &self.authority
+    /// The `Host` for requests floodgate addresses to this origin.
+    pub fn host_header(&self) -> &str {
+        &self.host_header
     }
 
     /// Sends `req` and returns the response head; the body streams afterwards.
@@ -146,21 +206,13 @@ impl UpstreamClient {
     }
 
     async fn connect(&self) -> Result<Sender, ProxyError> {
-        let stream = match timeout(self.connect_timeout, TcpStream::connect(&self.authority)).await
-        {
+        let io = match timeout(self.connect_timeout, self.open()).await {
             Err(_) => return Err(ProxyError::UpstreamConnectTimeout),
-            Ok(Err(e)) => {
-                return Err(ProxyError::UpstreamUnreachable(format!(
-                    "{}: {e}",
-                    self.authority
-                )))
-            }
-            Ok(Ok(s)) => s,
+            Ok(opened) => opened?,
         };
-        let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
             .writev(false) // as on the listener: one flat buffer per write
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
         tokio::spawn(async move {
@@ -169,6 +221,71 @@ impl UpstreamClient {
             }
         });
         Ok(sender)
+    }
+
+    /// A TCP connection to the origin, with TLS set up over it for `https://`.
+    async fn open(&self) -> Result<UpstreamIo, ProxyError> {
+        let unreachable = |what: String| ProxyError::UpstreamUnreachable(what);
+        let tcp = TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| unreachable(format!("{}: {e}", self.authority)))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(UpstreamIo::Plain(tcp));
+        };
+        let stream = tls
+            .connector
+            .connect(tls.name.clone(), tcp)
+            .await
+            .map_err(|e| unreachable(format!("{}: TLS handshake failed: {e}", self.authority)))?;
+        Ok(UpstreamIo::Tls(Box::new(stream)))
+    }
+}
+
+/// An upstream connection's socket: plain, or TLS (boxed: its buffers would make every plain
+/// connection as large).
+enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

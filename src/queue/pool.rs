@@ -27,8 +27,8 @@ pub struct UpstreamAccount {
     pub name: String,
     /// Header set (or replaced) on requests this account runs.
     pub credential: Option<(HeaderName, HeaderValue)>,
-    /// `host:port` when this account has its own base URL.
-    pub authority: Option<String>,
+    /// Its base URL's origin (`https://host:port`) when it has its own.
+    pub origin: Option<String>,
     /// Concurrent jobs it allows; `u32::MAX` for the plain upstream.
     pub concurrency: u32,
 }
@@ -630,7 +630,7 @@ mod tests {
         let account = UpstreamAccount {
             name: "a".into(),
             credential: None,
-            authority: None,
+            origin: None,
             concurrency: 1,
         };
         Arc::new(JobPool::new(

@@ -66,6 +66,8 @@ struct State {
     /// Task id -> why it failed (`failReason` in its get-task answer).
     fail_reasons: Mutex<HashMap<String, String>>,
     next_task: AtomicUsize,
+    /// Connections accepted (TLS: handshakes completed).
+    connections: AtomicUsize,
 }
 
 /// A recording upstream. Paths: `/slow?ms=N`, `/status/NNN`, `/download?bytes=N`, `/echo`,
@@ -90,6 +92,16 @@ fn query_num(target: &str, key: &str) -> Option<u64> {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Self::start_with(None).await
+    }
+
+    /// The same upstream behind TLS with `tls`'s certificate (its `url()` stays `http://`: use
+    /// `https_url`).
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Upstream {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
@@ -99,19 +111,41 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let st = st.clone();
+                let (st, tls) = (st.clone(), tls.clone());
                 tokio::spawn(async move {
+                    let counted = st.clone();
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         async move { Ok::<_, Infallible>(respond(req, st).await) }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = http1::Builder::new();
+                    match tls {
+                        None => {
+                            counted.connections.fetch_add(1, SeqCst);
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return; // a failed handshake: the client gave up on us
+                            };
+                            counted.connections.fetch_add(1, SeqCst);
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
         Upstream { addr, state }
+    }
+
+    /// `https://localhost:PORT`, for an upstream started with `start_tls`.
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// Connections accepted so far (with TLS: handshakes completed).
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(SeqCst)
     }
 
     pub fn url(&self) -> String {
