@@ -274,3 +274,56 @@ async fn ietf_ratelimit_headers_behind_a_switch() {
         .await;
     assert_eq!(a.header("ratelimit-policy"), None);
 }
+
+/// A response the upstream streams over time (server-sent events, as a model streams tokens)
+/// reaches the client event by event, not when the upstream finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_reaches_the_client_event_by_event() {
+    use http_body_util::BodyExt;
+    use std::time::{Duration, Instant};
+
+    const EVENTS: usize = 4;
+    const EVERY_MS: u64 = 300;
+    let up = Upstream::start().await;
+    let gate = Gate::start(OPEN, &up.url(), DAY0_MS);
+    let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("/drip?events={EVENTS}&ms={EVERY_MS}"))
+        .header("host", "t")
+        .header("x-api-key", "k")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let sent = Instant::now();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+            arrivals.push((text.matches("data: ").count(), sent.elapsed()));
+        }
+    }
+    assert_eq!(text, "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\n");
+    // Each event arrives on its own, about EVERY_MS after the one before.
+    let when = |n: usize| arrivals.iter().find(|(seen, _)| *seen >= n).unwrap().1;
+    let last_sent = Duration::from_millis(EVERY_MS * (EVENTS as u64 - 1));
+    assert!(
+        when(1) < last_sent / 2,
+        "the first event waited for the rest: {arrivals:?}"
+    );
+    for n in 2..=EVENTS {
+        let gap = when(n) - when(n - 1);
+        assert!(
+            gap > Duration::from_millis(EVERY_MS / 2),
+            "events {} and {n} arrived together: {arrivals:?}",
+            n - 1
+        );
+    }
+}

@@ -71,6 +71,7 @@ struct State {
 }
 
 /// A recording upstream. Paths: `/slow?ms=N`, `/status/NNN`, `/download?bytes=N`, `/echo`,
+/// `/drip?events=N&ms=M` (server-sent events, one every M ms),
 /// `/hop` (answers with hop-by-hop headers), `POST /task/create[?ms=N]` (answers
 /// `{"result": "t-N"}`), `GET /task/{id}` (answers `{"id", "status"}`, and `failReason` when
 /// set); anything else answers 200 `{"ok":true}`. A request whose `mj-api-secret` is marked busy
@@ -380,6 +381,13 @@ async fn respond(req: Request<Incoming>, state: Arc<State>) -> Response<UpBody> 
     } else if path == "/download" {
         let total = query_num(&target, "bytes").unwrap_or(0);
         Response::new(stream_zeros(total))
+    } else if path == "/drip" {
+        let events = query_num(&target, "events").unwrap_or(3);
+        let ms = query_num(&target, "ms").unwrap_or(100);
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(drip(events, Duration::from_millis(ms)))
+            .unwrap()
     } else if path == "/hop" {
         Response::builder()
             .header("connection", "x-up-secret")
@@ -422,6 +430,24 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
 ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A server-sent-events body: `events` events `every` apart (the first one at once), like a
+/// model streaming its tokens.
+fn drip(events: u64, every: Duration) -> UpBody {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    tokio::spawn(async move {
+        for i in 0..events {
+            if i > 0 {
+                tokio::time::sleep(every).await;
+            }
+            let event = Bytes::from(format!("data: {i}\n\n"));
+            if tx.send(Ok(Frame::data(event))).await.is_err() {
+                return;
+            }
+        }
+    });
+    StreamBody::new(tokio_stream_from(rx)).boxed()
 }
 
 /// A body of `total` zero bytes in 64 KiB frames, generated as it is read.
