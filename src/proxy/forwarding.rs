@@ -96,6 +96,24 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
+/// A request to switch protocols (RFC 9110 §7.8): `Connection` names `upgrade` and an `Upgrade`
+/// field says to what.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers.get_all(CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+}
+
+/// Puts back the two hop-by-hop fields an upgrade needs on the next hop, after the usual
+/// stripping removed them.
+pub fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, protocol);
+}
+
 /// Prepares a client request's headers for the upstream. `peer` is the connection's address,
 /// rendered once per connection.
 pub fn request_headers(headers: &mut HeaderMap, peer: &HeaderValue) {

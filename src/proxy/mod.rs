@@ -130,7 +130,12 @@ impl Proxy {
                     Ok(usage) => usage,
                     Err(resp) => return resp,
                 };
-                let forwarded = self.forward(&ctx, req).await;
+                let forwarded = if forwarding::is_upgrade(req.headers()) {
+                    // Boxed: a tunnel's setup stays out of every plain request's future.
+                    Box::pin(self.forward_upgrade(&ctx, req)).await
+                } else {
+                    self.forward(&ctx, req).await
+                };
                 (usage, forwarded)
             }
             // Boxed: a job's stages hold kilobytes of state that a plain request's future
@@ -270,6 +275,25 @@ impl Proxy {
         self.send_as(ctx, req, None).await
     }
 
+    /// A protocol upgrade (WebSocket and the like), admitted like any request of its class:
+    /// sent on an upstream connection of its own with `Connection: upgrade` and its `Upgrade`
+    /// kept. When the upstream switches protocols, its `101` carries the upstream's half of the
+    /// tunnel ([`upstream::UpstreamTunnel`]) for the listener to join with the client's.
+    async fn forward_upgrade(
+        &self,
+        ctx: &Ctx<'_>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let protocol = req.headers().get(http::header::UPGRADE).cloned();
+        let mut req = self.outgoing(ctx, req, &Marks::default());
+        if let Some(protocol) = protocol {
+            forwarding::keep_upgrade(req.headers_mut(), protocol);
+        }
+        let started = Instant::now();
+        let resp = self.upstreams.default.send_upgrade(req).await;
+        self.arrived(ctx, resp, started)
+    }
+
     /// Sends a prepared request on this worker's connections, as `account` when a job runs on
     /// one.
     async fn send_as(
@@ -314,7 +338,10 @@ impl Proxy {
         ctx.policy
             .handles
             .upstream_latency(ctx.class, started.elapsed().as_secs_f64());
-        forwarding::strip_hop_by_hop(resp.headers_mut());
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // A 101's Connection and Upgrade are the switch itself, for the client.
+            forwarding::strip_hop_by_hop(resp.headers_mut());
+        }
         Ok(resp.map(ProxyBody::upstream))
     }
 

@@ -289,6 +289,48 @@ impl AsyncWrite for UpstreamIo {
     }
 }
 
+/// The upstream's half of a switched protocol (a `101` answer to an upgrade request), carried in
+/// the response's extensions for the listener to join with the client's half.
+#[derive(Clone)]
+pub struct UpstreamTunnel(pub hyper::upgrade::OnUpgrade);
+
+impl UpstreamClient {
+    /// Sends a protocol-upgrade request (WebSocket and the like) on a fresh connection of its
+    /// own: an upgraded connection belongs to its tunnel and never returns to the pool. A `101`
+    /// answer carries an [`UpstreamTunnel`].
+    pub async fn send_upgrade(
+        &self,
+        req: Request<ForwardBody>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let io = match timeout(self.connect_timeout, self.open()).await {
+            Err(_) => return Err(ProxyError::UpstreamConnectTimeout),
+            Ok(opened) => opened?,
+        };
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream upgrade connection closed");
+            }
+        });
+        let mut resp = match timeout(self.response_timeout, sender.send_request(req)).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Err(e)) => return Err(send_error(e)),
+            Ok(Ok(resp)) => resp,
+        };
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let tunnel = UpstreamTunnel(hyper::upgrade::on(&mut resp));
+            resp.extensions_mut().insert(tunnel);
+        }
+        Ok(resp.map(|body| UpstreamBody {
+            inner: body,
+            release: None,
+        }))
+    }
+}
+
 /// A request body cut off at its class's limit is the client's doing (413), not the upstream's.
 fn send_error(err: hyper::Error) -> ProxyError {
     match err.source().and_then(|s| s.downcast_ref::<UploadError>()) {

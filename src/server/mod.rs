@@ -20,11 +20,13 @@ use std::time::Duration;
 use atomic_waker::AtomicWaker;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::proxy::hygiene::AmbiguousFraming;
+use crate::proxy::upstream::UpstreamTunnel;
 use crate::proxy::{Peer, Proxy};
 use conn::{Activity, ActivityIo, Expiry, Timeouts, Tracked, Verdict};
 
@@ -105,8 +107,10 @@ pub async fn serve(
             proxy: proxy.clone(),
             peer: Peer::new(peer),
             settings,
-            _slot: slot,
-            _drain: drain.clone(),
+            hold: Hold {
+                _slot: Arc::new(slot),
+                _drain: drain.clone(),
+            },
         };
         tokio::spawn(conn.run(stream, builder.clone(), shutdown.clone()));
     }
@@ -186,15 +190,39 @@ async fn watch(
     }
 }
 
-/// One accepted client connection and what it holds until it ends.
+/// What a client connection holds until it ends — and a tunnel it turns into, after it.
+#[derive(Clone)]
+struct Hold {
+    /// Its place under `max_connections`.
+    _slot: Arc<OwnedSemaphorePermit>,
+    /// Keeps the drain channel open while the connection (or its tunnel) lives.
+    _drain: mpsc::Sender<()>,
+}
+
+/// One accepted client connection.
 struct Connection {
     proxy: Arc<Proxy>,
     peer: Peer,
     settings: Settings,
-    /// Its place under `max_connections`.
-    _slot: OwnedSemaphorePermit,
-    /// Keeps the drain channel open while the connection lives.
-    _drain: mpsc::Sender<()>,
+    hold: Hold,
+}
+
+/// Joins the client's and the upstream's halves of a switched protocol and copies bytes both
+/// ways until either side closes. It keeps the client connection's slot and holds shutdown's
+/// drain open, like a request in flight.
+async fn tunnel(client: OnUpgrade, upstream: UpstreamTunnel, _hold: Hold) {
+    let (client, upstream) = match tokio::try_join!(client, upstream.0) {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::debug!(error = %e, "protocol switch did not complete");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+        Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+    }
 }
 
 impl Connection {
@@ -209,19 +237,29 @@ impl Connection {
         let activity = Activity::new();
         let (proxy, peer) = (self.proxy.clone(), self.peer.clone());
         let tracker = activity.clone();
+        let hold = self.hold.clone();
         let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let guard = tracker.request_started();
             if tracker.take_ambiguous() {
                 req.extensions_mut().insert(AmbiguousFraming);
             }
+            // Present only on a request that asks to switch protocols.
+            let client_half = req.extensions_mut().remove::<OnUpgrade>();
+            let tunnel_hold = client_half.as_ref().map(|_| hold.clone());
             let (proxy, peer) = (proxy.clone(), peer.clone());
             async move {
-                let resp = proxy.handle(req, &peer).await;
+                let mut resp = proxy.handle(req, &peer).await;
+                let upstream_half = resp.extensions_mut().remove::<UpstreamTunnel>();
+                if let (Some(client), Some(upstream), Some(hold)) =
+                    (client_half, upstream_half, tunnel_hold)
+                {
+                    tokio::spawn(tunnel(client, upstream, hold));
+                }
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard)))
             }
         });
         let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
-        let conn = builder.serve_connection(io, service);
+        let conn = builder.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
         // The clocks and the shutdown signal live in a task of their own, so the connection's
         // own polls (several per request) only read a flag.

@@ -123,7 +123,8 @@ impl Upstream {
                     match tls {
                         None => {
                             counted.connections.fetch_add(1, SeqCst);
-                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            let _ = conn.with_upgrades().await;
                         }
                         Some(acceptor) => {
                             let Ok(stream) = acceptor.accept(stream).await else {
@@ -288,7 +289,10 @@ impl Drop for InFlight {
     }
 }
 
-async fn respond(req: Request<Incoming>, state: Arc<State>) -> Response<UpBody> {
+async fn respond(mut req: Request<Incoming>, state: Arc<State>) -> Response<UpBody> {
+    if req.uri().path() == "/upgrade" && req.headers().contains_key("upgrade") {
+        return switch_to_echo(&mut req, &state);
+    }
     let at = Instant::now();
     let target = req
         .uri()
@@ -430,6 +434,33 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
 ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Answers an upgrade request with `101` and then echoes every byte the client sends on the
+/// switched connection.
+fn switch_to_echo(req: &mut Request<Incoming>, state: &State) -> Response<UpBody> {
+    state.seen.lock().unwrap().push(Seen {
+        method: req.method().clone(),
+        target: req.uri().to_string(),
+        headers: req.headers().clone(),
+        body_len: 0,
+        at: Instant::now(),
+    });
+    let protocol = req.headers()["upgrade"].clone();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", protocol)
+        .body(full(""))
+        .unwrap()
 }
 
 /// A server-sent-events body: `events` events `every` apart (the first one at once), like a
