@@ -24,6 +24,7 @@ use http::uri::Uri;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 pub use body::{ProxyBody, RequestBody};
 use upload::UploadBody;
@@ -96,7 +97,7 @@ impl Proxy {
     }
 
     /// Answers one client request.
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let ambiguous = req
             .extensions()
             .get::<hygiene::AmbiguousFraming>()
@@ -130,11 +131,10 @@ impl Proxy {
                     Ok(usage) => usage,
                     Err(resp) => return resp,
                 };
-                let forwarded = if forwarding::is_upgrade(req.headers()) {
+                let forwarded = match upgrade_asked(&mut req) {
                     // Boxed: a tunnel's setup stays out of every plain request's future.
-                    Box::pin(self.forward_upgrade(&ctx, req)).await
-                } else {
-                    self.forward(&ctx, req).await
+                    Some(client) => Box::pin(self.forward_upgrade(&ctx, req, client)).await,
+                    None => self.forward(&ctx, req).await,
                 };
                 (usage, forwarded)
             }
@@ -277,12 +277,13 @@ impl Proxy {
 
     /// A protocol upgrade (WebSocket and the like), admitted like any request of its class:
     /// sent on an upstream connection of its own with `Connection: upgrade` and its `Upgrade`
-    /// kept. When the upstream switches protocols, its `101` carries the upstream's half of the
-    /// tunnel ([`upstream::UpstreamTunnel`]) for the listener to join with the client's.
+    /// kept. When the upstream switches protocols, its `101` carries both halves of the tunnel
+    /// ([`Tunnel`]) for the listener to join.
     async fn forward_upgrade(
         &self,
         ctx: &Ctx<'_>,
         req: Request<Incoming>,
+        client: OnUpgrade,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let protocol = req.headers().get(http::header::UPGRADE).cloned();
         let mut req = self.outgoing(ctx, req, &Marks::default());
@@ -290,7 +291,13 @@ impl Proxy {
             forwarding::keep_upgrade(req.headers_mut(), protocol);
         }
         let started = Instant::now();
-        let resp = self.upstreams.default.send_upgrade(req).await;
+        let mut resp = self.upstreams.default.send_upgrade(req).await;
+        if let Ok(resp) = &mut resp {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let upstream = hyper::upgrade::on(&mut *resp);
+                resp.extensions_mut().insert(Tunnel { client, upstream });
+            }
+        }
         self.arrived(ctx, resp, started)
     }
 
@@ -387,6 +394,25 @@ impl Proxy {
             .is_running(id)
             .then(|| id.to_owned())
     }
+}
+
+/// The two halves of a switched protocol, carried in a `101` response's extensions for the
+/// listener to join: the client's connection and the upstream's.
+#[derive(Clone)]
+pub struct Tunnel {
+    pub client: OnUpgrade,
+    pub upstream: OnUpgrade,
+}
+
+/// The client's half of a protocol switch, when the request asks for one (`Connection: upgrade`
+/// and `Upgrade`). hyper marks requests with an `Upgrade` field (or `CONNECT`); only those are
+/// looked at further, so a plain request pays one empty-map check.
+fn upgrade_asked<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
+    req.extensions().get::<OnUpgrade>()?;
+    if !forwarding::is_upgrade(req.headers()) {
+        return None;
+    }
+    req.extensions_mut().remove::<OnUpgrade>()
 }
 
 /// The pool a request goes out on; an upstream account sets its credential, and with its own

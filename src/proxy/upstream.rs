@@ -289,15 +289,10 @@ impl AsyncWrite for UpstreamIo {
     }
 }
 
-/// The upstream's half of a switched protocol (a `101` answer to an upgrade request), carried in
-/// the response's extensions for the listener to join with the client's half.
-#[derive(Clone)]
-pub struct UpstreamTunnel(pub hyper::upgrade::OnUpgrade);
-
 impl UpstreamClient {
     /// Sends a protocol-upgrade request (WebSocket and the like) on a fresh connection of its
-    /// own: an upgraded connection belongs to its tunnel and never returns to the pool. A `101`
-    /// answer carries an [`UpstreamTunnel`].
+    /// own: an upgraded connection belongs to its tunnel and never returns to the pool. The
+    /// caller takes a `101` answer's upgrade with `hyper::upgrade::on`.
     pub async fn send_upgrade(
         &self,
         req: Request<ForwardBody>,
@@ -315,15 +310,11 @@ impl UpstreamClient {
                 tracing::debug!(error = %e, "upstream upgrade connection closed");
             }
         });
-        let mut resp = match timeout(self.response_timeout, sender.send_request(req)).await {
+        let resp = match timeout(self.response_timeout, sender.send_request(req)).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
             Ok(Err(e)) => return Err(send_error(e)),
             Ok(Ok(resp)) => resp,
         };
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            let tunnel = UpstreamTunnel(hyper::upgrade::on(&mut resp));
-            resp.extensions_mut().insert(tunnel);
-        }
         Ok(resp.map(|body| UpstreamBody {
             inner: body,
             release: None,

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::proxy::hygiene::AmbiguousFraming;
-use crate::proxy::upstream::UpstreamTunnel;
+use crate::proxy::Tunnel;
 use crate::proxy::{Peer, Proxy};
 use conn::{Activity, ActivityIo, Expiry, Timeouts, Tracked, Verdict};
 
@@ -210,8 +210,8 @@ struct Connection {
 /// Joins the client's and the upstream's halves of a switched protocol and copies bytes both
 /// ways until either side closes. It keeps the client connection's slot and holds shutdown's
 /// drain open, like a request in flight.
-async fn tunnel(client: OnUpgrade, upstream: UpstreamTunnel, _hold: Hold) {
-    let (client, upstream) = match tokio::try_join!(client, upstream.0) {
+async fn tunnel(halves: Tunnel, _hold: Hold) {
+    let (client, upstream) = match tokio::try_join!(halves.client, halves.upstream) {
         Ok(halves) => halves,
         Err(e) => {
             tracing::debug!(error = %e, "protocol switch did not complete");
@@ -243,17 +243,16 @@ impl Connection {
             if tracker.take_ambiguous() {
                 req.extensions_mut().insert(AmbiguousFraming);
             }
-            // Present only on a request that asks to switch protocols.
-            let client_half = req.extensions_mut().remove::<OnUpgrade>();
-            let tunnel_hold = client_half.as_ref().map(|_| hold.clone());
+            // hyper marks a request that asks to switch protocols; only such a request can
+            // turn its connection into a tunnel, so only it takes a share of the hold.
+            let tunnel_hold = req.extensions().get::<OnUpgrade>().map(|_| hold.clone());
             let (proxy, peer) = (proxy.clone(), peer.clone());
             async move {
                 let mut resp = proxy.handle(req, &peer).await;
-                let upstream_half = resp.extensions_mut().remove::<UpstreamTunnel>();
-                if let (Some(client), Some(upstream), Some(hold)) =
-                    (client_half, upstream_half, tunnel_hold)
-                {
-                    tokio::spawn(tunnel(client, upstream, hold));
+                if let Some(hold) = tunnel_hold {
+                    if let Some(halves) = resp.extensions_mut().remove::<Tunnel>() {
+                        tokio::spawn(tunnel(halves, hold));
+                    }
                 }
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard)))
             }
