@@ -125,3 +125,34 @@ async fn an_upstream_that_does_not_switch_answers_as_usual() {
         .unwrap();
     assert_eq!(read_response(&mut s).await.unwrap().status, 200);
 }
+
+/// A tunnel nothing moves through for the idle timeout is closed; one with traffic is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_idle_for_the_idle_timeout_is_closed_and_a_busy_one_is_not() {
+    let up = Upstream::start().await;
+    let config = format!("[server]\nidle_timeout = \"400ms\"\n{CONFIG}");
+    let gate = Gate::start(&config, &up.url(), DAY0_MS);
+    let mut s = connect(gate.addr).await;
+    s.write_all(upgrade_request("/upgrade").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.unwrap().status, 101);
+    // Traffic every 150 ms for over twice the idle timeout keeps it open.
+    let busy = std::time::Instant::now();
+    let mut last_byte = busy;
+    while busy.elapsed() < Duration::from_millis(1000) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(round_trip(&mut s, b"ping").await, b"ping");
+        last_byte = std::time::Instant::now();
+    }
+    // Then silence: closed about the idle timeout after the last byte.
+    assert!(
+        support::raw::closed_within(&mut s, Duration::from_secs(3)).await,
+        "an idle tunnel stayed open"
+    );
+    let took = last_byte.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(2000),
+        "closed {took:?} after the last byte (idle timeout 400 ms)"
+    );
+}

@@ -9,6 +9,7 @@
 
 pub mod conn;
 pub mod framing;
+mod tunnel;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -190,7 +191,8 @@ async fn watch(
     }
 }
 
-/// What a client connection holds until it ends — and a tunnel it turns into, after it.
+/// What a client connection holds until it ends — and a tunnel it turns into, after it
+/// ([`tunnel`]).
 #[derive(Clone)]
 struct Hold {
     /// Its place under `max_connections`.
@@ -207,24 +209,6 @@ struct Connection {
     hold: Hold,
 }
 
-/// Joins the client's and the upstream's halves of a switched protocol and copies bytes both
-/// ways until either side closes. It keeps the client connection's slot and holds shutdown's
-/// drain open, like a request in flight.
-async fn tunnel(halves: Tunnel, _hold: Hold) {
-    let (client, upstream) = match tokio::try_join!(halves.client, halves.upstream) {
-        Ok(halves) => halves,
-        Err(e) => {
-            tracing::debug!(error = %e, "protocol switch did not complete");
-            return;
-        }
-    };
-    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
-        Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
-    }
-}
-
 impl Connection {
     async fn run(
         self,
@@ -238,6 +222,7 @@ impl Connection {
         let (proxy, peer) = (self.proxy.clone(), self.peer.clone());
         let tracker = activity.clone();
         let hold = self.hold.clone();
+        let idle = self.settings.timeouts.idle;
         let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let guard = tracker.request_started();
             if tracker.take_ambiguous() {
@@ -251,7 +236,7 @@ impl Connection {
                 let mut resp = proxy.handle(req, &peer).await;
                 if let Some(hold) = tunnel_hold {
                     if let Some(halves) = resp.extensions_mut().remove::<Tunnel>() {
-                        tokio::spawn(tunnel(halves, hold));
+                        tokio::spawn(tunnel::run(halves, idle, hold));
                     }
                 }
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard)))
