@@ -39,6 +39,8 @@ pub struct Metrics {
     reloads: IntCounter,
     reload_failures: IntCounter,
     pub client_connections: IntGauge,
+    /// Upgraded connections (WebSocket and the like) being tunnelled.
+    pub tunnels_open: IntGauge,
     client_timeouts: IntCounterVec,
 }
 
@@ -253,6 +255,14 @@ impl Metrics {
         registry
             .register(Box::new(client_connections.clone()))
             .expect("registered once");
+        let tunnels_open = IntGauge::new(
+            "floodgate_tunnels_open",
+            "Upgraded connections (WebSocket and the like) being tunnelled to the upstream.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tunnels_open.clone()))
+            .expect("registered once");
         let client_timeouts = counter(
             "floodgate_client_timeouts_total",
             "Client connections closed by floodgate: kind=header (request head too slow), \
@@ -268,6 +278,7 @@ impl Metrics {
             reloads,
             reload_failures,
             client_connections,
+            tunnels_open,
             client_timeouts,
             jobs_queued,
             jobs_in_flight,

@@ -68,11 +68,24 @@ async fn an_upgrade_is_tunnelled_both_ways_after_the_upstreams_101() {
         "a large frame crosses whole"
     );
 
+    let open_tunnels = |text: &str| support::metric(text, "floodgate_tunnels_open");
+    let text = support::metrics(&gate.admin_url("/metrics")).await;
+    assert_eq!(open_tunnels(&text), 1.0);
+
     let seen = up.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("upgrade"), Some("echo"));
     assert_eq!(seen[0].header("connection"), Some("upgrade"));
     assert!(seen[0].header("x-forwarded-for").is_some());
+
+    // The client leaves: the tunnel ends and stops being counted.
+    drop(s);
+    let admin = gate.admin_url("/metrics");
+    let closed = support::eventually(Duration::from_secs(5), || async {
+        open_tunnels(&support::metrics(&admin).await) == 0.0
+    })
+    .await;
+    assert!(closed, "the tunnel was still counted after its client left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -236,7 +236,8 @@ impl Connection {
                 let mut resp = proxy.handle(req, &peer).await;
                 if let Some(hold) = tunnel_hold {
                     if let Some(halves) = resp.extensions_mut().remove::<Tunnel>() {
-                        tokio::spawn(tunnel::run(halves, idle, hold));
+                        let open = proxy.metrics().tunnels_open.clone();
+                        tokio::spawn(tunnel::run(halves, idle, open, hold));
                     }
                 }
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard)))

@@ -10,14 +10,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::proxy::Tunnel;
 
-/// Runs one tunnel to its end. `_hold` (the client connection's slot and the shutdown drain)
-/// is kept until then.
-pub async fn run<H: Send + 'static>(halves: Tunnel, idle: Duration, _hold: H) {
+/// Runs one tunnel to its end, counted in `open` meanwhile. `_hold` (the client connection's
+/// slot and the shutdown drain) is kept until then.
+pub async fn run<H: Send + 'static>(halves: Tunnel, idle: Duration, open: IntGauge, _hold: H) {
     let (client, upstream) = match tokio::try_join!(halves.client, halves.upstream) {
         Ok(halves) => halves,
         Err(e) => {
@@ -25,6 +26,8 @@ pub async fn run<H: Send + 'static>(halves: Tunnel, idle: Duration, _hold: H) {
             return;
         }
     };
+    open.inc();
+    let _counted = Counted(open);
     let opened = Instant::now();
     let moved = Arc::new(AtomicU64::new(0));
     let mut client = Watched::new(TokioIo::new(client), &moved, opened);
@@ -49,6 +52,15 @@ pub async fn run<H: Send + 'static>(halves: Tunnel, idle: Duration, _hold: H) {
                 }
             }
         }
+    }
+}
+
+/// Lowers the open-tunnels gauge when the tunnel ends, however it ends.
+struct Counted(IntGauge);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
