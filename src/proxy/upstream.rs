@@ -41,6 +41,8 @@ use crate::error::ProxyError;
 pub type ForwardBody = UploadBody<RequestBody>;
 
 type Sender = SendRequest<ForwardBody>;
+/// An upstream connection's driving half.
+type Connection = http1::Connection<TokioIo<UpstreamIo>, ForwardBody>;
 
 /// One worker's upstream pools: the upstream's, and one per upstream-account base URL.
 #[derive(Debug)]
@@ -206,21 +208,26 @@ impl UpstreamClient {
     }
 
     async fn connect(&self) -> Result<Sender, ProxyError> {
-        let io = match timeout(self.connect_timeout, self.open()).await {
-            Err(_) => return Err(ProxyError::UpstreamConnectTimeout),
-            Ok(opened) => opened?,
-        };
-        let (sender, conn) = http1::Builder::new()
-            .writev(false) // as on the listener: one flat buffer per write
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
+        let (sender, conn) = self.handshake().await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection closed");
             }
         });
         Ok(sender)
+    }
+
+    /// A new HTTP/1.1 connection, open within the connect timeout; the caller drives it.
+    async fn handshake(&self) -> Result<(Sender, Connection), ProxyError> {
+        let io = match timeout(self.connect_timeout, self.open()).await {
+            Err(_) => return Err(ProxyError::UpstreamConnectTimeout),
+            Ok(opened) => opened?,
+        };
+        http1::Builder::new()
+            .writev(false) // as on the listener: one flat buffer per write
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))
     }
 
     /// A TCP connection to the origin, with TLS set up over it for `https://`.
@@ -297,14 +304,7 @@ impl UpstreamClient {
         &self,
         req: Request<ForwardBody>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let io = match timeout(self.connect_timeout, self.open()).await {
-            Err(_) => return Err(ProxyError::UpstreamConnectTimeout),
-            Ok(opened) => opened?,
-        };
-        let (mut sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
+        let (mut sender, conn) = self.handshake().await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream upgrade connection closed");

@@ -19,10 +19,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::framing::FramingScan;
+use super::tap::{OnRead, ReadTap};
 
 /// The connection timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,10 +186,10 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// The client socket, reporting every read to its [`Activity`] and scanning request heads.
+/// What the client socket's reads tell: bytes arriving (to its [`Activity`]) and the framing
+/// of each request head. The socket is a [`ReadTap`] with this observer.
 #[derive(Debug)]
-pub struct ActivityIo<T> {
-    inner: T,
+pub struct HeadWatch {
     activity: Arc<Activity>,
     scan: FramingScan,
     /// A head is being scanned; false from its end until its request has finished.
@@ -198,10 +198,12 @@ pub struct ActivityIo<T> {
     scanned_at: u64,
 }
 
-impl<T> ActivityIo<T> {
-    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+/// The client socket, reporting every read to its [`Activity`] and scanning request heads.
+pub type ActivityIo<T> = ReadTap<T, HeadWatch>;
+
+impl HeadWatch {
+    pub fn new(activity: Arc<Activity>) -> Self {
         Self {
-            inner,
             activity,
             scan: FramingScan::default(),
             scanning: true,
@@ -233,50 +235,10 @@ impl<T> ActivityIo<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.bytes_read();
-            this.scan_head(&buf.filled()[before..]);
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+impl OnRead for HeadWatch {
+    fn on_read(&mut self, bytes: &[u8]) {
+        self.activity.bytes_read();
+        self.scan_head(bytes);
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod conn;
 pub mod framing;
+mod tap;
 mod tunnel;
 
 use std::convert::Infallible;
@@ -29,7 +30,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use crate::proxy::hygiene::AmbiguousFraming;
 use crate::proxy::Tunnel;
 use crate::proxy::{Peer, Proxy};
-use conn::{Activity, ActivityIo, Expiry, Timeouts, Tracked, Verdict};
+use conn::{Activity, ActivityIo, Expiry, HeadWatch, Timeouts, Tracked, Verdict};
+use tap::ReadTap;
 
 /// hyper's parser keeps this many header slots on the stack; more costs a heap table per request.
 const PARSER_HEADER_SLOTS: usize = 100;
@@ -243,7 +245,8 @@ impl Connection {
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard)))
             }
         });
-        let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
+        let io: ActivityIo<_> = ReadTap::new(stream, HeadWatch::new(activity.clone()));
+        let io = TokioIo::new(io);
         let conn = builder.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
         // The clocks and the shutdown signal live in a task of their own, so the connection's
