@@ -41,9 +41,9 @@ pub fn json_string_at(bytes: &[u8], pointer: &str) -> Option<String> {
 }
 
 /// Reads frames until the body ends or `limit` bytes are in hand (a frame may overshoot it).
-pub async fn read_prefix<B>(mut body: B, limit: usize) -> Result<Prefix<B>, hyper::Error>
+pub async fn read_prefix<B>(mut body: B, limit: usize) -> Result<Prefix<B>, B::Error>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
 {
     let mut buf = BytesMut::new();
     loop {

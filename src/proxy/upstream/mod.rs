@@ -1,20 +1,27 @@
 //! The upstream client: pooled HTTP/1.1 keep-alive connections, one pool per worker.
 //!
-//! Built on `hyper::client::conn::http1` rather than hyper-util's pooled `Client`: a worker-local
-//! stack of idle connections is cheaper than the generic pool and measured faster here. A
-//! connection goes back to the pool only once its response body has ended; a request that fails
-//! on a reused connection before being sent (the upstream closed an idle keep-alive) is retried
-//! once on a fresh connection.
+//! Each exchange runs on the requesting connection's own task (`conn`, with the wire format in
+//! `codec`): no task per upstream connection and no channels between them. A worker-local
+//! stack of idle connections is cheaper than a generic pool. A connection goes back to the
+//! pool only once its response body has ended cleanly; an idle one the upstream closed is
+//! noticed when taken (its socket shows readable), and a request without a body that meets a
+//! connection closed under it is sent once more on a fresh one.
 //!
 //! An `https://` origin gets TLS (rustls, with the bundled Mozilla roots plus any
 //! `upstream_ca_file`), set up inside the connect timeout; its connections are pooled the same way.
+//! Protocol upgrades (WebSocket) go through hyper's client on a connection of their own, since
+//! the tunnel joins hyper's two upgraded halves.
+
+mod codec;
+mod conn;
+mod io;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::error::Error as _;
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,23 +32,25 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::body::RequestBody;
 use super::upload::{UploadBody, UploadError};
 use crate::config::UpstreamTarget;
 use crate::error::ProxyError;
+pub use conn::ExchangeError;
+use conn::{Conn, WireBody};
+use io::UpstreamIo;
 
 /// What goes upstream: the request body (streamed, or with an inspected prefix put back), counted
 /// against the class's upload limit.
 pub type ForwardBody = UploadBody<RequestBody>;
 
+/// hyper's sending half, for protocol upgrades.
 type Sender = SendRequest<ForwardBody>;
-/// An upstream connection's driving half.
+/// hyper's driving half of an upgrade's connection.
 type Connection = http1::Connection<TokioIo<UpstreamIo>, ForwardBody>;
 
 /// One worker's upstream pools: the upstream's, and one per upstream-account base URL.
@@ -121,7 +130,9 @@ pub struct UpstreamClient {
     connect_timeout: Duration,
     response_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Sender>>,
+    /// Boxed: a connection moves into each exchange and its response body by pointer.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<Conn>>>,
 }
 
 impl UpstreamClient {
@@ -161,68 +172,76 @@ impl UpstreamClient {
     /// Sends `req` and returns the response head; the body streams afterwards.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<ForwardBody>,
+        req: Request<ForwardBody>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let deadline = Instant::now() + self.response_timeout;
+        let (parts, body) = req.into_parts();
+        let ended = body.is_end_stream();
+        let (framing, extra) =
+            codec::request_framing(&parts.method, &parts.headers, ended, &body.size_hint())
+                .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
+        let mut body = (!ended).then_some(body);
         loop {
-            let (mut sender, reused) = match self.checkout().await {
-                Some(s) => (s, true),
+            let (mut conn, reused) = match self.checkout() {
+                Some(conn) => (conn, true),
                 // boxed: a new connection's state stays out of every request's future
                 None => (Box::pin(self.connect()).await?, false),
             };
-            match timeout_at(deadline, sender.try_send_request(req)).await {
+            let replayable = body.is_none();
+            conn.start(&parts, body.take(), framing, extra.as_ref());
+            let head = poll_fn(|cx| conn.poll_head(cx, &parts.method));
+            match timeout_at(deadline, head).await {
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
-                Ok(Ok(resp)) => {
-                    return Ok(resp.map(|body| UpstreamBody::new(body, sender, self.clone())))
+                Ok(Ok(head)) => {
+                    let body = WireBody::new(head.framing, conn, self.clone());
+                    let mut resp = Response::new(UpstreamBody::Wire(body));
+                    *resp.status_mut() = head.status;
+                    *resp.headers_mut() = head.headers;
+                    return Ok(resp);
                 }
-                Ok(Err(mut err)) => match err.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(send_error(err.into_error())),
-                },
+                Ok(Err(e)) if reused && replayable && e.is_stale_connection() => continue,
+                Ok(Err(e)) => return Err(exchange_error(e)),
             }
         }
     }
 
-    /// An idle connection that is still open and ready, if any.
-    async fn checkout(&self) -> Option<Sender> {
+    /// An idle connection that is still open and quiet, if any.
+    fn checkout(&self) -> Option<Box<Conn>> {
+        let mut cx = Context::from_waker(Waker::noop());
         loop {
-            let mut sender = self.idle.lock().ok()?.pop()?;
-            if sender.is_closed() {
-                continue;
-            }
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            let mut conn = self.idle.lock().ok()?.pop()?;
+            if conn.is_idle_usable(&mut cx) {
+                return Some(conn);
             }
         }
     }
 
-    fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    /// Takes back a connection whose exchange ended cleanly.
+    fn checkin(&self, conn: Box<Conn>) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.max_idle {
-                idle.push(sender);
+                idle.push(conn);
             }
         }
     }
 
-    async fn connect(&self) -> Result<Sender, ProxyError> {
-        let (sender, conn) = self.handshake().await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection closed");
-            }
-        });
-        Ok(sender)
+    /// A new connection, open within the connect timeout.
+    async fn connect(&self) -> Result<Box<Conn>, ProxyError> {
+        Ok(Conn::new(self.open_in_time().await?))
     }
 
-    /// A new HTTP/1.1 connection, open within the connect timeout; the caller drives it.
+    /// A socket to the origin (TLS set up for `https://`) within the connect timeout.
+    async fn open_in_time(&self) -> Result<UpstreamIo, ProxyError> {
+        match timeout(self.connect_timeout, self.open()).await {
+            Err(_) => Err(ProxyError::UpstreamConnectTimeout),
+            Ok(opened) => opened,
+        }
+    }
+
+    /// A new connection for hyper's client (an upgrade's), open within the connect timeout;
+    /// the caller drives it.
     async fn handshake(&self) -> Result<(Sender, Connection), ProxyError> {
-        let io = match timeout(self.connect_timeout, self.open()).await {
-            Err(_) => return Err(ProxyError::UpstreamConnectTimeout),
-            Ok(opened) => opened?,
-        };
+        let io = self.open_in_time().await?;
         http1::Builder::new()
             .writev(false) // as on the listener: one flat buffer per write
             .handshake(TokioIo::new(io))
@@ -249,53 +268,6 @@ impl UpstreamClient {
     }
 }
 
-/// An upstream connection's socket: plain, or TLS (boxed: its buffers would make every plain
-/// connection as large).
-enum UpstreamIo {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
 impl UpstreamClient {
     /// Sends a protocol-upgrade request (WebSocket and the like) on a fresh connection of its
     /// own: an upgraded connection belongs to its tunnel and never returns to the pool. The
@@ -312,73 +284,66 @@ impl UpstreamClient {
         });
         let resp = match timeout(self.response_timeout, sender.send_request(req)).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => return Err(send_error(e)),
+            Ok(Err(e)) => return Err(exchange_error(e.into())),
             Ok(Ok(resp)) => resp,
         };
-        Ok(resp.map(|body| UpstreamBody {
-            inner: body,
-            release: None,
-        }))
+        Ok(resp.map(UpstreamBody::Switched))
     }
 }
 
 /// A request body cut off at its class's limit is the client's doing (413), not the upstream's.
-fn send_error(err: hyper::Error) -> ProxyError {
-    match err.source().and_then(|s| s.downcast_ref::<UploadError>()) {
-        Some(UploadError::TooLarge(too_large)) => ProxyError::BodyTooLarge(*too_large),
-        _ => ProxyError::UpstreamProtocol(err.to_string()),
+fn exchange_error(err: ExchangeError) -> ProxyError {
+    let too_large = match &err {
+        ExchangeError::RequestBody(UploadError::TooLarge(t)) => Some(*t),
+        ExchangeError::Hyper(e) => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<UploadError>())
+            .and_then(|u| match u {
+                UploadError::TooLarge(t) => Some(*t),
+                UploadError::Client(_) => None,
+            }),
+        _ => None,
+    };
+    match too_large {
+        Some(t) => ProxyError::BodyTooLarge(t),
+        None => ProxyError::UpstreamProtocol(err.to_string()),
     }
 }
 
-/// An upstream response body that returns its connection to the pool when it ends.
+/// An upstream response body: read off the wire by the requesting task, or (for an upgrade
+/// request the upstream did not switch) hyper's.
 #[derive(Debug)]
-pub struct UpstreamBody {
-    inner: Incoming,
-    release: Option<(Sender, Arc<UpstreamClient>)>,
-}
-
-impl UpstreamBody {
-    fn new(inner: Incoming, sender: Sender, client: Arc<UpstreamClient>) -> Self {
-        let mut body = Self {
-            inner,
-            release: Some((sender, client)),
-        };
-        if body.inner.is_end_stream() {
-            body.finish();
-        }
-        body
-    }
-
-    fn finish(&mut self) {
-        if let Some((sender, client)) = self.release.take() {
-            client.checkin(sender);
-        }
-    }
+pub enum UpstreamBody {
+    Wire(WireBody),
+    Switched(Incoming),
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ExchangeError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
-            Poll::Ready(Some(Err(_))) => self.release = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        match self.get_mut() {
+            UpstreamBody::Wire(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Switched(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(ExchangeError::from))),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            UpstreamBody::Wire(b) => b.is_end_stream(),
+            UpstreamBody::Switched(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            UpstreamBody::Wire(b) => b.size_hint(),
+            UpstreamBody::Switched(b) => b.size_hint(),
+        }
     }
 }

@@ -1,0 +1,391 @@
+//! HTTP/1.1 on the upstream side, as bytes: the request head floodgate writes, the response head
+//! it reads (parsed by `httparse`), how each message's body is framed (RFC 9112 §6), and the
+//! chunked transfer coding.  [pure]
+//!
+//! Only what a proxy needs towards an origin it was configured to trust: requests are always
+//! HTTP/1.1 in origin form, and a response whose framing is unclear is an error, never a guess.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http_body::SizeHint;
+
+/// The largest response head (status line and fields) floodgate reads.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most response header fields floodgate reads.
+pub const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line (with extensions) and trailer section accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// What went wrong in the upstream's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("malformed response head: {0}")]
+    Head(#[from] httparse::Error),
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("response header field not valid: {0}")]
+    Field(String),
+    #[error("response Content-Length not valid")]
+    ContentLength,
+    #[error("malformed chunked body")]
+    Chunk,
+    #[error("request body length differs from its Content-Length")]
+    RequestLength,
+}
+
+/// How a request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// Transfer-Encoding: chunked (length not known up front).
+    Chunked,
+}
+
+/// How the request body will be framed, from its declared length or what the body knows about
+/// itself, and the field floodgate must add to say so (`None`: the head already says it).
+pub fn request_framing(
+    method: &Method,
+    headers: &HeaderMap,
+    body_ended: bool,
+    hint: &SizeHint,
+) -> Result<(RequestFraming, Option<(HeaderName, HeaderValue)>), CodecError> {
+    if let Some(declared) = headers.get(CONTENT_LENGTH) {
+        let len = parse_length(declared.as_bytes()).ok_or(CodecError::RequestLength)?;
+        return Ok((RequestFraming::Length(len), None));
+    }
+    if body_ended || hint.exact() == Some(0) {
+        // A method that defines a body says "none" explicitly (as HTTP/1.1 clients do).
+        let zero = matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+            .then(|| (CONTENT_LENGTH, HeaderValue::from_static("0")));
+        return Ok((RequestFraming::Empty, zero));
+    }
+    if let Some(len) = hint.exact() {
+        return Ok((
+            RequestFraming::Length(len),
+            Some((CONTENT_LENGTH, len.into())),
+        ));
+    }
+    let chunked = (TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    Ok((RequestFraming::Chunked, Some(chunked)))
+}
+
+/// Appends a request head: origin-form target, HTTP/1.1, every field of `headers`, then `extra`.
+pub fn encode_request_head(
+    buf: &mut Vec<u8>,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    extra: Option<&(HeaderName, HeaderValue)>,
+) {
+    buf.extend_from_slice(method.as_str().as_bytes());
+    buf.push(b' ');
+    match uri.path_and_query() {
+        Some(target) => buf.extend_from_slice(target.as_str().as_bytes()),
+        None if *method == Method::CONNECT => match uri.authority() {
+            Some(authority) => buf.extend_from_slice(authority.as_str().as_bytes()),
+            None => buf.push(b'/'),
+        },
+        None => buf.push(b'/'),
+    }
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        encode_field(buf, name, value);
+    }
+    if let Some((name, value)) = extra {
+        encode_field(buf, name, value);
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+fn encode_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    buf.extend_from_slice(name.as_str().as_bytes());
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value.as_bytes());
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// The size line of one chunk of a chunked request body.
+pub fn encode_chunk_size(buf: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut n = len;
+    loop {
+        at -= 1;
+        digits[at] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk and the empty trailer section.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: BodyFraming,
+    /// Whether the connection can carry another request once this body ends.
+    pub keep_alive: bool,
+}
+
+/// Parses a response head at the start of `buf`: `Ok(None)` until it is all there, else the head
+/// and how many bytes it took. `method` is the request's (a `HEAD` answer has no body).
+pub fn parse_response_head(
+    buf: &[u8],
+    method: &Method,
+) -> Result<Option<(ResponseHead, usize)>, CodecError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let used = match parsed.parse(buf)? {
+        httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => {
+            return Err(CodecError::HeadTooLarge)
+        }
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(used) => used,
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(CodecError::Head(httparse::Error::Status))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut facts = FramingFacts::default();
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| CodecError::Field(field.name.to_owned()))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| CodecError::Field(field.name.to_owned()))?;
+        facts.note(&name, field.value)?;
+        headers.append(name, value);
+    }
+    let framing = facts.framing(status, method);
+    if facts.transfer_encoding && facts.content_length.is_some() {
+        // RFC 9112 §6.3: Transfer-Encoding wins; the length must not reach the client.
+        headers.remove(CONTENT_LENGTH);
+    }
+    let keep_alive = version == Version::HTTP_11
+        && !facts.close
+        && framing != BodyFraming::UntilClose
+        && !(facts.transfer_encoding && facts.content_length.is_some());
+    let head = ResponseHead {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    };
+    Ok(Some((head, used)))
+}
+
+/// What a response's fields say about its framing and connection.
+#[derive(Default)]
+struct FramingFacts {
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    chunked_last: bool,
+    close: bool,
+}
+
+impl FramingFacts {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), CodecError> {
+        if name == CONTENT_LENGTH {
+            let len = parse_length(value).ok_or(CodecError::ContentLength)?;
+            if self.content_length.is_some_and(|seen| seen != len) {
+                return Err(CodecError::ContentLength);
+            }
+            self.content_length = Some(len);
+        } else if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            // Only the last coding matters: is the message chunked at the end?
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if name == CONNECTION {
+            self.close |= value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        Ok(())
+    }
+
+    fn framing(&self, status: StatusCode, method: &Method) -> BodyFraming {
+        let bodiless = *method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        match (bodiless, self.transfer_encoding, self.content_length) {
+            (true, _, _) => BodyFraming::Empty,
+            (false, true, _) if self.chunked_last => BodyFraming::Chunked,
+            (false, true, _) => BodyFraming::UntilClose,
+            (false, false, Some(0)) => BodyFraming::Empty,
+            (false, false, Some(len)) => BodyFraming::Length(len),
+            (false, false, None) => BodyFraming::UntilClose,
+        }
+    }
+}
+
+/// A Content-Length value: decimal digits only (no sign, no spaces inside), at most 19 of them.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// One step of a chunked body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+}
+
+/// Decodes the chunked transfer coding from a buffer that fills as bytes arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChunkedDecoder {
+    /// Expecting a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk's data, with this much left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+    Done,
+}
+
+impl ChunkedDecoder {
+    /// The next step decodable from `buf` (consumed as it goes); `Ok(None)`: more bytes needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, CodecError> {
+        loop {
+            match *self {
+                ChunkedDecoder::Size => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(None);
+                    };
+                    let size = parse_chunk_size(&line)?;
+                    *self = match size {
+                        0 => ChunkedDecoder::Trailers,
+                        n => ChunkedDecoder::Data(n),
+                    };
+                }
+                ChunkedDecoder::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let data = buf.split_to(n).freeze();
+                    *self = match left - n as u64 {
+                        0 => ChunkedDecoder::DataEnd,
+                        rest => ChunkedDecoder::Data(rest),
+                    };
+                    return Ok(Some(Chunk::Data(data)));
+                }
+                ChunkedDecoder::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(CodecError::Chunk);
+                    }
+                    buf.advance(2);
+                    *self = ChunkedDecoder::Size;
+                }
+                ChunkedDecoder::Trailers => return self.trailers(buf),
+                ChunkedDecoder::Done => return Ok(Some(Chunk::End)),
+            }
+        }
+    }
+
+    /// The trailer section: none (an empty line) or fields up to an empty line.
+    fn trailers(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, CodecError> {
+        if buf.starts_with(b"\r\n") {
+            buf.advance(2);
+            *self = ChunkedDecoder::Done;
+            return Ok(Some(Chunk::End));
+        }
+        let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+            if buf.len() > MAX_CHUNK_LINE {
+                return Err(CodecError::Chunk);
+            }
+            return Ok(None);
+        };
+        let section = buf.split_to(end + 4);
+        *self = ChunkedDecoder::Done;
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let Ok(httparse::Status::Complete((_, fields))) =
+            httparse::parse_headers(&section, &mut fields)
+        else {
+            return Err(CodecError::Chunk);
+        };
+        let mut trailers = HeaderMap::with_capacity(fields.len());
+        for field in fields {
+            let name = HeaderName::from_bytes(field.name.as_bytes());
+            let value = HeaderValue::from_bytes(field.value);
+            if let (Ok(name), Ok(value)) = (name, value) {
+                trailers.append(name, value);
+            }
+        }
+        Ok(Some(Chunk::Trailers(trailers)))
+    }
+}
+
+/// One CRLF-terminated line from the front of `buf` (without the CRLF).
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    match memchr::memchr(b'\n', buf) {
+        Some(lf) if lf == 0 || buf[lf - 1] != b'\r' => Err(CodecError::Chunk),
+        Some(lf) => {
+            let mut line = buf.split_to(lf + 1);
+            line.truncate(lf - 1);
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_CHUNK_LINE => Err(CodecError::Chunk),
+        None => Ok(None),
+    }
+}
+
+/// A chunk-size line: hex digits, then optional whitespace and `;extensions` (ignored).
+fn parse_chunk_size(line: &[u8]) -> Result<u64, CodecError> {
+    let end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let (digits, rest) = line.split_at(end);
+    let rest = rest.trim_ascii_start();
+    if digits.is_empty() || digits.len() > 15 || !(rest.is_empty() || rest[0] == b';') {
+        return Err(CodecError::Chunk);
+    }
+    let hex = std::str::from_utf8(digits).map_err(|_| CodecError::Chunk)?;
+    u64::from_str_radix(hex, 16).map_err(|_| CodecError::Chunk)
+}
+
+#[cfg(test)]
+mod tests;
