@@ -88,6 +88,11 @@ fn is_fixed(token: &str) -> bool {
         .any(|h| h.as_str().len() == token.len() && h.as_str().eq_ignore_ascii_case(token))
 }
 
+/// Whether `name` is one of the fixed hop-by-hop fields.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name).is_some()
+}
+
 /// The position of `name` in [`HOP_BY_HOP`]; the length check keeps most names to one compare.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     match name.as_str().len() {

@@ -345,8 +345,10 @@ impl Proxy {
         ctx.policy
             .handles
             .upstream_latency(ctx.class, started.elapsed().as_secs_f64());
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            // A 101's Connection and Upgrade are the switch itself, for the client.
+        // A wire response comes without its hop-by-hop fields; a 101's Connection and Upgrade
+        // are the switch itself, for the client.
+        let switched = matches!(resp.body(), UpstreamBody::Switched(_));
+        if switched && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             forwarding::strip_hop_by_hop(resp.headers_mut());
         }
         Ok(resp.map(ProxyBody::upstream))

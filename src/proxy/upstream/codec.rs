@@ -5,15 +5,23 @@
 //! Only what a proxy needs towards an origin it was configured to trust: requests are always
 //! HTTP/1.1 in origin form, and a response whose framing is unclear is an error, never a guess.
 
+use std::ops::Range;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::SizeHint;
+use smallvec::SmallVec;
+
+use crate::proxy::forwarding;
 
 /// The largest response head (status line and fields) floodgate reads.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most response header fields floodgate reads.
 pub const MAX_HEADERS: usize = 128;
+/// Room for the fields floodgate adds to a response (the rate-limit headers), so adding them
+/// does not grow the map.
+const HEADERS_ADDED: usize = 6;
 /// The longest chunk-size line (with extensions) and trailer section accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
@@ -150,12 +158,15 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
-/// Parses a response head at the start of `buf`: `Ok(None)` until it is all there, else the head
-/// and how many bytes it took. `method` is the request's (a `HEAD` answer has no body).
+/// Parses a response head at the start of `buf`, taking it out of `buf` once it is all there
+/// (`Ok(None)` until then). `method` is the request's (a `HEAD` answer has no body).
+///
+/// Hop-by-hop fields (RFC 9110 §7.6.1, and any `Connection` names) are left out, and field
+/// values share the head's bytes instead of each being copied.
 pub fn parse_response_head(
-    buf: &[u8],
+    buf: &mut BytesMut,
     method: &Method,
-) -> Result<Option<(ResponseHead, usize)>, CodecError> {
+) -> Result<Option<ResponseHead>, CodecError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut fields);
     let used = match parsed.parse(buf)? {
@@ -173,14 +184,26 @@ pub fn parse_response_head(
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let start = buf.as_ptr() as usize;
     let mut facts = FramingFacts::default();
+    let mut kept: SmallVec<[(HeaderName, Range<usize>); 16]> = SmallVec::new();
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| CodecError::Field(field.name.to_owned()))?;
-        let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| CodecError::Field(field.name.to_owned()))?;
         facts.note(&name, field.value)?;
+        if !forwarding::is_hop_by_hop(&name) {
+            let at = field.value.as_ptr() as usize - start;
+            kept.push((name, at..at + field.value.len()));
+        }
+    }
+    let head_bytes = buf.split_to(used).freeze();
+    let mut headers = HeaderMap::with_capacity(kept.len() + HEADERS_ADDED);
+    for (name, range) in kept {
+        if facts.connection_names(&name) {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(head_bytes.slice(range))
+            .map_err(|_| CodecError::Field(name.as_str().to_owned()))?;
         headers.append(name, value);
     }
     let framing = facts.framing(status, method);
@@ -192,14 +215,13 @@ pub fn parse_response_head(
         && !facts.close
         && framing != BodyFraming::UntilClose
         && !(facts.transfer_encoding && facts.content_length.is_some());
-    let head = ResponseHead {
+    Ok(Some(ResponseHead {
         status,
         version,
         headers,
         framing,
         keep_alive,
-    };
-    Ok(Some((head, used)))
+    }))
 }
 
 /// What a response's fields say about its framing and connection.
@@ -209,6 +231,9 @@ struct FramingFacts {
     transfer_encoding: bool,
     chunked_last: bool,
     close: bool,
+    /// Fields `Connection` names beyond the fixed hop-by-hop ones (rare: most say
+    /// `keep-alive` or `close`).
+    named: Vec<HeaderName>,
 }
 
 impl FramingFacts {
@@ -225,11 +250,20 @@ impl FramingFacts {
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
             self.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if name == CONNECTION {
-            self.close |= value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.named.extend(HeaderName::from_bytes(token).ok());
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Whether `Connection` named this field (so it is hop-by-hop too).
+    fn connection_names(&self, name: &HeaderName) -> bool {
+        !self.named.is_empty() && self.named.contains(name)
     }
 
     fn framing(&self, status: StatusCode, method: &Method) -> BodyFraming {

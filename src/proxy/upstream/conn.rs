@@ -185,8 +185,7 @@ impl Conn {
                 }
             }
             if !self.read.is_empty() {
-                if let Some((head, used)) = codec::parse_response_head(&self.read, method)? {
-                    self.read.advance(used);
+                if let Some(head) = codec::parse_response_head(&mut self.read, method)? {
                     if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
                         return Poll::Ready(Err(ExchangeError::UnaskedSwitch));
                     }

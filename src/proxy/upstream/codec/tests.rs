@@ -1,11 +1,11 @@
 use super::*;
 
-fn head(text: &str) -> Result<Option<(ResponseHead, usize)>, CodecError> {
-    parse_response_head(text.as_bytes(), &Method::GET)
+fn head(text: &str) -> Result<Option<ResponseHead>, CodecError> {
+    parse_response_head(&mut BytesMut::from(text), &Method::GET)
 }
 
 fn framing_of(text: &str) -> BodyFraming {
-    head(text).unwrap().unwrap().0.framing
+    head(text).unwrap().unwrap().framing
 }
 
 #[test]
@@ -78,12 +78,21 @@ fn chunk_size_lines_are_lowercase_hex() {
 
 #[test]
 fn a_head_is_parsed_only_once_complete() {
-    assert!(head("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n")
+    let mut partial = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+    assert!(parse_response_head(&mut partial, &Method::GET)
         .unwrap()
         .is_none());
+    assert_eq!(
+        partial.len(),
+        36,
+        "nothing is taken from an incomplete head"
+    );
     let text = "HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: 1\r\nX-A: 2\r\n\r\nok";
-    let (h, used) = head(text).unwrap().unwrap();
-    assert_eq!(used, text.len() - 2);
+    let mut buf = BytesMut::from(text);
+    let h = parse_response_head(&mut buf, &Method::GET)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..], b"ok", "the head is taken, the body left");
     assert_eq!(h.status, StatusCode::CREATED);
     assert_eq!(h.framing, BodyFraming::Length(2));
     assert!(h.keep_alive);
@@ -117,12 +126,10 @@ fn body_framing_follows_rfc9112_section_6_3() {
         framing_of("HTTP/1.1 200 OK\r\n\r\n"),
         BodyFraming::UntilClose
     );
-    let (h, _) = parse_response_head(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
-        &Method::HEAD,
-    )
-    .unwrap()
-    .unwrap();
+    let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n");
+    let h = parse_response_head(&mut buf, &Method::HEAD)
+        .unwrap()
+        .unwrap();
     assert_eq!(h.framing, BodyFraming::Empty);
     assert_eq!(
         h.headers[CONTENT_LENGTH], "9",
@@ -132,7 +139,7 @@ fn body_framing_follows_rfc9112_section_6_3() {
 
 #[test]
 fn transfer_encoding_beats_content_length_and_ends_the_connection() {
-    let (h, _) = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+    let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
         .unwrap()
         .unwrap();
     assert_eq!(h.framing, BodyFraming::Chunked);
@@ -160,13 +167,27 @@ fn conflicting_or_malformed_lengths_are_errors() {
 fn connection_reuse_needs_http11_without_close() {
     let close =
         head("HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 1\r\n\r\n");
-    assert!(!close.unwrap().unwrap().0.keep_alive);
+    assert!(!close.unwrap().unwrap().keep_alive);
     let old = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n")
         .unwrap()
-        .unwrap()
-        .0;
+        .unwrap();
     assert_eq!(old.version, Version::HTTP_10);
     assert!(!old.keep_alive);
+}
+
+#[test]
+fn hop_by_hop_fields_and_those_connection_names_are_left_out() {
+    let text = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+                X-Hop: secret\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n";
+    let h = head(text).unwrap().unwrap();
+    let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-kept"]);
+    assert_eq!(
+        h.framing,
+        BodyFraming::Chunked,
+        "framing is read before the field is dropped"
+    );
+    assert!(h.keep_alive);
 }
 
 #[test]
