@@ -174,6 +174,9 @@ pub fn parse_response_head(
             return Err(CodecError::HeadTooLarge)
         }
         httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(used) if used > MAX_HEAD_BYTES => {
+            return Err(CodecError::HeadTooLarge)
+        }
         httparse::Status::Complete(used) => used,
     };
     let status = parsed

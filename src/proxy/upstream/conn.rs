@@ -453,7 +453,12 @@ impl WireBody {
                 }
                 Ok(None) => return None,
                 Ok(Some(Chunk::Data(data))) => Ok(Frame::data(data)),
-                Ok(Some(Chunk::Trailers(trailers))) => Ok(Frame::trailers(trailers)),
+                Ok(Some(Chunk::Trailers(trailers))) => {
+                    // Trailers end the body: nothing is polled after them.
+                    self.state = WireState::Ready(None);
+                    self.release();
+                    Ok(Frame::trailers(trailers))
+                }
                 Ok(Some(Chunk::End)) => {
                     self.state = WireState::Ready(None);
                     self.release();

@@ -197,6 +197,12 @@ fn oversized_or_garbled_heads_are_errors() {
         "0".repeat(MAX_HEAD_BYTES)
     );
     assert_eq!(head(&big).unwrap_err(), CodecError::HeadTooLarge);
+    let whole = format!("{big}\r\n");
+    assert_eq!(
+        head(&whole).unwrap_err(),
+        CodecError::HeadTooLarge,
+        "complete but too large"
+    );
     assert!(matches!(
         head("SMTP ready\r\n\r\n"),
         Err(CodecError::Head(_))
