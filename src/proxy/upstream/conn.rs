@@ -13,6 +13,7 @@
 //! the whole body arrived (an early 413, an echo) is heard; after the response head, the rest
 //! of the request body is sent as the response body is polled.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -21,6 +22,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
+use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use super::codec::{
@@ -52,6 +54,8 @@ pub enum ExchangeError {
     Codec(#[from] CodecError),
     #[error("upstream switched protocols without being asked to")]
     UnaskedSwitch,
+    #[error("upstream did not answer in time")]
+    TimedOut,
     #[error(transparent)]
     RequestBody(#[from] UploadError),
     /// From hyper's client, which carries protocol upgrades.
@@ -91,6 +95,9 @@ pub struct Conn {
     sending: Option<Sending>,
     /// Whether the response so far allows another request on this connection.
     reusable: bool,
+    /// The response deadline, reset for each exchange: one timer per connection instead of
+    /// one created and dropped per request.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -122,6 +129,7 @@ impl Conn {
             data: Bytes::new(),
             sending: None,
             reusable: true,
+            timer: None,
         })
     }
 
@@ -163,6 +171,29 @@ impl Conn {
             },
             chunk_open: false,
         });
+    }
+
+    /// Sets the deadline for the next response head.
+    pub fn answer_by(&mut self, deadline: Instant) {
+        match self.timer.as_mut() {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// [`Conn::poll_head`] until the deadline set by [`Conn::answer_by`].
+    pub fn poll_head_in_time(
+        &mut self,
+        cx: &mut Context<'_>,
+        method: &Method,
+    ) -> Poll<Result<ResponseHead, ExchangeError>> {
+        if let Poll::Ready(head) = self.poll_head(cx, method) {
+            return Poll::Ready(head);
+        }
+        match self.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(ExchangeError::TimedOut)),
+            _ => Poll::Pending,
+        }
     }
 
     /// Waits for the response head, sending the request meanwhile. Informational answers

@@ -33,7 +33,7 @@ use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsConnector;
 
 use super::body::RequestBody;
@@ -189,18 +189,17 @@ impl UpstreamClient {
             };
             let replayable = body.is_none();
             conn.start(&parts, body.take(), framing, extra.as_ref());
-            let head = poll_fn(|cx| conn.poll_head(cx, &parts.method));
-            match timeout_at(deadline, head).await {
-                Err(_) => return Err(ProxyError::UpstreamTimeout),
-                Ok(Ok(head)) => {
+            conn.answer_by(deadline);
+            match poll_fn(|cx| conn.poll_head_in_time(cx, &parts.method)).await {
+                Ok(head) => {
                     let body = WireBody::new(head.framing, conn, self.clone());
                     let mut resp = Response::new(UpstreamBody::Wire(body));
                     *resp.status_mut() = head.status;
                     *resp.headers_mut() = head.headers;
                     return Ok(resp);
                 }
-                Ok(Err(e)) if reused && replayable && e.is_stale_connection() => continue,
-                Ok(Err(e)) => return Err(exchange_error(e)),
+                Err(e) if reused && replayable && e.is_stale_connection() => continue,
+                Err(e) => return Err(exchange_error(e)),
             }
         }
     }
@@ -303,9 +302,10 @@ fn exchange_error(err: ExchangeError) -> ProxyError {
             }),
         _ => None,
     };
-    match too_large {
-        Some(t) => ProxyError::BodyTooLarge(t),
-        None => ProxyError::UpstreamProtocol(err.to_string()),
+    match (too_large, err) {
+        (Some(t), _) => ProxyError::BodyTooLarge(t),
+        (None, ExchangeError::TimedOut) => ProxyError::UpstreamTimeout,
+        (None, err) => ProxyError::UpstreamProtocol(err.to_string()),
     }
 }
 
