@@ -75,6 +75,11 @@ async fn seed_scenario_concurrency_three_eight_jobs_fifo() {
         "jobs reach the upstream in submission order"
     );
     let seen = up.seen();
+    for s in &seen {
+        // Sent at once or by whoever freed the slot, a job still names its client.
+        assert_eq!(s.header("x-forwarded-for"), Some("127.0.0.1"));
+        assert_eq!(s.header("x-forwarded-proto"), Some("http"));
+    }
     for (next, done) in [(3, "job1"), (4, "job2"), (5, "job3")] {
         assert!(
             seen[next].at >= up.ended(done).unwrap(),

@@ -119,13 +119,44 @@ pub fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(UPGRADE, protocol);
 }
 
-/// Prepares a client request's headers for the upstream. `peer` is the connection's address,
-/// rendered once per connection.
-pub fn request_headers(headers: &mut HeaderMap, peer: &HeaderValue) {
+/// Prepares a client request's headers for the upstream. (The upstream client writes
+/// `X-Forwarded-For`/`-Proto` as it writes the head: [`write_forwarded`].)
+pub fn request_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
     strip_own(headers);
+}
+
+/// Appends `peer` to `X-Forwarded-For` and `http` to `X-Forwarded-Proto` in the map, for a
+/// request sent through hyper's client (a protocol upgrade).
+pub fn append_forwarded(headers: &mut HeaderMap, peer: &HeaderValue) {
     append_to_list(headers, &X_FORWARDED_FOR, peer);
     append_to_list(headers, &X_FORWARDED_PROTO, &HTTP);
+}
+
+/// Whether a field is one the head writer replaces by [`write_forwarded`].
+pub fn is_forwarding_field(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO
+}
+
+/// Writes `X-Forwarded-For` (the client's values, then `peer`) and `X-Forwarded-Proto` (the
+/// client's, then `http`) as head lines: the same lists [`append_forwarded`] makes, without
+/// growing the request's header map.
+pub fn write_forwarded(buf: &mut Vec<u8>, headers: &HeaderMap, peer: &HeaderValue) {
+    write_list(buf, headers, &X_FORWARDED_FOR, peer);
+    write_list(buf, headers, &X_FORWARDED_PROTO, &HTTP);
+}
+
+fn write_list(buf: &mut Vec<u8>, headers: &HeaderMap, name: &HeaderName, last: &HeaderValue) {
+    buf.extend_from_slice(name.as_str().as_bytes());
+    buf.extend_from_slice(b": ");
+    for value in headers.get_all(name) {
+        if !value.is_empty() {
+            buf.extend_from_slice(value.as_bytes());
+            buf.extend_from_slice(b", ");
+        }
+    }
+    buf.extend_from_slice(last.as_bytes());
+    buf.extend_from_slice(b"\r\n");
 }
 
 /// Drops any `x-floodgate-*` header a client sent: the upstream must be able to trust them.
@@ -178,7 +209,8 @@ mod tests {
         h.insert("x-kept", "1".parse().unwrap());
         h.insert("x-floodgate-tier", "premium".parse().unwrap());
         h.insert("x-forwarded-for", "9.9.9.9".parse().unwrap());
-        request_headers(&mut h, &HeaderValue::from_static("127.0.0.1"));
+        request_headers(&mut h);
+        append_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"));
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert!(
             names.iter().all(|n| ![

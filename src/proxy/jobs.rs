@@ -175,7 +175,8 @@ impl Proxy {
             let on_wait = || {
                 let (tx, rx) = oneshot::channel();
                 early = Some(rx);
-                start_on_grant(unsent.take(), tx, named_account)
+                let forwarded_for = ctx.peer.forwarded_for.clone();
+                start_on_grant(unsent.take(), tx, named_account, forwarded_for)
             };
             pool.acquire_starting(ticket, on_wait).await?
         };
@@ -394,6 +395,7 @@ fn start_on_grant(
     req: Option<Request<ForwardBody>>,
     early: oneshot::Sender<Early>,
     named_account: bool,
+    forwarded_for: HeaderValue,
 ) -> Option<StartOnGrant> {
     let req = req?;
     Some(Box::new(move |permit: SlotPermit, notice: GrantNotice| {
@@ -404,7 +406,7 @@ fn start_on_grant(
             let client = route(&upstreams, &mut req, account).clone();
             runtime.spawn(async move {
                 let at = Instant::now();
-                let resp = client.send(req).await;
+                let resp = client.send(req, Some(&forwarded_for)).await;
                 // A job whose client left drops the answer here, and with it the slot.
                 let _ = early.send(Early::Started { permit, resp, at });
                 drop(notice);
@@ -498,7 +500,8 @@ impl Watcher {
         let req = req
             .body(super::upload::UploadBody::new(RequestBody::empty(), None))
             .ok()?;
-        match self.client.send(req).await {
+        // floodgate's own request: nobody to name in X-Forwarded-For
+        match self.client.send(req, None).await {
             Ok(resp) if resp.status().is_success() => {
                 let status = resp.status().as_u16();
                 let prefix = read_prefix(resp.into_body(), self.inspect_limit)

@@ -287,6 +287,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let protocol = req.headers().get(http::header::UPGRADE).cloned();
         let mut req = self.outgoing(ctx, req, &Marks::default());
+        forwarding::append_forwarded(req.headers_mut(), &ctx.peer.forwarded_for);
         if let Some(protocol) = protocol {
             forwarding::keep_upgrade(req.headers_mut(), protocol);
         }
@@ -311,12 +312,13 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client = route(&self.upstreams, &mut req, account).clone();
         let started = Instant::now();
-        let resp = client.send(req).await;
+        let resp = client.send(req, Some(&ctx.peer.forwarded_for)).await;
         self.arrived(ctx, resp, started)
     }
 
     /// The request as it goes upstream, whichever upstream account will run it: origin-form,
-    /// hop-by-hop fields dropped, forwarding headers, floodgate's own annotations.
+    /// hop-by-hop fields dropped, floodgate's own annotations. (`X-Forwarded-*` are written
+    /// with the head, see [`UpstreamClient::send`].)
     fn outgoing(
         &self,
         ctx: &Ctx<'_>,
@@ -325,7 +327,7 @@ impl Proxy {
     ) -> Request<ForwardBody> {
         let config = &ctx.policy.config;
         let mut req = req.map(|body| UploadBody::new(body.into(), config.max_body(ctx.class)));
-        prepare_request(&mut req, ctx.peer, self.upstreams.default.host_header());
+        prepare_request(&mut req, self.upstreams.default.host_header());
         if config.headers.annotate_upstream {
             annotate(&mut req, ctx);
         }
@@ -450,8 +452,8 @@ fn annotate<B>(req: &mut Request<B>, ctx: &Ctx<'_>) {
     }
 }
 
-/// Origin-form target, HTTP/1.1 towards the upstream, a Host header, forwarding headers.
-fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, upstream_host: &str) {
+/// Origin-form target, HTTP/1.1 towards the upstream, a Host header, hop-by-hop fields dropped.
+fn prepare_request<B>(req: &mut Request<B>, upstream_host: &str) {
     if req.uri().scheme().is_some() {
         // absolute-form from the client: the upstream gets origin-form, Host carries the authority
         if let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) {
@@ -470,7 +472,7 @@ fn prepare_request<B>(req: &mut Request<B>, peer: &Peer, upstream_host: &str) {
         }
     }
     *req.version_mut() = Version::HTTP_11;
-    forwarding::request_headers(req.headers_mut(), &peer.forwarded_for);
+    forwarding::request_headers(req.headers_mut());
 }
 
 /// The 429 answer: the seed's body, the usage headers, the limit type and an exact Retry-After.

@@ -82,12 +82,15 @@ pub fn request_framing(
 }
 
 /// Appends a request head: origin-form target, HTTP/1.1, every field of `headers`, then `extra`.
+/// With `forwarded_for`, `X-Forwarded-For` and `X-Forwarded-Proto` are extended as they are
+/// written (see [`forwarding::write_forwarded`]).
 pub fn encode_request_head(
     buf: &mut Vec<u8>,
     method: &Method,
     uri: &http::Uri,
     headers: &HeaderMap,
     extra: Option<&(HeaderName, HeaderValue)>,
+    forwarded_for: Option<&HeaderValue>,
 ) {
     buf.extend_from_slice(method.as_str().as_bytes());
     buf.push(b' ');
@@ -101,7 +104,12 @@ pub fn encode_request_head(
     }
     buf.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        encode_field(buf, name, value);
+        if forwarded_for.is_none() || !forwarding::is_forwarding_field(name) {
+            encode_field(buf, name, value);
+        }
+    }
+    if let Some(peer) = forwarded_for {
+        forwarding::write_forwarded(buf, headers, peer);
     }
     if let Some((name, value)) = extra {
         encode_field(buf, name, value);

@@ -143,13 +143,15 @@ impl Conn {
         )
     }
 
-    /// Prepares a request: its head (plus `extra`, a framing field) and its body to send.
+    /// Prepares a request: its head (plus `extra`, a framing field, and the forwarding fields
+    /// for `forwarded_for`) and its body to send.
     pub fn start(
         &mut self,
         parts: &http::request::Parts,
         body: Option<ForwardBody>,
         framing: RequestFraming,
         extra: Option<&(http::HeaderName, http::HeaderValue)>,
+        forwarded_for: Option<&http::HeaderValue>,
     ) {
         self.write.clear();
         self.written = 0;
@@ -161,6 +163,7 @@ impl Conn {
             &parts.uri,
             &parts.headers,
             extra,
+            forwarded_for,
         );
         self.sending = body.map(|body| Sending {
             body,

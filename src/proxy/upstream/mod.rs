@@ -170,9 +170,12 @@ impl UpstreamClient {
     }
 
     /// Sends `req` and returns the response head; the body streams afterwards.
+    /// `forwarded_for`: the client address to append to `X-Forwarded-For` (with
+    /// `X-Forwarded-Proto: http`), for a request forwarded on a client's behalf.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<ForwardBody>,
+        forwarded_for: Option<&http::HeaderValue>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let deadline = Instant::now() + self.response_timeout;
         let (parts, body) = req.into_parts();
@@ -188,7 +191,7 @@ impl UpstreamClient {
                 None => (Box::pin(self.connect()).await?, false),
             };
             let replayable = body.is_none();
-            conn.start(&parts, body.take(), framing, extra.as_ref());
+            conn.start(&parts, body.take(), framing, extra.as_ref(), forwarded_for);
             conn.answer_by(deadline);
             match poll_fn(|cx| conn.poll_head_in_time(cx, &parts.method)).await {
                 Ok(head) => {

@@ -17,12 +17,36 @@ fn request_head_is_origin_form_http11_with_every_field() {
     let uri: http::Uri = "/api/v1/x?q=1&r=%20".parse().unwrap();
     let extra = (CONTENT_LENGTH, HeaderValue::from_static("0"));
     let mut buf = Vec::new();
-    encode_request_head(&mut buf, &Method::POST, &uri, &headers, Some(&extra));
+    encode_request_head(&mut buf, &Method::POST, &uri, &headers, Some(&extra), None);
     assert_eq!(
         String::from_utf8(buf).unwrap(),
         "POST /api/v1/x?q=1&r=%20 HTTP/1.1\r\nhost: api.example\r\nx-multi: a\r\n\
          x-multi: b\r\ncontent-length: 0\r\n\r\n"
     );
+}
+
+#[test]
+fn forwarding_fields_extend_the_clients_lists_once() {
+    let mut headers = HeaderMap::new();
+    headers.insert("host", HeaderValue::from_static("h"));
+    headers.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+    headers.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    let uri: http::Uri = "/".parse().unwrap();
+    let peer = HeaderValue::from_static("127.0.0.1");
+    let mut buf = Vec::new();
+    encode_request_head(&mut buf, &Method::GET, &uri, &headers, None, Some(&peer));
+    assert_eq!(
+        String::from_utf8(buf).unwrap(),
+        "GET / HTTP/1.1\r\nhost: h\r\n\
+         x-forwarded-for: 203.0.113.9, 198.51.100.7, 127.0.0.1\r\n\
+         x-forwarded-proto: https, http\r\n\r\n"
+    );
+    let mut untouched = Vec::new();
+    encode_request_head(&mut untouched, &Method::GET, &uri, &headers, None, None);
+    let text = String::from_utf8(untouched).unwrap();
+    assert!(text.contains("x-forwarded-for: 203.0.113.9\r\nx-forwarded-for: 198.51.100.7\r\n"));
+    assert!(text.contains("x-forwarded-proto: https\r\n"));
 }
 
 #[test]
