@@ -140,16 +140,21 @@ pub fn is_forwarding_field(name: &HeaderName) -> bool {
 
 /// Writes `X-Forwarded-For` (the client's values, then `peer`) and `X-Forwarded-Proto` (the
 /// client's, then `http`) as head lines: the same lists [`append_forwarded`] makes, without
-/// growing the request's header map.
-pub fn write_forwarded(buf: &mut Vec<u8>, headers: &HeaderMap, peer: &HeaderValue) {
-    write_list(buf, headers, &X_FORWARDED_FOR, peer);
-    write_list(buf, headers, &X_FORWARDED_PROTO, &HTTP);
+/// growing the request's header map. `client`: the request's fields, if it sent either.
+pub fn write_forwarded(buf: &mut Vec<u8>, client: Option<&HeaderMap>, peer: &HeaderValue) {
+    write_list(buf, client, &X_FORWARDED_FOR, peer);
+    write_list(buf, client, &X_FORWARDED_PROTO, &HTTP);
 }
 
-fn write_list(buf: &mut Vec<u8>, headers: &HeaderMap, name: &HeaderName, last: &HeaderValue) {
+fn write_list(
+    buf: &mut Vec<u8>,
+    client: Option<&HeaderMap>,
+    name: &HeaderName,
+    last: &HeaderValue,
+) {
     buf.extend_from_slice(name.as_str().as_bytes());
     buf.extend_from_slice(b": ");
-    for value in headers.get_all(name) {
+    for value in client.into_iter().flat_map(|h| h.get_all(name)) {
         if !value.is_empty() {
             buf.extend_from_slice(value.as_bytes());
             buf.extend_from_slice(b", ");

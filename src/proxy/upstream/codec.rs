@@ -103,13 +103,18 @@ pub fn encode_request_head(
         None => buf.push(b'/'),
     }
     buf.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut client_sent_forwarding = false;
     for (name, value) in headers {
-        if forwarded_for.is_none() || !forwarding::is_forwarding_field(name) {
+        if forwarded_for.is_some() && forwarding::is_forwarding_field(name) {
+            client_sent_forwarding = true;
+        } else {
             encode_field(buf, name, value);
         }
     }
     if let Some(peer) = forwarded_for {
-        forwarding::write_forwarded(buf, headers, peer);
+        // The client's own lists are looked up only when it sent any (rarely).
+        let client_lists = client_sent_forwarding.then_some(headers);
+        forwarding::write_forwarded(buf, client_lists, peer);
     }
     if let Some((name, value)) = extra {
         encode_field(buf, name, value);
