@@ -357,9 +357,11 @@ impl Conn {
     }
 
     /// Whether this connection can take the next request: the exchange ended cleanly with
-    /// nothing left over either way.
+    /// nothing left over either way (not even request bytes still unwritten after an early
+    /// answer).
     fn is_reusable(&self) -> bool {
-        self.reusable && self.sending.is_none() && self.read.is_empty()
+        let all_sent = self.sending.is_none() && self.write.is_empty() && self.data.is_empty();
+        self.reusable && all_sent && self.read.is_empty()
     }
 
     /// Trims buffers a large exchange grew before the connection goes idle.
