@@ -226,10 +226,9 @@ impl Conn {
                     if head.status.is_informational() {
                         continue;
                     }
-                    if send_failed.is_some() || self.sending.is_some() {
-                        // The rest of the request body may still go, but the upstream
-                        // answered first; the connection ends with this exchange.
-                        self.reusable &= send_failed.is_none();
+                    if send_failed.is_some() {
+                        // The upstream answered and stopped reading: nothing more goes.
+                        self.abandon_request();
                     }
                     self.reusable &= head.keep_alive;
                     return Poll::Ready(Ok(head));
@@ -356,6 +355,16 @@ impl Conn {
         Poll::Ready(Ok(()))
     }
 
+    /// Stops sending the request (the upstream answered and no longer reads it); the
+    /// connection ends with this exchange.
+    fn abandon_request(&mut self) {
+        self.sending = None;
+        self.write.clear();
+        self.written = 0;
+        self.data = Bytes::new();
+        self.reusable = false;
+    }
+
     /// Whether this connection can take the next request: the exchange ended cleanly with
     /// nothing left over either way (not even request bytes still unwritten after an early
     /// answer).
@@ -443,9 +452,15 @@ impl WireBody {
             let Some((conn, _)) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            if conn.sending.is_some() || conn.written < conn.write.len() || !conn.data.is_empty() {
-                if let Poll::Ready(Err(e)) = conn.poll_send(cx) {
-                    return Poll::Ready(Some(Err(e)));
+            if conn.sending.is_some() || !conn.write.is_empty() || !conn.data.is_empty() {
+                match conn.poll_send(cx) {
+                    // The client's own body failed: the exchange ends here.
+                    Poll::Ready(Err(e @ ExchangeError::RequestBody(_))) => {
+                        return Poll::Ready(Some(Err(e)))
+                    }
+                    // The upstream stopped reading the request; its answer may still be whole.
+                    Poll::Ready(Err(_)) => conn.abandon_request(),
+                    _ => {}
                 }
             }
             if let Some(frame) = self.take_buffered() {
