@@ -26,6 +26,9 @@ enum Reply {
     Keep(Bytes),
     /// Write these bytes, then close after this long.
     CloseAfter(Bytes, Duration),
+    /// Answer as soon as a request head is in, without reading its body; hold the connection
+    /// this long, then close.
+    Early(Bytes, Duration),
 }
 
 /// A TCP server that answers each request with the next reply of its script (the last one
@@ -50,6 +53,13 @@ impl Scripted {
                 let (script, reqs, answered) = (script.clone(), reqs.clone(), answered.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
+                    if let Reply::Early(bytes, hold) = &script[0] {
+                        let head = read_head(&mut s, &mut buf).await;
+                        reqs.lock().unwrap().push(head.unwrap_or_default());
+                        let _ = s.write_all(bytes).await;
+                        tokio::time::sleep(*hold).await;
+                        return;
+                    }
                     while let Some(req) = read_request(&mut s, &mut buf).await {
                         reqs.lock().unwrap().push(req);
                         let n = answered.fetch_add(1, Ordering::SeqCst);
@@ -64,6 +74,7 @@ impl Scripted {
                                 tokio::time::sleep(*after).await;
                                 return;
                             }
+                            Reply::Early(..) => return,
                         }
                     }
                 });
@@ -86,6 +97,18 @@ impl Scripted {
 
     fn request(&self, i: usize) -> String {
         String::from_utf8_lossy(&self.requests.lock().unwrap()[i]).into_owned()
+    }
+}
+
+/// Reads up to the end of a request head (and whatever came with it) off `s`.
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(buf[..i + 4].to_vec());
+        }
+        let n = s.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -359,4 +382,48 @@ async fn an_upstream_that_dies_mid_body_cuts_the_client_off() {
     } else {
         assert!(got.is_empty(), "{text}");
     }
+}
+
+#[tokio::test]
+async fn an_answer_before_the_whole_upload_reaches_the_client_whole() {
+    // The upstream refuses after the head, never reads the 4 MiB body, and holds on: floodgate
+    // must hear the answer while its write of the body is stuck.
+    let up = Scripted::start(vec![Reply::Early(
+        Bytes::from_static(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 7\r\n\r\ntoo big"),
+        Duration::from_secs(3),
+    )])
+    .await;
+    let gate = Gate::start(CONFIG, &up.url(), DAY0_MS);
+    let mut s = connect(gate.addr).await;
+    let body = vec![b'x'; 4 << 20];
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // Send the body from a task: the answer may come while most of it is still unsent.
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&body).await;
+        wr
+    });
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let answered = tokio::time::timeout(Duration::from_secs(2), async {
+        while !got.windows(7).any(|w| w == b"too big") {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        answered.is_ok(),
+        "the answer came before the upstream let go: {text}"
+    );
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.ends_with("too big"), "{text}");
+    writer.abort();
 }
