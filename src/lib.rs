@@ -11,7 +11,7 @@
 //! - [`store`]: where counters live; atomic check-and-consume only, no policy; the state file
 //!   that carries them across a restart.
 //! - [`queue`]: job queues — per-account FIFO under concurrency caps, upstream account pools.
-//! - [`proxy`]: a request's life, upload limits, and the upstream connection pool.
+//! - [`proxy`]: a request's life, upload limits, and the upstream HTTP/1.1 client with its pools.
 //! - [`server`] / [`admin`]: the listeners; [`server::conn`] bounds what one client connection
 //!   holds (head and idle timeouts), [`server::framing`] spots requests framed two ways.
 //! - [`reload`]: SIGHUP / file-change reload — validate, then swap atomically.
