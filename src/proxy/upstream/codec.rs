@@ -164,7 +164,6 @@ pub enum BodyFraming {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    pub version: Version,
     pub headers: HeaderMap,
     pub framing: BodyFraming,
     /// Whether the connection can carry another request once this body ends.
@@ -233,7 +232,6 @@ pub fn parse_response_head(
         && !(facts.transfer_encoding && facts.content_length.is_some());
     Ok(Some(ResponseHead {
         status,
-        version,
         headers,
         framing,
         keep_alive,
