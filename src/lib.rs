@@ -18,22 +18,22 @@
 //! - [`metrics`]: Prometheus metrics with bounded labels.
 //! - [`app`]: wiring and threads; [`clock`]: the only reader of wall time; [`error`]: errors
 //!   and the one place they become HTTP responses.
-//! - [`hugepages`]: the global allocator — the system's, with huge pages for large tables (the
-//!   one module with `unsafe` code).
+//! - [`allocator`]: the global allocator — mimalloc for small blocks, the system's for large
+//!   ones, huge pages for the largest tables (the one module with `unsafe` code).
 
 #![deny(unsafe_code)]
 
 #[global_allocator]
-static ALLOCATOR: hugepages::HugePageAllocator = hugepages::HugePageAllocator;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 pub mod admin;
+#[allow(unsafe_code)]
+pub mod allocator;
 pub mod app;
 pub mod classify;
 pub mod clock;
 pub mod config;
 pub mod error;
-#[allow(unsafe_code)]
-pub mod hugepages;
 pub mod identity;
 pub mod limits;
 pub mod metrics;

@@ -29,6 +29,9 @@ enum Reply {
     /// Answer as soon as a request head is in, without reading its body; hold the connection
     /// this long, then close.
     Early(Bytes, Duration),
+    /// Read the request, then close without answering (a keep-alive connection the upstream
+    /// ended just as a request went out on it).
+    Vanish,
 }
 
 /// A TCP server that answers each request with the next reply of its script (the last one
@@ -74,7 +77,7 @@ impl Scripted {
                                 tokio::time::sleep(*after).await;
                                 return;
                             }
-                            Reply::Early(..) => return,
+                            Reply::Early(..) | Reply::Vanish => return,
                         }
                     }
                 });
@@ -225,6 +228,40 @@ async fn idle_connections_the_upstream_closed_are_replaced_without_failing_reque
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(up.connections(), 4);
+}
+
+#[tokio::test]
+async fn a_bodyless_request_on_a_connection_closed_under_it_goes_again_on_a_new_one() {
+    const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let up = Scripted::start(vec![
+        keep(OK),
+        Reply::Vanish,
+        keep(OK),
+        Reply::Vanish,
+        keep(OK),
+    ])
+    .await;
+    let gate = Gate::start(CONFIG, &up.url(), DAY0_MS);
+    let c = TestClient::new();
+    let first = c.send("GET", &gate.url("/one"), &[], "").await;
+    assert_eq!(first.status, 200);
+    let again = c
+        .send("GET", &gate.url("/two?q=1"), &[("x-tag", "t")], "")
+        .await;
+    assert_eq!(
+        again.status, 200,
+        "the request went again: {:?}",
+        again.body
+    );
+    assert_eq!(up.connections(), 2);
+    assert_eq!(up.request(1), up.request(2), "the same head went again");
+    assert!(up.request(2).starts_with("GET /two?q=1 HTTP/1.1\r\n"));
+    assert!(up.request(2).contains("x-tag: t\r\n"));
+
+    // A request with a body is not sent twice: the client hears of the failure.
+    let posted = c.send("POST", &gate.url("/three"), &[], "body").await;
+    assert_eq!(posted.status, 502, "{:?}", posted.body);
+    assert_eq!(up.connections(), 2);
 }
 
 #[tokio::test]

@@ -174,10 +174,12 @@ pub struct ResponseHead {
 /// (`Ok(None)` until then). `method` is the request's (a `HEAD` answer has no body).
 ///
 /// Hop-by-hop fields (RFC 9110 §7.6.1, and any `Connection` names) are left out, and field
-/// values share the head's bytes instead of each being copied.
+/// values share the head's bytes instead of each being copied. The fields go into `spare`'s
+/// table (taken, cleared), so a connection that recycles maps allocates none per answer.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
+    spare: &mut HeaderMap,
 ) -> Result<Option<ResponseHead>, CodecError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut fields);
@@ -212,7 +214,9 @@ pub fn parse_response_head(
         }
     }
     let head_bytes = buf.split_to(used).freeze();
-    let mut headers = HeaderMap::with_capacity(kept.len() + HEADERS_ADDED);
+    let mut headers = std::mem::take(spare);
+    headers.clear();
+    headers.reserve(kept.len() + HEADERS_ADDED);
     for (name, range) in kept {
         if facts.connection_names(&name) {
             continue;

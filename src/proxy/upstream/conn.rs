@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::Method;
+use http::{HeaderMap, Method};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
@@ -98,6 +98,9 @@ pub struct Conn {
     /// The response deadline, reset for each exchange: one timer per connection instead of
     /// one created and dropped per request.
     timer: Option<Pin<Box<Sleep>>>,
+    /// An empty field map whose table the next response head fills: the request's map,
+    /// handed back once its fields are on the wire, so no answer allocates one.
+    spare_fields: HeaderMap,
 }
 
 impl std::fmt::Debug for Conn {
@@ -130,6 +133,7 @@ impl Conn {
             sending: None,
             reusable: true,
             timer: None,
+            spare_fields: HeaderMap::new(),
         })
     }
 
@@ -176,6 +180,23 @@ impl Conn {
         });
     }
 
+    /// Takes over the body-less request `stale` (a connection found closed before it
+    /// answered) was sending: its encoded head, and its spare field map.
+    pub fn replay(&mut self, stale: &mut Conn) {
+        std::mem::swap(&mut self.write, &mut stale.write);
+        std::mem::swap(&mut self.spare_fields, &mut stale.spare_fields);
+        self.written = 0;
+        self.data = Bytes::new();
+        self.sending = None;
+        self.reusable = true;
+    }
+
+    /// Keeps a request's field map (cleared) for the next response head's fields.
+    pub fn recycle_fields(&mut self, mut fields: HeaderMap) {
+        fields.clear();
+        self.spare_fields = fields;
+    }
+
     /// Sets the deadline for the next response head.
     pub fn answer_by(&mut self, deadline: Instant) {
         match self.timer.as_mut() {
@@ -219,7 +240,9 @@ impl Conn {
                 }
             }
             if !self.read.is_empty() {
-                if let Some(head) = codec::parse_response_head(&mut self.read, method)? {
+                if let Some(head) =
+                    codec::parse_response_head(&mut self.read, method, &mut self.spare_fields)?
+                {
                     if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
                         return Poll::Ready(Err(ExchangeError::UnaskedSwitch));
                     }
@@ -338,8 +361,12 @@ impl Conn {
             }
             self.written += n;
         }
-        self.write.clear();
-        self.written = 0;
+        if self.sending.is_some() {
+            // More of the body follows: the buffer starts over. Otherwise what was written
+            // (a body-less request's head) stays until the next request, for a replay.
+            self.write.clear();
+            self.written = 0;
+        }
         while !self.data.is_empty() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.data))?;
             if n == 0 {
@@ -369,7 +396,8 @@ impl Conn {
     /// nothing left over either way (not even request bytes still unwritten after an early
     /// answer).
     fn is_reusable(&self) -> bool {
-        let all_sent = self.sending.is_none() && self.write.is_empty() && self.data.is_empty();
+        let all_sent =
+            self.sending.is_none() && self.written == self.write.len() && self.data.is_empty();
         self.reusable && all_sent && self.read.is_empty()
     }
 

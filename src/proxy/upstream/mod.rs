@@ -183,17 +183,25 @@ impl UpstreamClient {
         let (framing, extra) =
             codec::request_framing(&parts.method, &parts.headers, ended, &body.size_hint())
                 .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
-        let mut body = (!ended).then_some(body);
+        let body = (!ended).then_some(body);
+        let replayable = body.is_none();
+        let (mut conn, mut reused) = self.connection().await?;
+        conn.start(&parts, body, framing, extra.as_ref(), forwarded_for);
+        // The head is in the connection's buffer now: the request's field map goes back for
+        // the answer's fields, and what the request shared of the client connection's read
+        // buffer is let go before the exchange waits (so that buffer is reused, not copied).
+        let http::request::Parts {
+            method,
+            uri,
+            headers,
+            extensions,
+            ..
+        } = parts;
+        conn.recycle_fields(headers);
+        drop((uri, extensions));
         loop {
-            let (mut conn, reused) = match self.checkout() {
-                Some(conn) => (conn, true),
-                // boxed: a new connection's state stays out of every request's future
-                None => (Box::pin(self.connect()).await?, false),
-            };
-            let replayable = body.is_none();
-            conn.start(&parts, body.take(), framing, extra.as_ref(), forwarded_for);
             conn.answer_by(deadline);
-            match poll_fn(|cx| conn.poll_head_in_time(cx, &parts.method)).await {
+            match poll_fn(|cx| conn.poll_head_in_time(cx, &method)).await {
                 Ok(head) => {
                     let body = WireBody::new(head.framing, conn, self.clone());
                     let mut resp = Response::new(UpstreamBody::Wire(body));
@@ -201,10 +209,23 @@ impl UpstreamClient {
                     *resp.headers_mut() = head.headers;
                     return Ok(resp);
                 }
-                Err(e) if reused && replayable && e.is_stale_connection() => continue,
+                Err(e) if reused && replayable && e.is_stale_connection() => {
+                    let (mut fresh, fresh_reused) = self.connection().await?;
+                    fresh.replay(&mut conn);
+                    (conn, reused) = (fresh, fresh_reused);
+                }
                 Err(e) => return Err(exchange_error(e)),
             }
         }
+    }
+
+    /// An idle connection (`true`) or, when none is left, a new one.
+    async fn connection(&self) -> Result<(Box<Conn>, bool), ProxyError> {
+        Ok(match self.checkout() {
+            Some(conn) => (conn, true),
+            // boxed: a new connection's state stays out of every request's future
+            None => (Box::pin(self.connect()).await?, false),
+        })
     }
 
     /// An idle connection that is still open and quiet, if any.

@@ -1,7 +1,11 @@
 use super::*;
 
 fn head(text: &str) -> Result<Option<ResponseHead>, CodecError> {
-    parse_response_head(&mut BytesMut::from(text), &Method::GET)
+    parse_response_head(
+        &mut BytesMut::from(text),
+        &Method::GET,
+        &mut HeaderMap::new(),
+    )
 }
 
 fn framing_of(text: &str) -> BodyFraming {
@@ -103,9 +107,11 @@ fn chunk_size_lines_are_lowercase_hex() {
 #[test]
 fn a_head_is_parsed_only_once_complete() {
     let mut partial = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
-    assert!(parse_response_head(&mut partial, &Method::GET)
-        .unwrap()
-        .is_none());
+    assert!(
+        parse_response_head(&mut partial, &Method::GET, &mut HeaderMap::new())
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(
         partial.len(),
         36,
@@ -113,7 +119,7 @@ fn a_head_is_parsed_only_once_complete() {
     );
     let text = "HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: 1\r\nX-A: 2\r\n\r\nok";
     let mut buf = BytesMut::from(text);
-    let h = parse_response_head(&mut buf, &Method::GET)
+    let h = parse_response_head(&mut buf, &Method::GET, &mut HeaderMap::new())
         .unwrap()
         .unwrap();
     assert_eq!(&buf[..], b"ok", "the head is taken, the body left");
@@ -151,7 +157,7 @@ fn body_framing_follows_rfc9112_section_6_3() {
         BodyFraming::UntilClose
     );
     let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n");
-    let h = parse_response_head(&mut buf, &Method::HEAD)
+    let h = parse_response_head(&mut buf, &Method::HEAD, &mut HeaderMap::new())
         .unwrap()
         .unwrap();
     assert_eq!(h.framing, BodyFraming::Empty);
