@@ -45,7 +45,7 @@ RUN groupadd --system --gid 10001 floodgate \
 COPY --from=build /out/floodgate /usr/local/bin/floodgate
 COPY config/ /etc/floodgate/
 
-# floodgate asks for transparent huge pages for its counter tables itself (src/hugepages.rs);
+# floodgate asks for transparent huge pages for its counter tables itself (src/allocator.rs);
 # they apply when the host's THP mode is "madvise" or "always".
 
 USER 10001:10001
