@@ -14,7 +14,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 
-# Dependencies first, against stub sources, so this layer is reused until Cargo.toml or
+# Dependencies downloaded first, against stub sources, so this layer is reused until Cargo.toml or
 # Cargo.lock change. The [[bench]] targets the manifest declares get stubs too, so no cargo
 # version objects to a declared target without a file.
 COPY Cargo.toml Cargo.lock ./
@@ -24,16 +24,19 @@ RUN mkdir -p src benches \
  && for b in $(sed -n '/^\[\[bench\]\]/,/^$/s/^name *= *"\(.*\)"/\1/p' Cargo.toml); do \
         echo 'fn main() {}' > "benches/$b.rs"; \
     done \
- && cargo build --release --locked --bin floodgate \
+ && cargo fetch --locked \
  && rm -rf src benches
 
 COPY src ./src
 COPY benches ./benches
-# COPY keeps the context's mtimes, which can be older than the stub build: touch so cargo
-# rebuilds the crate itself.
-RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --bin floodgate \
- && install -D -m 0755 target/release/floodgate /out/floodgate
+COPY examples ./examples
+COPY config ./config
+COPY scripts ./scripts
+# The profile-guided build (scripts/pgo-build.sh): instrumented build, the training workload on
+# loopback inside this stage, then the optimised build — what the README's performance figures
+# measure. Without rustup's llvm-tools (no network) it falls back to a plain release build.
+RUN scripts/pgo-build.sh \
+ && install -D -m 0755 target/pgo/floodgate /out/floodgate
 
 # ---- runtime ----------------------------------------------------------------------------------
 FROM debian:bookworm-slim
