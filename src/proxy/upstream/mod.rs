@@ -187,9 +187,10 @@ impl UpstreamClient {
         let replayable = body.is_none();
         let (mut conn, mut reused) = self.connection().await?;
         conn.start(&parts, body, framing, extra.as_ref(), forwarded_for);
-        // The head is in the connection's buffer now: the request's field map goes back for
-        // the answer's fields, and what the request shared of the client connection's read
-        // buffer is let go before the exchange waits (so that buffer is reused, not copied).
+        // The head is in the connection's buffer now (a replay resends it from there): the
+        // request's field map goes back for the answer's fields, and the rest of the request
+        // (bytes it shares with the client connection's read buffer) is let go before the
+        // exchange waits.
         let http::request::Parts {
             method,
             uri,
