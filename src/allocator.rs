@@ -6,8 +6,9 @@
 //! few dozen instructions, where glibc's malloc falls out of its per-thread cache for blocks
 //! over 1 KiB (read buffers, header tables) into its general path, several hundred
 //! instructions a call and a large stretch of code through the instruction cache. Measured
-//! with callgrind at 64 connections: 22.3k → 21.4k instructions per proxied request, and
-//! 1.10× the requests/s of the same build on glibc (`../README.md`, Performance).
+//! with callgrind at 64 connections: 22.3k → 21.4k instructions per proxied request; in one
+//! 3-round `compare.sh` run, 1.06× nginx_lr's requests/s where the same code on glibc did 1.01×
+//! (README, Performance).
 //!
 //! **Large blocks stay with the system allocator**, which hands blocks this size back to the
 //! kernel when they are freed; the limit store's tables grow by doubling, and mimalloc would
