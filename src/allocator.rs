@@ -49,6 +49,20 @@ fn placed(layout: Layout) -> Layout {
     .unwrap_or(layout)
 }
 
+/// A large block from the system allocator by `get` (plain or zeroed), placed and advised onto
+/// huge pages from `HUGE_PAGE` up.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`: `layout` has a non-zero size.
+unsafe fn large(layout: Layout, get: unsafe fn(&System, Layout) -> *mut u8) -> *mut u8 {
+    let placed = placed(layout);
+    let p = unsafe { get(&System, placed) };
+    if placed != layout {
+        advise(p, placed.size());
+    }
+    p
+}
+
 fn is_small(size: usize) -> bool {
     size < SMALL_LIMIT
 }
@@ -64,24 +78,14 @@ unsafe impl GlobalAlloc for Allocator {
         if is_small(layout.size()) {
             return unsafe { MiMalloc.alloc(layout) };
         }
-        let placed = placed(layout);
-        let p = unsafe { System.alloc(placed) };
-        if placed != layout {
-            advise(p, placed.size());
-        }
-        p
+        unsafe { large(layout, <System as GlobalAlloc>::alloc) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if is_small(layout.size()) {
             return unsafe { MiMalloc.alloc_zeroed(layout) };
         }
-        let placed = placed(layout);
-        let p = unsafe { System.alloc_zeroed(placed) };
-        if placed != layout {
-            advise(p, placed.size());
-        }
-        p
+        unsafe { large(layout, <System as GlobalAlloc>::alloc_zeroed) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

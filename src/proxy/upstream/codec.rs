@@ -215,7 +215,10 @@ pub fn parse_response_head(
     }
     let head_bytes = buf.split_to(used).freeze();
     let mut headers = std::mem::take(spare);
-    headers.clear();
+    if !headers.is_empty() {
+        // A connection hands its spare over cleared already; clearing walks the whole table.
+        headers.clear();
+    }
     headers.reserve(kept.len() + HEADERS_ADDED);
     for (name, range) in kept {
         if facts.connection_names(&name) {

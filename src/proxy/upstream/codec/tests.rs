@@ -310,3 +310,17 @@ fn malformed_chunking_is_an_error() {
         CodecError::Chunk
     );
 }
+
+#[test]
+fn a_spare_map_lends_its_table_not_its_fields() {
+    let mut spare = HeaderMap::with_capacity(32);
+    spare.insert("x-left-over", HeaderValue::from_static("1"));
+    let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n");
+    let h = parse_response_head(&mut buf, &Method::GET, &mut spare)
+        .unwrap()
+        .unwrap();
+    assert!(h.headers.get("x-left-over").is_none());
+    assert_eq!(h.headers.get("x-a").unwrap(), "1");
+    assert!(h.headers.capacity() >= 32, "the spare's table is reused");
+    assert!(spare.is_empty());
+}
