@@ -148,6 +148,60 @@ async fn full_queue_and_maximum_wait_answer_429_concurrency() {
     assert_eq!(job(&c, &gate, "other", "other", 10).await.status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_the_queue_turns_away_consume_no_quota() {
+    let up = Upstream::start().await;
+    let tier = r#"concurrency = 1
+        max_queue = 1
+        max_wait = "300ms"
+        [[tiers.t.limits]]
+        classes = ["job"]
+        per_minute = 3
+        per_day = 10"#;
+    let gate = Gate::start(&sync_config(tier), &up.url(), DAY0_MS);
+    let c = TestClient::new();
+    let first = spawn_job(&gate, "acct", "running".into(), 800);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = spawn_job(&gate, "acct", "queued".into(), 10);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let full = job(&c, &gate, "acct", "overflow", 10).await;
+    assert_eq!(full.status, 429);
+    assert_eq!(full.json()["error"], "queue_full");
+    let timed_out = queued.await.unwrap();
+    assert_eq!(timed_out.json()["error"], "queue_timeout");
+    // Each refusal's headers leave itself out: the full queue's still counts the queued job.
+    for (refused, left) in [(&full, (1, 8)), (&timed_out, (2, 9))] {
+        let remaining = refused.num("x-ratelimit-remaining");
+        assert_eq!(
+            (remaining, refused.num("x-ratelimit-daily-remaining")),
+            left
+        );
+    }
+    let ran = first.await.unwrap();
+    assert_eq!(
+        (ran.status.as_u16(), ran.num("x-ratelimit-remaining")),
+        (200, 2)
+    );
+    // Two turned-away jobs gave their quota back: two more run within the minute, then the
+    // minute limit (3) refuses.
+    for left in [1, 0] {
+        let ok = job(&c, &gate, "acct", "next", 10).await;
+        assert_eq!(
+            (ok.status.as_u16(), ok.num("x-ratelimit-remaining")),
+            (200, left)
+        );
+    }
+    let over = job(&c, &gate, "acct", "over", 10).await;
+    assert_eq!(over.status, 429);
+    assert_eq!(over.header("x-ratelimit-type"), Some("minute"));
+    assert_eq!(
+        over.num("x-ratelimit-daily-remaining"),
+        7,
+        "3 of 10 used today"
+    );
+    assert_eq!(up.seen().len(), 3, "three jobs reached the upstream");
+}
+
 const TWO_ACCOUNTS: &str = r#"
     [[route]]
     method = "POST"

@@ -538,3 +538,58 @@ async fn penalty_and_relax_tallies_are_shared_across_replicas() {
         "refused jobs never reach the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_turned_away_by_a_full_queue_gives_its_quota_back_in_redis() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = format!(
+        r#"
+        [store]
+        type = "redis"
+        url = "{}"
+        timeout = "2s"
+        [[route]]
+        method = "POST"
+        path = "/slow"
+        class = "job"
+        [[jobs]]
+        classes = ["job"]
+        [tiers.t]
+        concurrency = 1
+        max_queue = 0
+        [[tiers.t.limits]]
+        classes = ["job"]
+        per_minute = 2
+        "#,
+        redis.url()
+    );
+    let (first, second) = (
+        Gate::start(&cfg, &up.url(), DAY0_MS),
+        Gate::start(&cfg, &up.url(), DAY0_MS),
+    );
+    let running = {
+        let url = first.url("/slow?ms=600");
+        tokio::spawn(async move { TestClient::new().post(&url, "{}").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = TestClient::new();
+    let full = c.post(&first.url("/slow?ms=10"), "{}").await;
+    assert_eq!(full.status, 429);
+    assert_eq!(full.json()["error"], "queue_full");
+    assert_eq!(
+        full.num("x-ratelimit-remaining"),
+        1,
+        "shows the running job alone"
+    );
+    assert_eq!(running.await.unwrap().status, 200);
+    // The other replica sees the quota given back: one more job fits in the minute, then not.
+    let next = c.post(&second.url("/slow?ms=10"), "{}").await;
+    assert_eq!(
+        (next.status.as_u16(), next.num("x-ratelimit-remaining")),
+        (200, 0)
+    );
+    let over = c.post(&second.url("/slow?ms=10"), "{}").await;
+    assert_eq!(over.header("x-ratelimit-type"), Some("minute"));
+    assert_eq!(up.count(), 2);
+}

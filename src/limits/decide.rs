@@ -52,6 +52,35 @@ impl Counters {
         }
     }
 
+    /// The windows `ids` are counting in now: what an admission took, to give back should the
+    /// request be turned away after all ([`Counters::give_back`]).
+    pub fn receipt(&self, ids: impl IntoIterator<Item = CounterId>, now_ms: u64) -> Receipt {
+        Receipt(
+            ids.into_iter()
+                .filter_map(|id| self.current(id, now_ms))
+                .map(|c| (c.id, c.end_ms))
+                .collect(),
+        )
+    }
+
+    /// Uncounts one request from each window on `receipt` that is still the one it was counted
+    /// in. A window that has closed since is left alone (its count no longer limits anyone), and
+    /// so is a newer window of the same counter. Returns how many counters were given back.
+    pub fn give_back(&mut self, receipt: &Receipt, now_ms: u64) -> usize {
+        let mut given = 0;
+        for &(id, end_ms) in &receipt.0 {
+            let same_window = self
+                .0
+                .iter_mut()
+                .find(|c| c.id == id && c.end_ms == end_ms && c.is_current(now_ms));
+            if let Some(c) = same_window.filter(|c| c.count > 0) {
+                c.count -= 1;
+                given += 1;
+            }
+        }
+        given
+    }
+
     fn find(&self, id: CounterId) -> Option<&Counter> {
         self.0.iter().find(|c| c.id == id)
     }
@@ -101,6 +130,16 @@ impl Counters {
     }
 }
 
+/// The windows one admitted request was counted in: each counter and the end of its window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt(SmallVec<[(CounterId, u64); 3]>);
+
+impl Receipt {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// One window's figures for the response headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowUsage {
@@ -119,6 +158,17 @@ pub struct WindowUsage {
 pub struct Usage {
     pub primary: Option<WindowUsage>,
     pub daily: Option<WindowUsage>,
+}
+
+impl Usage {
+    /// The figures once the request they were taken after is given back: one more remaining
+    /// in each window.
+    pub fn given_back(mut self) -> Self {
+        for window in [&mut self.primary, &mut self.daily].into_iter().flatten() {
+            window.remaining = window.remaining.saturating_add(1).min(window.limit);
+        }
+        self
+    }
 }
 
 /// Why a request was refused.

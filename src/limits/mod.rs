@@ -17,7 +17,9 @@ mod decide;
 pub mod headers;
 mod policy;
 
-pub use decide::{decide, usage_of, Counter, Counters, Decision, Refusal, Usage, WindowUsage};
+pub use decide::{
+    decide, usage_of, Counter, Counters, Decision, Receipt, Refusal, Usage, WindowUsage,
+};
 pub use policy::Tier;
 
 /// Identifies one counter of an account: derived from the limit's scope and window, so it is

@@ -9,7 +9,7 @@
 use super::{IncorrectAction, Mode, PenaltyIds, RelaxAction, TierPenalties};
 use crate::clock::next_utc_midnight;
 use crate::limits::{
-    decide, usage_of, Counters, Decision, LimitKind, Refusal, Rule, Usage, Window,
+    decide, usage_of, Counters, Decision, LimitKind, Receipt, Refusal, Rule, Usage, Window,
 };
 
 /// What a job's request says, as far as penalties care.
@@ -75,9 +75,11 @@ pub enum Verdict {
 }
 
 /// A job submission's answer: penalties and rate limits together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    Admitted(Usage, Marks),
+    /// Admitted, with the windows it was counted in (rate limits and the relax count), to give
+    /// back if the job is turned away before it runs.
+    Admitted(Usage, Marks, Receipt),
     /// A rate limit refused it.
     Limited(Usage, Refusal),
     /// A penalty refused it.
@@ -141,7 +143,9 @@ pub fn admit(rules: &[Rule], job: &JobCheck, counters: &mut Counters, now_ms: u6
             Decision::Refused(usage, refusal) => Admission::Limited(usage, refusal),
             Decision::Admitted(usage) => {
                 commit(&marks, &job.ids, counters, now_ms);
-                Admission::Admitted(usage, marks)
+                let relax = marks.relax.then_some(job.ids.relax_used);
+                let taken = rules.iter().map(|r| r.counter).chain(relax);
+                Admission::Admitted(usage, marks, counters.receipt(taken, now_ms))
             }
         },
     }

@@ -172,8 +172,14 @@ impl Proxy {
             Ok(s) => s,
             Err(e) => return Err(self.refuse(e)),
         };
-        let (usage, marks) = self.admit_job(ctx, submission.facts).await?;
-        Ok((usage, self.run_job(ctx, submission, marks, job).await))
+        let (usage, marks, receipt) = self.admit_job(ctx, submission.facts).await?;
+        let ran = self.run_job(ctx, submission, marks, job).await;
+        // Turned away by the queue: the 429 or 503 leaves the account's counters as they were.
+        let usage = match &ran {
+            Err(ProxyError::Queue(_)) => self.give_back(ctx, &receipt, usage).await,
+            _ => usage,
+        };
+        Ok((usage, ran))
     }
 
     /// Checks and consumes the caller's limits for its class. `Ok(None)`: the class is not

@@ -11,7 +11,7 @@ use super::jobs::Peeked;
 use super::{Ctx, Proxy, ProxyBody};
 use crate::app::Shared;
 use crate::identity::{AccountId, TierId};
-use crate::limits::{LimitKind, Usage};
+use crate::limits::{LimitKind, Receipt, Usage};
 use crate::penalties::{Admission, Event, JobCheck, JobFacts, Marks, On, PenaltyRefusal};
 use crate::queue::tasks::TaskOwner;
 
@@ -23,13 +23,14 @@ const NO_REFUND: HeaderValue = HeaderValue::from_static("no-refund");
 
 impl Proxy {
     /// Checks a job submission's penalties and rate limits and consumes them, in one store step.
-    /// `Ok`: the usage headers (when the class is rate limited) and the marks the job carries;
-    /// `Err`: the finished 429 (or store failure) response. The job has not been queued yet.
+    /// `Ok`: the usage headers (when the class is rate limited), the marks the job carries and
+    /// the receipt of what it consumed; `Err`: the finished 429 (or store failure) response. The
+    /// job has not been queued yet.
     pub(super) async fn admit_job(
         &self,
         ctx: &Ctx<'_>,
         facts: JobFacts,
-    ) -> Result<(Option<Usage>, Marks), Response<ProxyBody>> {
+    ) -> Result<(Option<Usage>, Marks, Receipt), Response<ProxyBody>> {
         let (policy, caller, class) = (ctx.policy, ctx.caller, ctx.class);
         let config = &policy.config;
         let rules = config.tier(caller.tier).rules(class);
@@ -40,7 +41,7 @@ impl Proxy {
         };
         if rules.is_empty() && check.policy.is_empty() && !facts.is_relax() {
             policy.handles.admitted(class, caller.tier);
-            return Ok((None, Marks::default()));
+            return Ok((None, Marks::default(), Receipt::default()));
         }
         let now = self.shared.clock.now_ms();
         let admission = self
@@ -50,9 +51,9 @@ impl Proxy {
             .await;
         let usage_if_limited = |usage| (!rules.is_empty()).then_some(usage);
         match admission {
-            Ok(Admission::Admitted(usage, marks)) => {
+            Ok(Admission::Admitted(usage, marks, receipt)) => {
                 policy.handles.admitted(class, caller.tier);
-                Ok((usage_if_limited(usage), marks))
+                Ok((usage_if_limited(usage), marks, receipt))
             }
             Ok(Admission::Limited(usage, refusal)) => Err(self.limited(ctx, &usage, &refusal)),
             Ok(Admission::Penalised(usage, refusal)) => {
@@ -62,6 +63,30 @@ impl Proxy {
                 Err(resp)
             }
             Err(e) => Err(self.store_failed(&e)),
+        }
+    }
+
+    /// Gives back what an admitted job consumed when the queue turned it away before it ran:
+    /// only admitted requests consume quota. Returns the usage headers as they stand after it.
+    pub(super) async fn give_back(
+        &self,
+        ctx: &Ctx<'_>,
+        receipt: &Receipt,
+        usage: Option<Usage>,
+    ) -> Option<Usage> {
+        let now = self.shared.clock.now_ms();
+        match self
+            .shared
+            .store
+            .give_back(ctx.caller.account, receipt, now)
+            .await
+        {
+            Ok(0) => usage,
+            Ok(_) => usage.map(Usage::given_back),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not give back a turned-away job's quota");
+                usage
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 
 use super::{MemoryStore, RedisStore, StoreError};
 use crate::identity::AccountId;
-use crate::limits::{Counter, Decision, Rule, Usage};
+use crate::limits::{Counter, Decision, Receipt, Rule, Usage};
 use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
 use crate::queue::leases::{BoxFuture, SlotLeases};
 
@@ -213,6 +213,22 @@ impl SharedStore {
                 Err(StoreError::Unavailable("shared store unavailable".into()))
             }
             (None, _) => Ok(self.local.admit_job(account, rules, job, now_ms)),
+        }
+    }
+
+    /// Gives back what an admission took (a job turned away before it ran).
+    pub async fn give_back(
+        &self,
+        account: AccountId,
+        receipt: &Receipt,
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let shared = self
+            .redis
+            .update(account, |c, now| c.give_back(receipt, now));
+        match self.attempt(shared).await {
+            Some(given) => Ok(given),
+            None => Ok(self.local.give_back(account, receipt, now_ms)),
         }
     }
 

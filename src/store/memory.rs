@@ -11,7 +11,7 @@ use dashmap::DashMap;
 
 use super::Snapshot;
 use crate::identity::{AccountId, BuildIdHasher};
-use crate::limits::{decide, Counter, Counters, Decision, Rule, Usage};
+use crate::limits::{decide, Counter, Counters, Decision, Receipt, Rule, Usage};
 use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
 
 #[derive(Debug)]
@@ -45,6 +45,13 @@ impl MemoryStore {
     ) -> Admission {
         let mut counters = self.accounts.entry(account).or_default();
         penalties::admit(rules, job, &mut counters, now_ms)
+    }
+
+    pub fn give_back(&self, account: AccountId, receipt: &Receipt, now_ms: u64) -> usize {
+        match self.accounts.get_mut(&account) {
+            Some(mut counters) => counters.give_back(receipt, now_ms),
+            None => 0,
+        }
     }
 
     pub fn record(&self, account: AccountId, event: Event, ids: &PenaltyIds, now_ms: u64) -> u32 {

@@ -17,7 +17,7 @@ pub use redis::RedisStore;
 pub use snapshot::Snapshot;
 
 use crate::identity::AccountId;
-use crate::limits::{Counter, Decision, Rule};
+use crate::limits::{Counter, Decision, Receipt, Rule};
 use crate::penalties::{Admission, Event, JobCheck, PenaltyIds};
 
 /// A store failure (none for the memory store; kept so other stores fit the same calls).
@@ -135,6 +135,24 @@ impl Store {
         match self {
             Store::Memory(m) => Ok(m.admit_job(account, rules, job, now_ms)),
             Store::Redis(s) => Box::pin(s.admit_job(account, rules, job, now_ms)).await,
+        }
+    }
+
+    /// Uncounts a job that was admitted but turned away before it ran (its queue was full, it
+    /// waited too long, floodgate is shutting down): only admitted requests consume quota.
+    /// Returns how many counters were given back.
+    pub async fn give_back(
+        &self,
+        account: AccountId,
+        receipt: &Receipt,
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        if receipt.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Store::Memory(m) => Ok(m.give_back(account, receipt, now_ms)),
+            Store::Redis(s) => Box::pin(s.give_back(account, receipt, now_ms)).await,
         }
     }
 

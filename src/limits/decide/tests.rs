@@ -185,3 +185,52 @@ fn expired_counters_are_reused_and_accounts_expire() {
     assert!(decide(&[minute(2, 1)], &mut c, DAY0 + 60_000).is_admitted());
     assert_eq!(c.iter().count(), 1, "the expired slot was reused");
 }
+
+fn receipt_of(rules: &[Rule], c: &Counters, now_ms: u64) -> Receipt {
+    c.receipt(rules.iter().map(|r| r.counter), now_ms)
+}
+
+#[test]
+fn a_given_back_request_leaves_every_window_as_before_it() {
+    let rules = [minute(1, 3), daily(2, 100)];
+    let mut c = Counters::default();
+    assert!(decide(&rules, &mut c, DAY0 + 1_000).is_admitted());
+    let before = c.clone();
+    assert!(decide(&rules, &mut c, DAY0 + 2_000).is_admitted());
+    let receipt = receipt_of(&rules, &c, DAY0 + 2_000);
+    assert_eq!(c.give_back(&receipt, DAY0 + 30_000), 2);
+    assert_eq!(c, before);
+    let u = *decide(&rules, &mut c, DAY0 + 30_001).usage();
+    assert_eq!(u.primary.map(|p| p.remaining), Some(1), "3 − 2 admitted");
+    assert_eq!(u.daily.map(|d| d.remaining), Some(98));
+}
+
+#[test]
+fn a_window_that_closed_or_reopened_since_is_not_given_back() {
+    let rules = [minute(1, 3), daily(2, 100)];
+    let mut c = Counters::default();
+    assert!(decide(&rules, &mut c, DAY0 + 50_000).is_admitted());
+    let receipt = receipt_of(&rules, &c, DAY0 + 50_000);
+    // The minute closes at DAY0 + 110 s; a request at 120 s opens the next one.
+    assert!(decide(&rules, &mut c, DAY0 + 120_000).is_admitted());
+    assert_eq!(c.give_back(&receipt, DAY0 + 121_000), 1, "only the day");
+    assert_eq!(
+        c.used(CounterId(1), DAY0 + 121_000),
+        1,
+        "the new minute keeps its request"
+    );
+    assert_eq!(c.used(CounterId(2), DAY0 + 121_000), 1);
+    // After 00:00 UTC the day it was counted in is gone too.
+    assert_eq!(c.give_back(&receipt, DAY0 + DAY_MS), 0);
+}
+
+#[test]
+fn an_interval_given_back_admits_the_next_request_at_once() {
+    let rules = [interval(1, 3_000)];
+    let mut c = Counters::default();
+    assert!(decide(&rules, &mut c, DAY0).is_admitted());
+    assert!(!decide(&rules, &mut c, DAY0 + 10).is_admitted());
+    let receipt = receipt_of(&rules, &c, DAY0);
+    assert_eq!(c.give_back(&receipt, DAY0 + 20), 1);
+    assert!(decide(&rules, &mut c, DAY0 + 30).is_admitted());
+}

@@ -35,6 +35,14 @@ fn paid() -> TierPenalties {
     }
 }
 
+/// An admission's usage and marks; panics on a refusal.
+fn admitted(a: Admission) -> (Usage, Marks) {
+    match a {
+        Admission::Admitted(usage, marks, _) => (usage, marks),
+        other => panic!("expected an admission, got {other:?}"),
+    }
+}
+
 fn job(policy: TierPenalties, mode: Mode) -> JobCheck {
     JobCheck {
         policy,
@@ -106,7 +114,7 @@ fn relax_jobs_past_the_allowance_are_surcharged_and_still_counted() {
             relax: true,
             ..Marks::default()
         };
-        assert_eq!(a, Admission::Admitted(Usage::default(), plain), "job {i}");
+        assert_eq!(admitted(a), (Usage::default(), plain), "job {i}");
     }
     let a = admit(&[], &relax, &mut c, T);
     let surcharged = Marks {
@@ -114,7 +122,7 @@ fn relax_jobs_past_the_allowance_are_surcharged_and_still_counted() {
         cost_multiplier: Some(2),
         ..Marks::default()
     };
-    assert_eq!(a, Admission::Admitted(Usage::default(), surcharged));
+    assert_eq!(admitted(a), (Usage::default(), surcharged));
     assert_eq!(c.used(PenaltyIds::default().relax_used, T), 101);
 }
 
@@ -161,14 +169,14 @@ fn each_earned_relax_job_admits_exactly_one_more() {
 fn fast_jobs_and_uncounted_classes_use_no_relax() {
     let mut c = Counters::default();
     assert_eq!(
-        admit(&[], &job(free(), Mode::Fast), &mut c, T),
-        Admission::Admitted(Usage::default(), Marks::default())
+        admitted(admit(&[], &job(free(), Mode::Fast), &mut c, T)),
+        (Usage::default(), Marks::default())
     );
     let mut other_class = job(free(), Mode::Relax);
     other_class.facts.relax_counted = false;
     assert_eq!(
-        admit(&[], &other_class, &mut c, T),
-        Admission::Admitted(Usage::default(), Marks::default())
+        admitted(admit(&[], &other_class, &mut c, T)),
+        (Usage::default(), Marks::default())
     );
     assert_eq!(c, Counters::default(), "nothing counted");
 }
@@ -244,7 +252,8 @@ fn tiers_without_a_policy_count_but_never_act() {
                     relax: true,
                     no_refund: false,
                     cost_multiplier: None
-                }
+                },
+                _
             )
         ));
     }
@@ -289,4 +298,31 @@ fn reserved_ids_are_stable_and_distinct() {
     assert_ne!(ids.incorrect, ids.relax_used);
     assert_ne!(ids.relax_used, ids.relax_earned);
     assert_ne!(ids.incorrect, ids.relax_earned);
+}
+
+#[test]
+fn a_turned_away_job_gives_back_its_limits_and_its_relax_count() {
+    let minute = Rule {
+        counter: CounterId(7),
+        limit: 5,
+        window: crate::limits::Window::Fixed { period_ms: 60_000 },
+        kind: LimitKind::Minute,
+    };
+    let mut c = Counters::default();
+    let relax = job(free(), Mode::Relax);
+    let Admission::Admitted(_, _, kept) = admit(&[minute], &relax, &mut c, T) else {
+        panic!("the first job is admitted")
+    };
+    let Admission::Admitted(_, marks, receipt) = admit(&[minute], &relax, &mut c, T + 1) else {
+        panic!("the second job is admitted")
+    };
+    assert!(marks.relax);
+    assert_eq!(
+        c.give_back(&receipt, T + 2),
+        2,
+        "the minute and the relax count"
+    );
+    assert_eq!(c.used(CounterId(7), T + 2), 1);
+    assert_eq!(c.used(PenaltyIds::default().relax_used, T + 2), 1);
+    assert!(!kept.is_empty());
 }
