@@ -93,7 +93,17 @@ impl ProxyError {
 
     /// The JSON error response.
     pub fn into_response(self) -> Response<ProxyBody> {
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let body = match &self {
+            // A 429 like every other: the seed's body, the reason beside it (as for penalties).
+            ProxyError::Queue(QueueError::Full { .. } | QueueError::TimedOut { .. }) => {
+                serde_json::json!({
+                    "message": "Too Many Attempts.",
+                    "error": self.code(),
+                    "detail": self.to_string(),
+                })
+            }
+            _ => serde_json::json!({ "error": self.code(), "message": self.to_string() }),
+        };
         let mut resp = json_response(self.status(), body.to_string());
         if let ProxyError::Hygiene(HygieneError::AmbiguousFraming) = &self {
             // RFC 9112 §6.1: the rest of the connection cannot be trusted to be framed right.

@@ -126,11 +126,13 @@ async fn full_queue_and_maximum_wait_answer_429_concurrency() {
     assert_eq!(full.header("x-ratelimit-type"), Some("concurrency"));
     assert!(full.num("retry-after") >= 1);
     assert_eq!(full.json()["error"], "queue_full");
+    assert_eq!(full.json()["message"], "Too Many Attempts.", "the seed's 429 body");
 
     let timed_out = queued.await.unwrap();
     assert_eq!(timed_out.status, 429, "waited past max_wait");
     assert_eq!(timed_out.header("x-ratelimit-type"), Some("concurrency"));
     assert_eq!(timed_out.json()["error"], "queue_timeout");
+    assert_eq!(timed_out.json()["message"], "Too Many Attempts.");
     assert!(timed_out.num("retry-after") >= 1);
     assert_eq!(first.await.unwrap().status, 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
