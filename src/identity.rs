@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
 /// An account, known by the 128-bit xxh3 hash of its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,6 +131,9 @@ pub struct IdentityConfig {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// Header fields that carry an API key, with their values.
+pub type KeyFields = Vec<(HeaderName, HeaderValue)>;
+
 /// Who is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
@@ -200,6 +203,25 @@ impl IdentityConfig {
         Ok(found)
     }
 
+    /// The request's fields that carry its API key (each configured source present, first
+    /// value), as the client sent them: what floodgate shows the upstream when it calls on the
+    /// client's behalf (polling a task the client created).
+    pub fn key_fields(&self, headers: &HeaderMap) -> KeyFields {
+        let mut fields = KeyFields::new();
+        for source in &self.sources {
+            let name = match source {
+                KeySource::Header(name) => name,
+                KeySource::Bearer => &AUTHORIZATION,
+            };
+            if let Some(value) = headers.get(name) {
+                if !fields.iter().any(|(n, _)| n == name) {
+                    fields.push((name.clone(), value.clone()));
+                }
+            }
+        }
+        fields
+    }
+
     /// The client address: the peer, or, when the peer is a trusted proxy, the right-most
     /// `X-Forwarded-For` entry that is not itself a trusted proxy.
     pub fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
@@ -259,6 +281,27 @@ mod tests {
     }
 
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn key_fields_are_the_sources_the_request_carries_as_sent() {
+        let c = config(UnknownKeys::Reject, Anonymous::Reject);
+        let h = headers(&[
+            ("authorization", "Bearer vip"),
+            ("x-api-key", "vip"),
+            ("x-other", "nope"),
+        ]);
+        let fields = c.key_fields(&h);
+        let names: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            names,
+            [("x-api-key", "vip"), ("authorization", "Bearer vip")],
+            "in source order"
+        );
+        assert!(c.key_fields(&headers(&[("x-other", "k")])).is_empty());
+    }
 
     #[test]
     fn key_from_header_then_bearer() {

@@ -126,7 +126,11 @@ async fn full_queue_and_maximum_wait_answer_429_concurrency() {
     assert_eq!(full.header("x-ratelimit-type"), Some("concurrency"));
     assert!(full.num("retry-after") >= 1);
     assert_eq!(full.json()["error"], "queue_full");
-    assert_eq!(full.json()["message"], "Too Many Attempts.", "the seed's 429 body");
+    assert_eq!(
+        full.json()["message"],
+        "Too Many Attempts.",
+        "the seed's 429 body"
+    );
 
     let timed_out = queued.await.unwrap();
     assert_eq!(timed_out.status, 429, "waited past max_wait");
@@ -559,6 +563,10 @@ async fn task_slot_frees_when_floodgate_polls_and_sees_the_task_done() {
         up.count_prefix(&format!("/task/{id}")) >= 2,
         "floodgate polls the get-task endpoint itself"
     );
+    for poll in up.seen().iter().filter(|s| s.target.starts_with("/task/t")) {
+        // No upstream account here: the task is the client's, polled with the client's key.
+        assert_eq!(poll.header("x-api-key"), Some("k"), "{}", poll.target);
+    }
     up.set_task_status(&id, "SUCCESS");
     let second = tokio::time::timeout(Duration::from_secs(3), second)
         .await

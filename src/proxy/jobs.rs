@@ -18,6 +18,7 @@ use super::upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
 use super::{route, Ctx, Proxy, ProxyBody, RequestBody};
 use crate::app::Shared;
 use crate::error::ProxyError;
+use crate::identity::KeyFields;
 use crate::penalties::{JobFacts, Marks};
 use crate::queue::tasks::{TaskOwner, TaskTracker};
 use crate::queue::{
@@ -148,7 +149,11 @@ impl Proxy {
                         class: ctx.class,
                         mode: facts.mode,
                     };
-                    self.hold_task(resp, peeked, permit, owner, job, ctx)
+                    let hold = TaskHold {
+                        permit,
+                        client_keys: config.identity.key_fields(&parts.headers),
+                    };
+                    self.hold_task(resp, peeked, hold, owner, job, ctx)
                 }
             });
         }
@@ -248,7 +253,7 @@ impl Proxy {
         &self,
         mut resp: Response<ProxyBody>,
         peeked: Option<Peeked>,
-        permit: SlotPermit,
+        hold: TaskHold,
         owner: TaskOwner,
         job: &JobClass,
         ctx: &Ctx<'_>,
@@ -262,24 +267,29 @@ impl Proxy {
             .filter(|_| peeked.complete)
             .and_then(|p| json_string_at(&peeked.bytes, p));
         match task_id {
-            Some(id) => self.track_task(id, permit, owner, job, ctx),
+            Some(id) => self.track_task(id, hold, owner, job, ctx),
             // too big to read an id from: hold it while the body streams
-            None if !peeked.complete => resp.body_mut().hold(permit),
+            None if !peeked.complete => resp.body_mut().hold(hold.permit),
             None => tracing::debug!("create response without a task id; slot freed"),
         }
         resp
     }
 
     /// Hands the slot to the tracker and starts the task's watcher: the maximum-job-time timer
-    /// and, when configured, active polling with the upstream account's credentials.
+    /// and, when configured, active polling with the upstream account's credential (or, on a
+    /// pool without one, the client's own key fields).
     fn track_task(
         &self,
         id: String,
-        permit: SlotPermit,
+        hold: TaskHold,
         owner: TaskOwner,
         job: &JobClass,
         ctx: &Ctx<'_>,
     ) {
+        let TaskHold {
+            permit,
+            client_keys,
+        } = hold;
         let tracker = self.shared.jobs.tracker.clone();
         let account = permit.account().clone();
         let client = self.upstreams.client(account.origin.as_deref()).clone();
@@ -298,7 +308,9 @@ impl Proxy {
             id: id.clone(),
             poll,
             client,
-            credential: account.credential,
+            // A named upstream account polls with its own credential; otherwise the task is the
+            // client's, and so is the key that may read it.
+            credentials: account.credential.map_or(client_keys, |c| vec![c]),
         };
         let handle = tokio::spawn(watcher.run(job.max_job_time)).abort_handle();
         tracker.attach_watcher(&id, handle);
@@ -445,6 +457,13 @@ fn retry_after_ms(resp: &Response<ProxyBody>) -> Option<u64> {
     Some(secs.saturating_mul(1000).max(1))
 }
 
+/// What a created task holds until it ends: its slot, and the client's key fields, which its
+/// watcher polls with when the slot's upstream account has no credential of its own.
+struct TaskHold {
+    permit: SlotPermit,
+    client_keys: KeyFields,
+}
+
 /// Ends a task's hold at its maximum job time, or earlier when polling sees it finish.
 struct Watcher {
     shared: Arc<Shared>,
@@ -453,7 +472,7 @@ struct Watcher {
     id: String,
     poll: Option<TaskPolling>,
     client: Arc<UpstreamClient>,
-    credential: Option<(HeaderName, HeaderValue)>,
+    credentials: KeyFields,
 }
 
 impl Watcher {
@@ -484,8 +503,8 @@ impl Watcher {
         }
     }
 
-    /// One get-task call with the upstream account's credentials; the answer (status and body)
-    /// when it shows the task done.
+    /// One get-task call with the task's credentials; the answer (status and body) when it
+    /// shows the task done.
     async fn poll_once(&self) -> Option<(u16, Bytes)> {
         let tasks = self.poll.as_ref()?;
         let mut req = Request::builder()
@@ -494,7 +513,7 @@ impl Watcher {
         if let Ok(host) = HeaderValue::from_str(self.client.host_header()) {
             req = req.header(HOST, host);
         }
-        if let Some((name, value)) = &self.credential {
+        for (name, value) in &self.credentials {
             req = req.header(name, value);
         }
         let req = req
