@@ -125,6 +125,8 @@ impl IpNet {
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
     pub sources: Vec<KeySource>,
+    /// The file more accounts came from (`identity.accounts_file`), watched with the config.
+    pub accounts_file: Option<std::path::PathBuf>,
     pub accounts: HashMap<AccountId, TierId, BuildIdHasher>,
     pub unknown_keys: UnknownKeys,
     pub anonymous: Anonymous,
@@ -261,6 +263,7 @@ mod tests {
         let mut accounts = HashMap::default();
         accounts.insert(AccountId::from_key(b"vip"), TierId(1));
         IdentityConfig {
+            accounts_file: None,
             sources: vec![
                 KeySource::Header(HeaderName::from_static("x-api-key")),
                 KeySource::Bearer,

@@ -69,32 +69,52 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// Reloads one config file into a running floodgate.
+/// Reloads one config file (and the accounts file it names) into a running floodgate.
 #[derive(Debug)]
 pub struct Reloader {
     path: PathBuf,
     overrides: Overrides,
-    seen: Option<Stamp>,
+    /// The running config's `identity.accounts_file`, watched beside the config.
+    accounts_file: Option<PathBuf>,
+    seen: [Option<Stamp>; 2],
 }
 
 impl Reloader {
-    /// `overrides` are the command-line values, applied again to every reloaded file.
-    pub fn new(path: PathBuf, overrides: Overrides) -> Self {
-        let seen = stamp(&path);
-        Self {
+    /// `overrides` are the command-line values, applied again to every reloaded file;
+    /// `accounts_file` is the running config's.
+    pub fn new(path: PathBuf, overrides: Overrides, accounts_file: Option<PathBuf>) -> Self {
+        let mut reloader = Self {
             path,
             overrides,
-            seen,
-        }
+            accounts_file,
+            seen: [None; 2],
+        };
+        reloader.seen = reloader.stamps();
+        reloader
+    }
+
+    fn stamps(&self) -> [Option<Stamp>; 2] {
+        [
+            stamp(&self.path),
+            self.accounts_file.as_deref().and_then(stamp),
+        ]
     }
 
     /// Reads, validates and applies the file; logs and counts the outcome. `trigger` says what
     /// asked for it ("SIGHUP", "file change").
     pub fn reload(&mut self, shared: &Shared, trigger: &'static str) -> Result<(), ReloadError> {
-        self.seen = stamp(&self.path);
+        self.seen = self.stamps();
         let result = Config::load(&self.path, &self.overrides)
             .map_err(ReloadError::from)
-            .and_then(|config| apply(shared, config));
+            .and_then(|config| {
+                let accounts_file = config.identity.accounts_file.clone();
+                let ignored = apply(shared, config)?;
+                if accounts_file != self.accounts_file {
+                    self.accounts_file = accounts_file;
+                    self.seen[1] = self.accounts_file.as_deref().and_then(stamp);
+                }
+                Ok(ignored)
+            });
         shared.metrics.config_reloaded(result.is_ok());
         match result {
             Ok(ignored) => {
@@ -117,9 +137,10 @@ impl Reloader {
         }
     }
 
-    /// True when the file changed (modification time or size) since it was last read.
+    /// True when the config or the accounts file changed (modification time or size) since
+    /// they were last read.
     pub fn file_changed(&self) -> bool {
-        stamp(&self.path) != self.seen
+        self.stamps() != self.seen
     }
 }
 

@@ -78,6 +78,15 @@ bad_fixtures! {
          for example 3sec or 3ms",
     unknown_account_tier =>
         "line 10: accounts.\"demo-premium-key\": unknown tier \"premum\" (tiers: basic, premium)",
+    accounts_file_unknown_tier =>
+        "line 4: identity.accounts_file.accounts.\"sk-premium-1\": unknown tier \"premum\" \
+         (tiers: basic, premium) (in tests/fixtures/accounts/misspelt_tier.toml)",
+    accounts_file_missing =>
+        "line 7: identity.accounts_file: cannot read \"tests/fixtures/accounts/not_there.toml\": \
+         No such file or directory (os error 2)",
+    accounts_file_repeats_key =>
+        "line 4: identity.accounts_file.accounts.\"demo-premium-key\": also given a tier in the config \
+         file; give it in one place (in tests/fixtures/accounts/repeats_config_key.toml)",
     unknown_default_tier =>
         "line 7: identity.default_tier: unknown tier \"free\" (tiers: basic, premium)",
     bad_unknown_keys =>

@@ -186,3 +186,79 @@ async fn a_watched_file_is_reloaded_when_it_changes() {
     assert_eq!(reloaded[0]["fields"]["trigger"], "file change");
     p.terminate().await;
 }
+
+/// A config that reads its accounts from `accounts.toml` beside it: Basic allows 1 request a
+/// minute to `/v1/generate`, Premium 3.
+fn write_with_accounts(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("floodgate.toml");
+    let accounts = dir.join("accounts.toml");
+    let text = format!(
+        "[server]\nupstream = \"http://127.0.0.1:9\"\n{extra}\n\
+         [identity]\ndefault_tier = \"basic\"\naccounts_file = {accounts:?}\n\
+         [[route]]\nmethod = \"POST\"\npath = \"{GEN}\"\nclass = \"generate\"\n\
+         [[tiers.basic.limits]]\nclasses = [\"generate\"]\nper_minute = 1\n\
+         [[tiers.premium.limits]]\nclasses = [\"generate\"]\nper_minute = 3\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Puts `k-acct` in `tier` in the accounts file (written beside and renamed).
+fn write_accounts(dir: &Path, tier: &str) {
+    let tmp = dir.join("accounts.toml.tmp");
+    std::fs::write(&tmp, format!("[accounts]\n\"k-acct\" = \"{tier}\"\n")).unwrap();
+    std::fs::rename(&tmp, dir.join("accounts.toml")).unwrap();
+}
+
+/// `k-acct` used its one Basic request; after the reload it is Premium: 2 more of 3 pass.
+async fn premium_after_reload(p: &Process) {
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(post_status(p, "k-acct").await);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "Premium's 3 a minute, 1 already used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_accounts_file() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_accounts(dir.path(), "basic");
+    let config = write_with_accounts(dir.path(), "");
+    let mut p = Process::start(&config, &up.url()).await;
+    assert_eq!(post_status(&p, "k-acct").await, 200);
+    assert_eq!(post_status(&p, "k-acct").await, 429, "Basic: 1 a minute");
+    write_accounts(dir.path(), "premium");
+    p.signal("HUP");
+    wait_reloads(&p, 1.0, 0.0).await;
+    premium_after_reload(&p).await;
+    // A broken accounts file is refused like a broken config; the running accounts stay.
+    write_accounts(dir.path(), "platinum");
+    p.signal("HUP");
+    wait_reloads(&p, 1.0, 1.0).await;
+    assert_eq!(
+        post_status(&p, "k-acct").await,
+        429,
+        "still Premium, its 3 used"
+    );
+    p.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_accounts_file_is_reloaded_when_it_changes() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_accounts(dir.path(), "basic");
+    let config = write_with_accounts(dir.path(), "watch_config = true");
+    let mut p = Process::start(&config, &up.url()).await;
+    assert_eq!(post_status(&p, "k-acct").await, 200);
+    assert_eq!(post_status(&p, "k-acct").await, 429);
+    write_accounts(dir.path(), "premium"); // the config file itself is not touched
+    wait_reloads(&p, 1.0, 0.0).await;
+    premium_after_reload(&p).await;
+    p.terminate().await;
+}

@@ -15,7 +15,7 @@ mod state;
 mod store;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, Method};
@@ -24,7 +24,7 @@ use toml::Spanned;
 pub use classes::format_size;
 use error::{invalid, Source};
 pub use error::{ConfigError, Located};
-use raw::RawConfig;
+use raw::{RawAccountsFile, RawConfig};
 pub(crate) use server::build_upstream;
 pub use server::{restart_only_changes, ServerConfig, UpstreamTarget};
 pub use state::StateConfig;
@@ -239,6 +239,11 @@ impl Config {
         if !uploads.is_empty() {
             out += &format!("  max body: {}\n", uploads.join(" "));
         }
+        out += &format!("  accounts with a tier: {}", self.identity.accounts.len());
+        match &self.identity.accounts_file {
+            Some(file) => out += &format!(" (with {}, reloaded with the config)\n", file.display()),
+            None => out += "\n",
+        }
         match &self.state {
             Some(s) => {
                 out += &format!(
@@ -268,10 +273,13 @@ fn rules_text(rules: &[crate::limits::Rule]) -> String {
 }
 
 /// TOML -> raw structs; a syntax or type error names the field path and line.
-fn parse_raw(src: &Source<'_>, text: &str) -> Result<RawConfig, ConfigError> {
-    toml::from_str::<RawConfig>(text).map_err(|err| {
+fn parse_raw<T: serde::de::DeserializeOwned>(
+    src: &Source<'_>,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str::<T>(text).map_err(|err| {
         let de = toml::Deserializer::new(text);
-        let path = match serde_path_to_error::deserialize::<_, RawConfig>(de) {
+        let path = match serde_path_to_error::deserialize::<_, T>(de) {
             // `Spanned` fields deserialize through a private wrapper field; keep it out of the path.
             Err(e) => e
                 .path()
@@ -444,14 +452,15 @@ fn build_identity(
             vec![Box::default(); classes.len()],
         ));
     }
-    let tier_of = |field: &str, name: &Spanned<String>| -> Result<TierId, ConfigError> {
+    // `at`: the file the name was written in (the config, or the accounts file).
+    let tier_in = |at: &Source<'_>, field: &str, name: &Spanned<String>| {
         tiers
             .iter()
             .position(|t| t.name == *name.get_ref())
             .map(|i| TierId(i as u16))
             .ok_or_else(|| {
                 let known: Vec<&str> = tiers.iter().map(|t| t.name.as_str()).collect();
-                src.at(
+                at.at(
                     field,
                     name.span(),
                     format!(
@@ -462,6 +471,7 @@ fn build_identity(
                 )
             })
     };
+    let tier_of = |field: &str, name: &Spanned<String>| tier_in(src, field, name);
     let default_tier = match &id.default_tier {
         Some(t) => Some(tier_of("identity.default_tier", t)?),
         None if tiers.len() == 1 => Some(TierId(0)),
@@ -525,7 +535,27 @@ fn build_identity(
             accounts.insert(AccountId::from_key(acct.key.as_bytes()), tier);
         }
     }
+    let accounts_file = match &id.accounts_file {
+        Some(path) => {
+            let (text, file) = read_accounts_file(src, path)?;
+            let at = Source::new(&text);
+            for (key, name) in &file.accounts {
+                let field = format!("accounts.{key:?}");
+                let tier = tier_in(&at, &field, name).map_err(|e| in_file(path, e))?;
+                if accounts
+                    .insert(AccountId::from_key(key.as_bytes()), tier)
+                    .is_some()
+                {
+                    let message = "also given a tier in the config file; give it in one place";
+                    return Err(in_file(path, at.at(field, name.span(), message)));
+                }
+            }
+            Some(PathBuf::from(path.get_ref()))
+        }
+        None => None,
+    };
     Ok(IdentityConfig {
+        accounts_file,
         sources: key_sources(src, id.sources.as_deref())?,
         accounts,
         unknown_keys,
@@ -539,6 +569,32 @@ fn build_identity(
             })
             .collect::<Result<_, _>>()?,
     })
+}
+
+/// Reads and parses `identity.accounts_file` (relative paths are from the working directory).
+fn read_accounts_file(
+    src: &Source<'_>,
+    path: &Spanned<String>,
+) -> Result<(String, RawAccountsFile), ConfigError> {
+    let text = std::fs::read_to_string(path.get_ref()).map_err(|e| {
+        let message = format!("cannot read {:?}: {e}", path.get_ref());
+        src.at("identity.accounts_file", path.span(), message)
+    })?;
+    let file = parse_raw(&Source::new(&text), &text).map_err(|e| in_file(path, e))?;
+    Ok((text, file))
+}
+
+/// An error inside the accounts file, named as such:
+/// `line 3: identity.accounts_file.accounts."k": … (in accounts.toml)`.
+fn in_file(path: &Spanned<String>, e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Invalid(mut located) => {
+            located.field = format!("identity.accounts_file.{}", located.field);
+            located.message = format!("{} (in {})", located.message, path.get_ref());
+            ConfigError::Invalid(located)
+        }
+        other => other,
+    }
 }
 
 fn key_sources(

@@ -113,6 +113,18 @@ pub struct RawIdentity {
     pub anonymous: Option<Spanned<String>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// A TOML file with more `[accounts]` (API key -> tier), read with the config and again on
+    /// every reload.
+    pub accounts_file: Option<Spanned<String>>,
+}
+
+/// The accounts file: only an `[accounts]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccountsFile {
+    /// API key -> tier name.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
