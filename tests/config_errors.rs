@@ -78,6 +78,10 @@ bad_fixtures! {
          for example 3sec or 3ms",
     unknown_account_tier =>
         "line 10: accounts.\"demo-premium-key\": unknown tier \"premum\" (tiers: basic, premium)",
+    body_pointer_without_classes =>
+        "line 9: route[0].body_pointer: needs body_classes (value -> class) beside it",
+    body_pointer_not_a_pointer =>
+        "line 9: route[0].body_pointer: \"task_type\" is not a JSON pointer (like \"/task_type\")",
     accounts_file_unknown_tier =>
         "line 4: identity.accounts_file.accounts.\"sk-premium-1\": unknown tier \"premum\" \
          (tiers: basic, premium) (in tests/fixtures/accounts/misspelt_tier.toml)",

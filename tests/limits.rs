@@ -272,3 +272,68 @@ async fn midjourney_progress_ten_per_second_and_others_one_per_three_seconds() {
         200
     );
 }
+
+/// A unified endpoint: one URL, the class named by the body's `task_type`.
+const UNIFIED: &str = r#"
+    [server]
+    inspect_limit = "1KB"
+    [[route]]
+    method = "POST"
+    path = "/echo"
+    class = "task"
+    body_pointer = "/task_type"
+    [route.body_classes]
+    txt2img = "txt2img"
+    upscale = "upscale"
+    [[tiers.t.limits]]
+    classes = ["txt2img"]
+    per_minute = 1
+    [[tiers.t.limits]]
+    classes = ["upscale"]
+    per_minute = 2
+    [[tiers.t.limits]]
+    classes = ["task"]
+    per_minute = 5
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_body_field_picks_the_class_of_a_unified_endpoint() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(UNIFIED, &up.url(), DAY0_MS);
+    let c = TestClient::new();
+    let send = |body: String| {
+        let (c, url) = (c.clone(), gate.url("/echo"));
+        async move { c.send("POST", &url, &[("x-api-key", "k")], body).await }
+    };
+    let txt2img = r#"{"task_type": "txt2img", "input": {"prompt": "a cat"}}"#.to_owned();
+    let a = send(txt2img.clone()).await;
+    assert_eq!((a.status.as_u16(), a.num("x-ratelimit-limit")), (200, 1));
+    assert_eq!(a.body, txt2img.as_bytes(), "forwarded byte for byte");
+    let a = send(txt2img).await;
+    assert_eq!(a.status, 429, "txt2img's own 1 a minute");
+    assert_eq!(a.header("x-ratelimit-type"), Some("minute"));
+    let a = send(r#"{"task_type": "upscale"}"#.into()).await;
+    assert_eq!(
+        (a.num("x-ratelimit-limit"), a.num("x-ratelimit-remaining")),
+        (2, 1)
+    );
+    // Unlisted values, bodies that are not JSON and bodies past inspect_limit: the route's class.
+    let long = format!(
+        r#"{{"task_type": "txt2img", "pad": "{}"}}"#,
+        "x".repeat(2_000)
+    );
+    for (body, remaining) in [
+        (r#"{"task_type": "other"}"#.to_owned(), 4),
+        ("task_type=txt2img".to_owned(), 3),
+        (long.clone(), 2),
+    ] {
+        let a = send(body.clone()).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(
+            (a.num("x-ratelimit-limit"), a.num("x-ratelimit-remaining")),
+            (5, remaining)
+        );
+        assert_eq!(a.body, body.as_bytes());
+    }
+    assert_eq!(up.count(), 5, "the refused one never reached the upstream");
+}

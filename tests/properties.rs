@@ -57,6 +57,7 @@ fn router(case_insensitive: bool) -> Router {
         methods: method.map(|m| vec![m]),
         pattern: PathPattern::parse(path, case_insensitive).unwrap(),
         class: ClassId(class),
+        by_body: None,
     };
     Router::new(
         vec![
@@ -135,7 +136,7 @@ proptest! {
         let prefix = PathPattern::parse(&format!("{path}/*"), false).unwrap();
         prop_assert!(prefix.matches(&normalize_path(&with_tail, false)));
         let r = Router::new(
-            vec![Route { methods: None, pattern: exact, class: ClassId(7) }],
+            vec![Route { methods: None, pattern: exact, class: ClassId(7), by_body: None }],
             ClassId(0),
             false,
         );

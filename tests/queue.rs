@@ -724,3 +724,43 @@ async fn a_small_tenant_is_not_starved_by_a_big_backlog_on_a_shared_pool() {
     }
     assert_eq!(up.max_in_flight_for("operator-secret"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_named_by_the_body_can_be_a_job_class() {
+    let up = Upstream::start().await;
+    let cfg = r#"
+        [[route]]
+        method = "POST"
+        path = "/slow"
+        class = "plain"
+        body_pointer = "/kind"
+        [route.body_classes]
+        generate = "job"
+        [[jobs]]
+        classes = ["job"]
+        [tiers.t]
+        concurrency = 1
+    "#;
+    let gate = Gate::start(cfg, &up.url(), DAY0_MS);
+    let send = |kind: &str| {
+        let url = gate.url("/slow?ms=300");
+        let body = format!(r#"{{"kind": "{kind}"}}"#);
+        tokio::spawn(async move {
+            TestClient::new()
+                .send("POST", &url, &[("x-api-key", "k")], body)
+                .await
+        })
+    };
+    let (first, second) = (send("generate"), send("generate"));
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!((first.status.as_u16(), second.status.as_u16()), (200, 200));
+    let waits = [first.num("x-queue-wait-ms"), second.num("x-queue-wait-ms")];
+    assert!(
+        waits.iter().any(|&w| w >= 200),
+        "one waited for the other: {waits:?}"
+    );
+    assert_eq!(up.max_in_flight(), 1, "concurrency 1 for the job class");
+    let plain = send("describe").await.unwrap();
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.header("x-queue-wait-ms"), None, "not a job");
+}

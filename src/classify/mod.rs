@@ -8,6 +8,8 @@ mod normalize;
 
 pub use normalize::normalize_path;
 
+use std::collections::HashMap;
+
 use http::Method;
 
 /// Index of an endpoint class in the config's class list.
@@ -112,6 +114,30 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     pub pattern: PathPattern,
     pub class: ClassId,
+    /// The class named by a JSON field of the body instead, when the route has one.
+    pub by_body: Option<BodyClasses>,
+}
+
+/// A class chosen by a JSON body field, for unified APIs where one URL serves many task types
+/// (`{"task_type": "txt2img", ...}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyClasses {
+    /// JSON pointer to the field.
+    pub pointer: String,
+    /// The field's value (a string, or a number as text) -> class.
+    pub by_value: HashMap<String, ClassId>,
+}
+
+impl BodyClasses {
+    /// The class a body's field names; `None` when the body is not all read, not JSON, or its
+    /// value is not listed (the route's own class applies).
+    pub fn class_of(&self, body: &[u8], complete: bool) -> Option<ClassId> {
+        if !complete {
+            return None;
+        }
+        let value = crate::proxy::inspect::json_string_at(body, &self.pointer)?;
+        self.by_value.get(&value).copied()
+    }
 }
 
 /// Maps requests to endpoint classes.
@@ -131,15 +157,28 @@ impl Router {
         }
     }
 
-    /// The class of a request, from its method and raw request-target path.
+    /// The class of a request, from its method and raw request-target path (a route that picks
+    /// its class from the body answers with its own class here).
     pub fn classify(&self, method: &Method, raw_path: &str) -> ClassId {
+        self.classify_route(method, raw_path).0
+    }
+
+    /// The class of a request by method and path, and the body rule of its route when the
+    /// body may name another class.
+    pub fn classify_route(
+        &self,
+        method: &Method,
+        raw_path: &str,
+    ) -> (ClassId, Option<&BodyClasses>) {
         let path = normalize_path(raw_path, self.case_insensitive);
         self.routes
             .iter()
             .find(|r| {
                 r.methods.as_ref().is_none_or(|m| m.contains(method)) && r.pattern.matches(&path)
             })
-            .map_or(self.default_class, |r| r.class)
+            .map_or((self.default_class, None), |r| {
+                (r.class, r.by_body.as_ref())
+            })
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -160,6 +199,7 @@ mod tests {
             methods: method.map(|m| vec![m]),
             pattern: PathPattern::parse(path, false).unwrap(),
             class: ClassId(class),
+            by_body: None,
         };
         Router::new(
             vec![
@@ -191,6 +231,28 @@ mod tests {
         assert_eq!(r.classify(&Method::GET, "/mj/message/123"), ClassId(3));
         assert_eq!(r.classify(&Method::GET, "/mj/message/123/x"), ClassId(0));
         assert_eq!(r.classify(&Method::GET, "/mj/message"), ClassId(0));
+    }
+
+    #[test]
+    fn a_body_field_names_a_listed_class_only_from_a_whole_json_body() {
+        let rule = BodyClasses {
+            pointer: "/task_type".into(),
+            by_value: HashMap::from([("txt2img".into(), ClassId(4)), ("7".into(), ClassId(5))]),
+        };
+        let body = br#"{"task_type": "txt2img"}"#;
+        assert_eq!(rule.class_of(body, true), Some(ClassId(4)));
+        assert_eq!(
+            rule.class_of(body, false),
+            None,
+            "a cut-off body names nothing"
+        );
+        assert_eq!(
+            rule.class_of(br#"{"task_type": 7}"#, true),
+            Some(ClassId(5))
+        );
+        assert_eq!(rule.class_of(br#"{"task_type": "other"}"#, true), None);
+        assert_eq!(rule.class_of(br#"{"model": "txt2img"}"#, true), None);
+        assert_eq!(rule.class_of(b"task_type=txt2img", true), None);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(crate) use server::build_upstream;
 pub use server::{restart_only_changes, ServerConfig, UpstreamTarget};
 pub use state::StateConfig;
 
-use crate::classify::{ClassId, PathPattern, Route, Router};
+use crate::classify::{BodyClasses, ClassId, PathPattern, Route, Router};
 use crate::identity::{
     AccountId, Anonymous, IdentityConfig, IpNet, KeySource, TierId, UnknownKeys,
 };
@@ -122,10 +122,20 @@ impl Config {
                 m.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
             });
             out += &format!(
-                "  route {methods} {} -> {}\n",
+                "  route {methods} {} -> {}",
                 route.pattern,
                 self.class_name(route.class)
             );
+            if let Some(rule) = &route.by_body {
+                let mut values: Vec<String> = rule
+                    .by_value
+                    .iter()
+                    .map(|(v, c)| format!("{v}={}", self.class_name(*c)))
+                    .collect();
+                values.sort();
+                out += &format!(" (body {}: {})", rule.pointer, values.join(" "));
+            }
+            out += "\n";
         }
         out += &format!(
             "  default class: {}\n",
@@ -403,18 +413,69 @@ fn build_route(
             "a class needs a name other than \"*\"",
         ));
     }
-    let class = match classes.iter().position(|c| *c == r.class) {
-        Some(i) => i,
-        None => {
-            classes.push(r.class.clone());
-            classes.len() - 1
-        }
-    };
+    let class = class_named(classes, &r.class);
     Ok(Route {
         methods: (!methods.is_empty()).then_some(methods),
         pattern,
-        class: ClassId(class as u16),
+        class,
+        by_body: body_classes(src, &field, r, classes)?,
     })
+}
+
+/// The id of class `name`, registering it when it is new.
+fn class_named(classes: &mut Vec<String>, name: &str) -> ClassId {
+    let i = match classes.iter().position(|c| c == name) {
+        Some(i) => i,
+        None => {
+            classes.push(name.to_owned());
+            classes.len() - 1
+        }
+    };
+    ClassId(i as u16)
+}
+
+/// A route's `body_pointer` and `body_classes`, which come together.
+fn body_classes(
+    src: &Source<'_>,
+    field: &str,
+    r: &raw::RawRoute,
+    classes: &mut Vec<String>,
+) -> Result<Option<BodyClasses>, ConfigError> {
+    let (pointer, table) = match (&r.body_pointer, &r.body_classes) {
+        (None, None) => return Ok(None),
+        (Some(p), Some(t)) => (p, t),
+        (Some(p), None) => {
+            let message = "needs body_classes (value -> class) beside it";
+            return Err(src.at(format!("{field}.body_pointer"), p.span(), message));
+        }
+        (None, Some(t)) => {
+            let message = "needs body_pointer (where the value is read) beside it";
+            return Err(src.at(format!("{field}.body_classes"), t.span(), message));
+        }
+    };
+    if !pointer.get_ref().starts_with('/') {
+        let message = format!(
+            "{:?} is not a JSON pointer (like \"/task_type\")",
+            pointer.get_ref()
+        );
+        return Err(src.at(format!("{field}.body_pointer"), pointer.span(), message));
+    }
+    if table.get_ref().is_empty() {
+        let message = "must map at least one value to a class";
+        return Err(src.at(format!("{field}.body_classes"), table.span(), message));
+    }
+    let mut by_value = HashMap::new();
+    for (value, class) in table.get_ref() {
+        if class.is_empty() || class == "*" {
+            let message = format!("{value:?}: a class needs a name other than \"*\"");
+            return Err(src.at(format!("{field}.body_classes"), table.span(), message));
+        }
+        by_value.insert(value.clone(), class_named(classes, class));
+    }
+    Ok(Some(BodyClasses {
+        pointer: pointer.get_ref().clone(),
+        by_value,
+    }))
 }
 
 pub(crate) fn duration(

@@ -143,6 +143,11 @@ pub struct RawRoute {
     pub method: Option<Spanned<String>>,
     pub methods: Option<Vec<Spanned<String>>>,
     pub class: String,
+    /// JSON pointer into the request body whose value picks the class (`body_classes`), for
+    /// unified APIs where one URL serves many task types.
+    pub body_pointer: Option<Spanned<String>>,
+    /// Value at `body_pointer` -> class; any other value (or none) keeps `class`.
+    pub body_classes: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -43,12 +43,21 @@ pub(super) struct Submission {
 
 impl Submission {
     /// Reads the body prefix (up to `[server] inspect_limit` bytes; the rest stays unread in
-    /// the client connection) and the job mode in it.
-    pub async fn read(req: Request<Incoming>, ctx: &Ctx<'_>) -> Result<Self, ProxyError> {
+    /// the client connection) and the job mode in it. A body whose prefix was already read (to
+    /// classify it) is not read again.
+    pub async fn read(req: Request<RequestBody>, ctx: &Ctx<'_>) -> Result<Self, ProxyError> {
         let (parts, body) = req.into_parts();
-        let prefix = read_prefix(body, ctx.policy.config.server.inspect_limit)
-            .await
-            .map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+        let prefix = match body {
+            RequestBody::Streaming(body) => {
+                read_prefix(body, ctx.policy.config.server.inspect_limit)
+                    .await
+                    .map_err(|e| ProxyError::ClientBody(e.to_string()))?
+            }
+            RequestBody::Prefixed { prefix, rest } => Prefix {
+                bytes: prefix.unwrap_or_default(),
+                rest,
+            },
+        };
         let facts =
             ctx.policy
                 .config

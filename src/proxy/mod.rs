@@ -27,11 +27,13 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 pub use body::{ProxyBody, RequestBody};
+use inspect::read_prefix;
 use upload::UploadBody;
 use upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
 
 use crate::app::{Policy, Shared};
-use crate::classify::{normalize_path, ClassId};
+use crate::classify::{normalize_path, BodyClasses, ClassId};
+use crate::config::Config;
 use crate::error::{json_response, ProxyError};
 use crate::identity::Caller;
 use crate::limits::{headers as rl_headers, Decision, Refusal, Usage};
@@ -97,7 +99,7 @@ impl Proxy {
     }
 
     /// Answers one client request.
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let ambiguous = req
             .extensions()
             .get::<hygiene::AmbiguousFraming>()
@@ -112,7 +114,15 @@ impl Proxy {
             Ok(caller) => caller,
             Err(e) => return self.refuse(e.into()),
         };
-        let class = config.router.classify(req.method(), req.uri().path());
+        let (class, by_body) = config.router.classify_route(req.method(), req.uri().path());
+        let (mut req, class) = match by_body {
+            None => (req.map(RequestBody::from), class),
+            // Boxed: only routes that read a class from the body carry the read's state.
+            Some(rule) => match Box::pin(body_class(req, rule, class, config)).await {
+                Ok(read) => read,
+                Err(e) => return self.refuse(e),
+            },
+        };
         // Before the limit check: a request refused for its declared size consumes no quota.
         if let Err(e) = upload::check_declared(&req.body().size_hint(), config.max_body(class)) {
             return self.refuse(e.into());
@@ -163,7 +173,7 @@ impl Proxy {
     async fn job(
         &self,
         ctx: &Ctx<'_>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         job: &crate::queue::JobClass,
     ) -> Result<(Option<Usage>, Result<Response<ProxyBody>, ProxyError>), Response<ProxyBody>> {
         // A job's body prefix is read once, here: its mode decides the relax check, and the
@@ -275,7 +285,7 @@ impl Proxy {
     async fn forward(
         &self,
         ctx: &Ctx<'_>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let req = self.outgoing(ctx, req, &Marks::default());
         self.send_as(ctx, req, None).await
@@ -288,7 +298,7 @@ impl Proxy {
     async fn forward_upgrade(
         &self,
         ctx: &Ctx<'_>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client: OnUpgrade,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let protocol = req.headers().get(http::header::UPGRADE).cloned();
@@ -394,7 +404,7 @@ impl Proxy {
     }
 
     /// The id of a running task this request asks about (a get-task call), if any.
-    fn watched_task(&self, ctx: &Ctx<'_>, req: &Request<Incoming>) -> Option<String> {
+    fn watched_task<B>(&self, ctx: &Ctx<'_>, req: &Request<B>) -> Option<String> {
         let tasks = ctx.policy.config.jobs.tasks.as_ref()?;
         let path = normalize_path(req.uri().path(), false);
         let id = tasks.task_id_in(req.method(), &path)?;
@@ -404,6 +414,29 @@ impl Proxy {
             .is_running(id)
             .then(|| id.to_owned())
     }
+}
+
+/// Reads the body prefix (up to `[server] inspect_limit`) of a request whose route picks its
+/// class from a JSON field; the class it names (or `route_class`), and the request with the
+/// prefix put back in front of the unread rest.
+async fn body_class(
+    req: Request<Incoming>,
+    rule: &BodyClasses,
+    route_class: ClassId,
+    config: &Config,
+) -> Result<(Request<RequestBody>, ClassId), ProxyError> {
+    let (parts, body) = req.into_parts();
+    let prefix = read_prefix(body, config.server.inspect_limit)
+        .await
+        .map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+    let class = rule
+        .class_of(&prefix.bytes, prefix.is_complete())
+        .unwrap_or(route_class);
+    let body = RequestBody::Prefixed {
+        prefix: Some(prefix.bytes),
+        rest: prefix.rest,
+    };
+    Ok((Request::from_parts(parts, body), class))
 }
 
 /// The two halves of a switched protocol, carried in a `101` response's extensions for the
