@@ -1,14 +1,16 @@
 # floodgate container image.
 #
 #   docker build -t floodgate .
-#   docker run --rm -p 8080:8080 -p 9090:9090 floodgate --config /etc/floodgate/floodgate.toml \
-#       --listen 0.0.0.0:8080 --admin 0.0.0.0:9090 --upstream http://api.internal:9000
+#   docker run --rm -p 8080:8080 -p 9090:9090 -v floodgate-state:/var/lib/floodgate floodgate \
+#       --config /etc/floodgate/floodgate.toml --listen 0.0.0.0:8080 --admin 0.0.0.0:9090 \
+#       --state /var/lib/floodgate/state.bin --upstream http://api.internal:9000
 #
 # The shipped config/floodgate.toml listens on 127.0.0.1 (proxy :8080, admin :9090), which is
 # unreachable from outside a container, so the default CMD below overrides both addresses to
 # 0.0.0.0. Its upstream, http://127.0.0.1:9000, would be this container itself: pass --upstream
-# (arguments given to `docker run` replace the whole CMD, so repeat --config/--listen/--admin) or
-# mount your own config over /etc/floodgate/floodgate.toml. SIGHUP reloads the config file.
+# (arguments given to `docker run` replace the whole CMD, so repeat --config/--listen/--admin/
+# --state) or mount your own config over /etc/floodgate/floodgate.toml. SIGHUP reloads the config
+# file. Daily counters and penalties are kept across restarts in /var/lib/floodgate (a volume).
 
 # ---- build ------------------------------------------------------------------------------------
 FROM rust:1-bookworm AS build
@@ -47,6 +49,9 @@ RUN groupadd --system --gid 10001 floodgate \
 
 COPY --from=build /out/floodgate /usr/local/bin/floodgate
 COPY config/ /etc/floodgate/
+# The state file's directory: written at start, every few seconds and on shutdown.
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/floodgate
+VOLUME /var/lib/floodgate
 
 # floodgate asks for transparent huge pages for its counter tables itself (src/allocator.rs);
 # they apply when the host's THP mode is "madvise" or "always".
@@ -55,4 +60,5 @@ USER 10001:10001
 # 8080: the proxy; 9090: admin (/healthz, /readyz, /metrics, /usage).
 EXPOSE 8080 9090
 ENTRYPOINT ["floodgate"]
-CMD ["--config", "/etc/floodgate/floodgate.toml", "--listen", "0.0.0.0:8080", "--admin", "0.0.0.0:9090"]
+CMD ["--config", "/etc/floodgate/floodgate.toml", "--listen", "0.0.0.0:8080", "--admin", "0.0.0.0:9090", \
+     "--state", "/var/lib/floodgate/state.bin"]

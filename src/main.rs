@@ -31,6 +31,9 @@ struct Cli {
     /// Worker threads; 0 = one per CPU (overrides server.workers).
     #[arg(long, global = true, value_name = "N")]
     workers: Option<usize>,
+    /// Keep limit state across restarts in this file (overrides state.file).
+    #[arg(long, global = true, value_name = "FILE")]
+    state: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -81,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         upstream: cli.upstream,
         admin: cli.admin,
         workers: cli.workers,
+        state_file: cli.state,
     };
     let config = Config::load(&path, &overrides)
         .with_context(|| format!("invalid config {}", path.display()))?;

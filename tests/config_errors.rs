@@ -279,7 +279,7 @@ fn bad_overrides_name_the_field_without_a_line() {
         listen: listen.map(Into::into),
         upstream: upstream.map(Into::into),
         admin: admin.map(Into::into),
-        workers: None,
+        ..Overrides::default()
     };
     assert_eq!(
         parse_err(&text, &o(None, Some("ftp://127.0.0.1:9443"), None)).to_string(),

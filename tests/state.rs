@@ -1,6 +1,7 @@
 //! Limit state that survives a restart, with the real binary: the daily quota continues after a
 //! SIGTERM restart; after a SIGKILL at most one save interval is lost; a damaged state file is
-//! set aside with a warning and floodgate starts fresh. Loopback only; every wait is bounded.
+//! set aside with a warning and floodgate starts fresh; `--state FILE` turns it on for a config
+//! without `[state]` (the container image's way). Loopback only; every wait is bounded.
 
 mod support;
 
@@ -209,4 +210,30 @@ async fn an_unwritable_state_directory_fails_the_start() {
     };
     assert!(log.contains("exited with exit status: 1"), "{log}");
     assert!(log.contains("cannot write state file"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_flag_keeps_state_for_a_config_without_a_state_section() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/floodgate.toml").as_ref();
+    let state = dir.path().join("state.bin");
+    let flags = ["--state", state.to_str().unwrap()];
+    let day = utc_day();
+    let mut first = Process::start_with(config, &up.url(), &flags).await;
+    for _ in 0..2 {
+        spend(&first, "k-flag").await;
+    }
+    first.terminate().await;
+    assert_eq!(saved_counts(&state, "k-flag"), vec![2, 2]);
+    let mut second = Process::start_with(config, &up.url(), &flags).await;
+    let a = spend(&second, "k-flag").await;
+    if utc_day() == day {
+        assert_eq!(
+            a.num("x-ratelimit-daily-remaining"),
+            97,
+            "2 + 1 of 100 used"
+        );
+    }
+    second.terminate().await;
 }

@@ -73,6 +73,8 @@ pub struct Overrides {
     pub upstream: Option<String>,
     pub admin: Option<String>,
     pub workers: Option<usize>,
+    /// `state.file`: keep limit state across restarts in this file.
+    pub state_file: Option<String>,
 }
 
 impl Config {
@@ -323,6 +325,13 @@ fn apply_overrides(raw: &mut RawConfig, o: &Overrides) {
     }
     if let Some(v) = o.workers {
         raw.server.workers = Some(v);
+    }
+    if let Some(file) = &o.state_file {
+        let save_interval = raw.state.take().and_then(|s| s.save_interval);
+        raw.state = Some(raw::RawState {
+            file: spanned(file),
+            save_interval,
+        });
     }
 }
 

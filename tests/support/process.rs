@@ -36,7 +36,7 @@ impl Process {
 
     /// Like [`Process::start`], with `RUST_LOG` set to `log` (e.g. "debug").
     pub async fn start_logging(config: &Path, upstream: &str, log: &str) -> Process {
-        match Self::spawn(config, upstream, log).await {
+        match Self::spawn(config, upstream, log, &[]).await {
             Ok(p) => p,
             Err(log) => panic!("floodgate did not start:\n{log}"),
         }
@@ -44,16 +44,30 @@ impl Process {
 
     /// Like [`Process::start`], but a failed start returns the process's log.
     pub async fn try_start(config: &Path, upstream: &str) -> Result<Process, String> {
-        Self::spawn(config, upstream, "info").await
+        Self::spawn(config, upstream, "info", &[]).await
     }
 
-    async fn spawn(config: &Path, upstream: &str, log: &str) -> Result<Process, String> {
+    /// Like [`Process::start`], with more command-line flags.
+    pub async fn start_with(config: &Path, upstream: &str, flags: &[&str]) -> Process {
+        match Self::spawn(config, upstream, "info", flags).await {
+            Ok(p) => p,
+            Err(log) => panic!("floodgate did not start:\n{log}"),
+        }
+    }
+
+    async fn spawn(
+        config: &Path,
+        upstream: &str,
+        log: &str,
+        flags: &[&str],
+    ) -> Result<Process, String> {
         let stderr_file = tempfile::NamedTempFile::new().expect("temp file");
         let child = Command::new(bin())
             .args(["--log-format", "json", "--config"])
             .arg(config)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(["--upstream", upstream, "--workers", "1"])
+            .args(flags)
             .env("RUST_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
