@@ -350,3 +350,51 @@ async fn shipped_config_caps_uploads_as_the_seed_says() {
     assert_eq!(a.status, 413);
     assert_eq!(up.count(), 0);
 }
+
+/// A unified route whose classes cap bodies differently.
+const UNIFIED: &str = r#"
+[[route]]
+method = "POST"
+path = "/task"
+class = "task"
+body_pointer = "/kind"
+[route.body_classes]
+image = "image"
+
+[classes]
+task = { max_body = "2KB" }
+image = { max_body = "1KB" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_named_by_the_body_has_its_own_cap_and_an_oversize_declaration_is_refused_unread() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let gate = Gate::start(UNIFIED, &up.url(), DAY0_MS);
+    // Over both classes' caps: 413 at once, without a 100 Continue or a byte of the body read.
+    let mut stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let head = "POST /task HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\nContent-Length: 10000\r\n\
+                Expect: 100-continue\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // 1.5 KB: within the route's cap, over the one of the class its body names.
+    let pad = "x".repeat(1_500);
+    let (c, url) = (TestClient::new(), gate.url("/task"));
+    let send = |body: String| c.send("POST", &url, &[("x-api-key", KEY)], body);
+    let image = send(format!(r#"{{"kind": "image", "pad": "{pad}"}}"#)).await;
+    assert_eq!(image.status, 413);
+    assert_eq!(image.json()["error"], "payload_too_large");
+    assert!(image.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("1KB (1024 bytes)"));
+    let other = send(format!(r#"{{"kind": "text", "pad": "{pad}"}}"#)).await;
+    assert_eq!(other.status, 200, "the route's own class allows 2 KB");
+    assert_eq!(up.count(), 1);
+}

@@ -425,6 +425,15 @@ async fn body_class(
     route_class: ClassId,
     config: &Config,
 ) -> Result<(Request<RequestBody>, ClassId), ProxyError> {
+    // A declared length over every cap this route's classes have is refused before a byte is
+    // read (and before a `100 Continue`): whichever class the body names would refuse it.
+    let caps = std::iter::once(route_class)
+        .chain(rule.by_value.values().copied())
+        .map(|class| config.max_body(class));
+    let loosest = caps
+        .reduce(|a, b| a.zip(b).map(|(a, b)| a.max(b)))
+        .flatten();
+    upload::check_declared(&req.body().size_hint(), loosest)?;
     let (parts, body) = req.into_parts();
     let prefix = read_prefix(body, config.server.inspect_limit)
         .await
