@@ -63,6 +63,16 @@ pub enum KeySource {
     Bearer,
 }
 
+impl KeySource {
+    /// The header field the key is read from.
+    fn field(&self) -> &HeaderName {
+        match self {
+            KeySource::Header(name) => name,
+            KeySource::Bearer => &AUTHORIZATION,
+        }
+    }
+}
+
 /// What happens to a key the config does not list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownKeys {
@@ -184,10 +194,7 @@ impl IdentityConfig {
     fn read_key<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h [u8]>, IdentityError> {
         let mut found: Option<&[u8]> = None;
         for source in &self.sources {
-            let (name, bearer) = match source {
-                KeySource::Header(name) => (name, false),
-                KeySource::Bearer => (&AUTHORIZATION, true),
-            };
+            let (name, bearer) = (source.field(), *source == KeySource::Bearer);
             for value in headers.get_all(name) {
                 let key = match bearer {
                     false => Some(value.as_bytes()),
@@ -211,10 +218,7 @@ impl IdentityConfig {
     pub fn key_fields(&self, headers: &HeaderMap) -> KeyFields {
         let mut fields = KeyFields::new();
         for source in &self.sources {
-            let name = match source {
-                KeySource::Header(name) => name,
-                KeySource::Bearer => &AUTHORIZATION,
-            };
+            let name = source.field();
             if let Some(value) = headers.get(name) {
                 if !fields.iter().any(|(n, _)| n == name) {
                     fields.push((name.clone(), value.clone()));

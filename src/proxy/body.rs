@@ -6,7 +6,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use super::inspect::{read_prefix, Prefix};
 use super::upstream::{ExchangeError, UpstreamBody};
+use crate::error::ProxyError;
 use crate::queue::SlotPermit;
 
 /// A body floodgate sends to a client. An enum instead of a boxed trait object: no allocation
@@ -128,6 +130,30 @@ impl RequestBody {
         RequestBody::Prefixed {
             prefix: Some(bytes),
             rest: None,
+        }
+    }
+
+    /// The body's first `limit` bytes (a frame may overshoot) and its unread rest: read now, or
+    /// as already read (a body read to classify its request is not read again).
+    pub async fn prefix(self, limit: usize) -> Result<Prefix<hyper::body::Incoming>, ProxyError> {
+        match self {
+            RequestBody::Streaming(body) => read_prefix(body, limit)
+                .await
+                .map_err(|e| ProxyError::ClientBody(e.to_string())),
+            RequestBody::Prefixed { prefix, rest } => Ok(Prefix {
+                bytes: prefix.unwrap_or_default(),
+                rest,
+            }),
+        }
+    }
+}
+
+impl From<Prefix<hyper::body::Incoming>> for RequestBody {
+    /// The read prefix put back in front of the rest.
+    fn from(read: Prefix<hyper::body::Incoming>) -> Self {
+        RequestBody::Prefixed {
+            prefix: Some(read.bytes),
+            rest: read.rest,
         }
     }
 }

@@ -47,17 +47,7 @@ impl Submission {
     /// classify it) is not read again.
     pub async fn read(req: Request<RequestBody>, ctx: &Ctx<'_>) -> Result<Self, ProxyError> {
         let (parts, body) = req.into_parts();
-        let prefix = match body {
-            RequestBody::Streaming(body) => {
-                read_prefix(body, ctx.policy.config.server.inspect_limit)
-                    .await
-                    .map_err(|e| ProxyError::ClientBody(e.to_string()))?
-            }
-            RequestBody::Prefixed { prefix, rest } => Prefix {
-                bytes: prefix.unwrap_or_default(),
-                rest,
-            },
-        };
+        let prefix = body.prefix(ctx.policy.config.server.inspect_limit).await?;
         let facts =
             ctx.policy
                 .config

@@ -27,7 +27,6 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 pub use body::{ProxyBody, RequestBody};
-use inspect::read_prefix;
 use upload::UploadBody;
 use upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
 
@@ -435,17 +434,13 @@ async fn body_class(
         .flatten();
     upload::check_declared(&req.body().size_hint(), loosest)?;
     let (parts, body) = req.into_parts();
-    let prefix = read_prefix(body, config.server.inspect_limit)
-        .await
-        .map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+    let prefix = RequestBody::from(body)
+        .prefix(config.server.inspect_limit)
+        .await?;
     let class = rule
         .class_of(&prefix.bytes, prefix.is_complete())
         .unwrap_or(route_class);
-    let body = RequestBody::Prefixed {
-        prefix: Some(prefix.bytes),
-        rest: prefix.rest,
-    };
-    Ok((Request::from_parts(parts, body), class))
+    Ok((Request::from_parts(parts, prefix.into()), class))
 }
 
 /// The two halves of a switched protocol, carried in a `101` response's extensions for the
