@@ -104,6 +104,41 @@ async fn ambiguous_framing_gets_400_json_and_the_connection_closes() {
     assert!(up.seen().iter().all(|r| r.body_len == 5));
 }
 
+/// A body the client breaks after its head was admitted — a bad chunk, or fewer bytes than its
+/// `Content-Length` before it stops sending — is the client's fault: 400 JSON, counted as a
+/// refusal, not a 502 upstream failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_client_breaks_is_a_400_json_error_not_an_upstream_failure() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(CONFIG, &up.url(), DAY0_MS);
+    let head = "POST /v1/generate HTTP/1.1\r\nhost: t\r\nx-api-key: k\r\n";
+    for (framing, body) in [
+        ("transfer-encoding: chunked\r\n", "zz\r\nhello\r\n0\r\n\r\n"),
+        ("content-length: 10\r\n", "abc"),
+    ] {
+        let mut s = connect(gate.addr).await;
+        s.write_all(format!("{head}{framing}\r\n{body}").as_bytes())
+            .await
+            .unwrap();
+        // Stops sending, still reading: the body cannot be completed.
+        s.shutdown().await.unwrap();
+        let a = read_response(&mut s).await.unwrap();
+        assert_eq!(a.status, 400, "{framing:?}: {a:?}");
+        let json: serde_json::Value =
+            serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("{framing:?}: {e}: {a:?}"));
+        assert_eq!(json["error"], "bad_request_body", "{framing:?}");
+    }
+    let m = metrics(&gate.admin_url("/metrics")).await;
+    assert_eq!(
+        metric(&m, "floodgate_rejected_total{reason=\"bad_request_body\"}"),
+        2.0
+    );
+    assert!(
+        !m.contains("floodgate_upstream_errors_total{"),
+        "counted as an upstream failure:\n{m}"
+    );
+}
+
 /// A key no log line or metric may ever contain.
 const SECRET: &str = "sk-live-7f3a9c1e5b2d4f6a8c0e2b4d6f8a1c3e";
 const OTHER: &str = "sk-live-0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e";

@@ -315,22 +315,23 @@ impl UpstreamClient {
     }
 }
 
-/// A request body cut off at its class's limit is the client's doing (413), not the upstream's.
+/// What a failed exchange tells the client. A request body cut off at its class's limit (413)
+/// or broken on the client's side (400) is the client's doing, not the upstream's.
 fn exchange_error(err: ExchangeError) -> ProxyError {
-    let too_large = match &err {
-        ExchangeError::RequestBody(UploadError::TooLarge(t)) => Some(*t),
-        ExchangeError::Hyper(e) => std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<UploadError>())
-            .and_then(|u| match u {
-                UploadError::TooLarge(t) => Some(*t),
-                UploadError::Client(_) => None,
-            }),
+    let upload = match &err {
+        ExchangeError::RequestBody(u) => Some(u),
+        ExchangeError::Hyper(e) => {
+            std::error::Error::source(e).and_then(|s| s.downcast_ref::<UploadError>())
+        }
         _ => None,
     };
-    match (too_large, err) {
-        (Some(t), _) => ProxyError::BodyTooLarge(t),
-        (None, ExchangeError::TimedOut) => ProxyError::UpstreamTimeout,
-        (None, err) => ProxyError::UpstreamProtocol(err.to_string()),
+    match upload {
+        Some(UploadError::TooLarge(t)) => ProxyError::BodyTooLarge(*t),
+        // The client's side of the body failed (bad chunk encoding, a body cut short): the
+        // request's fault, not the upstream's.
+        Some(UploadError::Client(e)) => ProxyError::ClientBody(e.to_string()),
+        None if matches!(err, ExchangeError::TimedOut) => ProxyError::UpstreamTimeout,
+        None => ProxyError::UpstreamProtocol(err.to_string()),
     }
 }
 
