@@ -1,6 +1,7 @@
-//! Request hygiene over real TCP: conflicting API keys and ambiguous framing are refused with
-//! 400 before anything reaches the upstream (floodgate's JSON where hyper lets the request
-//! through, hyper's own 400 where it does not); API keys never appear in logs or metrics.
+//! Request hygiene over real TCP: conflicting API keys, ambiguous framing and heads the parser
+//! cannot take are refused with a 400 JSON error before anything reaches the upstream; a body
+//! the client breaks is a 400, not an upstream failure; API keys never appear in logs or
+//! metrics.
 
 mod support;
 
@@ -76,7 +77,7 @@ async fn ambiguous_framing_gets_400_json_and_the_connection_closes() {
             "{framing:?}: the connection stayed open"
         );
     }
-    // hyper refuses these itself, with a bare 400.
+    // hyper's parser refuses these before the proxy sees them; the answer is floodgate's JSON.
     for framing in [
         "content-length: 5\r\ncontent-length: 6\r\n",
         "content-length: 5, 5\r\n",
@@ -86,7 +87,7 @@ async fn ambiguous_framing_gets_400_json_and_the_connection_closes() {
         let raw = format!("{head}{framing}\r\nhello");
         let a = exchange(gate.addr, raw.as_bytes()).await;
         assert_eq!(a.status, 400, "{framing:?}: {a:?}");
-        assert_eq!(a.body, "", "{framing:?}: hyper's answer has no body");
+        assert_eq!(json_error(&a), "malformed_request", "{framing:?}");
     }
     assert_eq!(up.count(), 0, "no ambiguous request reached the upstream");
     // Framed one way, each way: served, and a keep-alive connection goes on.
@@ -102,6 +103,71 @@ async fn ambiguous_framing_gets_400_json_and_the_connection_closes() {
     }
     assert_eq!(up.count(), 2);
     assert!(up.seen().iter().all(|r| r.body_len == 5));
+}
+
+/// The `error` of a JSON error body.
+fn json_error(a: &support::raw::RawAnswer) -> String {
+    let body: serde_json::Value =
+        serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("not JSON ({e}): {a:?}"));
+    body["error"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Heads hyper's parser cannot take — a broken request line, a malformed field, a head over
+/// `max_header_bytes` — get floodgate's JSON error like every other refusal (hyper alone would
+/// send an empty 400 or 431), and are counted. An upstream answer of the same shape passes
+/// through untouched, and a refused head pipelined behind a good request leaves that request's
+/// answer alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_the_parser_refuses_get_a_json_error() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(CONFIG, &up.url(), DAY0_MS);
+    for raw in [
+        "GARBAGE\r\n\r\n".to_owned(),
+        "GET / HTTP/1.1\r\nhost: t\r\nbad header\r\n\r\n".to_owned(),
+        "G\x00T / HTTP/1.1\r\nhost: t\r\n\r\n".to_owned(),
+    ] {
+        let a = exchange(gate.addr, raw.as_bytes()).await;
+        assert_eq!(a.status, 400, "{raw:?}: {a:?}");
+        assert_eq!(json_error(&a), "malformed_request", "{raw:?}");
+        assert_eq!(a.header("connection"), Some("close"), "{raw:?}");
+        assert_eq!(a.header("content-type"), Some("application/json"));
+    }
+    let huge = format!(
+        "GET / HTTP/1.1\r\nhost: t\r\nx-big: {}\r\n\r\n",
+        "v".repeat(70_000)
+    );
+    let a = exchange(gate.addr, huge.as_bytes()).await;
+    assert_eq!(a.status, 431, "{a:?}");
+    assert_eq!(json_error(&a), "header_too_large");
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+
+    // The upstream's own bare 400 (no fields, empty body) to a client closing its connection
+    // looks like hyper's refusal on the wire; it is the upstream's and arrives as sent.
+    let bare = "GET /bare/400 HTTP/1.1\r\nhost: t\r\nx-api-key: k\r\nconnection: close\r\n\r\n";
+    let a = exchange(gate.addr, bare.as_bytes()).await;
+    assert_eq!(a.status, 400, "{a:?}");
+    assert_eq!(a.body, "", "the upstream's answer was rewritten: {a:?}");
+    assert_eq!(a.header("content-type"), None, "{a:?}");
+
+    // A good request, then a broken head behind it on the same connection.
+    let mut s = connect(gate.addr).await;
+    let pipelined = "GET /bare/400 HTTP/1.1\r\nhost: t\r\nx-api-key: k\r\n\r\nGARBAGE\r\n\r\n";
+    s.write_all(pipelined.as_bytes()).await.unwrap();
+    let first = read_response(&mut s).await.unwrap();
+    assert_eq!((first.status, first.body.as_str()), (400, ""), "{first:?}");
+    let second = read_response(&mut s).await.unwrap();
+    assert_eq!(second.status, 400, "{second:?}");
+    assert_eq!(json_error(&second), "malformed_request");
+
+    let m = metrics(&gate.admin_url("/metrics")).await;
+    assert_eq!(
+        metric(&m, "floodgate_rejected_total{reason=\"malformed_request\"}"),
+        4.0
+    );
+    assert_eq!(
+        metric(&m, "floodgate_rejected_total{reason=\"header_too_large\"}"),
+        1.0
+    );
 }
 
 /// A body the client breaks after its head was admitted — a bad chunk, or fewer bytes than its

@@ -106,6 +106,10 @@ pub struct Activity {
     started: AtomicU64,
     /// The head being read declared its body two ways.
     ambiguous: AtomicBool,
+    /// A response ended and its last bytes may not be flushed yet ([`super::canned`]).
+    answered: AtomicBool,
+    /// A request asked to switch protocols: the socket may carry a tunnel's bytes.
+    upgrading: AtomicBool,
 }
 
 impl Activity {
@@ -118,6 +122,8 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             started: AtomicU64::new(0),
             ambiguous: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
+            upgrading: AtomicBool::new(false),
         })
     }
 
@@ -162,6 +168,26 @@ impl Activity {
         self.ambiguous.swap(false, Ordering::AcqRel)
     }
 
+    /// A request asked to switch protocols.
+    pub fn upgrade_asked(&self) {
+        self.upgrading.store(true, Ordering::Release);
+    }
+
+    /// Whether a write now can only be hyper's own answer to a head it could not parse: no
+    /// request in progress, every response's bytes flushed, no protocol switch asked for.
+    pub fn may_be_hyper_refusal(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0
+            && !self.answered.load(Ordering::Acquire)
+            && !self.upgrading.load(Ordering::Acquire)
+    }
+
+    /// Everything written so far is flushed.
+    pub fn answer_flushed(&self) {
+        if self.answered.load(Ordering::Relaxed) {
+            self.answered.store(false, Ordering::Release);
+        }
+    }
+
     /// Bytes arrived from the client: on a connection that was idle, a head has begun.
     fn bytes_read(&self) {
         if self.active.load(Ordering::Acquire) == 0
@@ -182,6 +208,8 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let a = &self.activity;
         a.idle_since.store(a.now_ms(), Ordering::Release);
+        // Before `active` falls: hyper may still write this response's last bytes.
+        a.answered.store(true, Ordering::Release);
         a.active.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -7,6 +7,7 @@
 //! until the drain deadline to finish it (mini-redis's pattern: each connection task holds a
 //! sender; the channel closes when the last one ends).
 
+mod canned;
 pub mod conn;
 pub mod framing;
 mod tap;
@@ -30,6 +31,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use crate::proxy::hygiene::AmbiguousFraming;
 use crate::proxy::Tunnel;
 use crate::proxy::{Peer, Proxy};
+use canned::JsonRefusals;
 use conn::{Activity, ActivityIo, Expiry, HeadWatch, Timeouts, Tracked, Verdict};
 use tap::ReadTap;
 
@@ -233,6 +235,9 @@ impl Connection {
             // hyper marks a request that asks to switch protocols; only such a request can
             // turn its connection into a tunnel, so only it takes a share of the hold.
             let tunnel_hold = req.extensions().get::<OnUpgrade>().map(|_| hold.clone());
+            if tunnel_hold.is_some() {
+                tracker.upgrade_asked();
+            }
             let (proxy, peer) = (proxy.clone(), peer.clone());
             async move {
                 let mut resp = proxy.handle(req, &peer).await;
@@ -245,6 +250,7 @@ impl Connection {
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard)))
             }
         });
+        let stream = JsonRefusals::new(stream, activity.clone(), self.proxy.clone());
         let io: ActivityIo<_> = ReadTap::new(stream, HeadWatch::new(activity.clone()));
         let io = TokioIo::new(io);
         let conn = builder.serve_connection(io, service).with_upgrades();

@@ -361,6 +361,12 @@ async fn respond(mut req: Request<Incoming>, state: Arc<State>) -> Response<UpBo
         .and_then(|c| c.parse::<u16>().ok())
     {
         json(code, "{\"status\":true}".into())
+    } else if let Some(code) = path
+        .strip_prefix("/bare/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        // A status and nothing else: no fields, an empty body.
+        Response::builder().status(code).body(full("")).unwrap()
     } else if path == "/task/create" {
         let id = format!("t-{}", state.next_task.fetch_add(1, SeqCst) + 1);
         state
