@@ -231,6 +231,12 @@ async fn random_client_input_gets_well_formed_answers_and_never_a_panic() {
                 // answer before it (see src/server/canned.rs): no body to check.
                 continue;
             }
+            assert!(
+                a.head
+                    .to_ascii_lowercase()
+                    .contains("\r\ncontent-type: application/json"),
+                "case {case}: error answer #{i} is not labelled JSON: {a:?}\nrequest: {shown:?}"
+            );
             let json: Result<serde_json::Value, _> = serde_json::from_slice(&a.body);
             assert!(
                 json.is_ok(),
