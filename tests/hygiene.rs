@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 
 use support::process::Process;
-use support::raw::{closed_within, connect, exchange, read_response};
+use support::raw::{closed_within, connect, exchange, read_response, read_to_close};
 use support::{metric, metrics, Gate, TestClient, Upstream, DAY0_MS};
 use tokio::io::AsyncWriteExt;
 
@@ -116,7 +116,7 @@ fn json_error(a: &support::raw::RawAnswer) -> String {
 /// `max_header_bytes` — get floodgate's JSON error like every other refusal (hyper alone would
 /// send an empty 400 or 431), and are counted. An upstream answer of the same shape passes
 /// through untouched, and a refused head pipelined behind a good request leaves that request's
-/// answer alone.
+/// answer alone, also behind a request that asked for a protocol switch it did not get.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heads_the_parser_refuses_get_a_json_error() {
     let up = Upstream::start().await;
@@ -153,16 +153,30 @@ async fn heads_the_parser_refuses_get_a_json_error() {
     let mut s = connect(gate.addr).await;
     let pipelined = "GET /bare/400 HTTP/1.1\r\nhost: t\r\nx-api-key: k\r\n\r\nGARBAGE\r\n\r\n";
     s.write_all(pipelined.as_bytes()).await.unwrap();
-    let first = read_response(&mut s).await.unwrap();
+    let answers = read_to_close(&mut s).await.unwrap();
+    let [first, second] = &answers[..] else {
+        panic!("two answers expected: {answers:?}");
+    };
     assert_eq!((first.status, first.body.as_str()), (400, ""), "{first:?}");
-    let second = read_response(&mut s).await.unwrap();
     assert_eq!(second.status, 400, "{second:?}");
-    assert_eq!(json_error(&second), "malformed_request");
+    assert_eq!(json_error(second), "malformed_request");
+
+    // Behind a request that asked to switch protocols and was not switched (a plain 200).
+    let mut s = connect(gate.addr).await;
+    let asked = "GET /ws HTTP/1.1\r\nhost: t\r\nx-api-key: k\r\nconnection: upgrade\r\n\
+                 upgrade: websocket\r\n\r\nGARBAGE\r\n\r\n";
+    s.write_all(asked.as_bytes()).await.unwrap();
+    let answers = read_to_close(&mut s).await.unwrap();
+    let [first, second] = &answers[..] else {
+        panic!("two answers expected: {answers:?}");
+    };
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(json_error(second), "malformed_request", "{second:?}");
 
     let m = metrics(&gate.admin_url("/metrics")).await;
     assert_eq!(
         metric(&m, "floodgate_rejected_total{reason=\"malformed_request\"}"),
-        4.0
+        5.0
     );
     assert_eq!(
         metric(&m, "floodgate_rejected_total{reason=\"header_too_large\"}"),

@@ -11,9 +11,9 @@
 //! - **when**: hyper writes it only with no request in progress and everything it wrote before
 //!   flushed (it parses a head only then). A response's own last bytes can also be written after
 //!   its request stopped being in progress (its body ended, then hyper flushes), so a response
-//!   ending marks the connection as "answered" until the next flush; and a connection whose
-//!   request asked for a protocol upgrade is left alone for good (its socket may carry a
-//!   tunnel's bytes).
+//!   ending marks the connection as "answered" until the next flush; and a connection that
+//!   switched to a tunnel (a `101`) is left alone for good (its socket carries the tunnel's
+//!   bytes).
 //! - **what**: the bytes are exactly hyper's form — a `400`, `414` or `431` status line, no body,
 //!   `content-length: 0`, and nothing after the head.
 

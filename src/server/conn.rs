@@ -108,8 +108,8 @@ pub struct Activity {
     ambiguous: AtomicBool,
     /// A response ended and its last bytes may not be flushed yet ([`super::canned`]).
     answered: AtomicBool,
-    /// A request asked to switch protocols: the socket may carry a tunnel's bytes.
-    upgrading: AtomicBool,
+    /// The connection is switching to a tunnel: its socket carries the tunnel's bytes.
+    switched: AtomicBool,
 }
 
 impl Activity {
@@ -123,7 +123,7 @@ impl Activity {
             started: AtomicU64::new(0),
             ambiguous: AtomicBool::new(false),
             answered: AtomicBool::new(false),
-            upgrading: AtomicBool::new(false),
+            switched: AtomicBool::new(false),
         })
     }
 
@@ -168,17 +168,12 @@ impl Activity {
         self.ambiguous.swap(false, Ordering::AcqRel)
     }
 
-    /// A request asked to switch protocols.
-    pub fn upgrade_asked(&self) {
-        self.upgrading.store(true, Ordering::Release);
-    }
-
     /// Whether a write now can only be hyper's own answer to a head it could not parse: no
-    /// request in progress, every response's bytes flushed, no protocol switch asked for.
+    /// request in progress, every response's bytes flushed, no switch to a tunnel.
     pub fn may_be_hyper_refusal(&self) -> bool {
         self.active.load(Ordering::Acquire) == 0
             && !self.answered.load(Ordering::Acquire)
-            && !self.upgrading.load(Ordering::Acquire)
+            && !self.switched.load(Ordering::Acquire)
     }
 
     /// Everything written so far is flushed.
@@ -202,6 +197,14 @@ impl Activity {
 #[derive(Debug)]
 pub struct ActiveGuard {
     activity: Arc<Activity>,
+}
+
+impl ActiveGuard {
+    /// This request's answer switches the connection to a tunnel (before the `101` is
+    /// written, so before any of the tunnel's bytes).
+    pub fn switching_protocols(&self) {
+        self.activity.switched.store(true, Ordering::Release);
+    }
 }
 
 impl Drop for ActiveGuard {

@@ -235,14 +235,13 @@ impl Connection {
             // hyper marks a request that asks to switch protocols; only such a request can
             // turn its connection into a tunnel, so only it takes a share of the hold.
             let tunnel_hold = req.extensions().get::<OnUpgrade>().map(|_| hold.clone());
-            if tunnel_hold.is_some() {
-                tracker.upgrade_asked();
-            }
             let (proxy, peer) = (proxy.clone(), peer.clone());
             async move {
                 let mut resp = proxy.handle(req, &peer).await;
                 if let Some(hold) = tunnel_hold {
                     if let Some(halves) = resp.extensions_mut().remove::<Tunnel>() {
+                        // From the 101 on, the socket carries the tunnel's bytes.
+                        guard.switching_protocols();
                         let open = proxy.metrics().tunnels_open.clone();
                         tokio::spawn(tunnel::run(halves, idle, open, hold));
                     }

@@ -108,3 +108,56 @@ pub async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     };
     timeout(limit, wait).await.is_ok()
 }
+
+/// Every response until the server closes the connection (5 s at most), each body by its
+/// `Content-Length` — for pipelined requests, whose answers can arrive in one read.
+pub async fn read_to_close(s: &mut TcpStream) -> Result<Vec<RawAnswer>, String> {
+    let mut wire = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => wire.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| "timed out".to_owned())??;
+    let mut answers = Vec::new();
+    let mut rest = &wire[..];
+    while !rest.is_empty() {
+        let head_end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| {
+                format!(
+                    "a head without its end: {:?}",
+                    String::from_utf8_lossy(rest)
+                )
+            })?
+            + 4;
+        let head = String::from_utf8_lossy(&rest[..head_end]).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("bad status line: {head:?}"))?;
+        let mut answer = RawAnswer {
+            status,
+            head,
+            body: String::new(),
+        };
+        let len: usize = answer
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let end = (head_end + len).min(rest.len());
+        answer.body = String::from_utf8_lossy(&rest[head_end..end]).into_owned();
+        answers.push(answer);
+        rest = &rest[end..];
+    }
+    Ok(answers)
+}
