@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::raw::connect;
+use support::raw::{connect, split_answers, RawAnswer};
 use support::{Gate, TestClient, Upstream, DAY0_MS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -139,17 +139,9 @@ fn request(rng: &mut Rng) -> Vec<u8> {
     bytes
 }
 
-/// One answer read off the wire.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-/// Every answer on the connection until it closes (or 3 s pass), with its body by
-/// `Content-Length`. `Err`: bytes that are not an HTTP/1.x answer.
-async fn answers(s: &mut TcpStream, head_request: bool) -> Result<Vec<Answer>, String> {
+/// Every answer on the connection until it closes (or 3 s pass; a reset ends the reading too).
+/// `Err`: bytes that are not an HTTP/1.x answer.
+async fn answers(s: &mut TcpStream, head_request: bool) -> Result<Vec<RawAnswer>, String> {
     let mut wire = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     let read_all = async {
@@ -161,43 +153,7 @@ async fn answers(s: &mut TcpStream, head_request: bool) -> Result<Vec<Answer>, S
         }
     };
     let _ = timeout(Duration::from_secs(3), read_all).await;
-    let mut out = Vec::new();
-    let mut rest = &wire[..];
-    while !rest.is_empty() {
-        let end = rest
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| format!("no head end in {:?}", String::from_utf8_lossy(rest)))?;
-        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
-        let status = head
-            .strip_prefix("HTTP/1.1 ")
-            .or_else(|| head.strip_prefix("HTTP/1.0 "))
-            .and_then(|r| r.get(..3))
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("bad status line: {head:?}"))?;
-        let len: usize = head
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or(0);
-        // An answer to a HEAD has no body — unless the head could not be parsed, and so was
-        // never known to be a HEAD: then the refusal's JSON follows.
-        let after = &rest[end + 4..];
-        let len = if head_request && (after.is_empty() || after.starts_with(b"HTTP/1.")) {
-            0
-        } else {
-            len
-        };
-        let body_end = (end + 4 + len).min(rest.len());
-        out.push(Answer {
-            status,
-            head,
-            body: rest[end + 4..body_end].to_vec(),
-        });
-        rest = &rest[body_end..];
-    }
-    Ok(out)
+    split_answers(&wire, head_request)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +192,7 @@ async fn random_client_input_gets_well_formed_answers_and_never_a_panic() {
                     .contains("\r\ncontent-type: application/json"),
                 "case {case}: error answer #{i} is not labelled JSON: {a:?}\nrequest: {shown:?}"
             );
-            let json: Result<serde_json::Value, _> = serde_json::from_slice(&a.body);
+            let json: Result<serde_json::Value, _> = serde_json::from_str(&a.body);
             assert!(
                 json.is_ok(),
                 "case {case}: error answer #{i} is not JSON: {a:?}\nrequest: {shown:?}"

@@ -17,6 +17,13 @@ pub struct RawAnswer {
 }
 
 impl RawAnswer {
+    /// Its `Content-Length` (0 without one).
+    pub fn content_length(&self) -> usize {
+        self.header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.head
             .lines()
@@ -66,21 +73,8 @@ async fn read_inner(s: &mut TcpStream) -> Result<RawAnswer, String> {
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line: {head:?}"))?;
-    let mut answer = RawAnswer {
-        status,
-        head,
-        body: String::new(),
-    };
-    let len: usize = answer
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let mut answer = parse_head(&buf[..head_end])?;
+    let len = answer.content_length();
     let mut body = buf[head_end..].to_vec();
     while body.len() < len {
         let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
@@ -126,8 +120,15 @@ pub async fn read_to_close(s: &mut TcpStream) -> Result<Vec<RawAnswer>, String> 
     timeout(Duration::from_secs(5), read)
         .await
         .map_err(|_| "timed out".to_owned())??;
+    split_answers(&wire, false)
+}
+
+/// The answers in `wire`, in order, each body by its `Content-Length`. After a HEAD request
+/// (`head_request`) an answer has no body — unless what follows it is not another answer: a head
+/// the server could not parse was never known to be a HEAD, so its refusal carries a body.
+pub fn split_answers(wire: &[u8], head_request: bool) -> Result<Vec<RawAnswer>, String> {
     let mut answers = Vec::new();
-    let mut rest = &wire[..];
+    let mut rest = wire;
     while !rest.is_empty() {
         let head_end = rest
             .windows(4)
@@ -139,25 +140,33 @@ pub async fn read_to_close(s: &mut TcpStream) -> Result<Vec<RawAnswer>, String> 
                 )
             })?
             + 4;
-        let head = String::from_utf8_lossy(&rest[..head_end]).into_owned();
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("bad status line: {head:?}"))?;
-        let mut answer = RawAnswer {
-            status,
-            head,
-            body: String::new(),
+        let mut answer = parse_head(&rest[..head_end])?;
+        let after = &rest[head_end..];
+        let len = if head_request && (after.is_empty() || after.starts_with(b"HTTP/1.")) {
+            0
+        } else {
+            answer.content_length()
         };
-        let len: usize = answer
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
         let end = (head_end + len).min(rest.len());
         answer.body = String::from_utf8_lossy(&rest[head_end..end]).into_owned();
         answers.push(answer);
         rest = &rest[end..];
     }
     Ok(answers)
+}
+
+/// A response head (through its blank line), its status line checked to be HTTP/1.x.
+fn parse_head(head: &[u8]) -> Result<RawAnswer, String> {
+    let head = String::from_utf8_lossy(head).into_owned();
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| head.strip_prefix("HTTP/1.0 "))
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line: {head:?}"))?;
+    Ok(RawAnswer {
+        status,
+        head,
+        body: String::new(),
+    })
 }
