@@ -272,7 +272,7 @@ fn classify(c: &mut Criterion) {
     let mut g = c.benchmark_group("classify");
     for (name, path, expected) in cases {
         assert_eq!(
-            config.router.classify(&Method::POST, path),
+            config.router.classify(&Method::POST, path).unwrap(),
             expected,
             "{path}"
         );
@@ -290,7 +290,12 @@ fn classify(c: &mut Criterion) {
         ("normalize_only_non_normal", "/api/v1//./txt2img/"),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| floodgate::classify::normalize_path(black_box(path), false))
+            b.iter(|| {
+                floodgate::classify::normalize_path(
+                    black_box(path),
+                    &floodgate::classify::PathRules::SECURE,
+                )
+            })
         });
     }
     g.finish();
@@ -312,7 +317,8 @@ fn pipeline(c: &mut Criterion) {
             let caller = config.identity.identify(black_box(&headers), peer).unwrap();
             let class = config
                 .router
-                .classify(&Method::POST, black_box("/api/v1/txt2img"));
+                .classify(&Method::POST, black_box("/api/v1/txt2img"))
+                .unwrap();
             let rules = config.tier(caller.tier).rules(class);
             store.check_and_consume(caller.account, rules, now)
         })

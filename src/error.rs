@@ -4,6 +4,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
+use crate::classify::PathError;
 use crate::identity::IdentityError;
 use crate::limits::headers::X_RATELIMIT_TYPE;
 use crate::proxy::hygiene::HygieneError;
@@ -21,6 +22,8 @@ pub enum ProxyError {
     Hygiene(#[from] HygieneError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    InvalidPath(#[from] PathError),
     #[error(transparent)]
     BodyTooLarge(#[from] TooLarge),
     #[error("upstream unreachable: {0}")]
@@ -46,6 +49,7 @@ impl ProxyError {
             }
             ProxyError::Identity(IdentityError::ConflictingKeys) => StatusCode::BAD_REQUEST,
             ProxyError::Identity(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
@@ -67,6 +71,7 @@ impl ProxyError {
             ProxyError::Identity(IdentityError::ConflictingKeys) => "conflicting_api_keys",
             ProxyError::Identity(IdentityError::MissingKey) => "missing_api_key",
             ProxyError::Identity(IdentityError::UnknownKey) => "unknown_api_key",
+            ProxyError::InvalidPath(_) => "invalid_path",
             ProxyError::BodyTooLarge(_) => "payload_too_large",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
@@ -85,6 +90,7 @@ impl ProxyError {
             self,
             ProxyError::Identity(_)
                 | ProxyError::Hygiene(_)
+                | ProxyError::InvalidPath(_)
                 | ProxyError::BodyTooLarge(_)
                 | ProxyError::Queue(_)
                 | ProxyError::ClientBody(_)

@@ -93,6 +93,10 @@ bad_fixtures! {
          file; give it in one place (in tests/fixtures/accounts/repeats_config_key.toml)",
     unknown_default_tier =>
         "line 7: identity.default_tier: unknown tier \"free\" (tiers: basic, premium)",
+    bad_escaped_slashes =>
+        "line 6: routing.escaped_slashes: \"allow\": expected one of \"decode\", \"reject\", \"keep\"",
+    bad_invalid_paths =>
+        "line 7: routing.invalid_paths: \"accept\": expected one of \"reject\", \"forward\"",
     bad_unknown_keys =>
         "line 7: identity.unknown_keys: \"allow\": expected \"default_tier\" or \"reject\"",
     several_tiers_no_default =>

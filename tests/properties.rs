@@ -6,7 +6,9 @@
 use http::{HeaderMap, Method};
 use proptest::prelude::*;
 
-use floodgate::classify::{normalize_path, ClassId, PathPattern, Route, Router};
+use floodgate::classify::{
+    normalize_path, ClassId, EscapedSlashes, PathPattern, PathRules, Route, Router,
+};
 use floodgate::config::{Config, ConfigError, Overrides};
 use floodgate::limits::headers::{write_refusal, write_usage};
 use floodgate::limits::{
@@ -52,10 +54,10 @@ fn paths() -> impl Strategy<Value = String> {
     ]
 }
 
-fn router(case_insensitive: bool) -> Router {
+fn router(rules: PathRules) -> Router {
     let route = |path: &str, method: Option<Method>, class| Route {
         methods: method.map(|m| vec![m]),
-        pattern: PathPattern::parse(path, case_insensitive).unwrap(),
+        pattern: PathPattern::parse(path, &rules).unwrap(),
         class: ClassId(class),
         by_body: None,
     };
@@ -64,11 +66,28 @@ fn router(case_insensitive: bool) -> Router {
             route("/api/v1/txt2img", Some(Method::POST), 1),
             route("/api/v1/prompt/*", None, 2),
             route("/mj/message/{id}", Some(Method::GET), 3),
-            route("/a%2Fb/{x}/c", None, 4),
+            route("/a%3Bb/{x}/c", None, 4),
             route("/*", Some(Method::DELETE), 5),
         ],
         ClassId(0),
-        case_insensitive,
+        rules,
+    )
+}
+
+/// Every combination of the `[routing]` path switches.
+fn path_rules() -> impl Strategy<Value = PathRules> {
+    let slashes = prop::sample::select(vec![
+        EscapedSlashes::Decode,
+        EscapedSlashes::Reject,
+        EscapedSlashes::Keep,
+    ]);
+    (any::<bool>(), slashes, any::<bool>(), any::<bool>()).prop_map(
+        |(case_insensitive, escaped_slashes, ignore_parameters, reject_invalid)| PathRules {
+            case_insensitive,
+            escaped_slashes,
+            ignore_parameters,
+            reject_invalid,
+        },
     )
 }
 
@@ -78,17 +97,134 @@ proptest! {
     #[test]
     fn normalising_is_idempotent_and_agrees_with_the_router(
         raw in paths(),
-        case_insensitive in any::<bool>(),
+        rules in path_rules(),
         method in prop::sample::select(vec![Method::GET, Method::POST, Method::DELETE]),
     ) {
-        let once = normalize_path(&raw, case_insensitive).into_owned();
+        let r = router(rules);
+        let Ok(once) = normalize_path(&raw, &rules).map(|p| p.into_owned()) else {
+            prop_assert!(r.classify(&method, &raw).is_err(), "a refused path is refused");
+            return Ok(());
+        };
         prop_assert!(once.starts_with('/'), "{:?} -> {:?}", raw, once);
         prop_assert!(!once.contains("//") && !once.contains('?'), "{:?} -> {:?}", raw, once);
-        let twice = normalize_path(&once, case_insensitive).into_owned();
+        let twice = normalize_path(&once, &rules).unwrap().into_owned();
         prop_assert_eq!(&twice, &once, "norm(norm(p)) != norm(p) for {:?}", raw);
-        let r = router(case_insensitive);
-        prop_assert_eq!(r.classify(&method, &raw), r.classify(&method, &once));
+        prop_assert_eq!(r.classify(&method, &raw).unwrap(), r.classify(&method, &once).unwrap());
     }
+}
+
+/// How a client might spell one character of a route's path to slip past a literal matcher.
+fn char_spelling(c: char) -> impl Strategy<Value = String> {
+    let upper = c.to_ascii_uppercase().to_string();
+    prop_oneof![
+        3 => Just(c.to_string()),
+        1 => Just(upper),
+        1 => Just(format!("%{:02X}", c as u32)),
+        1 => Just(format!("%{:02x}", c as u32)),
+    ]
+}
+
+/// How a client might spell a `/` between two segments.
+fn separator() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "/",
+        "/",
+        "/",
+        "//",
+        "/./",
+        "/%2e/",
+        "/x/../",
+        "/x/..;/",
+        "/;p=1/",
+        ";v=2/",
+        "%2F",
+        "%2f",
+        "%5C",
+        "%5c",
+        "\\",
+        "/y/%2E%2E/",
+    ])
+    .prop_map(str::to_owned)
+}
+
+/// A spelling of `path` (a route of the shipped config), with one of the endings a client
+/// might add: a trailing slash, a query, parameters, a NUL or a broken escape.
+fn spelling_of(path: &'static str) -> impl Strategy<Value = String> {
+    let segments: Vec<&'static str> = path.split('/').skip(1).collect();
+    let per_segment: Vec<_> = segments
+        .iter()
+        .map(|seg| {
+            let chars: Vec<_> = seg.chars().map(char_spelling).collect();
+            (separator(), chars).prop_map(|(sep, cs)| format!("{sep}{}", cs.concat()))
+        })
+        .collect();
+    let ending = prop::sample::select(vec![
+        "",
+        "",
+        "/",
+        "?x=1",
+        ";jsessionid=1",
+        "/.",
+        "%00",
+        "%zz",
+        "%",
+        "%0a",
+    ]);
+    (per_segment, ending).prop_map(|(parts, end)| {
+        // A path begins with a real slash: a request target like `%2Fapi` is not origin-form.
+        let mut p = parts.concat();
+        if !p.starts_with('/') {
+            p.insert(0, '/');
+        }
+        p + end
+    })
+}
+
+proptest! {
+    #![proptest_config(cases(2048))]
+
+    /// With the default `[routing]` rules, no spelling of a limited route of
+    /// config/floodgate.toml lands in the unlimited default class: it is the route's class or
+    /// refused.
+    #[test]
+    fn no_spelling_of_a_shipped_route_escapes_its_class(
+        (path, spelling) in prop::sample::select(shipped_route_paths())
+            .prop_flat_map(|p| (Just(p), spelling_of(p))),
+    ) {
+        let config = shipped_config();
+        let expected = config.router.classify(&Method::POST, path).unwrap();
+        prop_assert_ne!(expected, config.router.default_class());
+        if let Ok(class) = config.router.classify(&Method::POST, &spelling) {
+            prop_assert_eq!(class, expected, "{:?} is not {:?}'s class", spelling, path);
+        }
+    }
+}
+
+/// The paths of the shipped config's routes (a prefix route by one path under it).
+fn shipped_route_paths() -> Vec<&'static str> {
+    let config = shipped_config();
+    let paths: Vec<&'static str> = config
+        .router
+        .routes()
+        .iter()
+        .map(|r| {
+            let text = r.pattern.to_string();
+            let text = text
+                .strip_suffix("/*")
+                .map_or(text.clone(), |p| format!("{p}/enhance"));
+            &*Box::leak(text.into_boxed_str())
+        })
+        .collect();
+    assert!(paths.len() >= 18, "the shipped config has its routes");
+    paths
+}
+
+fn shipped_config() -> &'static Config {
+    static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let text = include_str!("../config/floodgate.toml");
+        Config::parse(text, &Overrides::default()).expect("the shipped config is valid")
+    })
 }
 
 /// A route template from literal segments and placeholders, and a path that fills it in.
@@ -120,8 +256,8 @@ proptest! {
     #![proptest_config(cases(256))]
 
     #[test]
-    fn any_route_text_parses_or_is_refused_without_panicking(raw in paths(), ci in any::<bool>()) {
-        let _ = PathPattern::parse(&raw, ci);
+    fn any_route_text_parses_or_is_refused_without_panicking(raw in paths(), rules in path_rules()) {
+        let _ = PathPattern::parse(&raw, &rules);
     }
 
     #[test]
@@ -129,18 +265,20 @@ proptest! {
         (template, path) in template_and_path(),
         tail in "(/[a-z0-9]{1,4}){0,3}",
     ) {
-        let exact = PathPattern::parse(&template, false).unwrap();
-        prop_assert!(exact.matches(&normalize_path(&path, false)), "{} !~ {}", template, path);
+        let rules = PathRules::SECURE;
+        let norm = |p: &str| normalize_path(p, &rules).unwrap().into_owned();
+        let exact = PathPattern::parse(&template, &rules).unwrap();
+        prop_assert!(exact.matches(&norm(&path)), "{} !~ {}", template, path);
         let with_tail = format!("{path}{tail}");
-        prop_assert_eq!(exact.matches(&normalize_path(&with_tail, false)), tail.is_empty());
-        let prefix = PathPattern::parse(&format!("{path}/*"), false).unwrap();
-        prop_assert!(prefix.matches(&normalize_path(&with_tail, false)));
+        prop_assert_eq!(exact.matches(&norm(&with_tail)), tail.is_empty());
+        let prefix = PathPattern::parse(&format!("{path}/*"), &rules).unwrap();
+        prop_assert!(prefix.matches(&norm(&with_tail)));
         let r = Router::new(
             vec![Route { methods: None, pattern: exact, class: ClassId(7), by_body: None }],
             ClassId(0),
-            false,
+            rules,
         );
-        prop_assert_eq!(r.classify(&Method::GET, &format!("{path}/")), ClassId(7));
+        prop_assert_eq!(r.classify(&Method::GET, &format!("{path}/")).unwrap(), ClassId(7));
     }
 }
 
@@ -185,6 +323,9 @@ fn config_text() -> impl Strategy<Value = String> {
         "trusted_proxies",
         "default_class",
         "case_insensitive",
+        "escaped_slashes",
+        "path_parameters",
+        "invalid_paths",
         "path",
         "method",
         "methods",

@@ -6,7 +6,7 @@
 
 mod normalize;
 
-pub use normalize::normalize_path;
+pub use normalize::{normalize_path, EscapedSlashes, PathError, PathRules};
 
 use std::collections::HashMap;
 
@@ -27,13 +27,13 @@ pub enum PathPattern {
 }
 
 impl PathPattern {
-    /// Parses a route path as written in the config.
-    pub fn parse(raw: &str, case_insensitive: bool) -> Result<Self, String> {
+    /// Parses a route path as written in the config, normalised by the rules requests are.
+    pub fn parse(raw: &str, rules: &PathRules) -> Result<Self, String> {
         if !raw.starts_with('/') {
             return Err(format!("route path {raw:?} must start with '/'"));
         }
         if let Some(prefix) = raw.strip_suffix("/*") {
-            let norm = normalize_path(prefix, case_insensitive).into_owned();
+            let norm = normalized(prefix, rules)?;
             return Ok(PathPattern::Prefix(if norm == "/" {
                 String::new()
             } else {
@@ -46,15 +46,13 @@ impl PathPattern {
             ));
         }
         if raw.contains('{') || raw.contains('}') {
-            return Self::parse_template(raw, case_insensitive);
+            return Self::parse_template(raw, rules);
         }
-        Ok(PathPattern::Exact(
-            normalize_path(raw, case_insensitive).into_owned(),
-        ))
+        Ok(PathPattern::Exact(normalized(raw, rules)?))
     }
 
-    fn parse_template(raw: &str, case_insensitive: bool) -> Result<Self, String> {
-        let norm = normalize_path(raw, case_insensitive);
+    fn parse_template(raw: &str, rules: &PathRules) -> Result<Self, String> {
+        let norm = normalized(raw, rules)?;
         let mut segments = Vec::new();
         for seg in norm.split('/').skip(1) {
             let is_param = seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2;
@@ -90,6 +88,13 @@ impl PathPattern {
             }
         }
     }
+}
+
+/// A route's path normalised, or why the rules refuse it.
+fn normalized(raw: &str, rules: &PathRules) -> Result<String, String> {
+    normalize_path(raw, rules)
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|e| format!("route path {raw:?}: {e}"))
 }
 
 impl std::fmt::Display for PathPattern {
@@ -145,22 +150,23 @@ impl BodyClasses {
 pub struct Router {
     routes: Vec<Route>,
     default_class: ClassId,
-    case_insensitive: bool,
+    rules: PathRules,
 }
 
 impl Router {
-    pub fn new(routes: Vec<Route>, default_class: ClassId, case_insensitive: bool) -> Self {
+    pub fn new(routes: Vec<Route>, default_class: ClassId, rules: PathRules) -> Self {
         Self {
             routes,
             default_class,
-            case_insensitive,
+            rules,
         }
     }
 
     /// The class of a request, from its method and raw request-target path (a route that picks
-    /// its class from the body answers with its own class here).
-    pub fn classify(&self, method: &Method, raw_path: &str) -> ClassId {
-        self.classify_route(method, raw_path).0
+    /// its class from the body answers with its own class here). `Err`: the path is refused.
+    pub fn classify(&self, method: &Method, raw_path: &str) -> Result<ClassId, PathError> {
+        self.classify_route(method, raw_path)
+            .map(|(class, _)| class)
     }
 
     /// The class of a request by method and path, and the body rule of its route when the
@@ -169,16 +175,22 @@ impl Router {
         &self,
         method: &Method,
         raw_path: &str,
-    ) -> (ClassId, Option<&BodyClasses>) {
-        let path = normalize_path(raw_path, self.case_insensitive);
-        self.routes
+    ) -> Result<(ClassId, Option<&BodyClasses>), PathError> {
+        let path = normalize_path(raw_path, &self.rules)?;
+        Ok(self
+            .routes
             .iter()
             .find(|r| {
                 r.methods.as_ref().is_none_or(|m| m.contains(method)) && r.pattern.matches(&path)
             })
             .map_or((self.default_class, None), |r| {
                 (r.class, r.by_body.as_ref())
-            })
+            }))
+    }
+
+    /// How paths are normalised before matching.
+    pub fn rules(&self) -> &PathRules {
+        &self.rules
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -197,7 +209,7 @@ mod tests {
     fn router() -> Router {
         let route = |path: &str, method: Option<Method>, class| Route {
             methods: method.map(|m| vec![m]),
-            pattern: PathPattern::parse(path, false).unwrap(),
+            pattern: PathPattern::parse(path, &PathRules::LITERAL).unwrap(),
             class: ClassId(class),
             by_body: None,
         };
@@ -208,29 +220,47 @@ mod tests {
                 route("/mj/message/{id}", Some(Method::GET), 3),
             ],
             ClassId(0),
-            false,
+            PathRules::LITERAL,
         )
     }
 
     #[test]
     fn exact_prefix_and_template_routes() {
         let r = router();
-        assert_eq!(r.classify(&Method::POST, "/api/v1/txt2img"), ClassId(1));
         assert_eq!(
-            r.classify(&Method::GET, "/api/v1/txt2img"),
+            r.classify(&Method::POST, "/api/v1/txt2img").unwrap(),
+            ClassId(1)
+        );
+        assert_eq!(
+            r.classify(&Method::GET, "/api/v1/txt2img").unwrap(),
             ClassId(0),
             "method must match"
         );
         assert_eq!(
-            r.classify(&Method::POST, "/api/v1/prompt/enhance"),
+            r.classify(&Method::POST, "/api/v1/prompt/enhance").unwrap(),
             ClassId(2)
         );
-        assert_eq!(r.classify(&Method::POST, "/api/v1/prompt/a/b"), ClassId(2));
-        assert_eq!(r.classify(&Method::POST, "/api/v1/prompt"), ClassId(2));
-        assert_eq!(r.classify(&Method::POST, "/api/v1/promptx"), ClassId(0));
-        assert_eq!(r.classify(&Method::GET, "/mj/message/123"), ClassId(3));
-        assert_eq!(r.classify(&Method::GET, "/mj/message/123/x"), ClassId(0));
-        assert_eq!(r.classify(&Method::GET, "/mj/message"), ClassId(0));
+        assert_eq!(
+            r.classify(&Method::POST, "/api/v1/prompt/a/b").unwrap(),
+            ClassId(2)
+        );
+        assert_eq!(
+            r.classify(&Method::POST, "/api/v1/prompt").unwrap(),
+            ClassId(2)
+        );
+        assert_eq!(
+            r.classify(&Method::POST, "/api/v1/promptx").unwrap(),
+            ClassId(0)
+        );
+        assert_eq!(
+            r.classify(&Method::GET, "/mj/message/123").unwrap(),
+            ClassId(3)
+        );
+        assert_eq!(
+            r.classify(&Method::GET, "/mj/message/123/x").unwrap(),
+            ClassId(0)
+        );
+        assert_eq!(r.classify(&Method::GET, "/mj/message").unwrap(), ClassId(0));
     }
 
     #[test]
@@ -257,8 +287,10 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        assert!(PathPattern::parse("api", false).is_err());
-        assert!(PathPattern::parse("/a/*/b", false).is_err());
-        assert!(PathPattern::parse("/a/x{id}", false).is_err());
+        let r = &PathRules::SECURE;
+        assert!(PathPattern::parse("api", r).is_err());
+        assert!(PathPattern::parse("/a/*/b", r).is_err());
+        assert!(PathPattern::parse("/a/x{id}", r).is_err());
+        assert!(PathPattern::parse("/a\\b", r).is_err());
     }
 }

@@ -10,7 +10,7 @@ use toml::Spanned;
 use super::error::{invalid, ConfigError, Source};
 use super::raw::{RawConfig, RawJob, RawTasks, RawUpstreamAccount};
 use super::{build_upstream, duration};
-use crate::classify::PathPattern;
+use crate::classify::{PathPattern, PathRules};
 use crate::identity::AccountId;
 use crate::limits::Tier;
 use crate::queue::{
@@ -201,7 +201,7 @@ fn job_class(src: &Source<'_>, field: &str, job: &RawJob) -> Result<JobClass, Co
 }
 
 fn task_polling(src: &Source<'_>, t: &RawTasks) -> Result<TaskPolling, ConfigError> {
-    let pattern = PathPattern::parse(t.get_path.get_ref(), false)
+    let pattern = PathPattern::parse(t.get_path.get_ref(), &PathRules::LITERAL)
         .map_err(|m| src.at("tasks.get_path", t.get_path.span(), m))?;
     let has_id =
         matches!(&pattern, PathPattern::Template(_)) && t.get_path.get_ref().contains("{id}");

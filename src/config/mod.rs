@@ -10,6 +10,7 @@ mod jobs;
 mod limits;
 mod penalties;
 mod raw;
+mod routing;
 mod server;
 mod state;
 mod store;
@@ -29,7 +30,7 @@ pub(crate) use server::build_upstream;
 pub use server::{restart_only_changes, ServerConfig, UpstreamTarget};
 pub use state::StateConfig;
 
-use crate::classify::{BodyClasses, ClassId, PathPattern, Route, Router};
+use crate::classify::{BodyClasses, ClassId, PathPattern, PathRules, Route, Router};
 use crate::identity::{
     AccountId, Anonymous, IdentityConfig, IpNet, KeySource, TierId, UnknownKeys,
 };
@@ -307,7 +308,11 @@ fn parse_raw<T: serde::de::DeserializeOwned>(
         ConfigError::Invalid(Located {
             field,
             line: err.span().map(|s| src.line_of(s.start)),
-            message: err.message().trim().to_owned(),
+            message: match err.message().trim() {
+                // toml says nothing when the text ends where a value should start (`a=`).
+                "" => "the file ends where a value should start".to_owned(),
+                m => m.to_owned(),
+            },
         })
     })
 }
@@ -336,7 +341,7 @@ fn apply_overrides(raw: &mut RawConfig, o: &Overrides) {
 }
 
 fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
-    let case_insensitive = raw.routing.case_insensitive;
+    let path_rules = routing::path_rules(src, &raw.routing)?;
     let default_class = raw
         .routing
         .default_class
@@ -345,7 +350,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let mut classes = vec![default_class];
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        routes.push(build_route(src, i, r, &mut classes, case_insensitive)?);
+        routes.push(build_route(src, i, r, &mut classes, &path_rules)?);
     }
     let mut counter_owner = HashMap::new();
     let mut tiers = Vec::new();
@@ -366,7 +371,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         server: server::build_server(src, &raw.server)?,
         identity,
-        router: Router::new(routes, ClassId(0), case_insensitive),
+        router: Router::new(routes, ClassId(0), path_rules),
         classes,
         tiers,
         headers: HeaderOptions {
@@ -386,10 +391,10 @@ fn build_route(
     i: usize,
     r: &raw::RawRoute,
     classes: &mut Vec<String>,
-    case_insensitive: bool,
+    path_rules: &PathRules,
 ) -> Result<Route, ConfigError> {
     let field = format!("route[{i}]");
-    let pattern = PathPattern::parse(r.path.get_ref(), case_insensitive)
+    let pattern = PathPattern::parse(r.path.get_ref(), path_rules)
         .map_err(|m| src.at(format!("{field}.path"), r.path.span(), m))?;
     let method_list: Vec<&Spanned<String>> = match (&r.method, &r.methods) {
         (Some(_), Some(_)) => {

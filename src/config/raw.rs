@@ -131,8 +131,15 @@ pub struct RawAccountsFile {
 #[serde(deny_unknown_fields)]
 pub struct RawRouting {
     pub default_class: Option<String>,
-    #[serde(default)]
-    pub case_insensitive: bool,
+    /// Match paths case-insensitively (default true).
+    pub case_insensitive: Option<bool>,
+    /// `"decode"` (default), `"reject"` or `"keep"`: what `%2F` / `%5C` mean to the matcher.
+    pub escaped_slashes: Option<Spanned<String>>,
+    /// `"ignore"` (default) or `"keep"`: `;params` in a path segment.
+    pub path_parameters: Option<Spanned<String>>,
+    /// `"reject"` (default) or `"forward"`: NUL and control characters, raw backslashes and
+    /// broken escapes in a path.
+    pub invalid_paths: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,7 +31,7 @@ use upload::UploadBody;
 use upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
 
 use crate::app::{Policy, Shared};
-use crate::classify::{normalize_path, BodyClasses, ClassId};
+use crate::classify::{normalize_path, BodyClasses, ClassId, PathRules};
 use crate::config::Config;
 use crate::error::{json_response, ProxyError};
 use crate::identity::Caller;
@@ -113,7 +113,10 @@ impl Proxy {
             Ok(caller) => caller,
             Err(e) => return self.refuse(e.into()),
         };
-        let (class, by_body) = config.router.classify_route(req.method(), req.uri().path());
+        let (class, by_body) = match config.router.classify_route(req.method(), req.uri().path()) {
+            Ok(route) => route,
+            Err(e) => return self.refuse(e.into()),
+        };
         let (mut req, class) = match by_body {
             None => (req.map(RequestBody::from), class),
             // Boxed: only routes that read a class from the body carry the read's state.
@@ -405,7 +408,7 @@ impl Proxy {
     /// The id of a running task this request asks about (a get-task call), if any.
     fn watched_task<B>(&self, ctx: &Ctx<'_>, req: &Request<B>) -> Option<String> {
         let tasks = ctx.policy.config.jobs.tasks.as_ref()?;
-        let path = normalize_path(req.uri().path(), false);
+        let path = normalize_path(req.uri().path(), &PathRules::LITERAL).ok()?;
         let id = tasks.task_id_in(req.method(), &path)?;
         self.shared
             .jobs
