@@ -161,8 +161,14 @@ fn spawn_floodgate(
     admin: SocketAddr,
     upstream: SocketAddr,
 ) -> Child {
+    // A fresh state file per run: the shipped config keeps state, and counts carried over from
+    // an earlier run would change the answers the workload checks.
+    let state = std::env::temp_dir().join(format!("floodgate-pgo-{}.bin", listen.port()));
+    let _ = std::fs::remove_file(&state);
     Command::new(binary)
         .args(["--config", config])
+        .arg("--state")
+        .arg(&state)
         .args(["--listen", &listen.to_string()])
         .args(["--admin", &admin.to_string()])
         .args(["--upstream", &format!("http://{upstream}")])

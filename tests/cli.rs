@@ -351,7 +351,9 @@ fn flags_override_file_then_sigterm_exits_cleanly() {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = manifest_path("config/floodgate.toml");
     let stderr_file = tempfile::NamedTempFile::new().expect("temp file");
+    let workdir = tempfile::tempdir().expect("temp dir"); // where its state file lands
     let child = Command::new(BIN)
+        .current_dir(workdir.path())
         .args([
             "--config",
             config.to_str().unwrap(),

@@ -1,7 +1,8 @@
 //! Limit state that survives a restart, with the real binary: the daily quota continues after a
 //! SIGTERM restart; after a SIGKILL at most one save interval is lost; a damaged state file is
-//! set aside with a warning and floodgate starts fresh; `--state FILE` turns it on for a config
-//! without `[state]` (the container image's way). Loopback only; every wait is bounded.
+//! set aside with a warning and floodgate starts fresh; `--state FILE` overrides the file (the
+//! container image's way); the shipped config keeps state by default, in the directory it is
+//! started from. Loopback only; every wait is bounded.
 
 mod support;
 
@@ -29,6 +30,11 @@ fn write_config(dir: &Path, state: &Path, save_interval: &str) -> PathBuf {
         "/config/floodgate.toml"
     ))
     .unwrap();
+    let shipped = shipped.replace("[state]\nfile = \"floodgate-state.bin\"\n", "");
+    assert!(
+        !shipped.contains("[state]"),
+        "the shipped [state] is replaced"
+    );
     let text = format!(
         "{shipped}\n[state]\nfile = '{}'\nsave_interval = \"{save_interval}\"\n",
         state.display()
@@ -113,6 +119,32 @@ async fn daily_quota_continues_after_a_sigterm_restart() {
         );
     }
     assert_eq!(up.count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_config_keeps_the_daily_quota_across_a_restart_by_default() {
+    let up = Upstream::start().await;
+    let workdir = tempfile::tempdir().unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/floodgate.toml").as_ref();
+    let day = utc_day();
+    // The same command, run from the same directory, twice: an operator's restart.
+    let mut first = Process::start_in(workdir.path(), config, &up.url()).await;
+    for _ in 0..3 {
+        spend(&first, "k-shipped").await;
+    }
+    first.terminate().await;
+    let state = workdir.path().join("floodgate-state.bin");
+    assert_eq!(saved_counts(&state, "k-shipped"), vec![3, 3], "{state:?}");
+    let mut second = Process::start_in(workdir.path(), config, &up.url()).await;
+    let a = spend(&second, "k-shipped").await;
+    if utc_day() == day {
+        assert_eq!(
+            a.num("x-ratelimit-daily-remaining"),
+            96,
+            "3 + 1 of 100 used"
+        );
+    }
+    second.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +245,7 @@ async fn an_unwritable_state_directory_fails_the_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_state_flag_keeps_state_for_a_config_without_a_state_section() {
+async fn the_state_flag_sets_the_state_file() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/floodgate.toml").as_ref();

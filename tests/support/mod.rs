@@ -546,11 +546,19 @@ impl Gate {
         }
     }
 
-    /// Starts floodgate on a shipped config file.
+    /// Starts floodgate on a shipped config file, without its state file (tests run side by
+    /// side and must not share one; the real-binary tests cover the state file).
     pub fn shipped(name: &str, upstream: &str, now_ms: u64) -> Gate {
         let text = std::fs::read_to_string(format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR")))
             .unwrap();
-        Self::start(&text, upstream, now_ms)
+        let overrides = Overrides {
+            upstream: Some(upstream.to_owned()),
+            workers: Some(2),
+            ..Overrides::default()
+        };
+        let mut config = Config::parse(&text, &overrides).expect("config is valid");
+        config.state = None;
+        Self::start_config(config, now_ms)
     }
 
     pub fn url(&self, path: &str) -> String {

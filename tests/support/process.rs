@@ -21,6 +21,9 @@ pub fn bin() -> String {
 pub struct Process {
     child: Child,
     stderr_file: tempfile::NamedTempFile,
+    /// The working directory of its own (where a relative state file lands), unless the test
+    /// chose one with [`Process::start_in`].
+    _own_dir: Option<tempfile::TempDir>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
 }
@@ -55,14 +58,39 @@ impl Process {
         }
     }
 
+    /// Like [`Process::start`], in working directory `dir` (the same command run twice in
+    /// the same place, as an operator restarts it).
+    pub async fn start_in(dir: &Path, config: &Path, upstream: &str) -> Process {
+        match Self::spawn_in(Some(dir), config, upstream, "info", &[]).await {
+            Ok(p) => p,
+            Err(log) => panic!("floodgate did not start:\n{log}"),
+        }
+    }
+
     async fn spawn(
         config: &Path,
         upstream: &str,
         log: &str,
         flags: &[&str],
     ) -> Result<Process, String> {
+        Self::spawn_in(None, config, upstream, log, flags).await
+    }
+
+    async fn spawn_in(
+        dir: Option<&Path>,
+        config: &Path,
+        upstream: &str,
+        log: &str,
+        flags: &[&str],
+    ) -> Result<Process, String> {
         let stderr_file = tempfile::NamedTempFile::new().expect("temp file");
+        let own_dir = match dir {
+            Some(_) => None,
+            None => Some(tempfile::tempdir().expect("temp dir")),
+        };
+        let cwd = dir.or(own_dir.as_ref().map(|d| d.path())).unwrap();
         let child = Command::new(bin())
+            .current_dir(cwd)
             .args(["--log-format", "json", "--config"])
             .arg(config)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
@@ -77,6 +105,7 @@ impl Process {
         let mut p = Process {
             child,
             stderr_file,
+            _own_dir: own_dir,
             addr: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
         };
