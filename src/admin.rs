@@ -3,12 +3,15 @@
 //! `/usage?key=API_KEY` (or the key in `x-api-key`) shows an account's open windows and its
 //! penalty standing (today's incorrect tasks, relax jobs used and earned, the actions in
 //! effect): the key is hashed like any request's and never echoed back.
+//!
+//! With `[server] admin_token` set, everything but `/metrics`, `/healthz` and `/readyz` (what
+//! scrapers and probes need) asks for `Authorization: Bearer <token>`: 401 JSON without it.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -48,7 +51,19 @@ pub async fn serve(
     }
 }
 
+/// Endpoints served without the admin token: scrapers and probes know no secret.
+const OPEN: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    if !OPEN.contains(&req.uri().path()) && !authorized(shared, &req) {
+        let mut resp = json_response(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error": "unauthorized", "message": "this endpoint needs Authorization: Bearer <[server] admin_token>"}"#,
+        );
+        resp.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
     match req.uri().path() {
         "/metrics" => {
             let mut resp = Response::new(ProxyBody::full(shared.metrics.render().into()));
@@ -66,6 +81,15 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
         "/readyz" => readiness(shared),
         "/usage" => usage(shared, &req).await,
         _ => json_response(StatusCode::NOT_FOUND, r#"{"error": "not_found"}"#),
+    }
+}
+
+/// Whether the request may see a private endpoint: no token is set, or it carries the token.
+fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let policy = shared.policy.load();
+    match &policy.config.server.admin_token {
+        None => true,
+        Some(token) => token.admits(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes())),
     }
 }
 

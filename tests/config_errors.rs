@@ -93,6 +93,11 @@ bad_fixtures! {
          file; give it in one place (in tests/fixtures/accounts/repeats_config_key.toml)",
     unknown_default_tier =>
         "line 7: identity.default_tier: unknown tier \"free\" (tiers: basic, premium)",
+    admin_token_twice =>
+        "line 5: server.admin_token_file: give admin_token or admin_token_file, not both",
+    admin_token_with_space =>
+        "line 4: server.admin_token: the admin token must be printable ASCII without spaces (it \
+         travels in a header)",
     bad_escaped_slashes =>
         "line 6: routing.escaped_slashes: \"allow\": expected one of \"decode\", \"reject\", \"keep\"",
     bad_invalid_paths =>

@@ -4,6 +4,7 @@
 //! class and tier names become indices, durations become [`Duration`]s, keys become
 //! [`AccountId`]s — and every error names the field and, where known, the line.
 
+mod admin_token;
 mod classes;
 mod error;
 mod jobs;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use toml::Spanned;
 
+pub use admin_token::AdminToken;
 pub use classes::format_size;
 use error::{invalid, Source};
 pub use error::{ConfigError, Located};

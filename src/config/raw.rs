@@ -99,6 +99,10 @@ pub struct RawServer {
     /// Reload the config when the file changes (its modification time is checked every second).
     #[serde(default)]
     pub watch_config: bool,
+    /// Bearer token the admin listener's private endpoints (`/usage`, ...) ask for.
+    pub admin_token: Option<Spanned<String>>,
+    /// A file holding that token (a mounted Kubernetes Secret), instead of `admin_token`.
+    pub admin_token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

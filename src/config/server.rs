@@ -10,6 +10,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use toml::Spanned;
 
+use super::admin_token::AdminToken;
 use super::classes::{format_size, parse_size};
 use super::error::{invalid, ConfigError, Source};
 use super::raw::RawServer;
@@ -58,6 +59,9 @@ pub struct ServerConfig {
     /// Bytes of a job's request body (and of an upstream answer) read to look inside it; a
     /// body longer than this is forwarded untouched but not inspected.
     pub inspect_limit: usize,
+    /// The bearer token the admin listener's private endpoints ask for; `None`: open (the
+    /// admin listener is on loopback by default). Applied on reload, unlike the rest.
+    pub admin_token: Option<AdminToken>,
 }
 
 /// An upstream origin: `http://` or `https://`, a host and a port, no path.
@@ -162,6 +166,7 @@ pub(super) fn build_server(src: &Source<'_>, s: &RawServer) -> Result<ServerConf
             DEFAULT_MAX_HEADER_COUNT,
         )?,
         watch_config: s.watch_config,
+        admin_token: super::admin_token::admin_token(src, s)?,
     })
 }
 
