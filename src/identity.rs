@@ -249,7 +249,8 @@ impl IdentityConfig {
         peer
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of `trusted_proxies` (its forwarding fields are believed).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|n| n.contains(ip))
     }
 }

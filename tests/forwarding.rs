@@ -94,7 +94,54 @@ async fn hop_by_hop_headers_are_dropped_both_ways_and_forwarded_for_appended() {
         s.headers.get("x-floodgate-tier").is_none(),
         "clients cannot set floodgate's own headers"
     );
-    assert_eq!(s.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        s.headers["x-forwarded-for"], "127.0.0.1",
+        "an untrusted client's chain is replaced by its address"
+    );
+}
+
+/// Sends `GET /fwd` with the given forwarding fields and returns what the upstream saw.
+async fn forwarded_as(gate: &Gate, up: &Upstream, fields: &[(&str, &str)]) -> (String, String) {
+    let mut headers = vec![("x-api-key", "k")];
+    headers.extend_from_slice(fields);
+    let a = TestClient::new()
+        .send("GET", &gate.url("/fwd"), &headers, "")
+        .await;
+    assert_eq!(a.status, 200);
+    let s = up.seen().pop().unwrap();
+    let get = |n: &str| s.header(n).unwrap_or_default().to_owned();
+    (get("x-forwarded-for"), get("x-forwarded-proto"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxys_forwarding_fields_are_kept_and_anyone_elses_replaced() {
+    let up = Upstream::start().await;
+    let behind_lb = format!("[identity]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{OPEN}");
+    let trusted = Gate::start(&behind_lb, &up.url(), DAY0_MS);
+    let lb = [
+        ("x-forwarded-for", "198.51.100.4, 10.1.2.3"),
+        ("x-forwarded-proto", "https"),
+    ];
+    assert_eq!(
+        forwarded_as(&trusted, &up, &lb).await,
+        (
+            "198.51.100.4, 10.1.2.3, 127.0.0.1".to_owned(),
+            "https".to_owned()
+        ),
+        "behind a TLS load balancer: its chain and its protocol"
+    );
+    assert_eq!(
+        forwarded_as(&trusted, &up, &[]).await,
+        ("127.0.0.1".to_owned(), "http".to_owned()),
+        "a trusted peer that sent nothing: its address, and floodgate's own protocol"
+    );
+
+    let untrusted = Gate::start(OPEN, &up.url(), DAY0_MS);
+    assert_eq!(
+        forwarded_as(&untrusted, &up, &lb).await,
+        ("127.0.0.1".to_owned(), "http".to_owned()),
+        "a client cannot claim TLS or another address"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,13 @@
 //! Header hygiene on the way through, per RFC 9110 §7.6: hop-by-hop fields are dropped in both
-//! directions, `X-Forwarded-For` / `X-Forwarded-Proto` are appended, and headers floodgate uses to
+//! directions, `X-Forwarded-For` / `X-Forwarded-Proto` are written, and headers floodgate uses to
 //! tell the upstream something are removed from what the client sent.
+//!
+//! The forwarding fields are believed only from a trusted proxy (`[identity] trusted_proxies`,
+//! like nginx's `set_real_ip_from` and Traefik's `forwardedHeaders.trustedIPs`): from one, its
+//! `X-Forwarded-For` chain is kept with the peer appended, and its `X-Forwarded-Proto` (`https`
+//! behind a TLS load balancer) is passed on. From anyone else both are replaced — the chain by
+//! the peer's address, the protocol by `http` — so a client cannot tell the upstream it came over
+//! TLS or from another address.
 
 use http::header::{
     Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
@@ -13,6 +20,15 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 pub static X_FLOODGATE_TIER: HeaderName = HeaderName::from_static("x-floodgate-tier");
 pub static X_FLOODGATE_CLASS: HeaderName = HeaderName::from_static("x-floodgate-class");
+
+/// What floodgate writes into one request's forwarding fields.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The peer's address, last in `X-Forwarded-For`.
+    pub peer: HeaderValue,
+    /// The peer is a trusted proxy: the forwarding fields it sent are kept.
+    pub trusted: bool,
+}
 
 /// Prefix of headers only floodgate may set towards the upstream.
 const OWN_PREFIX: &[u8] = b"x-floodgate-";
@@ -126,11 +142,18 @@ pub fn request_headers(headers: &mut HeaderMap) {
     strip_own(headers);
 }
 
-/// Appends `peer` to `X-Forwarded-For` and `http` to `X-Forwarded-Proto` in the map, for a
-/// request sent through hyper's client (a protocol upgrade).
-pub fn append_forwarded(headers: &mut HeaderMap, peer: &HeaderValue) {
-    append_to_list(headers, &X_FORWARDED_FOR, peer);
-    append_to_list(headers, &X_FORWARDED_PROTO, &HTTP);
+/// Writes the forwarding fields into the map, for a request sent through hyper's client (a
+/// protocol upgrade): the same values [`write_forwarded`] writes into a head.
+pub fn append_forwarded(headers: &mut HeaderMap, fwd: &Forwarded) {
+    if !fwd.trusted {
+        headers.insert(&X_FORWARDED_FOR, fwd.peer.clone());
+        headers.insert(&X_FORWARDED_PROTO, HTTP.clone());
+        return;
+    }
+    append_to_list(headers, &X_FORWARDED_FOR, &fwd.peer);
+    if headers.get(&X_FORWARDED_PROTO).is_none_or(|v| v.is_empty()) {
+        headers.insert(&X_FORWARDED_PROTO, HTTP.clone());
+    }
 }
 
 /// Whether a field is one the head writer replaces by [`write_forwarded`].
@@ -138,29 +161,39 @@ pub fn is_forwarding_field(name: &HeaderName) -> bool {
     name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO
 }
 
-/// Writes `X-Forwarded-For` (the client's values, then `peer`) and `X-Forwarded-Proto` (the
-/// client's, then `http`) as head lines: the same lists [`append_forwarded`] makes, without
-/// growing the request's header map. `client`: the request's fields, if it sent either.
-pub fn write_forwarded(buf: &mut Vec<u8>, client: Option<&HeaderMap>, peer: &HeaderValue) {
-    write_list(buf, client, &X_FORWARDED_FOR, peer);
-    write_list(buf, client, &X_FORWARDED_PROTO, &HTTP);
+/// Writes `X-Forwarded-For` and `X-Forwarded-Proto` as head lines, without growing the
+/// request's header map: from a trusted proxy, its chain then the peer, and its protocol (or
+/// `http` when it sent none); from anyone else, the peer and `http`. `client`: the request's
+/// fields, if it sent either.
+pub fn write_forwarded(buf: &mut Vec<u8>, client: Option<&HeaderMap>, fwd: &Forwarded) {
+    let kept = client.filter(|_| fwd.trusted);
+    write_field(buf, &X_FORWARDED_FOR, kept, Some(&fwd.peer));
+    let proto = kept
+        .and_then(|h| h.get(&X_FORWARDED_PROTO))
+        .filter(|v| !v.is_empty());
+    if proto.is_some() {
+        write_field(buf, &X_FORWARDED_PROTO, kept, None);
+    } else {
+        write_field(buf, &X_FORWARDED_PROTO, None, Some(&HTTP));
+    }
 }
 
-fn write_list(
+/// One head line: `name: ` the non-empty values of `name` in `kept`, comma-joined, then `last`.
+fn write_field(
     buf: &mut Vec<u8>,
-    client: Option<&HeaderMap>,
     name: &HeaderName,
-    last: &HeaderValue,
+    kept: Option<&HeaderMap>,
+    last: Option<&HeaderValue>,
 ) {
     buf.extend_from_slice(name.as_str().as_bytes());
     buf.extend_from_slice(b": ");
-    for value in client.into_iter().flat_map(|h| h.get_all(name)) {
-        if !value.is_empty() {
-            buf.extend_from_slice(value.as_bytes());
+    let values = kept.into_iter().flat_map(|h| h.get_all(name)).chain(last);
+    for (i, value) in values.filter(|v| !v.is_empty()).enumerate() {
+        if i > 0 {
             buf.extend_from_slice(b", ");
         }
+        buf.extend_from_slice(value.as_bytes());
     }
-    buf.extend_from_slice(last.as_bytes());
     buf.extend_from_slice(b"\r\n");
 }
 
@@ -214,8 +247,14 @@ mod tests {
         h.insert("x-kept", "1".parse().unwrap());
         h.insert("x-floodgate-tier", "premium".parse().unwrap());
         h.insert("x-forwarded-for", "9.9.9.9".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        let mut untrusted = h.clone();
         request_headers(&mut h);
-        append_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"));
+        let fwd = |trusted| Forwarded {
+            peer: HeaderValue::from_static("127.0.0.1"),
+            trusted,
+        };
+        append_forwarded(&mut h, &fwd(true));
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert!(
             names.iter().all(|n| ![
@@ -230,6 +269,39 @@ mod tests {
         );
         assert_eq!(h["x-kept"], "1");
         assert_eq!(h["x-forwarded-for"], "9.9.9.9, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        request_headers(&mut untrusted);
+        append_forwarded(&mut untrusted, &fwd(false));
+        assert_eq!(untrusted["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn head_lines_keep_a_trusted_proxys_fields_and_replace_anyone_elses() {
+        let mut client = HeaderMap::new();
+        client.append("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        client.append("x-forwarded-for", "10.0.0.7".parse().unwrap());
+        client.insert("x-forwarded-proto", "https".parse().unwrap());
+        let line = |client: Option<&HeaderMap>, trusted| {
+            let fwd = Forwarded {
+                peer: HeaderValue::from_static("10.0.0.9"),
+                trusted,
+            };
+            let mut buf = Vec::new();
+            write_forwarded(&mut buf, client, &fwd);
+            String::from_utf8(buf).unwrap()
+        };
+        assert_eq!(
+            line(Some(&client), true),
+            "x-forwarded-for: 1.2.3.4, 10.0.0.7, 10.0.0.9\r\nx-forwarded-proto: https\r\n"
+        );
+        assert_eq!(
+            line(Some(&client), false),
+            "x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n"
+        );
+        assert_eq!(
+            line(None, true),
+            "x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n"
+        );
     }
 }

@@ -179,7 +179,7 @@ impl Proxy {
             let on_wait = || {
                 let (tx, rx) = oneshot::channel();
                 early = Some(rx);
-                let forwarded_for = ctx.peer.forwarded_for.clone();
+                let forwarded_for = ctx.forwarded.clone();
                 start_on_grant(unsent.take(), tx, named_account, forwarded_for)
             };
             pool.acquire_starting(ticket, on_wait).await?
@@ -406,7 +406,7 @@ fn start_on_grant(
     req: Option<Request<ForwardBody>>,
     early: oneshot::Sender<Early>,
     named_account: bool,
-    forwarded_for: HeaderValue,
+    forwarded_for: super::forwarding::Forwarded,
 ) -> Option<StartOnGrant> {
     let req = req?;
     Some(Box::new(move |permit: SlotPermit, notice: GrantNotice| {

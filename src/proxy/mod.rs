@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 pub use body::{ProxyBody, RequestBody};
+use forwarding::Forwarded;
 use upload::UploadBody;
 use upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
 
@@ -43,20 +44,38 @@ use crate::store::StoreError;
 /// The seed API's 429 body, byte for byte.
 const TOO_MANY_ATTEMPTS: &str = r#"{"message": "Too Many Attempts."}"#;
 
-/// The client end of a connection, with its address pre-rendered for `X-Forwarded-For`.
+/// The client end of a connection, with its forwarding fields pre-rendered both ways (a
+/// request picks one by whether the peer is a trusted proxy under the config of the moment).
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
-    forwarded_for: HeaderValue,
+    untrusted: Forwarded,
+    trusted: Forwarded,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
-        let forwarded_for = HeaderValue::from_str(&addr.ip().to_string())
+        let peer = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
         Self {
             addr,
-            forwarded_for,
+            untrusted: Forwarded {
+                peer: peer.clone(),
+                trusted: false,
+            },
+            trusted: Forwarded {
+                peer,
+                trusted: true,
+            },
+        }
+    }
+
+    /// The forwarding fields for a request from this peer.
+    fn forwarded(&self, identity: &crate::identity::IdentityConfig) -> &Forwarded {
+        if identity.is_trusted(self.addr.ip()) {
+            &self.trusted
+        } else {
+            &self.untrusted
         }
     }
 }
@@ -66,7 +85,8 @@ struct Ctx<'a> {
     policy: &'a Policy,
     caller: Caller,
     class: ClassId,
-    peer: &'a Peer,
+    /// What goes into `X-Forwarded-For` / `-Proto`.
+    forwarded: &'a Forwarded,
 }
 
 /// One worker's proxy: the shared state plus the worker's own upstream connection pools.
@@ -133,7 +153,7 @@ impl Proxy {
             policy: &policy,
             caller,
             class,
-            peer,
+            forwarded: peer.forwarded(&config.identity),
         };
 
         let watched_task = self.watched_task(&ctx, &req);
@@ -305,7 +325,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let protocol = req.headers().get(http::header::UPGRADE).cloned();
         let mut req = self.outgoing(ctx, req, &Marks::default());
-        forwarding::append_forwarded(req.headers_mut(), &ctx.peer.forwarded_for);
+        forwarding::append_forwarded(req.headers_mut(), ctx.forwarded);
         if let Some(protocol) = protocol {
             forwarding::keep_upgrade(req.headers_mut(), protocol);
         }
@@ -330,7 +350,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client = route(&self.upstreams, &mut req, account).clone();
         let started = Instant::now();
-        let resp = client.send(req, Some(&ctx.peer.forwarded_for)).await;
+        let resp = client.send(req, Some(ctx.forwarded)).await;
         self.arrived(ctx, resp, started)
     }
 

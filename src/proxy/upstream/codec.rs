@@ -90,7 +90,7 @@ pub fn encode_request_head(
     uri: &http::Uri,
     headers: &HeaderMap,
     extra: Option<&(HeaderName, HeaderValue)>,
-    forwarded_for: Option<&HeaderValue>,
+    forwarded_for: Option<&forwarding::Forwarded>,
 ) {
     buf.extend_from_slice(method.as_str().as_bytes());
     buf.push(b' ');
@@ -111,10 +111,10 @@ pub fn encode_request_head(
             encode_field(buf, name, value);
         }
     }
-    if let Some(peer) = forwarded_for {
+    if let Some(fwd) = forwarded_for {
         // The client's own lists are looked up only when it sent any (rarely).
         let client_lists = client_sent_forwarding.then_some(headers);
-        forwarding::write_forwarded(buf, client_lists, peer);
+        forwarding::write_forwarded(buf, client_lists, fwd);
     }
     if let Some((name, value)) = extra {
         encode_field(buf, name, value);

@@ -155,7 +155,7 @@ impl Conn {
         body: Option<ForwardBody>,
         framing: RequestFraming,
         extra: Option<&(http::HeaderName, http::HeaderValue)>,
-        forwarded_for: Option<&http::HeaderValue>,
+        forwarded_for: Option<&crate::proxy::forwarding::Forwarded>,
     ) {
         self.write.clear();
         self.written = 0;

@@ -175,7 +175,7 @@ impl UpstreamClient {
     pub async fn send(
         self: &Arc<Self>,
         req: Request<ForwardBody>,
-        forwarded_for: Option<&http::HeaderValue>,
+        forwarded_for: Option<&crate::proxy::forwarding::Forwarded>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let deadline = Instant::now() + self.response_timeout;
         let (parts, body) = req.into_parts();

@@ -1,4 +1,5 @@
 use super::*;
+use crate::proxy::forwarding::Forwarded;
 
 fn head(text: &str) -> Result<Option<ResponseHead>, CodecError> {
     parse_response_head(
@@ -30,21 +31,45 @@ fn request_head_is_origin_form_http11_with_every_field() {
 }
 
 #[test]
-fn forwarding_fields_extend_the_clients_lists_once() {
+fn forwarding_fields_extend_a_trusted_proxys_lists_once() {
     let mut headers = HeaderMap::new();
     headers.insert("host", HeaderValue::from_static("h"));
     headers.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
     headers.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
     let uri: http::Uri = "/".parse().unwrap();
-    let peer = HeaderValue::from_static("127.0.0.1");
+    let fwd = |trusted| Forwarded {
+        peer: HeaderValue::from_static("127.0.0.1"),
+        trusted,
+    };
     let mut buf = Vec::new();
-    encode_request_head(&mut buf, &Method::GET, &uri, &headers, None, Some(&peer));
+    encode_request_head(
+        &mut buf,
+        &Method::GET,
+        &uri,
+        &headers,
+        None,
+        Some(&fwd(true)),
+    );
     assert_eq!(
         String::from_utf8(buf).unwrap(),
         "GET / HTTP/1.1\r\nhost: h\r\n\
          x-forwarded-for: 203.0.113.9, 198.51.100.7, 127.0.0.1\r\n\
-         x-forwarded-proto: https, http\r\n\r\n"
+         x-forwarded-proto: https\r\n\r\n"
+    );
+    let mut replaced = Vec::new();
+    encode_request_head(
+        &mut replaced,
+        &Method::GET,
+        &uri,
+        &headers,
+        None,
+        Some(&fwd(false)),
+    );
+    assert_eq!(
+        String::from_utf8(replaced).unwrap(),
+        "GET / HTTP/1.1\r\nhost: h\r\n\
+         x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"
     );
     let mut untouched = Vec::new();
     encode_request_head(&mut untouched, &Method::GET, &uri, &headers, None, None);
