@@ -38,6 +38,8 @@ pub enum ProxyError {
     Queue(#[from] QueueError),
     #[error("could not read the request body: {0}")]
     ClientBody(String),
+    #[error("floodgate failed while answering this request; the failure is logged")]
+    Internal,
 }
 
 impl ProxyError {
@@ -60,6 +62,7 @@ impl ProxyError {
             ProxyError::Queue(QueueError::Closed) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Queue(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -81,6 +84,7 @@ impl ProxyError {
             ProxyError::Queue(QueueError::TimedOut { .. }) => "queue_timeout",
             ProxyError::Queue(QueueError::Closed) => "shutting_down",
             ProxyError::ClientBody(_) => "bad_request_body",
+            ProxyError::Internal => "internal_error",
         }
     }
 
@@ -94,6 +98,7 @@ impl ProxyError {
                 | ProxyError::BodyTooLarge(_)
                 | ProxyError::Queue(_)
                 | ProxyError::ClientBody(_)
+                | ProxyError::Internal
         )
     }
 

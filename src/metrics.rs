@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Upgraded connections (WebSocket and the like) being tunnelled.
     pub tunnels_open: IntGauge,
     client_timeouts: IntCounterVec,
+    /// Panics caught while answering a request or serving a connection (the process went on).
+    pub panics: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -247,6 +249,11 @@ impl Metrics {
             "floodgate_config_reload_failures_total",
             "Config reloads refused (invalid file); the running config kept serving.",
         );
+        let panics = reload_counter(
+            "floodgate_panics_total",
+            "Panics caught while answering a request (answered 500) or serving a client \
+             connection (closed); the process kept serving. Any is a bug worth reporting.",
+        );
         let client_connections = IntGauge::new(
             "floodgate_client_connections",
             "Client connections open on the proxy port.",
@@ -280,6 +287,7 @@ impl Metrics {
             client_connections,
             tunnels_open,
             client_timeouts,
+            panics,
             jobs_queued,
             jobs_in_flight,
             upstream_account_in_flight,

@@ -25,6 +25,9 @@ pub enum ProxyBody {
         permit: Option<Box<SlotPermit>>,
     },
     Full(Option<Bytes>),
+    /// Panics when polled: the test hook for a panic while a body streams (test builds only).
+    #[cfg(feature = "test-hooks")]
+    Panics,
 }
 
 impl ProxyBody {
@@ -66,6 +69,8 @@ impl Body for ProxyBody {
                 None => Pin::new(body).poll_frame(cx),
             },
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            #[cfg(feature = "test-hooks")]
+            ProxyBody::Panics => panic!("test hook: a panic while a body streams"),
         }
     }
 
@@ -73,6 +78,8 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream { prefix, body, .. } => prefix.is_none() && body.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
+            #[cfg(feature = "test-hooks")]
+            ProxyBody::Panics => false,
         }
     }
 
@@ -96,6 +103,8 @@ impl Body for ProxyBody {
             }
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+            #[cfg(feature = "test-hooks")]
+            ProxyBody::Panics => SizeHint::with_exact(1),
         }
     }
 }

@@ -119,6 +119,10 @@ impl Proxy {
 
     /// Answers one client request.
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        #[cfg(feature = "test-hooks")]
+        if let Some(resp) = test_hook(req.headers()) {
+            return resp;
+        }
         let ambiguous = req
             .extensions()
             .get::<hygiene::AmbiguousFraming>()
@@ -417,6 +421,14 @@ impl Proxy {
         e.into_response()
     }
 
+    /// The answer to a request whose handling panicked (the panic was caught by the listener):
+    /// a 500 JSON, counted and logged (the panic's message, never the API key).
+    pub fn panicked(&self, panic: &str) -> Response<ProxyBody> {
+        self.shared.metrics.panics.inc();
+        tracing::error!(panic = %panic, "answering a request panicked; answered 500");
+        ProxyError::Internal.into_response()
+    }
+
     /// Answers a request floodgate refuses itself (400, 401, 413, 431), counted by reason.
     fn refuse(&self, err: ProxyError) -> Response<ProxyBody> {
         // The error names what was wrong, never the key itself.
@@ -435,6 +447,18 @@ impl Proxy {
             .tracker
             .is_running(id)
             .then(|| id.to_owned())
+    }
+}
+
+/// Test builds only (`--features test-hooks`, on for `cargo test`, never in a release build):
+/// `x-floodgate-test-panic: handler` panics while the request is answered, `body` answers a
+/// head whose body panics when it streams.
+#[cfg(feature = "test-hooks")]
+fn test_hook(headers: &http::HeaderMap) -> Option<Response<ProxyBody>> {
+    match headers.get("x-floodgate-test-panic")?.as_bytes() {
+        b"handler" => panic!("test hook: a panic while answering a request"),
+        b"body" => Some(Response::new(ProxyBody::Panics)),
+        _ => None,
     }
 }
 

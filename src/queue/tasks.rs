@@ -97,13 +97,16 @@ impl TaskTracker {
 
     /// The pool and upstream account a task ran on.
     pub fn origin(&self, task: &str) -> Option<(String, usize)> {
-        self.origins.lock().ok()?.by_task.get(task).cloned()
+        self.origins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_task
+            .get(task)
+            .cloned()
     }
 
     pub fn remember_origin(&self, task: &str, pool: &str, upstream: usize) {
-        let Ok(mut o) = self.origins.lock() else {
-            return;
-        };
+        let mut o = self.origins.lock().unwrap_or_else(|p| p.into_inner());
         if o.by_task
             .insert(task.to_owned(), (pool.to_owned(), upstream))
             .is_none()

@@ -9,12 +9,12 @@
 
 mod canned;
 pub mod conn;
+pub mod contain;
 pub mod framing;
 mod tap;
 mod tunnel;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -237,7 +237,10 @@ impl Connection {
             let tunnel_hold = req.extensions().get::<OnUpgrade>().map(|_| hold.clone());
             let (proxy, peer) = (proxy.clone(), peer.clone());
             async move {
-                let mut resp = proxy.handle(req, &peer).await;
+                let mut resp = match contain::contained(proxy.handle(req, &peer)).await {
+                    Ok(resp) => resp,
+                    Err(panic) => proxy.panicked(&panic),
+                };
                 if let Some(hold) = tunnel_hold {
                     if let Some(halves) = resp.extensions_mut().remove::<Tunnel>() {
                         // From the 101 on, the socket carries the tunnel's bytes.
@@ -279,13 +282,17 @@ impl Connection {
                 }
                 closed => return Poll::Ready(Err(closed)),
             }
-            conn.as_mut().poll(cx).map(Ok)
+            contain::poll_contained(conn.as_mut(), cx).map(Ok)
         })
         .await;
         watcher.abort();
         match ended {
-            Ok(Err(e)) => tracing::debug!(error = %e, "client connection ended with an error"),
-            Ok(Ok(())) => {}
+            Ok(Ok(Err(e))) => tracing::debug!(error = %e, "client connection ended with an error"),
+            Ok(Ok(Ok(()))) => {}
+            Ok(Err(panic)) => {
+                metrics.panics.inc();
+                tracing::error!(panic = %panic, "a client connection panicked; it was closed");
+            }
             Err(closed) => {
                 let why = Stop::expiry(closed);
                 tracing::debug!(

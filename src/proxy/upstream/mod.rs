@@ -233,7 +233,7 @@ impl UpstreamClient {
     fn checkout(&self) -> Option<Box<Conn>> {
         let mut cx = Context::from_waker(Waker::noop());
         loop {
-            let mut conn = self.idle.lock().ok()?.pop()?;
+            let mut conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
             if conn.is_idle_usable(&mut cx) {
                 return Some(conn);
             }
@@ -242,10 +242,10 @@ impl UpstreamClient {
 
     /// Takes back a connection whose exchange ended cleanly.
     fn checkin(&self, conn: Box<Conn>) {
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.max_idle {
-                idle.push(conn);
-            }
+        // A lock poisoned by a panic elsewhere still guards a valid list of idle connections.
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(conn);
         }
     }
 
