@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use crate::classify::PathError;
+use crate::classify::{PathError, Unclassifiable};
 use crate::identity::IdentityError;
 use crate::limits::headers::X_RATELIMIT_TYPE;
 use crate::proxy::hygiene::HygieneError;
@@ -26,6 +26,8 @@ pub enum ProxyError {
     InvalidPath(#[from] PathError),
     #[error(transparent)]
     BodyTooLarge(#[from] TooLarge),
+    #[error(transparent)]
+    Unclassifiable(#[from] Unclassifiable),
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
     #[error("upstream did not accept a connection in time")]
@@ -52,7 +54,9 @@ impl ProxyError {
             ProxyError::Identity(IdentityError::ConflictingKeys) => StatusCode::BAD_REQUEST,
             ProxyError::Identity(_) => StatusCode::UNAUTHORIZED,
             ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
-            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTooLarge(_) | ProxyError::Unclassifiable(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -76,6 +80,7 @@ impl ProxyError {
             ProxyError::Identity(IdentityError::UnknownKey) => "unknown_api_key",
             ProxyError::InvalidPath(_) => "invalid_path",
             ProxyError::BodyTooLarge(_) => "payload_too_large",
+            ProxyError::Unclassifiable(_) => "body_unclassifiable",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout => "upstream_timeout",
@@ -96,6 +101,7 @@ impl ProxyError {
                 | ProxyError::Hygiene(_)
                 | ProxyError::InvalidPath(_)
                 | ProxyError::BodyTooLarge(_)
+                | ProxyError::Unclassifiable(_)
                 | ProxyError::Queue(_)
                 | ProxyError::ClientBody(_)
                 | ProxyError::Internal

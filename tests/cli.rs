@@ -86,7 +86,7 @@ fn check_midjourney_toml() {
             "  job class submit: Task, max job time 600s\n",
             "  queue free: concurrency 2, max queue 50, max wait 600s, pool upstream\n",
             "  incorrect tasks: 3 rules, judged on imagine, blend, submit\n",
-            "  relax: mode at /process_mode (default fast), counted on imagine, blend, submit, \
+            "  relax: mode at /process_mode (default fast, unreadable relax), counted on imagine, blend, submit, \
              earned by imagine, blend\n",
             "  penalties free: incorrect 30/day then block; relax 100/day then surcharge x2\n",
             "  penalties developer: incorrect 60/day then flag; relax 500/day then surcharge x2\n",

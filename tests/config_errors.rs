@@ -183,6 +183,8 @@ bad_fixtures! {
         "line 14: relax.mode_pointer: a JSON pointer starts with '/', e.g. \"/process_mode\"",
     relax_bad_default_mode =>
         "line 15: relax.default_mode: \"slow\": expected \"fast\", \"turbo\" or \"relax\"",
+    relax_bad_unreadable_mode =>
+        "line 15: relax.unreadable_mode: \"free\": expected \"fast\", \"turbo\" or \"relax\"",
     relax_earn_task_without_success =>
         "line 22: relax.earn_classes: class \"imagine\" runs in task mode: earning needs \
          tasks.success (the statuses of a task that succeeded)",
@@ -366,8 +368,18 @@ fn configmap_toml() -> String {
 fn the_kubernetes_configmap_is_valid() {
     let text = configmap_toml();
     assert!(text.contains("[server]"), "no TOML found:\n{text}");
+    // The admin token comes from a mounted Secret: a file of the same shape stands in for it.
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "0123456789abcdef\n").unwrap();
+    let mounted = "\"/etc/floodgate-admin/token\"";
+    assert!(
+        text.contains(mounted),
+        "the token is read from the Secret's mount"
+    );
+    let text = text.replace(mounted, &format!("{:?}", secret.path()));
     let config = Config::parse(&text, &Overrides::default())
         .unwrap_or_else(|e| panic!("deploy/kubernetes/configmap.yaml: {e}"));
+    assert!(config.server.admin_token.is_some(), "/usage is guarded");
     assert!(config.server.watch_config);
     assert_eq!(config.server.admin, Some("0.0.0.0:9090".parse().unwrap()));
     let summary = config.summary();

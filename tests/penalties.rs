@@ -551,12 +551,14 @@ async fn a_job_body_that_is_not_json_still_forwards_intact() {
         assert_eq!(a.body.len(), body.len());
         assert!(a.body == body, "echoed byte for byte");
     }
-    // A relax-mode JSON body on the same class is told apart (and counted).
+    // The 200 KB body is longer than the inspect limit: unreadable, it counts as relax (the
+    // costlier treatment). A relax-mode JSON body on the same class is told apart and counted.
+    assert_eq!(usage(&c, &gate, "k").await["penalties"]["relax"]["used"], 1);
     let a = c
         .send("POST", &gate.url("/echo"), &[("x-api-key", "k")], RELAX)
         .await;
     assert_eq!(a.body, RELAX.as_bytes());
-    assert_eq!(usage(&c, &gate, "k").await["penalties"]["relax"]["used"], 1);
+    assert_eq!(usage(&c, &gate, "k").await["penalties"]["relax"]["used"], 2);
 }
 
 const TASKS: &str = r#"
@@ -728,13 +730,13 @@ async fn penalty_tallies_survive_a_restart_through_the_state_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mode_of_a_body_larger_than_the_inspect_limit_is_not_read() {
+async fn a_body_larger_than_the_inspect_limit_counts_as_relax_unless_a_larger_limit_reads_it() {
     let up = Upstream::start().await;
     let blend = format!(
-        r#"{{"base64Array": ["data:image/png;base64,{}"], "process_mode": "relax"}}"#,
+        r#"{{"process_mode": "fast", "base64Array": ["data:image/png;base64,{}"]}}"#,
         "A".repeat(150_000)
     );
-    for (limit, relax_used) in [("", 0), ("inspect_limit = \"256KB\"", 1)] {
+    for (limit, relax_used) in [("", 1), ("inspect_limit = \"256KB\"", 0)] {
         let config = format!("[server]\n{limit}\n{SYNC}");
         let gate = Gate::start(&config, &up.url(), MORNING);
         let c = TestClient::new();
@@ -751,4 +753,73 @@ async fn the_mode_of_a_body_larger_than_the_inspect_limit_is_not_read() {
             "limit {limit:?}"
         );
     }
+}
+
+/// A job body padded past `[server] inspect_limit` (64 KB by default), with its mode after the
+/// padding or before it: floodgate cannot read it whole before admitting the job.
+fn padded(mode_first: bool, mode: &str) -> String {
+    let padding = "A".repeat(70 * 1024); // base64 of an image, say
+    if mode_first {
+        format!(r#"{{"process_mode": "{mode}", "image": "{padding}"}}"#)
+    } else {
+        format!(r#"{{"image": "{padding}", "process_mode": "{mode}"}}"#)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn padding_a_job_body_never_dodges_the_relax_allowance() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let c = TestClient::new();
+    let send = |body: String| {
+        let (c, gate) = (c.clone(), &gate);
+        async move { submit(&c, gate, "/submit/imagine", "strict-key", &body, &[]).await }
+    };
+    // Two unreadable jobs use up the allowance of 2, whatever mode they claim.
+    assert_eq!(send(padded(false, "relax")).await.status, 200);
+    assert_eq!(send(padded(true, "fast")).await.status, 200);
+    let u = usage(&c, &gate, "strict-key").await;
+    assert_eq!(u["penalties"]["relax"]["used"], 2, "{u}");
+    assert_eq!(
+        u["penalties"]["relax"]["earned"], 0,
+        "padding earns nothing"
+    );
+    // Past it: refused, padded or not, mode first or last.
+    for body in [
+        padded(false, "relax"),
+        padded(true, "fast"),
+        RELAX.to_owned(),
+    ] {
+        let a = send(body).await;
+        assert_eq!(a.status, 429);
+        assert_eq!(a.json()["error"], "relax_limit");
+    }
+    // A body read whole still counts as what it names.
+    assert_eq!(send(FAST.to_owned()).await.status, 200);
+    assert_eq!(up.count_prefix("/submit/"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_can_count_unreadable_jobs_as_fast_or_read_more() {
+    let up = Upstream::start().await;
+    let lenient = SYNC.replace(
+        "mode_pointer = \"/process_mode\"",
+        "mode_pointer = \"/process_mode\"\nunreadable_mode = \"fast\"",
+    );
+    let gate = Gate::start(&lenient, &up.url(), MORNING);
+    let c = TestClient::new();
+    let (relax_last, fast_first) = (padded(false, "relax"), padded(true, "fast"));
+    for _ in 0..3 {
+        let a = submit(&c, &gate, "/submit/imagine", "strict-key", &relax_last, &[]);
+        assert_eq!(a.await.status, 200, "counted as fast, as configured");
+    }
+    // A larger inspect limit reads the same body whole: its mode counts.
+    let whole = format!("[server]\ninspect_limit = \"256KB\"\n{SYNC}");
+    let gate = Gate::start(&whole, &up.url(), MORNING);
+    for expected in [200, 200, 429] {
+        let a = submit(&c, &gate, "/submit/imagine", "strict-key", &relax_last, &[]);
+        assert_eq!(a.await.status, expected);
+    }
+    let a = submit(&c, &gate, "/submit/imagine", "strict-key", &fast_first, &[]);
+    assert_eq!(a.await.status, 200, "read whole: fast");
 }

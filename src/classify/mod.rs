@@ -131,17 +131,30 @@ pub struct BodyClasses {
     pub pointer: String,
     /// The field's value (a string, or a number as text) -> class.
     pub by_value: HashMap<String, ClassId>,
+    /// The class of a body too long to read whole (`unreadable_class`); `None`: refused.
+    pub unreadable: Option<ClassId>,
 }
 
+/// A body whose class cannot be told: longer than the inspect limit, on a route with no
+/// `unreadable_class`. Refused (413) rather than classed by the route, which may be looser
+/// than the class the body names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this route takes its class from a field of the JSON body, and the body is longer than \
+     [server] inspect_limit, so its class cannot be read"
+)]
+pub struct Unclassifiable;
+
 impl BodyClasses {
-    /// The class a body's field names; `None` when the body is not all read, not JSON, or its
-    /// value is not listed (the route's own class applies).
-    pub fn class_of(&self, body: &[u8], complete: bool) -> Option<ClassId> {
+    /// The class a body's field names; `Ok(None)` when the whole body was read and is not
+    /// JSON or names no listed value (the route's own class applies). A body not read whole
+    /// gets `unreadable_class`, or is refused: padding must not buy a looser class.
+    pub fn class_of(&self, body: &[u8], complete: bool) -> Result<Option<ClassId>, Unclassifiable> {
         if !complete {
-            return None;
+            return self.unreadable.map(Some).ok_or(Unclassifiable);
         }
-        let value = crate::proxy::inspect::json_string_at(body, &self.pointer)?;
-        self.by_value.get(&value).copied()
+        let value = crate::proxy::inspect::json_string_at(body, &self.pointer);
+        Ok(value.and_then(|v| self.by_value.get(&v).copied()))
     }
 }
 
@@ -268,21 +281,27 @@ mod tests {
         let rule = BodyClasses {
             pointer: "/task_type".into(),
             by_value: HashMap::from([("txt2img".into(), ClassId(4)), ("7".into(), ClassId(5))]),
+            unreadable: None,
         };
         let body = br#"{"task_type": "txt2img"}"#;
-        assert_eq!(rule.class_of(body, true), Some(ClassId(4)));
+        assert_eq!(rule.class_of(body, true), Ok(Some(ClassId(4))));
         assert_eq!(
             rule.class_of(body, false),
-            None,
-            "a cut-off body names nothing"
+            Err(Unclassifiable),
+            "a cut-off body is refused"
         );
+        let lenient = BodyClasses {
+            unreadable: Some(ClassId(9)),
+            ..rule.clone()
+        };
+        assert_eq!(lenient.class_of(body, false), Ok(Some(ClassId(9))));
         assert_eq!(
             rule.class_of(br#"{"task_type": 7}"#, true),
-            Some(ClassId(5))
+            Ok(Some(ClassId(5)))
         );
-        assert_eq!(rule.class_of(br#"{"task_type": "other"}"#, true), None);
-        assert_eq!(rule.class_of(br#"{"model": "txt2img"}"#, true), None);
-        assert_eq!(rule.class_of(b"task_type=txt2img", true), None);
+        assert_eq!(rule.class_of(br#"{"task_type": "other"}"#, true), Ok(None));
+        assert_eq!(rule.class_of(br#"{"model": "txt2img"}"#, true), Ok(None));
+        assert_eq!(rule.class_of(b"task_type=txt2img", true), Ok(None));
     }
 
     #[test]

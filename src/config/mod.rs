@@ -209,9 +209,10 @@ impl Config {
         }
         if let Some(r) = &p.relax {
             out += &format!(
-                "  relax: mode at {} (default {}), counted on {}, earned by {}\n",
+                "  relax: mode at {} (default {}, unreadable {}), counted on {}, earned by {}\n",
                 r.mode_pointer,
                 r.default_mode.name(),
+                r.unreadable_mode.name(),
                 names(&r.counted),
                 names(&r.earning)
             );
@@ -488,9 +489,18 @@ fn body_classes(
         }
         by_value.insert(value.clone(), class_named(classes, class));
     }
+    let unreadable = match &r.unreadable_class {
+        Some(c) if c.get_ref().is_empty() || c.get_ref() == "*" => {
+            let message = "a class needs a name other than \"*\"";
+            return Err(src.at(format!("{field}.unreadable_class"), c.span(), message));
+        }
+        Some(c) => Some(class_named(classes, c.get_ref())),
+        None => None,
+    };
     Ok(Some(BodyClasses {
         pointer: pointer.get_ref().clone(),
         by_value,
+        unreadable,
     }))
 }
 

@@ -200,19 +200,18 @@ fn build_relax(
             "a JSON pointer starts with '/', e.g. \"/process_mode\"",
         ));
     }
-    let default_mode = match &raw.default_mode {
-        None => Mode::Fast,
-        Some(m) => Mode::parse(m.get_ref()).ok_or_else(|| {
-            src.at(
-                "relax.default_mode",
-                m.span(),
-                format!(
-                    "{:?}: expected \"fast\", \"turbo\" or \"relax\"",
-                    m.get_ref()
-                ),
-            )
-        })?,
-    };
+    let default_mode = mode(
+        src,
+        "relax.default_mode",
+        raw.default_mode.as_ref(),
+        Mode::Fast,
+    )?;
+    let unreadable_mode = mode(
+        src,
+        "relax.unreadable_mode",
+        raw.unreadable_mode.as_ref(),
+        Mode::Relax,
+    )?;
     let counted = job_classes(src, "relax.classes", raw.classes.as_deref(), classes, jobs)?;
     let earning = job_classes(
         src,
@@ -242,8 +241,29 @@ fn build_relax(
     Ok(RelaxSettings {
         mode_pointer: pointer.get_ref().clone(),
         default_mode,
+        unreadable_mode,
         counted,
         earning,
+    })
+}
+
+/// A job mode named in the config (`default` when the field is absent).
+fn mode(
+    src: &Source<'_>,
+    field: &str,
+    v: Option<&Spanned<String>>,
+    default: Mode,
+) -> Result<Mode, ConfigError> {
+    let Some(m) = v else { return Ok(default) };
+    Mode::parse(m.get_ref()).ok_or_else(|| {
+        src.at(
+            field,
+            m.span(),
+            format!(
+                "{:?}: expected \"fast\", \"turbo\" or \"relax\"",
+                m.get_ref()
+            ),
+        )
     })
 }
 

@@ -159,6 +159,9 @@ pub struct RawRoute {
     pub body_pointer: Option<Spanned<String>>,
     /// Value at `body_pointer` -> class; any other value (or none) keeps `class`.
     pub body_classes: Option<Spanned<BTreeMap<String, String>>>,
+    /// The class of a body too long to read whole (over `inspect_limit`); omitted: such a body
+    /// is refused (413), so it cannot slip into a looser class than the one it names.
+    pub unreadable_class: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +248,9 @@ pub struct RawRelax {
     pub mode_pointer: Spanned<String>,
     /// The mode of a job whose body names none: "fast" (default), "turbo" or "relax".
     pub default_mode: Option<Spanned<String>>,
+    /// The mode of a job whose body is too long to read whole: "relax" (default, the costlier
+    /// treatment), "fast" or "turbo".
+    pub unreadable_mode: Option<Spanned<String>>,
     /// Job classes whose relax jobs count against the allowance; omitted = every job class.
     pub classes: Option<Vec<Spanned<String>>>,
     /// Job classes whose successful fast or turbo jobs earn one relax job that day.

@@ -134,6 +134,8 @@ pub struct RelaxSettings {
     pub mode_pointer: String,
     /// The mode of a job whose body names none (or is not JSON).
     pub default_mode: Mode,
+    /// The mode of a job whose body was too long to read whole (`relax` unless configured).
+    pub unreadable_mode: Mode,
     /// Indexed by [`ClassId`]: relax jobs of this class count against the allowance.
     pub counted: Vec<bool>,
     /// Indexed by [`ClassId`]: a successful fast or turbo job of this class earns one relax job.
@@ -168,7 +170,15 @@ impl PenaltiesConfig {
     pub fn facts(&self, class: ClassId, body: &[u8], complete: bool) -> JobFacts {
         match &self.relax {
             Some(r) => JobFacts {
-                mode: Mode::of(body, complete, &r.mode_pointer).unwrap_or(r.default_mode),
+                // A body longer than the inspect limit cannot be read whole before the job is
+                // admitted: its mode could be anywhere (or named twice, the last one winning
+                // upstream), so it gets the costlier treatment unless the operator says
+                // otherwise — padding a body never makes a job cheaper.
+                mode: if complete {
+                    Mode::of(body, true, &r.mode_pointer).unwrap_or(r.default_mode)
+                } else {
+                    r.unreadable_mode
+                },
                 relax_counted: flag(&r.counted, class),
             },
             None => JobFacts::default(),

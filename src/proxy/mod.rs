@@ -485,7 +485,7 @@ async fn body_class(
         .prefix(config.server.inspect_limit)
         .await?;
     let class = rule
-        .class_of(&prefix.bytes, prefix.is_complete())
+        .class_of(&prefix.bytes, prefix.is_complete())?
         .unwrap_or(route_class);
     Ok((Request::from_parts(parts, prefix.into()), class))
 }
