@@ -2,8 +2,8 @@
 //! keep-alive connection at the idle timeout, connections over `max_connections` wait, and heads
 //! over the size and count limits get 431. And every phase of an exchange has its clock: a
 //! request body that stops arriving (408, or a closed connection once the upstream answered), an
-//! upstream response body that stops arriving (the response is cut), while a slow upload or
-//! download that keeps moving passes. Real TCP over loopback; every wait is bounded.
+//! upstream that stops taking the request (504), an upstream response body that stops arriving
+//! (the response is cut), while a slow upload or download that keeps moving passes. Real TCP over loopback; every wait is bounded.
 
 mod support;
 
@@ -457,6 +457,81 @@ async fn a_job_body_that_stalls_before_floodgate_read_into_it_gets_408() {
     let m = metrics(&gate.admin_url("/metrics")).await;
     assert_eq!(
         metric(&m, "floodgate_client_timeouts_total{kind=\"body\"}"),
+        1.0
+    );
+}
+
+/// An upstream that reads a request head and then nothing more, holding the connection.
+async fn deaf_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_taking_the_request_body_is_a_504_at_the_send_timeout() {
+    const BODY: usize = 256 << 20;
+    let upstream = deaf_upstream().await;
+    let gate = Gate::start(
+        &config("upstream_send_timeout = \"1s\"\nupstream_timeout = \"30s\""),
+        &format!("http://{upstream}"),
+        DAY0_MS,
+    );
+    let s = connect(gate.addr).await;
+    let (mut rd, mut wr) = s.into_split();
+    // The client keeps sending until every buffer on the way is full.
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nhost: t\r\ncontent-length: {BODY}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await.unwrap();
+        let zeros = vec![0u8; 64 * 1024];
+        for _ in 0..BODY / zeros.len() {
+            if wr.write_all(&zeros).await.is_err() {
+                return;
+            }
+        }
+    });
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = timeout(Duration::from_secs(10), async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") || !got.ends_with(b"}") {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    read.await.expect("an answer within 10 s");
+    writer.abort();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(
+        text.contains("\"error\":\"upstream_send_timeout\""),
+        "{text}"
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
+        "504 after {took:?} (upstream_send_timeout 1s, once the buffers filled)"
+    );
+    let m = metrics(&gate.admin_url("/metrics")).await;
+    assert_eq!(
+        metric(
+            &m,
+            "floodgate_upstream_errors_total{kind=\"upstream_send_timeout\"}"
+        ),
         1.0
     );
 }
