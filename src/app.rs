@@ -22,7 +22,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::clock::Clock;
 use crate::config::{Config, StateConfig, UpstreamTarget};
 use crate::metrics::{Handles, Metrics};
-use crate::proxy::upstream::{self, UpstreamClient, Upstreams};
+use crate::proxy::upstream::{self, ExchangeTimeouts, UpstreamClient, Upstreams};
 use crate::proxy::Proxy;
 use crate::queue::Jobs;
 use crate::server::conn::Timeouts;
@@ -204,6 +204,7 @@ pub fn start(
                 &server_cfg,
                 &server_cfg.upstream,
                 tls.as_ref(),
+                &shared.metrics,
             )?),
             by_origin: account_upstreams(&server_cfg, &shared, tls.as_ref())?,
         });
@@ -262,7 +263,7 @@ fn account_upstreams(
                 continue;
             }
             let target = UpstreamTarget::parse(origin).map_err(io::Error::other)?;
-            let client = upstream_client(server, &target, tls)?;
+            let client = upstream_client(server, &target, tls, &shared.metrics)?;
             out.insert(origin.clone(), Arc::new(client));
         }
     }
@@ -274,12 +275,13 @@ fn upstream_client(
     server: &crate::config::ServerConfig,
     target: &UpstreamTarget,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    metrics: &Metrics,
 ) -> io::Result<UpstreamClient> {
     UpstreamClient::new(
         target,
         tls,
-        server.upstream_connect_timeout,
-        server.upstream_timeout,
+        ExchangeTimeouts::new(server),
+        metrics.cut_counters(),
         server.max_idle_upstream_connections,
     )
     .map_err(io::Error::other)

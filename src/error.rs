@@ -34,6 +34,8 @@ pub enum ProxyError {
     UpstreamConnectTimeout,
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
+    #[error("upstream did not take the request in time")]
+    UpstreamSendTimeout,
     #[error("upstream failed: {0}")]
     UpstreamProtocol(String),
     #[error(transparent)]
@@ -42,6 +44,8 @@ pub enum ProxyError {
     ClientBody(String),
     #[error("floodgate failed while answering this request; the failure is logged")]
     Internal,
+    #[error("the request body stopped arriving before it was complete")]
+    ClientBodyTimeout,
 }
 
 impl ProxyError {
@@ -60,13 +64,14 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::UpstreamConnectTimeout
+            | ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamSendTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Queue(QueueError::Closed) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Queue(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -84,12 +89,14 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamSendTimeout => "upstream_send_timeout",
             ProxyError::UpstreamProtocol(_) => "upstream_protocol_error",
             ProxyError::Queue(QueueError::Full { .. }) => "queue_full",
             ProxyError::Queue(QueueError::TimedOut { .. }) => "queue_timeout",
             ProxyError::Queue(QueueError::Closed) => "shutting_down",
             ProxyError::ClientBody(_) => "bad_request_body",
             ProxyError::Internal => "internal_error",
+            ProxyError::ClientBodyTimeout => "client_body_timeout",
         }
     }
 
@@ -105,6 +112,18 @@ impl ProxyError {
                 | ProxyError::Queue(_)
                 | ProxyError::ClientBody(_)
                 | ProxyError::Internal
+                | ProxyError::ClientBodyTimeout
+        )
+    }
+
+    /// Whether the client connection must end with this answer: after an ambiguously framed
+    /// head (RFC 9112 §6.1: the rest of the connection cannot be trusted to be framed right),
+    /// or a body that stopped arriving (its unread rest would be taken for the next request;
+    /// RFC 9110 §15.5.9 has a 408 close the connection).
+    fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Hygiene(HygieneError::AmbiguousFraming) | ProxyError::ClientBodyTimeout
         )
     }
 
@@ -122,8 +141,7 @@ impl ProxyError {
             _ => serde_json::json!({ "error": self.code(), "message": self.to_string() }),
         };
         let mut resp = json_response(self.status(), body.to_string());
-        if let ProxyError::Hygiene(HygieneError::AmbiguousFraming) = &self {
-            // RFC 9112 §6.1: the rest of the connection cannot be trusted to be framed right.
+        if self.closes_connection() {
             resp.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }

@@ -13,6 +13,7 @@ use prometheus::{
 use crate::classify::ClassId;
 use crate::config::Config;
 use crate::identity::TierId;
+use crate::proxy::upstream::CutCounters;
 
 pub struct Metrics {
     registry: Registry,
@@ -273,7 +274,7 @@ impl Metrics {
         let client_timeouts = counter(
             "floodgate_client_timeouts_total",
             "Client connections closed by floodgate: kind=header (request head too slow), \
-             idle (keep-alive connection unused).",
+             idle (keep-alive connection unused), body (request body stalled).",
             &["kind"],
         );
         Self {
@@ -429,7 +430,19 @@ impl Metrics {
         }
     }
 
-    /// Counts a client connection floodgate closed: `header` or `idle`.
+    /// The counters of responses cut mid-body when a clock ran out: the upstream's body
+    /// stalled (`upstream_errors_total{kind="upstream_body_timeout"}`), or the client's
+    /// (`client_timeouts_total{kind="body"}`).
+    pub fn cut_counters(&self) -> CutCounters {
+        CutCounters {
+            upstream_body: self
+                .upstream_errors
+                .with_label_values(&["upstream_body_timeout"]),
+            client_body: self.client_timeouts.with_label_values(&["body"]),
+        }
+    }
+
+    /// Counts a client connection floodgate closed: `header`, `idle` or `body`.
     pub fn client_timeout(&self, kind: &'static str) {
         self.client_timeouts.with_label_values(&[kind]).inc();
     }

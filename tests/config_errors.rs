@@ -129,6 +129,8 @@ bad_fixtures! {
         "line 5: server.upstream_timeout: \"60sek\" is not a duration like \"2s\" or \"500ms\": \
          unknown time unit \"sek\", supported units: ns, us/µs, ms, sec, min, hours, days, \
          weeks, months, years (and few variations)",
+    zero_client_body_timeout =>
+        "line 4: server.client_body_timeout: must be longer than zero",
     bad_max_body =>
         "line 11: classes.\"img2img\".max_body: \"10 megabytes\" is not a size like \"10MB\", \
          \"512KB\" or \"1048576\"",

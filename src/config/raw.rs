@@ -82,6 +82,12 @@ pub struct RawServer {
     pub workers: Option<usize>,
     pub upstream_connect_timeout: Option<Spanned<String>>,
     pub upstream_timeout: Option<Spanned<String>>,
+    /// Longest pause in writing the request to the upstream.
+    pub upstream_send_timeout: Option<Spanned<String>>,
+    /// Longest pause in the upstream's response body.
+    pub upstream_body_timeout: Option<Spanned<String>>,
+    /// Longest pause in the client's request body.
+    pub client_body_timeout: Option<Spanned<String>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_idle_upstream_connections: Option<usize>,
     /// How much of a job's request body (and of a task answer) is read to look inside it.

@@ -39,7 +39,16 @@ pub struct ServerConfig {
     /// Worker threads (one event loop each); 0 in the file means one per CPU.
     pub workers: usize,
     pub upstream_connect_timeout: Duration,
+    /// From the end of the request (its body sent) to the upstream's response head.
     pub upstream_timeout: Duration,
+    /// Longest pause in writing the request head and body to the upstream (nginx's
+    /// `proxy_send_timeout`).
+    pub upstream_send_timeout: Duration,
+    /// Longest pause between bytes of the upstream's response body (nginx's
+    /// `proxy_read_timeout`); past it the client's response is cut.
+    pub upstream_body_timeout: Duration,
+    /// Longest pause between bytes of a client's request body (nginx's `client_body_timeout`).
+    pub client_body_timeout: Duration,
     /// A client must send a whole request head within this, counted from its first byte (or
     /// from the accept, for a new connection).
     pub header_read_timeout: Duration,
@@ -148,6 +157,17 @@ pub(super) fn build_server(src: &Source<'_>, s: &RawServer) -> Result<ServerConf
             "2s",
         )?,
         upstream_timeout: timeout("upstream_timeout", s.upstream_timeout.as_ref(), "60s")?,
+        upstream_send_timeout: timeout(
+            "upstream_send_timeout",
+            s.upstream_send_timeout.as_ref(),
+            "60s",
+        )?,
+        upstream_body_timeout: timeout(
+            "upstream_body_timeout",
+            s.upstream_body_timeout.as_ref(),
+            "60s",
+        )?,
+        client_body_timeout: timeout("client_body_timeout", s.client_body_timeout.as_ref(), "60s")?,
         header_read_timeout: timeout("header_read_timeout", s.header_read_timeout.as_ref(), "10s")?,
         idle_timeout: timeout("idle_timeout", s.idle_timeout.as_ref(), "60s")?,
         max_idle_upstream_connections: s.max_idle_upstream_connections.unwrap_or(1024),
@@ -283,6 +303,18 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     check(
         "server.upstream_timeout",
         a.upstream_timeout != b.upstream_timeout,
+    );
+    check(
+        "server.upstream_send_timeout",
+        a.upstream_send_timeout != b.upstream_send_timeout,
+    );
+    check(
+        "server.upstream_body_timeout",
+        a.upstream_body_timeout != b.upstream_body_timeout,
+    );
+    check(
+        "server.client_body_timeout",
+        a.client_body_timeout != b.client_body_timeout,
     );
     check(
         "server.header_read_timeout",

@@ -2,11 +2,12 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::inspect::{read_prefix, Prefix};
+use super::inspect::{read_prefix, Prefix, PrefixError};
 use super::upstream::{ExchangeError, UpstreamBody};
 use crate::error::ProxyError;
 use crate::queue::SlotPermit;
@@ -142,13 +143,23 @@ impl RequestBody {
         }
     }
 
-    /// The body's first `limit` bytes (a frame may overshoot) and its unread rest: read now, or
-    /// as already read (a body read to classify its request is not read again).
-    pub async fn prefix(self, limit: usize) -> Result<Prefix<hyper::body::Incoming>, ProxyError> {
+    /// The body's first `limit` bytes (a frame may overshoot) and its unread rest: read now
+    /// (with at most `idle` between frames: `client_body_timeout`), or as already read (a body
+    /// read to classify its request is not read again).
+    pub async fn prefix(
+        self,
+        limit: usize,
+        idle: Duration,
+    ) -> Result<Prefix<hyper::body::Incoming>, ProxyError> {
         match self {
-            RequestBody::Streaming(body) => read_prefix(body, limit)
-                .await
-                .map_err(|e| ProxyError::ClientBody(e.to_string())),
+            RequestBody::Streaming(body) => {
+                read_prefix(body, limit, Some(idle))
+                    .await
+                    .map_err(|e| match e {
+                        PrefixError::Stalled => ProxyError::ClientBodyTimeout,
+                        PrefixError::Body(e) => ProxyError::ClientBody(e.to_string()),
+                    })
+            }
             RequestBody::Prefixed { prefix, rest } => Ok(Prefix {
                 bytes: prefix.unwrap_or_default(),
                 rest,

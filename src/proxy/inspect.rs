@@ -1,6 +1,8 @@
 //! Reading a bounded prefix of a body to look inside small JSON documents (job requests,
 //! task responses) without ever buffering a large body whole.
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -40,8 +42,32 @@ pub fn json_string_at(bytes: &[u8], pointer: &str) -> Option<String> {
     }
 }
 
+/// Why a prefix could not be read.
+#[derive(Debug)]
+pub enum PrefixError<E> {
+    /// The body failed.
+    Body(E),
+    /// No frame came within the idle limit.
+    Stalled,
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for PrefixError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrefixError::Body(e) => e.fmt(f),
+            PrefixError::Stalled => f.write_str("the body stopped arriving"),
+        }
+    }
+}
+
 /// Reads frames until the body ends or `limit` bytes are in hand (a frame may overshoot it).
-pub async fn read_prefix<B>(mut body: B, limit: usize) -> Result<Prefix<B>, B::Error>
+/// With `idle`, each frame must come within it (a client's body, which nothing else times
+/// here); an upstream's body runs on its exchange's own clocks.
+pub async fn read_prefix<B>(
+    mut body: B,
+    limit: usize,
+    idle: Option<Duration>,
+) -> Result<Prefix<B>, PrefixError<B::Error>>
 where
     B: Body<Data = Bytes> + Unpin,
 {
@@ -56,10 +82,16 @@ where
         if body.is_end_stream() {
             break;
         }
-        match body.frame().await {
+        let frame = match idle {
+            None => body.frame().await,
+            Some(idle) => tokio::time::timeout(idle, body.frame())
+                .await
+                .map_err(|_| PrefixError::Stalled)?,
+        };
+        match frame {
             None => break,
             Some(frame) => {
-                if let Ok(data) = frame?.into_data() {
+                if let Ok(data) = frame.map_err(PrefixError::Body)?.into_data() {
                     buf.extend_from_slice(&data);
                 }
             }

@@ -45,9 +45,16 @@ impl Submission {
     /// Reads the body prefix (up to `[server] inspect_limit` bytes; the rest stays unread in
     /// the client connection) and the job mode in it. A body whose prefix was already read (to
     /// classify it) is not read again.
-    pub async fn read(req: Request<RequestBody>, ctx: &Ctx<'_>) -> Result<Self, ProxyError> {
+    /// `idle`: the longest pause in the body (`client_body_timeout`).
+    pub async fn read(
+        req: Request<RequestBody>,
+        ctx: &Ctx<'_>,
+        idle: Duration,
+    ) -> Result<Self, ProxyError> {
         let (parts, body) = req.into_parts();
-        let prefix = body.prefix(ctx.policy.config.server.inspect_limit).await?;
+        let prefix = body
+            .prefix(ctx.policy.config.server.inspect_limit, idle)
+            .await?;
         let facts =
             ctx.policy
                 .config
@@ -362,7 +369,7 @@ async fn peek(
     else {
         return Ok((Response::from_parts(parts, body), None));
     };
-    let prefix = read_prefix(upstream, limit)
+    let prefix = read_prefix(upstream, limit, None)
         .await
         .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
     let peeked = Peeked {
@@ -522,7 +529,7 @@ impl Watcher {
         match self.client.send(req, None).await {
             Ok(resp) if resp.status().is_success() => {
                 let status = resp.status().as_u16();
-                let prefix = read_prefix(resp.into_body(), self.inspect_limit)
+                let prefix = read_prefix(resp.into_body(), self.inspect_limit, None)
                     .await
                     .ok()?;
                 (prefix.is_complete() && is_terminal(tasks, &prefix.bytes))

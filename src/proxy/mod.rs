@@ -144,10 +144,12 @@ impl Proxy {
         let (mut req, class) = match by_body {
             None => (req.map(RequestBody::from), class),
             // Boxed: only routes that read a class from the body carry the read's state.
-            Some(rule) => match Box::pin(body_class(req, rule, class, config)).await {
-                Ok(read) => read,
-                Err(e) => return self.refuse(e),
-            },
+            Some(rule) => {
+                match Box::pin(body_class(req, rule, class, config, self.body_idle())).await {
+                    Ok(read) => read,
+                    Err(e) => return self.refuse(e),
+                }
+            }
         };
         // Before the limit check: a request refused for its declared size consumes no quota.
         if let Err(e) = upload::check_declared(&req.body().size_hint(), config.max_body(class)) {
@@ -204,7 +206,7 @@ impl Proxy {
     ) -> Result<(Option<Usage>, Result<Response<ProxyBody>, ProxyError>), Response<ProxyBody>> {
         // A job's body prefix is read once, here: its mode decides the relax check, and the
         // job stage reuses it (follow-up affinity, retries).
-        let submission = match jobs::Submission::read(req, ctx).await {
+        let submission = match jobs::Submission::read(req, ctx, self.body_idle()).await {
             Ok(s) => s,
             Err(e) => return Err(self.refuse(e)),
         };
@@ -429,11 +431,21 @@ impl Proxy {
         ProxyError::Internal.into_response()
     }
 
-    /// Answers a request floodgate refuses itself (400, 401, 413, 431), counted by reason.
+    /// The longest pause in a client's request body (`client_body_timeout`, fixed at start
+    /// like the other exchange clocks).
+    fn body_idle(&self) -> std::time::Duration {
+        self.upstreams.default.timeouts().client_body
+    }
+
+    /// Answers a request floodgate refuses itself (400, 401, 408, 413, 431), counted by
+    /// reason; a 408 also as a client connection closed for a stalled body.
     fn refuse(&self, err: ProxyError) -> Response<ProxyBody> {
         // The error names what was wrong, never the key itself.
         tracing::debug!(reason = err.code(), error = %err, "request refused");
         self.shared.metrics.rejected(err.code());
+        if let ProxyError::ClientBodyTimeout = err {
+            self.shared.metrics.client_timeout("body");
+        }
         err.into_response()
     }
 
@@ -462,14 +474,15 @@ fn test_hook(headers: &http::HeaderMap) -> Option<Response<ProxyBody>> {
     }
 }
 
-/// Reads the body prefix (up to `[server] inspect_limit`) of a request whose route picks its
-/// class from a JSON field; the class it names (or `route_class`), and the request with the
-/// prefix put back in front of the unread rest.
+/// Reads the body prefix (up to `[server] inspect_limit`, with at most `idle` between frames)
+/// of a request whose route picks its class from a JSON field; the class it names (or
+/// `route_class`), and the request with the prefix put back in front of the unread rest.
 async fn body_class(
     req: Request<Incoming>,
     rule: &BodyClasses,
     route_class: ClassId,
     config: &Config,
+    idle: std::time::Duration,
 ) -> Result<(Request<RequestBody>, ClassId), ProxyError> {
     // A declared length over every cap this route's classes have is refused before a byte is
     // read (and before a `100 Continue`): whichever class the body names would refuse it.
@@ -482,7 +495,7 @@ async fn body_class(
     upload::check_declared(&req.body().size_hint(), loosest)?;
     let (parts, body) = req.into_parts();
     let prefix = RequestBody::from(body)
-        .prefix(config.server.inspect_limit)
+        .prefix(config.server.inspect_limit, idle)
         .await?;
     let class = rule
         .class_of(&prefix.bytes, prefix.is_complete())?

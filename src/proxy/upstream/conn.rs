@@ -12,11 +12,17 @@
 //! The request body streams while the response is read, so an upstream that answers before
 //! the whole body arrived (an early 413, an echo) is heard; after the response head, the rest
 //! of the request body is sent as the response body is polled.
+//!
+//! Every wait has a clock ([`Wait`]): the client's request body and the upstream's taking of
+//! the request are idle timeouts, the response head a deadline from the end of the request,
+//! the response body an idle timeout again. One timer per connection serves them all; it is set
+//! only when an exchange has to wait, and only afresh when bytes moved since it was set.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Method};
@@ -29,7 +35,7 @@ use super::codec::{
     self, BodyFraming, Chunk, ChunkedDecoder, CodecError, RequestFraming, ResponseHead, LAST_CHUNK,
 };
 use super::io::UpstreamIo;
-use super::{ForwardBody, UpstreamClient};
+use super::{ExchangeTimeouts, ForwardBody, UpstreamClient};
 use crate::proxy::upload::UploadError;
 
 /// Request data at most this large is copied next to the head, so both go in one write.
@@ -56,6 +62,12 @@ pub enum ExchangeError {
     UnaskedSwitch,
     #[error("upstream did not answer in time")]
     TimedOut,
+    #[error("upstream did not take the request in time")]
+    SendTimedOut,
+    #[error("upstream sent nothing more of the response body in time")]
+    BodyTimedOut,
+    #[error("the client sent nothing more of the request body in time")]
+    ClientBodyTimedOut,
     #[error(transparent)]
     RequestBody(#[from] UploadError),
     /// From hyper's client, which carries protocol upgrades.
@@ -80,6 +92,39 @@ impl ExchangeError {
     }
 }
 
+/// What a pending exchange waits for, and so which of its clocks runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The client's next bytes of request body (`client_body_timeout`).
+    ClientBody,
+    /// The upstream taking more of the request (`upstream_send_timeout`).
+    Send,
+    /// The response head, once the whole request is sent (`upstream_timeout`).
+    Head,
+    /// The upstream's next bytes of response body (`upstream_body_timeout`).
+    Body,
+}
+
+impl Wait {
+    fn limit(self, t: &ExchangeTimeouts) -> Duration {
+        match self {
+            Wait::ClientBody => t.client_body,
+            Wait::Send => t.send,
+            Wait::Head => t.head,
+            Wait::Body => t.body,
+        }
+    }
+
+    fn expired(self) -> ExchangeError {
+        match self {
+            Wait::ClientBody => ExchangeError::ClientBodyTimedOut,
+            Wait::Send => ExchangeError::SendTimedOut,
+            Wait::Head => ExchangeError::TimedOut,
+            Wait::Body => ExchangeError::BodyTimedOut,
+        }
+    }
+}
+
 /// An open upstream connection with its buffers, reused across requests.
 pub struct Conn {
     io: UpstreamIo,
@@ -95,9 +140,13 @@ pub struct Conn {
     sending: Option<Sending>,
     /// Whether the response so far allows another request on this connection.
     reusable: bool,
-    /// The response deadline, reset for each exchange: one timer per connection instead of
-    /// one created and dropped per request.
+    /// The clock of the current wait: one timer per connection instead of one created and
+    /// dropped per request.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The wait `timer` is set for; `None` once bytes moved, so the next wait sets it afresh.
+    armed: Option<Wait>,
+    /// What the request's sending waits for, while it is pending.
+    send_wait: Option<Wait>,
     /// An empty field map whose table the next response head fills: the request's map,
     /// handed back once its fields are on the wire, so no answer allocates one.
     spare_fields: HeaderMap,
@@ -133,6 +182,8 @@ impl Conn {
             sending: None,
             reusable: true,
             timer: None,
+            armed: None,
+            send_wait: None,
             spare_fields: HeaderMap::new(),
         })
     }
@@ -161,6 +212,8 @@ impl Conn {
         self.written = 0;
         self.data = Bytes::new();
         self.reusable = true;
+        self.armed = None;
+        self.send_wait = None;
         codec::encode_request_head(
             &mut self.write,
             &parts.method,
@@ -189,6 +242,8 @@ impl Conn {
         self.data = Bytes::new();
         self.sending = None;
         self.reusable = true;
+        self.armed = None;
+        self.send_wait = None;
     }
 
     /// Keeps a request's field map (cleared) for the next response head's fields.
@@ -197,27 +252,42 @@ impl Conn {
         self.spare_fields = fields;
     }
 
-    /// Sets the deadline for the next response head.
-    pub fn answer_by(&mut self, deadline: Instant) {
-        match self.timer.as_mut() {
-            Some(timer) => timer.as_mut().reset(deadline),
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-    }
-
-    /// [`Conn::poll_head`] until the deadline set by [`Conn::answer_by`].
+    /// [`Conn::poll_head`] within the clocks `t`: while the request is still going, the
+    /// client's body or the upstream's taking of it must not pause too long; once it is all
+    /// sent (not before: a slow upload is not a slow upstream), the head must come in time.
     pub fn poll_head_in_time(
         &mut self,
         cx: &mut Context<'_>,
         method: &Method,
+        t: &ExchangeTimeouts,
     ) -> Poll<Result<ResponseHead, ExchangeError>> {
         if let Poll::Ready(head) = self.poll_head(cx, method) {
             return Poll::Ready(head);
         }
-        match self.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(ExchangeError::TimedOut)),
-            _ => Poll::Pending,
+        let wait = self.send_wait.unwrap_or(Wait::Head);
+        self.poll_clock(cx, wait, t).map(Err)
+    }
+
+    /// Runs the clock of `wait`, set afresh when bytes moved (or the exchange began waiting
+    /// for something else) since it was last set: an idle timeout from one timer, with the
+    /// time read only when the exchange has to wait.
+    fn poll_clock(
+        &mut self,
+        cx: &mut Context<'_>,
+        wait: Wait,
+        t: &ExchangeTimeouts,
+    ) -> Poll<ExchangeError> {
+        if self.armed != Some(wait) {
+            let at = Instant::now() + wait.limit(t);
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.armed = Some(wait);
         }
+        let timer = self.timer.as_mut().expect("set above");
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(wait.expired())
     }
 
     /// Waits for the response head, sending the request meanwhile. Informational answers
@@ -274,14 +344,23 @@ impl Conn {
     }
 
     /// Writes what is buffered and feeds the request body through: `Ready(Ok)` once all of it
-    /// is sent.
+    /// is sent; while pending, `send_wait` says on whom (the upstream's socket or the client).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        self.send_wait = None;
         loop {
-            ready!(self.poll_flush_buffers(cx))?;
+            if self.poll_flush_buffers(cx)?.is_pending() {
+                self.send_wait = Some(Wait::Send);
+                return Poll::Pending;
+            }
             let Some(sending) = self.sending.as_mut() else {
                 return Poll::Ready(Ok(()));
             };
-            match ready!(Pin::new(&mut sending.body).poll_frame(cx)) {
+            let Poll::Ready(frame) = Pin::new(&mut sending.body).poll_frame(cx) else {
+                self.send_wait = Some(Wait::ClientBody);
+                return Poll::Pending;
+            };
+            self.armed = None;
+            match frame {
                 None => {
                     let sending = self.sending.take().expect("sending");
                     self.finish_body(&sending)?;
@@ -350,7 +429,7 @@ impl Conn {
         Ok(())
     }
 
-    /// Writes `write`, then `data`.
+    /// Writes `write`, then `data`; each write moves the exchange on (its clock starts over).
     fn poll_flush_buffers(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
         while self.written < self.write.len() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
@@ -360,6 +439,7 @@ impl Conn {
                 ));
             }
             self.written += n;
+            self.armed = None;
         }
         if self.sending.is_some() {
             // More of the body follows: the buffer starts over. Otherwise what was written
@@ -375,6 +455,7 @@ impl Conn {
                 ));
             }
             self.data.advance(n);
+            self.armed = None;
         }
         if matches!(self.io, UpstreamIo::Tls(_)) {
             ready!(Pin::new(&mut self.io).poll_flush(cx))?;
@@ -386,6 +467,7 @@ impl Conn {
     /// connection ends with this exchange.
     fn abandon_request(&mut self) {
         self.sending = None;
+        self.send_wait = None;
         self.write.clear();
         self.written = 0;
         self.data = Bytes::new();
@@ -498,12 +580,32 @@ impl WireBody {
             if conn.read.capacity() - conn.read.len() < 4096 {
                 conn.read.reserve(BODY_READ);
             }
-            match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read)) {
-                Ok(0) => return Poll::Ready(self.at_close()),
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            match poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read) {
+                Poll::Pending => return self.poll_stalled(cx),
+                Poll::Ready(Ok(0)) => return Poll::Ready(self.at_close()),
+                Poll::Ready(Ok(_)) => conn.armed = None,
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
             }
         }
+    }
+
+    /// Nothing more to read yet: the clock of what the exchange waits for runs — the client's
+    /// request body if the upstream may be waiting on it, else the upstream's response body.
+    /// When it runs out the response is cut (the client sees its connection close), and the
+    /// upstream connection closes with it.
+    fn poll_stalled(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        let (conn, client) = self.conn.as_mut().expect("connection");
+        let wait = match conn.send_wait {
+            Some(Wait::ClientBody) => Wait::ClientBody,
+            _ => Wait::Body,
+        };
+        let err = ready!(conn.poll_clock(cx, wait, &client.timeouts));
+        client.cut(wait);
+        self.conn = None;
+        Poll::Ready(Some(Err(err)))
     }
 
     /// A frame from bytes already read: `Some(None)` at the end, `None` when more are needed.

@@ -30,18 +30,19 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use prometheus::IntCounter;
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
 use super::body::RequestBody;
 use super::upload::{UploadBody, UploadError};
-use crate::config::UpstreamTarget;
+use crate::config::{ServerConfig, UpstreamTarget};
 use crate::error::ProxyError;
 pub use conn::ExchangeError;
-use conn::{Conn, WireBody};
+use conn::{Conn, Wait, WireBody};
 use io::UpstreamIo;
 
 /// What goes upstream: the request body (streamed, or with an inspected prefix put back), counted
@@ -119,6 +120,44 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// The clocks of an exchange (`[server]`), fixed at start. Each but `head` bounds a pause, not
+/// a whole phase, so a large upload or download that keeps moving is never cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeTimeouts {
+    /// Opening a connection, TLS included (`upstream_connect_timeout`).
+    pub connect: Duration,
+    /// A pause in the upstream taking the request (`upstream_send_timeout`).
+    pub send: Duration,
+    /// From the end of the request to the response head (`upstream_timeout`).
+    pub head: Duration,
+    /// A pause in the upstream's response body (`upstream_body_timeout`).
+    pub body: Duration,
+    /// A pause in the client's request body (`client_body_timeout`).
+    pub client_body: Duration,
+}
+
+impl ExchangeTimeouts {
+    pub fn new(server: &ServerConfig) -> Self {
+        Self {
+            connect: server.upstream_connect_timeout,
+            send: server.upstream_send_timeout,
+            head: server.upstream_timeout,
+            body: server.upstream_body_timeout,
+            client_body: server.client_body_timeout,
+        }
+    }
+}
+
+/// Counters of responses cut mid-body when a clock ran out. Taken where the clock runs: the
+/// error itself only closes the client connection.
+#[derive(Debug, Clone)]
+pub struct CutCounters {
+    /// The upstream paused its response body too long.
+    pub upstream_body: IntCounter,
+    /// The client paused its request body too long, after the upstream answered.
+    pub client_body: IntCounter,
+}
+
 /// Connections to one upstream origin.
 #[derive(Debug)]
 pub struct UpstreamClient {
@@ -127,8 +166,8 @@ pub struct UpstreamClient {
     /// The `Host` of requests floodgate addresses to this origin itself.
     host_header: String,
     tls: Option<Tls>,
-    connect_timeout: Duration,
-    response_timeout: Duration,
+    timeouts: ExchangeTimeouts,
+    cuts: CutCounters,
     max_idle: usize,
     /// Boxed: a connection moves into each exchange and its response body by pointer.
     #[allow(clippy::vec_box)]
@@ -140,8 +179,8 @@ impl UpstreamClient {
     pub fn new(
         target: &UpstreamTarget,
         tls: Option<&Arc<ClientConfig>>,
-        connect_timeout: Duration,
-        response_timeout: Duration,
+        timeouts: ExchangeTimeouts,
+        cuts: CutCounters,
         max_idle: usize,
     ) -> Result<Self, String> {
         let tls = match (target.tls, tls) {
@@ -157,8 +196,8 @@ impl UpstreamClient {
             authority: target.authority.clone(),
             host_header: target.host_header.clone(),
             tls,
-            connect_timeout,
-            response_timeout,
+            timeouts,
+            cuts,
             max_idle,
             idle: Mutex::new(Vec::new()),
         })
@@ -169,6 +208,28 @@ impl UpstreamClient {
         &self.host_header
     }
 
+    /// The clocks of this origin's exchanges.
+    pub fn timeouts(&self) -> &ExchangeTimeouts {
+        &self.timeouts
+    }
+
+    /// Counts and logs a response cut mid-body because the clock of `wait` ran out.
+    fn cut(&self, wait: Wait) {
+        if wait == Wait::ClientBody {
+            self.cuts.client_body.inc();
+            tracing::debug!(
+                upstream = %self.authority, timeout = ?self.timeouts.client_body,
+                "request body stalled after the upstream answered; connections closed"
+            );
+        } else {
+            self.cuts.upstream_body.inc();
+            tracing::warn!(
+                upstream = %self.authority, timeout = ?self.timeouts.body,
+                "upstream response body stalled; response cut and connections closed"
+            );
+        }
+    }
+
     /// Sends `req` and returns the response head; the body streams afterwards.
     /// `forwarded_for`: the client address to append to `X-Forwarded-For` (with
     /// `X-Forwarded-Proto: http`), for a request forwarded on a client's behalf.
@@ -177,7 +238,6 @@ impl UpstreamClient {
         req: Request<ForwardBody>,
         forwarded_for: Option<&crate::proxy::forwarding::Forwarded>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let deadline = Instant::now() + self.response_timeout;
         let (parts, body) = req.into_parts();
         let ended = body.is_end_stream();
         let (framing, extra) =
@@ -201,8 +261,7 @@ impl UpstreamClient {
         conn.recycle_fields(headers);
         drop((uri, extensions));
         loop {
-            conn.answer_by(deadline);
-            match poll_fn(|cx| conn.poll_head_in_time(cx, &method)).await {
+            match poll_fn(|cx| conn.poll_head_in_time(cx, &method, &self.timeouts)).await {
                 Ok(head) => {
                     let body = WireBody::new(head.framing, conn, self.clone());
                     let mut resp = Response::new(UpstreamBody::Wire(body));
@@ -256,7 +315,7 @@ impl UpstreamClient {
 
     /// A socket to the origin (TLS set up for `https://`) within the connect timeout.
     async fn open_in_time(&self) -> Result<UpstreamIo, ProxyError> {
-        match timeout(self.connect_timeout, self.open()).await {
+        match timeout(self.timeouts.connect, self.open()).await {
             Err(_) => Err(ProxyError::UpstreamConnectTimeout),
             Ok(opened) => opened,
         }
@@ -306,7 +365,7 @@ impl UpstreamClient {
                 tracing::debug!(error = %e, "upstream upgrade connection closed");
             }
         });
-        let resp = match timeout(self.response_timeout, sender.send_request(req)).await {
+        let resp = match timeout(self.timeouts.head, sender.send_request(req)).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
             Ok(Err(e)) => return Err(exchange_error(e.into())),
             Ok(Ok(resp)) => resp,
@@ -330,8 +389,12 @@ fn exchange_error(err: ExchangeError) -> ProxyError {
         // The client's side of the body failed (bad chunk encoding, a body cut short): the
         // request's fault, not the upstream's.
         Some(UploadError::Client(e)) => ProxyError::ClientBody(e.to_string()),
-        None if matches!(err, ExchangeError::TimedOut) => ProxyError::UpstreamTimeout,
-        None => ProxyError::UpstreamProtocol(err.to_string()),
+        None => match err {
+            ExchangeError::TimedOut => ProxyError::UpstreamTimeout,
+            ExchangeError::SendTimedOut => ProxyError::UpstreamSendTimeout,
+            ExchangeError::ClientBodyTimedOut => ProxyError::ClientBodyTimeout,
+            _ => ProxyError::UpstreamProtocol(err.to_string()),
+        },
     }
 }
 
