@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 use support::redis_server::RedisServer;
 use support::{Gate, TestClient, Upstream, DAY0_MS};
 
+/// Tests that put hundreds of requests through at once, or hold store operations to the default
+/// 50 ms timeout, run alone (`TURNS.write()`); the others run side by side (`TURNS.read()`). On
+/// a two-core machine another test's load would otherwise be what slows a store operation.
+static TURNS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Failure tests use a short store timeout; the others a generous one, so a loaded CI machine
 /// does not turn a slow round trip into a failure.
 fn config(redis: &RedisServer, on_failure: &str, timeout: &str, limits: &str) -> String {
@@ -35,6 +40,7 @@ fn config(redis: &RedisServer, on_failure: &str, timeout: &str, limits: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_admit_exactly_the_shared_quota() {
+    let _turn = TURNS.write().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = config(&redis, "fail_closed", "2s", "per_minute = 100");
@@ -78,6 +84,7 @@ async fn three_replicas_admit_exactly_the_shared_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minute_and_day_windows_hold_across_replicas_on_the_redis_clock() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = config(&redis, "fail_closed", "2s", "per_minute = 5\nper_day = 20");
@@ -137,6 +144,7 @@ async fn metrics(c: &TestClient, gate: &Gate) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_closed_answers_503_fast_and_recovers_without_restart() {
+    let _turn = TURNS.read().await;
     let mut redis = RedisServer::start();
     let up = Upstream::start().await;
     let gate = Gate::start(
@@ -205,6 +213,7 @@ async fn fail_closed_answers_503_fast_and_recovers_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_admits_and_local_enforces_this_replicas_share() {
+    let _turn = TURNS.read().await;
     let mut redis = RedisServer::start();
     let up = Upstream::start().await;
     let open = Gate::start(
@@ -292,6 +301,7 @@ async fn behaviour_suite(gate: &Gate, up: &Upstream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behaviour_suite_on_the_redis_store() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let gate = Gate::start(
@@ -304,6 +314,7 @@ async fn behaviour_suite_on_the_redis_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behaviour_suite_on_the_memory_store() {
+    let _turn = TURNS.read().await;
     let up = Upstream::start().await;
     let cfg = r#"
         [[route]]
@@ -343,6 +354,7 @@ fn job_config(redis: &RedisServer, lease_ttl: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_concurrency_cap_holds_across_three_replicas() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = job_config(&redis, "5s");
@@ -407,6 +419,7 @@ async fn job_concurrency_cap_holds_across_three_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replicas_slot_returns_when_its_lease_expires() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     // A replica that took the account's only slot and died: its lease is never renewed.
@@ -445,6 +458,7 @@ async fn a_dead_replicas_slot_returns_when_its_lease_expires() {
 /// Penalties and relax allowances live in Redis too: two replicas share one account's tallies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn penalty_and_relax_tallies_are_shared_across_replicas() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = format!(
@@ -541,6 +555,7 @@ async fn penalty_and_relax_tallies_are_shared_across_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_turned_away_by_a_full_queue_gives_its_quota_back_in_redis() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = format!(
@@ -592,4 +607,47 @@ async fn a_job_turned_away_by_a_full_queue_gives_its_quota_back_in_redis() {
     let over = c.post(&second.url("/slow?ms=10"), "{}").await;
     assert_eq!(over.header("x-ratelimit-type"), Some("minute"));
     assert_eq!(up.count(), 2);
+}
+
+/// One thread (a worker's event loop): a connection Redis closed — noticed while idle or only
+/// when used — is dialled again and the operation retried within its timeout; after a restart
+/// the empty script cache costs no failure either (scripts load with the connection, and EVAL
+/// stands in if they vanish later).
+#[tokio::test]
+async fn a_store_operation_outlives_a_redis_restart_and_a_script_flush() {
+    let _turn = TURNS.write().await;
+    let mut redis = RedisServer::start();
+    let store = floodgate::store::RedisStore::new(&redis.url(), Duration::from_millis(50)).unwrap();
+    let acquire = |lease: &'static str| store.lease_acquire("t", 10, lease, Duration::from_secs(5));
+    assert!(acquire("a").await.unwrap());
+    // Redis restarts while the connection is idle: its driver sees the connection close.
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    redis.restart();
+    assert!(acquire("b").await.expect("first operation after a restart"));
+    // Restarted between two operations with nothing run in between: the closed connection is
+    // found out by the operation itself.
+    redis.stop();
+    redis.restart();
+    assert!(acquire("c")
+        .await
+        .expect("first operation on a stale connection"));
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(acquire("d").await.expect("a flushed script cache"));
+    let leases: u64 = redis::cmd("ZCARD")
+        .arg(floodgate::store::redis::lease_key("t"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(leases, 2, "Redis came back empty: c and d since");
+    assert!(acquire("e").await.unwrap());
 }
