@@ -609,6 +609,101 @@ async fn a_job_turned_away_by_a_full_queue_gives_its_quota_back_in_redis() {
     assert_eq!(up.count(), 2);
 }
 
+/// After Redis comes back, a replica that saw traffic during the outage and one that saw none
+/// both decide every request on Redis again within 100 ms: no 503, no policy fallback, no error
+/// counted for a connection Redis closed while it was down.
+async fn a_redis_restart_costs_no_request_after_the_outage(on_failure: &str) {
+    let _turn = TURNS.write().await;
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    // The default timeout and breaker (3 failures, 1 s cooldown).
+    let cfg = config(&redis, on_failure, "50ms", "per_minute = 100")
+        .replace("breaker_failures = 2", "")
+        .replace("breaker_cooldown = \"300ms\"", "");
+    assert!(!cfg.contains("breaker"));
+    let (busy, idle) = (
+        Gate::start(&cfg, &up.url(), DAY0_MS),
+        Gate::start(&cfg, &up.url(), DAY0_MS),
+    );
+    // Fresh client connections spread over each replica's workers: every worker holds a
+    // connection to Redis when it dies.
+    for _ in 0..8 {
+        for g in [&busy, &idle] {
+            let a = TestClient::new().post(&g.url("/limited"), "warm").await;
+            assert_eq!(a.status, 200);
+        }
+    }
+    redis.stop();
+    // The busy replica keeps getting traffic until Redis is back: its policy applies, its
+    // breaker is open when Redis returns.
+    for _ in 0..8 {
+        let a = TestClient::new()
+            .post(&busy.url("/limited"), "outage")
+            .await;
+        let expected = if on_failure == "fail_closed" {
+            503
+        } else {
+            200
+        };
+        assert_eq!(a.status, expected, "{on_failure} while Redis is down");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let c = TestClient::new();
+    assert_eq!(
+        support::metric(&metrics(&c, &busy).await, "floodgate_store_degraded"),
+        1.0
+    );
+    redis.restart();
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Redis came back empty: the account starts from a full quota, counted across replicas.
+    for i in 0..12u64 {
+        let g = if i % 2 == 0 { &busy } else { &idle };
+        let a = TestClient::new().post(&g.url("/limited"), "after").await;
+        assert_eq!(
+            (
+                a.status.as_u16(),
+                a.header("x-ratelimit-limit"),
+                a.header("x-ratelimit-remaining").map(str::to_owned)
+            ),
+            (200, Some("100"), Some((99 - i).to_string())),
+            "{on_failure}: request {i}, {:?} after Redis came back: {:?}",
+            back.elapsed(),
+            a.body
+        );
+    }
+    for (name, g) in [("busy", &busy), ("idle", &idle)] {
+        let text = metrics(&c, g).await;
+        assert_eq!(
+            support::metric(&text, "floodgate_store_degraded"),
+            0.0,
+            "{on_failure}: the {name} replica is healthy again"
+        );
+        if name == "idle" {
+            assert_eq!(
+                support::metric(&text, "floodgate_store_errors_total"),
+                0.0,
+                "{on_failure}: a connection Redis closed is no failure"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_costs_no_request_under_fail_open() {
+    a_redis_restart_costs_no_request_after_the_outage("fail_open").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_costs_no_request_under_fail_closed() {
+    a_redis_restart_costs_no_request_after_the_outage("fail_closed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_costs_no_request_under_local() {
+    a_redis_restart_costs_no_request_after_the_outage("local").await;
+}
+
 /// One thread (a worker's event loop): a connection Redis closed — noticed while idle or only
 /// when used — is dialled again and the operation retried within its timeout; after a restart
 /// the empty script cache costs no failure either (scripts load with the connection, and EVAL
