@@ -609,6 +609,32 @@ async fn a_job_turned_away_by_a_full_queue_gives_its_quota_back_in_redis() {
     assert_eq!(up.count(), 2);
 }
 
+/// The store's latency histogram as (upper bound in seconds, cumulative count), from `/metrics`.
+fn latency_buckets(text: &str) -> Vec<(f64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("floodgate_store_latency_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The smallest bucket bound under which a `q` share of the observations fall.
+fn quantile(buckets: &[(f64, u64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0, |b| b.1);
+    let rank = (total as f64 * q).ceil() as u64;
+    buckets
+        .iter()
+        .find(|b| b.1 >= rank.max(1))
+        .map_or(f64::NAN, |b| b.0)
+}
+
 /// After Redis comes back, a replica that saw traffic during the outage and one that saw none
 /// both decide every request on Redis again within 100 ms: no 503, no policy fallback, no error
 /// counted for a connection Redis closed while it was down.
@@ -702,6 +728,78 @@ async fn a_redis_restart_costs_no_request_under_fail_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_costs_no_request_under_local() {
     a_redis_restart_costs_no_request_after_the_outage("local").await;
+}
+
+/// 600 parallel requests over three replicas on a quota of 100, twenty times (a fresh account
+/// each time), with the default 50 ms store timeout: exactly 100 admitted each time, none turned
+/// into a 503 by a slow store operation. Prints the store latency histogram of the burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_600_on_a_quota_of_100_admit_exactly_100_every_time() {
+    let _turn = TURNS.write().await;
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(&redis, "fail_closed", "50ms", "per_minute = 100");
+    let gates: Vec<Gate> = (0..3)
+        .map(|_| Gate::start(&cfg, &up.url(), DAY0_MS))
+        .collect();
+    // One keep-alive client per replica: the first burst opens the connections, the others
+    // reuse them, so each burst is 600 decisions rather than 600 TCP handshakes.
+    let clients: Vec<TestClient> = (0..3).map(|_| TestClient::new()).collect();
+    let started = Instant::now();
+    for rep in 0..20 {
+        let account = format!("burst-{rep}");
+        let mut tasks = Vec::new();
+        for i in 0..600 {
+            let (client, url) = (clients[i % 3].clone(), gates[i % 3].url("/limited"));
+            let account = account.clone();
+            tasks.push(tokio::spawn(
+                async move { client.post(&url, &account).await },
+            ));
+        }
+        let (mut remaining, mut other) = (Vec::new(), Vec::new());
+        for t in tasks {
+            let a = t.await.unwrap();
+            match a.status.as_u16() {
+                200 => remaining.push(a.num("x-ratelimit-remaining")),
+                429 => assert_eq!(a.header("x-ratelimit-type"), Some("minute")),
+                s => other.push((s, a.body)),
+            }
+        }
+        assert!(
+            other.is_empty(),
+            "burst {rep}: {} not decided, first {:?}",
+            other.len(),
+            other.first()
+        );
+        remaining.sort_unstable();
+        assert_eq!(
+            remaining,
+            (0..100).collect::<Vec<u64>>(),
+            "burst {rep}: exactly 100 admitted, each with its own count"
+        );
+    }
+    let took = started.elapsed();
+    assert_eq!(up.count(), 20 * 100);
+
+    let c = TestClient::new();
+    let mut all: Vec<(f64, u64)> = Vec::new();
+    for g in &gates {
+        let text = metrics(&c, g).await;
+        assert_eq!(support::metric(&text, "floodgate_store_errors_total"), 0.0);
+        for (i, b) in latency_buckets(&text).into_iter().enumerate() {
+            match all.get_mut(i) {
+                Some(sum) => sum.1 += b.1,
+                None => all.push(b),
+            }
+        }
+    }
+    eprintln!(
+        "20 bursts of 600 in {took:?}; store latency over {} decisions: p50 <= {}s, p99 <= {}s, max <= {}s; buckets {all:?}",
+        all.last().map_or(0, |b| b.1),
+        quantile(&all, 0.5),
+        quantile(&all, 0.99),
+        quantile(&all, 1.0),
+    );
 }
 
 /// One thread (a worker's event loop): a connection Redis closed — noticed while idle or only
