@@ -742,9 +742,19 @@ async fn bursts_of_600_on_a_quota_of_100_admit_exactly_100_every_time() {
     let gates: Vec<Gate> = (0..3)
         .map(|_| Gate::start(&cfg, &up.url(), DAY0_MS))
         .collect();
-    // One keep-alive client per replica: the first burst opens the connections, the others
-    // reuse them, so each burst is 600 decisions rather than 600 TCP handshakes.
+    // One keep-alive client per replica, its connections opened beforehand by requests on a
+    // path without limits (no store operation): each burst is 600 decisions rather than 600
+    // TCP handshakes in this same process. Their answers do not matter (some are 502s: the
+    // test upstream resets a few of 600 connections opened at once).
     let clients: Vec<TestClient> = (0..3).map(|_| TestClient::new()).collect();
+    let mut warm = Vec::new();
+    for i in 0..600 {
+        let (client, url) = (clients[i % 3].clone(), gates[i % 3].url("/open"));
+        warm.push(tokio::spawn(async move { client.post(&url, "warm").await }));
+    }
+    for t in warm {
+        t.await.unwrap();
+    }
     let started = Instant::now();
     for rep in 0..20 {
         let account = format!("burst-{rep}");
@@ -779,7 +789,7 @@ async fn bursts_of_600_on_a_quota_of_100_admit_exactly_100_every_time() {
         );
     }
     let took = started.elapsed();
-    assert_eq!(up.count(), 20 * 100);
+    assert_eq!(up.count_prefix("/limited"), 20 * 100);
 
     let c = TestClient::new();
     let mut all: Vec<(f64, u64)> = Vec::new();
