@@ -378,7 +378,11 @@ async fn control(
         tokio::spawn(admin::serve(listener, shared.clone(), stop))
     });
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
-    let mut probe = tokio::time::interval(Duration::from_secs(1));
+    let mut probe = shared.store.recovery_probe().map(|every| {
+        let mut every = tokio::time::interval(every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every
+    });
     let mut save = state.as_ref().map(|s| {
         let start = tokio::time::Instant::now() + s.save_interval;
         let mut every = tokio::time::interval_at(start, s.save_interval);
@@ -391,7 +395,7 @@ async fn control(
                 let remaining = shared.store.evict_idle(shared.clock.now_ms());
                 shared.metrics.tracked_accounts.set(remaining as i64);
             }
-            _ = probe.tick() => shared.store.probe().await,
+            _ = tick(&mut probe) => shared.store.probe().await,
             _ = tick(&mut save) => {
                 if let Some(state) = &state {
                     save_periodically(&shared, state).await;

@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 use support::redis_server::RedisServer;
 use support::{Gate, TestClient, Upstream, DAY0_MS};
 
+/// Tests that put hundreds of requests through at once, or hold store operations to the default
+/// 50 ms timeout, run alone (`TURNS.write()`); the others run side by side (`TURNS.read()`). On
+/// a two-core machine another test's load would otherwise be what slows a store operation.
+static TURNS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Failure tests use a short store timeout; the others a generous one, so a loaded CI machine
 /// does not turn a slow round trip into a failure.
 fn config(redis: &RedisServer, on_failure: &str, timeout: &str, limits: &str) -> String {
@@ -35,6 +40,7 @@ fn config(redis: &RedisServer, on_failure: &str, timeout: &str, limits: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_admit_exactly_the_shared_quota() {
+    let _turn = TURNS.write().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = config(&redis, "fail_closed", "2s", "per_minute = 100");
@@ -78,6 +84,7 @@ async fn three_replicas_admit_exactly_the_shared_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minute_and_day_windows_hold_across_replicas_on_the_redis_clock() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = config(&redis, "fail_closed", "2s", "per_minute = 5\nper_day = 20");
@@ -137,6 +144,7 @@ async fn metrics(c: &TestClient, gate: &Gate) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_closed_answers_503_fast_and_recovers_without_restart() {
+    let _turn = TURNS.read().await;
     let mut redis = RedisServer::start();
     let up = Upstream::start().await;
     let gate = Gate::start(
@@ -205,6 +213,7 @@ async fn fail_closed_answers_503_fast_and_recovers_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_admits_and_local_enforces_this_replicas_share() {
+    let _turn = TURNS.read().await;
     let mut redis = RedisServer::start();
     let up = Upstream::start().await;
     let open = Gate::start(
@@ -292,6 +301,7 @@ async fn behaviour_suite(gate: &Gate, up: &Upstream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behaviour_suite_on_the_redis_store() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let gate = Gate::start(
@@ -304,6 +314,7 @@ async fn behaviour_suite_on_the_redis_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behaviour_suite_on_the_memory_store() {
+    let _turn = TURNS.read().await;
     let up = Upstream::start().await;
     let cfg = r#"
         [[route]]
@@ -343,6 +354,7 @@ fn job_config(redis: &RedisServer, lease_ttl: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_concurrency_cap_holds_across_three_replicas() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = job_config(&redis, "5s");
@@ -407,6 +419,7 @@ async fn job_concurrency_cap_holds_across_three_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replicas_slot_returns_when_its_lease_expires() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     // A replica that took the account's only slot and died: its lease is never renewed.
@@ -445,6 +458,7 @@ async fn a_dead_replicas_slot_returns_when_its_lease_expires() {
 /// Penalties and relax allowances live in Redis too: two replicas share one account's tallies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn penalty_and_relax_tallies_are_shared_across_replicas() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = format!(
@@ -541,6 +555,7 @@ async fn penalty_and_relax_tallies_are_shared_across_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_turned_away_by_a_full_queue_gives_its_quota_back_in_redis() {
+    let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = format!(
@@ -592,4 +607,250 @@ async fn a_job_turned_away_by_a_full_queue_gives_its_quota_back_in_redis() {
     let over = c.post(&second.url("/slow?ms=10"), "{}").await;
     assert_eq!(over.header("x-ratelimit-type"), Some("minute"));
     assert_eq!(up.count(), 2);
+}
+
+/// The store's latency histogram as (upper bound in seconds, cumulative count), from `/metrics`.
+fn latency_buckets(text: &str) -> Vec<(f64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("floodgate_store_latency_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The smallest bucket bound under which a `q` share of the observations fall.
+fn quantile(buckets: &[(f64, u64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0, |b| b.1);
+    let rank = (total as f64 * q).ceil() as u64;
+    buckets
+        .iter()
+        .find(|b| b.1 >= rank.max(1))
+        .map_or(f64::NAN, |b| b.0)
+}
+
+/// After Redis comes back, a replica that saw traffic during the outage and one that saw none
+/// both decide every request on Redis again within 100 ms: no 503, no policy fallback, no error
+/// counted for a connection Redis closed while it was down.
+async fn a_redis_restart_costs_no_request_after_the_outage(on_failure: &str) {
+    let _turn = TURNS.write().await;
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    // The default timeout and breaker (3 failures, 1 s cooldown).
+    let cfg = config(&redis, on_failure, "50ms", "per_minute = 100")
+        .replace("breaker_failures = 2", "")
+        .replace("breaker_cooldown = \"300ms\"", "");
+    assert!(!cfg.contains("breaker"));
+    let (busy, idle) = (
+        Gate::start(&cfg, &up.url(), DAY0_MS),
+        Gate::start(&cfg, &up.url(), DAY0_MS),
+    );
+    // Fresh client connections spread over each replica's workers: every worker holds a
+    // connection to Redis when it dies.
+    for _ in 0..8 {
+        for g in [&busy, &idle] {
+            let a = TestClient::new().post(&g.url("/limited"), "warm").await;
+            assert_eq!(a.status, 200);
+        }
+    }
+    redis.stop();
+    // The busy replica keeps getting traffic until Redis is back: its policy applies, its
+    // breaker is open when Redis returns.
+    for _ in 0..8 {
+        let a = TestClient::new()
+            .post(&busy.url("/limited"), "outage")
+            .await;
+        let expected = if on_failure == "fail_closed" {
+            503
+        } else {
+            200
+        };
+        assert_eq!(a.status, expected, "{on_failure} while Redis is down");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let c = TestClient::new();
+    assert_eq!(
+        support::metric(&metrics(&c, &busy).await, "floodgate_store_degraded"),
+        1.0
+    );
+    redis.restart();
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Redis came back empty: the account starts from a full quota, counted across replicas.
+    for i in 0..12u64 {
+        let g = if i % 2 == 0 { &busy } else { &idle };
+        let a = TestClient::new().post(&g.url("/limited"), "after").await;
+        assert_eq!(
+            (
+                a.status.as_u16(),
+                a.header("x-ratelimit-limit"),
+                a.header("x-ratelimit-remaining").map(str::to_owned)
+            ),
+            (200, Some("100"), Some((99 - i).to_string())),
+            "{on_failure}: request {i}, {:?} after Redis came back: {:?}",
+            back.elapsed(),
+            a.body
+        );
+    }
+    for (name, g) in [("busy", &busy), ("idle", &idle)] {
+        let text = metrics(&c, g).await;
+        assert_eq!(
+            support::metric(&text, "floodgate_store_degraded"),
+            0.0,
+            "{on_failure}: the {name} replica is healthy again"
+        );
+        if name == "idle" {
+            assert_eq!(
+                support::metric(&text, "floodgate_store_errors_total"),
+                0.0,
+                "{on_failure}: a connection Redis closed is no failure"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_costs_no_request_under_fail_open() {
+    a_redis_restart_costs_no_request_after_the_outage("fail_open").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_costs_no_request_under_fail_closed() {
+    a_redis_restart_costs_no_request_after_the_outage("fail_closed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_costs_no_request_under_local() {
+    a_redis_restart_costs_no_request_after_the_outage("local").await;
+}
+
+/// 600 parallel requests over three replicas on a quota of 100, twenty times (a fresh account
+/// each time), with the default 50 ms store timeout: exactly 100 admitted each time, none turned
+/// into a 503 by a slow store operation. Prints the store latency histogram of the burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_600_on_a_quota_of_100_admit_exactly_100_every_time() {
+    let _turn = TURNS.write().await;
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(&redis, "fail_closed", "50ms", "per_minute = 100");
+    let gates: Vec<Gate> = (0..3)
+        .map(|_| Gate::start(&cfg, &up.url(), DAY0_MS))
+        .collect();
+    // One keep-alive client per replica, its connections opened beforehand by requests on a
+    // path without limits (no store operation): each burst is 600 decisions rather than 600
+    // TCP handshakes in this same process. Their answers do not matter (some are 502s: the
+    // test upstream resets a few of 600 connections opened at once).
+    let clients: Vec<TestClient> = (0..3).map(|_| TestClient::new()).collect();
+    let mut warm = Vec::new();
+    for i in 0..600 {
+        let (client, url) = (clients[i % 3].clone(), gates[i % 3].url("/open"));
+        warm.push(tokio::spawn(async move { client.post(&url, "warm").await }));
+    }
+    for t in warm {
+        t.await.unwrap();
+    }
+    let started = Instant::now();
+    for rep in 0..20 {
+        let account = format!("burst-{rep}");
+        let mut tasks = Vec::new();
+        for i in 0..600 {
+            let (client, url) = (clients[i % 3].clone(), gates[i % 3].url("/limited"));
+            let account = account.clone();
+            tasks.push(tokio::spawn(
+                async move { client.post(&url, &account).await },
+            ));
+        }
+        let (mut remaining, mut other) = (Vec::new(), Vec::new());
+        for t in tasks {
+            let a = t.await.unwrap();
+            match a.status.as_u16() {
+                200 => remaining.push(a.num("x-ratelimit-remaining")),
+                429 => assert_eq!(a.header("x-ratelimit-type"), Some("minute")),
+                s => other.push((s, a.body)),
+            }
+        }
+        assert!(
+            other.is_empty(),
+            "burst {rep}: {} not decided, first {:?}",
+            other.len(),
+            other.first()
+        );
+        remaining.sort_unstable();
+        assert_eq!(
+            remaining,
+            (0..100).collect::<Vec<u64>>(),
+            "burst {rep}: exactly 100 admitted, each with its own count"
+        );
+    }
+    let took = started.elapsed();
+    assert_eq!(up.count_prefix("/limited"), 20 * 100);
+
+    let c = TestClient::new();
+    let mut all: Vec<(f64, u64)> = Vec::new();
+    for g in &gates {
+        let text = metrics(&c, g).await;
+        assert_eq!(support::metric(&text, "floodgate_store_errors_total"), 0.0);
+        for (i, b) in latency_buckets(&text).into_iter().enumerate() {
+            match all.get_mut(i) {
+                Some(sum) => sum.1 += b.1,
+                None => all.push(b),
+            }
+        }
+    }
+    eprintln!(
+        "20 bursts of 600 in {took:?}; store latency over {} decisions: p50 <= {}s, p99 <= {}s, max <= {}s; buckets {all:?}",
+        all.last().map_or(0, |b| b.1),
+        quantile(&all, 0.5),
+        quantile(&all, 0.99),
+        quantile(&all, 1.0),
+    );
+}
+
+/// One thread (a worker's event loop): a connection Redis closed — noticed while idle or only
+/// when used — is dialled again and the operation retried within its timeout; after a restart
+/// the empty script cache costs no failure either (scripts load with the connection, and EVAL
+/// stands in if they vanish later).
+#[tokio::test]
+async fn a_store_operation_outlives_a_redis_restart_and_a_script_flush() {
+    let _turn = TURNS.write().await;
+    let mut redis = RedisServer::start();
+    let store = floodgate::store::RedisStore::new(&redis.url(), Duration::from_millis(50)).unwrap();
+    let acquire = |lease: &'static str| store.lease_acquire("t", 10, lease, Duration::from_secs(5));
+    assert!(acquire("a").await.unwrap());
+    // Redis restarts while the connection is idle: its driver sees the connection close.
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    redis.restart();
+    assert!(acquire("b").await.expect("first operation after a restart"));
+    // Restarted between two operations with nothing run in between: the closed connection is
+    // found out by the operation itself.
+    redis.stop();
+    redis.restart();
+    assert!(acquire("c")
+        .await
+        .expect("first operation on a stale connection"));
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(acquire("d").await.expect("a flushed script cache"));
+    let leases: u64 = redis::cmd("ZCARD")
+        .arg(floodgate::store::redis::lease_key("t"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(leases, 2, "Redis came back empty: c and d since");
+    assert!(acquire("e").await.unwrap());
 }

@@ -2,8 +2,13 @@
 //!
 //! A sick Redis must not add latency or errors to every request: each operation has a timeout,
 //! and after a few failures in a row the breaker opens and requests go straight to the failure
-//! policy for a while; then one request tries Redis again (half-open) and success closes the
-//! breaker. Recovery needs no restart.
+//! policy for a while; then requests try Redis again (half-open) and success closes the
+//! breaker. Meanwhile the control loop pings Redis every [`RECOVERY_PROBE`], so a Redis that is
+//! back closes the breaker within that, not a cooldown later. Recovery needs no restart.
+//!
+//! A connection Redis closed (a restart) is redialled and the operation retried by the Redis
+//! store itself, within the operation's timeout: only an operation that fails on a connection
+//! that works counts towards the breaker.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +21,10 @@ use crate::identity::AccountId;
 use crate::limits::{Counter, Decision, Receipt, Rule, Usage};
 use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
 use crate::queue::leases::{BoxFuture, SlotLeases};
+
+/// How often a degraded store pings Redis. A ping to a Redis that is down costs a refused
+/// connect (or at most the operation timeout, for one that hangs), one at a time per replica.
+pub const RECOVERY_PROBE: Duration = Duration::from_millis(50);
 
 /// What to do when Redis cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +64,8 @@ impl StoreHealth {
                     "Shared store round trips.",
                 )
                 .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02,
+                    0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
                 ]),
             )
             .expect("valid metric"),
@@ -289,7 +299,9 @@ impl SharedStore {
         self.health.degraded.get() != 0
     }
 
-    /// Tries Redis once (readiness probes and recovery without traffic).
+    /// Tries Redis once (readiness probes and recovery without traffic). A failed ping keeps
+    /// the breaker open; it is not an operation a request wanted, so it is not counted in
+    /// `floodgate_store_errors_total`.
     pub async fn probe(&self) -> bool {
         match self.redis.ping().await {
             Ok(()) => {
@@ -297,7 +309,8 @@ impl SharedStore {
                 true
             }
             Err(e) => {
-                self.failed(&e);
+                tracing::debug!(error = %e, "shared store probe failed");
+                self.breaker.failure();
                 false
             }
         }

@@ -96,8 +96,17 @@ impl Store {
         }
     }
 
-    /// Checks a shared store's health (the control loop calls this so recovery shows even
-    /// without traffic).
+    /// How often the control loop calls [`probe`](Self::probe): `None` for the memory store.
+    pub fn recovery_probe(&self) -> Option<std::time::Duration> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(_) => Some(failover::RECOVERY_PROBE),
+        }
+    }
+
+    /// While a shared store is degraded, tries it once: the first success closes the breaker,
+    /// so requests go back to the shared store as soon as it answers rather than after the
+    /// breaker's cooldown, and recovery shows even without traffic.
     pub async fn probe(&self) {
         if let Store::Redis(s) = self {
             if s.is_degraded() {

@@ -8,17 +8,21 @@
 //! pure [`usage_of`](crate::limits) renders the headers from either store.
 //!
 //! The `redis` crate's multiplexed connection pipelines a worker's commands over one socket; each
-//! worker thread has its own, dialled again after any failure.
+//! worker thread has its own, dialled once however many operations want it at the same moment.
+//! A connection Redis closed (a restart, an idle timeout) is found out by the next operation on
+//! it, which dials again and retries once within the same timeout: a restart costs no request
+//! beyond the outage itself. Scripts are loaded when a connection is dialled, so after a restart
+//! (which empties Redis' script cache) the first EVALSHA finds its script.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
-use redis::Script;
+use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, RedisError, Script, ToRedisArgs};
+use tokio::sync::OnceCell;
 
 use super::StoreError;
 use crate::identity::AccountId;
@@ -125,18 +129,80 @@ return 1
 /// How many times an update is retried when another replica wrote the account meanwhile.
 const CAS_ATTEMPTS: usize = 8;
 
+/// A server-side script: its source (for EVAL and SCRIPT LOAD) and its SHA1 (for EVALSHA).
+struct Lua {
+    source: &'static str,
+    script: Script,
+}
+
+impl Lua {
+    fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            script: Script::new(source),
+        }
+    }
+
+    /// Runs the script on `key` with `args`: EVALSHA, and EVAL (which caches it again) if the
+    /// server no longer has it — a `SCRIPT FLUSH`, or a failover to a server that never saw it.
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        mut conn: MultiplexedConnection,
+        key: &str,
+        args: &[impl ToRedisArgs],
+    ) -> redis::RedisResult<T> {
+        let call = |command: &str, script: &str| {
+            let mut cmd = redis::cmd(command);
+            cmd.arg(script).arg(1).arg(key);
+            for a in args {
+                cmd.arg(a);
+            }
+            cmd
+        };
+        match call("EVALSHA", self.script.get_hash())
+            .query_async(&mut conn)
+            .await
+        {
+            Err(e) if e.kind() == ErrorKind::NoScriptError => {
+                call("EVAL", self.source).query_async(&mut conn).await
+            }
+            reply => reply,
+        }
+    }
+}
+
+/// The scripts a store runs.
+struct Scripts {
+    check: Lua,
+    cas: Lua,
+    lease_acquire: Lua,
+    lease_renew: Lua,
+}
+
+impl Scripts {
+    fn all(&self) -> [&Lua; 4] {
+        [
+            &self.check,
+            &self.cas,
+            &self.lease_acquire,
+            &self.lease_renew,
+        ]
+    }
+}
+
+/// One thread's connection to one store's server. Operations that find the slot empty wait for
+/// one dial between them instead of each dialling its own connection.
+type Slot = Arc<OnceCell<MultiplexedConnection>>;
+
 /// Counters shared through a Redis server. Each worker thread talks to Redis over its own
 /// multiplexed connection (its event loop drives the socket: no hop to another thread on the
-/// request path); a connection is dialled on first use and again after a failure.
+/// request path); a connection is dialled on first use and again after it broke.
 pub struct RedisStore {
     /// Tells this store's connections apart in the per-thread cache.
     id: u64,
     url: String,
     timeout: Duration,
-    script: Arc<Script>,
-    cas: Arc<Script>,
-    lease_acquire: Arc<Script>,
-    lease_renew: Arc<Script>,
+    scripts: Scripts,
     /// Added to Redis `TIME`: zero in production; tests move the shared clock with it.
     offset_ms: AtomicI64,
 }
@@ -152,7 +218,7 @@ impl std::fmt::Debug for RedisStore {
 
 thread_local! {
     /// Per thread, per store: the multiplexed connection this thread's event loop drives.
-    static CONNECTIONS: RefCell<HashMap<u64, MultiplexedConnection>> = RefCell::new(HashMap::new());
+    static CONNECTIONS: RefCell<HashMap<u64, Slot>> = RefCell::new(HashMap::new());
 }
 
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
@@ -171,6 +237,12 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Whether `e` says the connection itself is gone (closed by the server, reset, a protocol
+/// error): the operation may be retried on a new one. A timeout or a script error is not.
+fn connection_broke(e: &RedisError) -> bool {
+    e.is_unrecoverable_error()
+}
+
 impl RedisStore {
     /// A store for `url` (e.g. `redis://127.0.0.1:6379/0`); nothing is connected yet.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
@@ -179,45 +251,86 @@ impl RedisStore {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             url: url.to_owned(),
             timeout,
-            script: Arc::new(Script::new(CHECK_AND_CONSUME)),
-            cas: Arc::new(Script::new(COMPARE_AND_SET)),
-            lease_acquire: Arc::new(Script::new(LEASE_ACQUIRE)),
-            lease_renew: Arc::new(Script::new(LEASE_RENEW)),
+            scripts: Scripts {
+                check: Lua::new(CHECK_AND_CONSUME),
+                cas: Lua::new(COMPARE_AND_SET),
+                lease_acquire: Lua::new(LEASE_ACQUIRE),
+                lease_renew: Lua::new(LEASE_RENEW),
+            },
             offset_ms: AtomicI64::new(0),
         })
     }
 
-    /// This thread's connection to this store's server, dialled on first use.
-    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        if let Some(c) = CONNECTIONS.with(|m| m.borrow().get(&self.id).cloned()) {
-            return Ok(c);
-        }
-        let client = redis::Client::open(self.url.as_str())?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout);
-        let c = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        CONNECTIONS.with(|m| m.borrow_mut().insert(self.id, c.clone()));
-        Ok(c)
+    /// This thread's slot for this store's connection.
+    fn slot(&self) -> Slot {
+        CONNECTIONS.with(|m| m.borrow_mut().entry(self.id).or_default().clone())
     }
 
-    /// Runs `op` with this thread's connection, bounded by the store's timeout. A failed or
-    /// timed-out operation drops the connection, so the next one dials afresh: recovery after a
-    /// Redis restart takes one successful connect, with no backoff state to wait out.
+    /// Empties `slot` if it is still this thread's (a concurrent operation may already have put
+    /// a new one in its place), so the next operation dials afresh.
+    fn forget(&self, slot: &Slot) {
+        CONNECTIONS.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.get(&self.id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                m.remove(&self.id);
+            }
+        });
+    }
+
+    /// This thread's connection, dialled (and its scripts loaded) on first use.
+    async fn connection(&self, slot: &Slot) -> redis::RedisResult<MultiplexedConnection> {
+        slot.get_or_try_init(|| self.dial()).await.cloned()
+    }
+
+    /// A new connection, with every script already in the server's cache: after a restart the
+    /// first operations need no NOSCRIPT round trip.
+    async fn dial(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let config = AsyncConnectionConfig::new().set_connection_timeout(self.timeout);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let mut load = redis::pipe();
+        for lua in self.scripts.all() {
+            load.cmd("SCRIPT").arg("LOAD").arg(lua.source).ignore();
+        }
+        load.exec_async(&mut conn).await?;
+        Ok(conn)
+    }
+
+    /// Runs `op` on this thread's connection, within the store's timeout. When the connection
+    /// turns out to be broken — Redis restarted and closed it — `op` runs once more on a new
+    /// one, within the same timeout: the stale connection costs a dial, not a failure. A
+    /// failed operation empties the slot, so the next one dials afresh.
+    ///
+    /// The retry can repeat an operation whose reply was lost with its connection: counted
+    /// twice, an admission only ever consumes more of the quota, never lets more through.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: Fn(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let attempt = async { op(self.connection().await?).await };
+        let (first, second) = (self.slot(), OnceLock::new());
+        let attempt = async {
+            match op(self.connection(&first).await?).await {
+                Err(e) if connection_broke(&e) => {
+                    tracing::debug!(error = %e, "redis connection broke; dialling again");
+                    self.forget(&first);
+                    let slot = second.get_or_init(|| self.slot());
+                    op(self.connection(slot).await?).await
+                }
+                outcome => outcome,
+            }
+        };
         let outcome = match tokio::time::timeout(self.timeout, attempt).await {
             Err(_) => Err(StoreError::Unavailable("redis timed out".into())),
             Ok(result) => result.map_err(unavailable),
         };
         if outcome.is_err() {
-            CONNECTIONS.with(|m| m.borrow_mut().remove(&self.id));
+            self.forget(&first);
+            if let Some(slot) = second.get() {
+                self.forget(slot);
+            }
         }
         outcome
     }
@@ -240,15 +353,8 @@ impl RedisStore {
                 [i64::from(r.counter.0), i64::from(r.limit), period as i64]
             }))
             .collect();
-        let script = self.script.clone();
         let reply: Vec<u64> = self
-            .run(move |mut conn| async move {
-                let mut invocation = script.key(key);
-                for a in args {
-                    invocation.arg(a);
-                }
-                invocation.invoke_async(&mut conn).await
-            })
+            .run(|conn| self.scripts.check.invoke(conn, &key, &args))
             .await?;
         decision_from_reply(rules, &reply)
     }
@@ -263,19 +369,13 @@ impl RedisStore {
     async fn read(&self, account: AccountId) -> Result<Read, StoreError> {
         let key = account_key(account);
         let offset = self.offset_ms.load(Ordering::Relaxed);
-        let (fields, now) = self
-            .run(move |mut conn| async move {
-                let fields: Vec<(String, String)> = redis::cmd("HGETALL")
-                    .arg(key)
-                    .query_async(&mut conn)
-                    .await?;
-                let time: (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
-                Ok((
-                    fields,
-                    (time.0 * 1000 + time.1 / 1000).saturating_add_signed(offset),
-                ))
+        let (fields, time): (Vec<(String, String)>, (u64, u64)) = self
+            .run(|mut conn| {
+                let read = redis::pipe().cmd("HGETALL").arg(&key).cmd("TIME").clone();
+                async move { read.query_async(&mut conn).await }
             })
             .await?;
+        let now = (time.0 * 1000 + time.1 / 1000).saturating_add_signed(offset);
         let mut read = Read {
             counters: Counters::default(),
             version: "0".into(),
@@ -314,15 +414,9 @@ impl RedisStore {
                 args.push(c.id.0.to_string());
                 args.push(format!("{}:{}", c.count, c.end_ms));
             }
-            let (key, cas) = (account_key(account), self.cas.clone());
+            let key = account_key(account);
             let written: u64 = self
-                .run(move |mut conn| async move {
-                    let mut invocation = cas.key(key);
-                    for a in args {
-                        invocation.arg(a);
-                    }
-                    invocation.invoke_async(&mut conn).await
-                })
+                .run(|conn| self.scripts.cas.invoke(conn, &key, &args))
                 .await?;
             if written == 1 {
                 return Ok(result);
@@ -341,17 +435,14 @@ impl RedisStore {
         lease: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let (key, lease, script) = (lease_key(key), lease.to_owned(), self.lease_acquire.clone());
+        let key = lease_key(key);
+        let args = [
+            cap.to_string(),
+            lease.to_owned(),
+            ttl.as_millis().to_string(),
+        ];
         let got: u64 = self
-            .run(move |mut conn| async move {
-                script
-                    .key(key)
-                    .arg(cap)
-                    .arg(lease)
-                    .arg(ttl.as_millis() as u64)
-                    .invoke_async(&mut conn)
-                    .await
-            })
+            .run(|conn| self.scripts.lease_acquire.invoke(conn, &key, &args))
             .await?;
         Ok(got == 1)
     }
@@ -363,30 +454,20 @@ impl RedisStore {
         lease: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let (key, lease, script) = (lease_key(key), lease.to_owned(), self.lease_renew.clone());
+        let key = lease_key(key);
+        let args = [lease.to_owned(), ttl.as_millis().to_string()];
         let ok: u64 = self
-            .run(move |mut conn| async move {
-                script
-                    .key(key)
-                    .arg(lease)
-                    .arg(ttl.as_millis() as u64)
-                    .invoke_async(&mut conn)
-                    .await
-            })
+            .run(|conn| self.scripts.lease_renew.invoke(conn, &key, &args))
             .await?;
         Ok(ok == 1)
     }
 
     /// Gives a lease back.
     pub async fn lease_release(&self, key: &str, lease: &str) -> Result<(), StoreError> {
-        let (key, lease) = (lease_key(key), lease.to_owned());
-        self.run(move |mut conn| async move {
-            redis::cmd("ZREM")
-                .arg(key)
-                .arg(lease)
-                .query_async::<u64>(&mut conn)
-                .await
-                .map(|_| ())
+        let key = lease_key(key);
+        self.run(|mut conn| {
+            let zrem = redis::cmd("ZREM").arg(&key).arg(lease).clone();
+            async move { zrem.query_async::<u64>(&mut conn).await.map(|_| ()) }
         })
         .await
     }
