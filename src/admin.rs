@@ -1,11 +1,15 @@
-//! The admin listener (loopback by default): `/metrics`, `/healthz`, `/readyz` and `/usage`.
+//! The admin listener (loopback by default): the status page (`/`, fed by `/status.json`),
+//! `/metrics`, `/healthz`, `/readyz` and `/usage`.
 //!
 //! `/usage?key=API_KEY` (or the key in `x-api-key`) shows an account's open windows and its
 //! penalty standing (today's incorrect tasks, relax jobs used and earned, the actions in
 //! effect): the key is hashed like any request's and never echoed back.
 //!
 //! With `[server] admin_token` set, everything but `/metrics`, `/healthz` and `/readyz` (what
-//! scrapers and probes need) asks for `Authorization: Bearer <token>`: 401 JSON without it.
+//! scrapers and probes need) and the status page's empty shell asks for
+//! `Authorization: Bearer <token>`: 401 JSON without it. The page holds no data itself: it asks
+//! for the token once, keeps it in the browser tab's session storage and sends it with every
+//! `/status.json`.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -51,8 +55,9 @@ pub async fn serve(
     }
 }
 
-/// Endpoints served without the admin token: scrapers and probes know no secret.
-const OPEN: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+/// Endpoints served without the admin token: scrapers and probes know no secret, and the
+/// status page's shell carries no data.
+const OPEN: [&str; 4] = ["/metrics", "/healthz", "/readyz", "/"];
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     if !OPEN.contains(&req.uri().path()) && !authorized(shared, &req) {
@@ -80,8 +85,46 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
         ),
         "/readyz" => readiness(shared),
         "/usage" => usage(shared, &req).await,
+        "/" => status_page(),
+        "/status.json" => status_json(shared),
         _ => json_response(StatusCode::NOT_FOUND, r#"{"error": "not_found"}"#),
     }
+}
+
+/// The status page: one HTML file with its CSS and JS, compiled in.
+fn status_page() -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(crate::status::PAGE.into()));
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:",
+        ),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The status page's data: a snapshot of the running limiter.
+fn status_json(shared: &Shared) -> Response<ProxyBody> {
+    let policy = shared.policy.load_full();
+    let view = crate::status::View {
+        config: &policy.config,
+        metrics: &shared.metrics,
+        jobs: &shared.jobs,
+        store: &shared.store,
+        now_ms: shared.clock.now_ms(),
+    };
+    let mut resp = json_response(StatusCode::OK, shared.status.snapshot(view).to_string());
+    resp.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// Whether the request may see a private endpoint: no token is set, or it carries the token.
@@ -204,7 +247,7 @@ async fn usage(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> 
 }
 
 /// The account's job slots and queue: jobs running, jobs waiting (the newest waiting job's
-/// position is `queued`), and the caps that apply.
+/// position is `queued`) each with its place and estimated wait, and the caps that apply.
 fn jobs_view(
     shared: &Shared,
     config: &crate::config::Config,
@@ -215,7 +258,22 @@ fn jobs_view(
     let settings = config.jobs.settings(&caller);
     let pool = &shared.jobs.pools[settings.pool];
     let (in_flight, queued) = pool.tenant_load(account);
+    let mut waiting = pool.waiting_jobs(Some(account), usize::MAX);
+    waiting.sort_by_key(|j| j.position);
+    let waiting: Vec<_> = waiting
+        .iter()
+        .map(|j| {
+            json!({
+                "position": j.position,
+                "position_at_entry": j.position_at_entry,
+                "waited_ms": j.waited.as_millis() as u64,
+                "estimated_wait_ms": j.estimated_wait.as_millis() as u64,
+            })
+        })
+        .collect();
     json!({
+        "waiting": waiting,
+        "typical_job_ms": pool.typical_job().as_millis() as u64,
         "pool": pool.name,
         "in_flight": in_flight,
         "queued": queued,

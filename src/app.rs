@@ -26,6 +26,7 @@ use crate::proxy::upstream::{self, ExchangeTimeouts, UpstreamClient, Upstreams};
 use crate::proxy::Proxy;
 use crate::queue::Jobs;
 use crate::server::conn::Timeouts;
+use crate::status::StatusBoard;
 use crate::store::snapshot::{self, Loaded};
 use crate::store::Store;
 use crate::{admin, server};
@@ -45,6 +46,8 @@ pub struct Shared {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
+    /// The status page's charts, hot accounts and reload record.
+    pub status: StatusBoard,
     pub shutting_down: AtomicBool,
 }
 
@@ -66,6 +69,7 @@ impl Shared {
             jobs,
             policy: ArcSwap::from_pointee(Policy { config, handles }),
             store,
+            status: StatusBoard::new(clock.now_ms()),
             clock,
             metrics,
             shutting_down: AtomicBool::new(false),
@@ -378,6 +382,8 @@ async fn control(
         tokio::spawn(admin::serve(listener, shared.clone(), stop))
     });
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    let mut sample = tokio::time::interval(Duration::from_secs(1));
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe = shared.store.recovery_probe().map(|every| {
         let mut every = tokio::time::interval(every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -394,6 +400,10 @@ async fn control(
             _ = sweep.tick() => {
                 let remaining = shared.store.evict_idle(shared.clock.now_ms());
                 shared.metrics.tracked_accounts.set(remaining as i64);
+            }
+            _ = sample.tick() => {
+                let degraded = shared.store.is_degraded();
+                shared.status.sample(&shared.metrics, degraded, shared.clock.now_ms());
             }
             _ = tick(&mut probe) => shared.store.probe().await,
             _ = tick(&mut save) => {

@@ -138,6 +138,8 @@ pub struct IdentityConfig {
     /// The file more accounts came from (`identity.accounts_file`), watched with the config.
     pub accounts_file: Option<std::path::PathBuf>,
     pub accounts: HashMap<AccountId, TierId, BuildIdHasher>,
+    /// What operators call some accounts (`[account_names]`), for the status page.
+    pub names: HashMap<AccountId, String, BuildIdHasher>,
     pub unknown_keys: UnknownKeys,
     pub anonymous: Anonymous,
     pub trusted_proxies: Vec<IpNet>,
@@ -167,6 +169,14 @@ pub enum IdentityError {
 }
 
 impl IdentityConfig {
+    /// How the status page shows an account: the operator's name for it, or its hash prefix.
+    pub fn display_name(&self, account: AccountId) -> String {
+        match self.names.get(&account) {
+            Some(name) => name.clone(),
+            None => account.short(),
+        }
+    }
+
     /// Resolves the caller of a request that came from `peer`.
     pub fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, IdentityError> {
         match self.read_key(headers)? {
@@ -274,6 +284,7 @@ mod tests {
                 KeySource::Bearer,
             ],
             accounts,
+            names: HashMap::default(),
             unknown_keys: unknown,
             anonymous,
             trusted_proxies: vec![IpNet::parse("10.0.0.0/8").unwrap()],

@@ -16,6 +16,8 @@
 //!   holds (head and idle timeouts), [`server::framing`] spots requests framed two ways.
 //! - [`reload`]: SIGHUP / file-change reload — validate, then swap atomically.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
+//! - [`status`]: the live status page's data — charts sampled off the request path, the
+//!   accounts nearest their limits, queues with estimated waits.
 //! - [`app`]: wiring and threads; [`clock`]: the only reader of wall time; [`error`]: errors
 //!   and the one place they become HTTP responses.
 //! - [`allocator`]: the global allocator — mimalloc for small blocks, the system's for large
@@ -42,4 +44,5 @@ pub mod proxy;
 pub mod queue;
 pub mod reload;
 pub mod server;
+pub mod status;
 pub mod store;

@@ -460,6 +460,11 @@ impl Metrics {
         self.state_saves.with_label_values(&[result]).inc();
     }
 
+    /// Every metric's current values (the status page reads its totals from here).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -116,6 +116,8 @@ impl Reloader {
                 Ok(ignored)
             });
         shared.metrics.config_reloaded(result.is_ok());
+        let refused = result.as_ref().err().map(ToString::to_string);
+        shared.status.reloaded(refused, shared.clock.now_ms());
         match result {
             Ok(ignored) => {
                 tracing::info!(trigger, file = %self.path.display(), "config reloaded");

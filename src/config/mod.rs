@@ -622,9 +622,17 @@ fn build_identity(
             accounts.insert(AccountId::from_key(acct.key.as_bytes()), tier);
         }
     }
+    let mut names: HashMap<AccountId, String, _> = raw
+        .account_names
+        .iter()
+        .map(|(key, name)| (AccountId::from_key(key.as_bytes()), name.clone()))
+        .collect();
     let accounts_file = match &id.accounts_file {
         Some(path) => {
             let (text, file) = read_accounts_file(src, path)?;
+            for (key, name) in &file.account_names {
+                names.insert(AccountId::from_key(key.as_bytes()), name.clone());
+            }
             let at = Source::new(&text);
             for (key, name) in &file.accounts {
                 let field = format!("accounts.{key:?}");
@@ -645,6 +653,7 @@ fn build_identity(
         accounts_file,
         sources: key_sources(src, id.sources.as_deref())?,
         accounts,
+        names,
         unknown_keys,
         anonymous,
         trusted_proxies: id

@@ -24,6 +24,9 @@ pub struct RawConfig {
     /// API key -> tier name.
     #[serde(default)]
     pub accounts: BTreeMap<String, Spanned<String>>,
+    /// API key -> the name the status page shows for the account (never the key).
+    #[serde(default)]
+    pub account_names: BTreeMap<String, String>,
     #[serde(default)]
     pub headers: RawHeaders,
     /// Job classes: held in per-account queues under concurrency caps.
@@ -128,13 +131,16 @@ pub struct RawIdentity {
     pub accounts_file: Option<Spanned<String>>,
 }
 
-/// The accounts file: only an `[accounts]` table.
+/// The accounts file: an `[accounts]` table, and optionally `[account_names]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccountsFile {
     /// API key -> tier name.
     #[serde(default)]
     pub accounts: BTreeMap<String, Spanned<String>>,
+    /// API key -> the name the status page shows for the account.
+    #[serde(default)]
+    pub account_names: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

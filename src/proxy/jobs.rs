@@ -30,6 +30,9 @@ use crate::queue::{
 pub static X_UPSTREAM_ACCOUNT: HeaderName = HeaderName::from_static("x-floodgate-upstream-account");
 /// How long a job waited in its queue, in milliseconds.
 pub static X_QUEUE_WAIT_MS: HeaderName = HeaderName::from_static("x-queue-wait-ms");
+/// On the response of a job that waited: its place in its account's queue when it joined.
+pub static X_QUEUE_POSITION_AT_ENTRY: HeaderName =
+    HeaderName::from_static("x-queue-position-at-entry");
 
 /// Rest for an upstream account that answered 429 without a usable Retry-After.
 const DEFAULT_COOLDOWN_MS: u64 = 5_000;
@@ -443,6 +446,12 @@ fn label_response(resp: &mut Response<ProxyBody>, permit: &SlotPermit, named_acc
         X_QUEUE_WAIT_MS.clone(),
         HeaderValue::from(permit.waited().as_millis() as u64),
     );
+    if let Some(position) = permit.position_at_entry() {
+        h.insert(
+            X_QUEUE_POSITION_AT_ENTRY.clone(),
+            HeaderValue::from(position as u64),
+        );
+    }
     if named_account {
         if let Ok(v) = HeaderValue::from_str(&permit.account().name) {
             h.insert(X_UPSTREAM_ACCOUNT.clone(), v);

@@ -239,18 +239,26 @@ impl Proxy {
         {
             Ok(Decision::Admitted(usage)) => {
                 policy.handles.admitted(class, caller.tier);
+                self.shared.status.record(caller, class, &usage, now);
                 self.decide_shadow(ctx, now).await;
                 Ok(Some(usage))
             }
-            Ok(Decision::Refused(usage, refusal)) => Err(self.limited(ctx, &usage, &refusal)),
+            Ok(Decision::Refused(usage, refusal)) => Err(self.limited(ctx, &usage, &refusal, now)),
             Err(e) => Err(self.store_failed(&e)),
         }
     }
 
     /// The 429 for a request a limit (or penalty) refused, counted.
-    fn limited(&self, ctx: &Ctx<'_>, usage: &Usage, refusal: &Refusal) -> Response<ProxyBody> {
+    fn limited(
+        &self,
+        ctx: &Ctx<'_>,
+        usage: &Usage,
+        refusal: &Refusal,
+        now: u64,
+    ) -> Response<ProxyBody> {
         let (config, caller, class) = (&ctx.policy.config, ctx.caller, ctx.class);
         ctx.policy.handles.limited(class, caller.tier);
+        self.shared.status.record(caller, class, usage, now);
         tracing::debug!(
             account = %caller.account.short(), class = config.class_name(class),
             limit = refusal.kind.name(), retry_after_secs = refusal.retry_after_secs,

@@ -53,12 +53,13 @@ impl Proxy {
         match admission {
             Ok(Admission::Admitted(usage, marks, receipt)) => {
                 policy.handles.admitted(class, caller.tier);
+                self.shared.status.record(caller, class, &usage, now);
                 Ok((usage_if_limited(usage), marks, receipt))
             }
-            Ok(Admission::Limited(usage, refusal)) => Err(self.limited(ctx, &usage, &refusal)),
+            Ok(Admission::Limited(usage, refusal)) => Err(self.limited(ctx, &usage, &refusal, now)),
             Ok(Admission::Penalised(usage, refusal)) => {
                 // A class without rate limits has an empty usage: no X-RateLimit-Limit headers.
-                let mut resp = self.limited(ctx, &usage, &refusal.as_refusal());
+                let mut resp = self.limited(ctx, &usage, &refusal.as_refusal(), now);
                 *resp.body_mut() = ProxyBody::full(penalty_body(&refusal).into());
                 Err(resp)
             }

@@ -6,7 +6,9 @@
 //! - [`scheduler`]: who runs next — pure bookkeeping of slots, queues and round-robin.
 //! - [`pool`]: the async edge — waiting, RAII slot permits, cancellation.
 //! - [`tasks`]: slots of asynchronous tasks, held until the task is seen to finish.
+//! - [`estimate`]: how long a waiting job likely waits, from recent job durations.
 
+pub mod estimate;
 pub mod leases;
 pub mod pool;
 pub mod scheduler;
@@ -20,7 +22,7 @@ use http::Method;
 
 pub use pool::{
     GrantNotice, Granted, JobPool, JobTicket, QueueError, SlotPermit, StartOnGrant, TierGauges,
-    UpstreamAccount,
+    UpstreamAccount, WaitingJob,
 };
 
 use crate::classify::{ClassId, PathPattern};

@@ -17,6 +17,7 @@ use prometheus::IntGauge;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::estimate::JobDurations;
 use super::leases::{self, LeaseGuard, SlotLeases};
 use super::scheduler::{self, Scheduler, UpstreamIdx, WaiterId};
 use crate::identity::AccountId;
@@ -110,6 +111,8 @@ struct Waiter {
     tx: oneshot::Sender<Grant>,
     on_grant: Option<StartOnGrant>,
     queued_at: Instant,
+    /// Its 1-based place in its tenant's queue when it joined.
+    position_at_entry: usize,
     gauges: TierGauges,
 }
 
@@ -128,8 +131,8 @@ struct Inner {
     waiters: HashMap<WaiterId, Waiter>,
     next_id: WaiterId,
     closed: bool,
-    /// Moving average of how long a job holds its slot, for Retry-After estimates.
-    avg_job_ms: f64,
+    /// How long recent jobs held their slot: the wait estimates.
+    durations: JobDurations,
     wake_at_ms: Option<u64>,
 }
 
@@ -154,6 +157,8 @@ pub struct SlotPermit {
     upstream: UpstreamIdx,
     started: Instant,
     waited: Duration,
+    /// Its place in its tenant's queue when it joined; `None` when it did not wait.
+    position_at_entry: Option<usize>,
     /// The tier's in-flight gauge, once the job owns the permit.
     tier_in_flight: Option<IntGauge>,
     /// Shared leases (several replicas): released when the permit drops.
@@ -178,6 +183,11 @@ impl SlotPermit {
     /// How long the job waited in the queue.
     pub fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// Its 1-based place in its tenant's queue when it joined; `None` when it did not wait.
+    pub fn position_at_entry(&self) -> Option<usize> {
+        self.position_at_entry
     }
 }
 
@@ -211,7 +221,7 @@ impl JobPool {
                 waiters: HashMap::new(),
                 next_id: 0,
                 closed: false,
-                avg_job_ms: 1_000.0,
+                durations: JobDurations::default(),
                 wake_at_ms: None,
             }),
             epoch: Instant::now(),
@@ -291,10 +301,9 @@ impl JobPool {
             match leases::hold(backend, key, cap, deadline).await {
                 Some(guard) => permit.leases.push(guard),
                 None => {
-                    let ahead = 1;
-                    let avg = self.lock().avg_job_ms;
+                    let durations = self.lock().durations;
                     return Err(QueueError::TimedOut {
-                        retry_after_secs: estimate_secs(avg, ahead, ticket.concurrency),
+                        retry_after_secs: durations.retry_after_secs(1, ticket.concurrency),
                     });
                 }
             }
@@ -339,11 +348,15 @@ impl JobPool {
                 ticket.max_queue,
                 ticket.front,
             );
-            if let Err(full) = enqueued {
-                let retry_after_secs =
-                    estimate_secs(inner.avg_job_ms, full.waiting + 1, ticket.concurrency);
-                return Err(QueueError::Full { retry_after_secs });
-            }
+            let position_at_entry = match enqueued {
+                Ok(position) => position,
+                Err(full) => {
+                    let retry_after_secs = inner
+                        .durations
+                        .retry_after_secs(full.waiting + 1, ticket.concurrency);
+                    return Err(QueueError::Full { retry_after_secs });
+                }
+            };
             let (tx, rx) = oneshot::channel();
             ticket.tier_gauges.queued.inc();
             self.queued_gauge.inc();
@@ -351,6 +364,7 @@ impl JobPool {
                 tx,
                 on_grant: on_wait(),
                 queued_at,
+                position_at_entry,
                 gauges: ticket.tier_gauges.clone(),
             };
             inner.waiters.insert(id, waiter);
@@ -399,6 +413,7 @@ impl JobPool {
             upstream,
             started: Instant::now(),
             waited,
+            position_at_entry: None,
             tier_in_flight: Some(ticket.tier_gauges.in_flight.clone()),
             leases: Vec::new(),
             armed: true,
@@ -410,7 +425,7 @@ impl JobPool {
         {
             let mut inner = self.lock();
             inner.sched.release(tenant, upstream);
-            inner.avg_job_ms = 0.8 * inner.avg_job_ms + 0.2 * held.as_millis() as f64;
+            inner.durations.record(held);
         }
         self.deliver();
     }
@@ -467,6 +482,7 @@ impl JobPool {
             upstream: g.upstream,
             started: Instant::now(),
             waited: waiter.queued_at.elapsed(),
+            position_at_entry: Some(waiter.position_at_entry),
             tier_in_flight: Some(waiter.gauges.in_flight.clone()),
             leases: Vec::new(),
             armed: true,
@@ -530,15 +546,65 @@ impl JobPool {
         self.lock().sched.upstream_in_flight()
     }
 
+    /// The jobs waiting in this pool, each with its place in its tenant's queue, how long it
+    /// has waited and how much longer it likely waits; oldest first, at most `limit` (the
+    /// status page's list), or only `tenant`'s.
+    pub fn waiting_jobs(&self, tenant: Option<AccountId>, limit: usize) -> Vec<WaitingJob> {
+        let inner = self.lock();
+        let mut jobs: Vec<WaitingJob> = inner
+            .sched
+            .queues()
+            .filter(|(t, _, _)| tenant.is_none_or(|want| want == *t))
+            .flat_map(|(t, concurrency, ids)| {
+                let inner = &inner;
+                ids.enumerate().filter_map(move |(i, id)| {
+                    let waiter = inner.waiters.get(&id)?;
+                    Some(WaitingJob {
+                        tenant: t,
+                        position: i + 1,
+                        position_at_entry: waiter.position_at_entry,
+                        waited: waiter.queued_at.elapsed(),
+                        estimated_wait: inner.durations.wait(i + 1, concurrency),
+                    })
+                })
+            })
+            .collect();
+        drop(inner);
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.waited));
+        jobs.truncate(limit);
+        jobs
+    }
+
+    /// How long recent jobs of this pool held their slot.
+    pub fn typical_job(&self) -> Duration {
+        self.lock().durations.typical()
+    }
+
+    /// Each upstream account's running jobs and the rest of its cooldown, if any.
+    pub fn upstream_states(&self) -> Vec<(u32, Duration)> {
+        let now = self.now_ms();
+        self.lock()
+            .sched
+            .upstream_states()
+            .map(|(in_flight, until)| (in_flight, Duration::from_millis(until.saturating_sub(now))))
+            .collect()
+    }
+
     fn position(&self, tenant: AccountId, id: WaiterId) -> Option<usize> {
         self.lock().sched.position(tenant, id)
     }
 }
 
-/// Whole seconds until a job `ahead` places back is likely to start, at the given concurrency.
-fn estimate_secs(avg_job_ms: f64, ahead: usize, concurrency: u32) -> u64 {
-    let rounds = ahead as f64 / concurrency.max(1) as f64;
-    ((rounds * avg_job_ms / 1000.0).ceil() as u64).max(1)
+/// A job in a queue, as the status page and `/usage` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitingJob {
+    pub tenant: AccountId,
+    /// 1-based place in its tenant's queue now.
+    pub position: usize,
+    pub position_at_entry: usize,
+    pub waited: Duration,
+    /// How much longer it likely waits ([`JobDurations::wait`]).
+    pub estimated_wait: Duration,
 }
 
 /// A job parked in a queue. Dropping it (client gone) takes it out of the queue at once; a
@@ -562,9 +628,9 @@ impl Waiting {
                 let ahead = self.pool.position(self.tenant, self.id).unwrap_or(1);
                 self.timed_out = true;
                 if self.leave() {
-                    let avg = self.pool.lock().avg_job_ms;
+                    let durations = self.pool.lock().durations;
                     return Err(QueueError::TimedOut {
-                        retry_after_secs: estimate_secs(avg, ahead, ticket.concurrency),
+                        retry_after_secs: durations.retry_after_secs(ahead, ticket.concurrency),
                     });
                 }
                 self.timed_out = false;

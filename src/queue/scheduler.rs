@@ -268,6 +268,23 @@ impl Scheduler {
         self.upstreams.iter().map(|u| u.in_flight).collect()
     }
 
+    /// Every tenant with jobs waiting: its concurrency cap and its waiting jobs, in queue order.
+    pub fn queues(
+        &self,
+    ) -> impl Iterator<Item = (AccountId, u32, impl Iterator<Item = WaiterId> + '_)> {
+        self.ring.iter().filter_map(|tenant| {
+            let t = self.tenants.get(tenant)?;
+            Some((*tenant, t.cap, t.queue.iter().map(|w| w.id)))
+        })
+    }
+
+    /// Each upstream account's running jobs and the end of its cooldown (ms, pool time).
+    pub fn upstream_states(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.upstreams
+            .iter()
+            .map(|u| (u.in_flight, u.cooldown_until_ms))
+    }
+
     /// Jobs waiting over all tenants.
     pub fn waiting(&self) -> usize {
         self.tenants.values().map(|t| t.queue.len()).sum()

@@ -37,6 +37,17 @@ pub enum OnFailure {
     Local { replicas: u32 },
 }
 
+impl OnFailure {
+    /// Its name in the config (`[store] on_failure`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OnFailure::FailOpen => "fail_open",
+            OnFailure::FailClosed => "fail_closed",
+            OnFailure::Local { .. } => "local",
+        }
+    }
+}
+
 /// Store health, exported as metrics.
 #[derive(Debug, Clone)]
 pub struct StoreHealth {
@@ -134,6 +145,18 @@ impl Breaker {
 
     fn success(&self) {
         self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// "closed" (Redis is asked), "open" (it is not, until the cooldown ends) or "half-open"
+    /// (the cooldown ended; the next answer decides).
+    fn state(&self) -> &'static str {
+        if self.failures.load(Ordering::Relaxed) < self.threshold {
+            "closed"
+        } else if self.now_ms() < self.open_until_ms.load(Ordering::Relaxed) {
+            "open"
+        } else {
+            "half-open"
+        }
     }
 
     fn failure(&self) {
@@ -292,6 +315,11 @@ impl SharedStore {
             Ok(c) => Ok(c),
             Err(_) => Ok(self.local.counters(account, now_ms)),
         }
+    }
+
+    /// The circuit breaker's state, for the status page.
+    pub fn breaker_state(&self) -> &'static str {
+        self.breaker.state()
     }
 
     /// Whether Redis answered the last time it was asked.
