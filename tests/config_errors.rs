@@ -52,7 +52,7 @@ bad_fixtures! {
         "line 4: (syntax): invalid basic string",
     unknown_top_level_field =>
         "line 2: servre: unknown field `servre`, expected one of `server`, `identity`, \
-         `routing`, `route`, `tiers`, `accounts`, `headers`, `jobs`, `tasks`, `account`, \
+         `routing`, `route`, `tiers`, `accounts`, `account_names`, `headers`, `jobs`, `tasks`, `account`, \
          `upstream_account`, `classes`, `state`, `incorrect_tasks`, `relax`, `store`",
     unknown_limit_field =>
         "line 11: tiers.basic.limits[1].per_minutes: unknown field `per_minutes`, expected one \
