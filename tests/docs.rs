@@ -41,7 +41,11 @@ fn module_files(dir: &Path, rel: &str, out: &mut BTreeSet<String>) {
 
 fn source_modules() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    module_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), "src", &mut out);
+    module_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        "src",
+        &mut out,
+    );
     out
 }
 
@@ -105,7 +109,13 @@ fn accepted_fields(text: &str) -> Option<Vec<String>> {
             let rest = located
                 .message
                 .strip_prefix(&format!("unknown field `{PROBE}`"))?;
-            Some(rest.split('`').skip(1).step_by(2).map(str::to_owned).collect())
+            Some(
+                rest.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect(),
+            )
         }
         _ => None,
     }
@@ -126,18 +136,28 @@ fn collect_keys(
             "" => (field.clone(), field.clone()),
             _ => (format!("{table}.{field}"), format!("{doc}.{field}")),
         };
-        if let Some(sub) = accepted_fields(&format!("{open}[{t}]\n{PROBE} = 1\n")) {
-            // a table; its own header stays written out when its children are probed
-            collect_keys(&format!("{open}[{t}]\n"), &t, &d, sub, keys);
-        } else if let Some(sub) = accepted_fields(&format!("{open}[[{t}]]\n{PROBE} = 1\n")) {
-            collect_keys(&format!("{open}[[{t}]]\n"), &t, &d, sub, keys); // an array of tables
-        } else if let Some(sub) = accepted_fields(&format!("{open}[{t}.zz_name]\n{PROBE} = 1\n"))
-        {
-            // tables under names of the operator's choosing (tiers, classes)
-            let named = format!("{t}.zz_name");
-            collect_keys(&format!("{open}[{named}]\n"), &named, &format!("{d}.<name>"), sub, keys);
-        } else {
-            keys.insert(d);
+        // The probe lands in a table, an array of tables, or tables under names the operator
+        // chooses (tiers, classes); the header that opened it stays written out for its fields.
+        let shapes = [
+            (format!("[{t}]"), t.clone(), d.clone()),
+            (format!("[[{t}]]"), t.clone(), d.clone()),
+            (
+                format!("[{t}.zz_name]"),
+                format!("{t}.zz_name"),
+                format!("{d}.<name>"),
+            ),
+        ];
+        let found = shapes.into_iter().find_map(|(header, table, doc)| {
+            accepted_fields(&format!("{open}{header}\n{PROBE} = 1\n"))
+                .map(|sub| (header, table, doc, sub))
+        });
+        match found {
+            Some((header, table, doc, sub)) => {
+                collect_keys(&format!("{open}{header}\n"), &table, &doc, sub, keys)
+            }
+            None => {
+                keys.insert(d); // a value: scalar, list, or a table of values
+            }
         }
     }
 }
@@ -318,4 +338,3 @@ fn the_metrics_reference_lists_exactly_the_registered_metrics() {
         "docs/reference/metrics.md names metrics floodgate does not register: {unknown:?}"
     );
 }
-
