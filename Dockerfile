@@ -35,7 +35,7 @@ COPY examples ./examples
 COPY config ./config
 COPY scripts ./scripts
 # The profile-guided build (scripts/pgo-build.sh): instrumented build, the training workload on
-# loopback inside this stage, then the optimised build — what the README's performance figures
+# loopback inside this stage, then the optimised build — what docs/performance.md's figures
 # measure. Without rustup's llvm-tools (no network) it falls back to a plain release build.
 RUN scripts/pgo-build.sh \
  && install -D -m 0755 target/pgo/floodgate /out/floodgate

@@ -8,7 +8,7 @@
 # loopback), 3. its profiles merged with llvm-profdata, 4. the release build optimised with them
 # (target/pgo/optimized). LLVM lays out the hot paths together and keeps cold code out of
 # them: about a quarter fewer instructions and a quarter of the instruction-cache misses per
-# proxied request (README, Performance).
+# proxied request (docs/performance.md).
 #
 # llvm-profdata comes from rustup's llvm-tools component (the same LLVM as rustc). Without it
 # (no rustup, or no network to fetch the component) the script says so and builds the plain

@@ -8,7 +8,7 @@
 //! instructions a call and a large stretch of code through the instruction cache. Measured
 //! with callgrind at 64 connections: 22.3k → 21.4k instructions per proxied request; in one
 //! 3-round `compare.sh` run, 1.06× nginx_lr's requests/s where the same code on glibc did 1.01×
-//! (README, Performance).
+//! (docs/performance.md).
 //!
 //! **Large blocks stay with the system allocator**, which hands blocks this size back to the
 //! kernel when they are freed; the limit store's tables grow by doubling, and mimalloc would

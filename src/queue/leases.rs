@@ -4,7 +4,7 @@
 //!
 //! Each replica still orders its own waiting jobs (FIFO per account); a job granted a local slot
 //! then waits for a shared lease, polling every few milliseconds (the hand-off delay is measured
-//! in the README).
+//! in docs/operations/redis.md).
 
 use std::fmt::Debug;
 use std::future::Future;
