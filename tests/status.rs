@@ -451,3 +451,101 @@ async fn in_a_real_browser_the_numbers_move_and_match_metrics_and_usage() {
         std::fs::copy(&shot, keep).unwrap();
     }
 }
+
+const TASKS: &str = r#"
+[[route]]
+method = "POST"
+path = "/task/create"
+class = "create"
+
+[[jobs]]
+classes = ["create"]
+mode = "task"
+task_id_pointer = "/result"
+max_job_time = "30s"
+
+[tasks]
+get_path = "/task/{id}"
+status_pointer = "/status"
+terminal = ["SUCCESS", "FAILURE"]
+
+[tiers.t]
+concurrency = 1
+max_queue = 1
+max_wait = "30s"
+"#;
+
+/// The whole seconds the shared estimator gives a job at `place` (concurrency 1) when jobs
+/// typically hold their slot `typical_ms` (as `/usage` reports it, truncated to the ms).
+fn retry_after_for(place: u64, typical_ms: u64) -> [String; 2] {
+    [typical_ms, typical_ms + 1].map(|t| (place * t).div_ceil(1_000).max(1).to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_refused_for_concurrency_gets_its_retry_after_from_the_same_estimate() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(TASKS, &up.url(), DAY0_MS);
+    let c = TestClient::new();
+    let usage = gate.admin_url("/usage?key=k");
+    let create_url = gate.url("/task/create");
+    let spawn_create = || {
+        let url = gate.url("/task/create");
+        tokio::spawn(async move { TestClient::new().post(&url, "k").await })
+    };
+    let first = c.post(&create_url, "k").await;
+    let task = first.json()["result"].as_str().unwrap().to_owned();
+    let waiting = spawn_create();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            c.get(&usage).await.json()["jobs"]["queued"] == 1
+        })
+        .await
+    );
+    // Before any task ended: 1 s a task, the refused one would have been second in line.
+    let u = c.get(&usage).await.json();
+    assert_eq!(u["jobs"]["typical_job_ms"], 1_000);
+    assert_eq!(u["jobs"]["waiting"][0]["estimated_wait_ms"], 1_000);
+    let refused = c.post(&create_url, "k").await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("x-ratelimit-type"), Some("concurrency"));
+    assert_eq!(refused.header("retry-after"), Some("2"));
+
+    // The first task holds its slot about 1.5 s: the estimate moves, and all three uses with it.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    up.set_task_status(&task, "SUCCESS");
+    c.send(
+        "GET",
+        &gate.url(&format!("/task/{task}")),
+        &[("x-api-key", "k")],
+        "",
+    )
+    .await;
+    let second = waiting.await.unwrap();
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-queue-position-at-entry"), Some("1"));
+    let third = spawn_create(); // waits behind the second task
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            c.get(&usage).await.json()["jobs"]["queued"] == 1
+        })
+        .await
+    );
+    let u = c.get(&usage).await.json();
+    let typical = u["jobs"]["typical_job_ms"].as_u64().unwrap();
+    assert!(
+        (1_090..1_300).contains(&typical),
+        "0.8 × 1 s + 0.2 × ~1.5 s: {typical}"
+    );
+    assert_eq!(u["jobs"]["waiting"][0]["estimated_wait_ms"], typical);
+    let refused = c.post(&create_url, "k").await;
+    assert_eq!(refused.status, 429);
+    let retry_after = refused.header("retry-after").unwrap().to_owned();
+    assert!(
+        retry_after_for(2, typical).contains(&retry_after),
+        "Retry-After {retry_after} for 2 × {typical} ms"
+    );
+    let s = status(&c, &gate.admin_url("/status.json")).await;
+    assert_eq!(s["queues"]["pools"][0]["typical_job_ms"], typical);
+    assert_eq!(s["queues"]["jobs"][0]["estimated_wait_ms"], typical);
+    third.abort();
+}
