@@ -854,3 +854,56 @@ async fn a_store_operation_outlives_a_redis_restart_and_a_script_flush() {
     assert_eq!(leases, 2, "Redis came back empty: c and d since");
     assert!(acquire("e").await.unwrap());
 }
+
+/// The status page's store panel: healthy with the breaker closed; while Redis is down,
+/// degraded since a time with the breaker open; healthy again once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_redis_store_health() {
+    let _turn = TURNS.read().await;
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let gate = Gate::start(
+        &config(&redis, "fail_open", "100ms", "per_minute = 3"),
+        &up.url(),
+        DAY0_MS,
+    );
+    let c = TestClient::new();
+    let url = gate.admin_url("/status.json");
+    let store =
+        |c: TestClient, url: String| async move { c.get(&url).await.json()["store"].clone() };
+    assert_eq!(c.post(&gate.url("/limited"), "k").await.status, 200);
+    let s = store(c.clone(), url.clone()).await;
+    assert_eq!(s["kind"], "redis");
+    assert_eq!(s["degraded"], false);
+    assert_eq!(s["breaker"], "closed");
+    assert_eq!(s["on_failure"], "fail_open");
+    redis.stop();
+    for _ in 0..3 {
+        assert_eq!(
+            c.post(&gate.url("/limited"), "k").await.status,
+            200,
+            "fail_open"
+        );
+    }
+    let degraded = support::eventually(Duration::from_secs(5), || {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let s = store(c, url).await;
+            s["degraded"] == true && s["degraded_since_ms"].is_u64()
+        }
+    })
+    .await;
+    assert!(degraded, "{}", store(c.clone(), url.clone()).await);
+    let s = store(c.clone(), url.clone()).await;
+    assert!(s["breaker"] == "open" || s["breaker"] == "half-open", "{s}");
+    redis.restart();
+    let healthy = support::eventually(Duration::from_secs(5), || {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let s = store(c, url).await;
+            s["degraded"] == false && s["breaker"] == "closed"
+        }
+    })
+    .await;
+    assert!(healthy, "{}", store(c.clone(), url.clone()).await);
+}
