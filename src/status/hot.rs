@@ -2,12 +2,12 @@
 //! (which a Redis store cannot afford) and without a sort on the request path.
 //!
 //! Every decided request writes its account's tightest window into one slot of a fixed table,
-//! chosen by the account's hash: O(1), one uncontended lock, no allocation. Two accounts that
-//! share a slot keep the one nearer its limit (or the newer one once the older's window has
-//! closed), so an account close to its limit is not pushed out by a quiet one. The status page
-//! sorts the table's few thousand entries once a second, off the request path.
+//! chosen by the account's hash: O(1), one lock that is never waited for, no allocation. Two
+//! accounts that share a slot keep the one nearer its limit (or the newer one once the older's
+//! window has closed), so an account close to its limit is not pushed out by a quiet one. The
+//! table's thousand entries are sorted only when the page asks, off the request path.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, TryLockError};
 
 use crate::classify::ClassId;
 use crate::identity::{AccountId, TierId};
@@ -88,10 +88,16 @@ impl Default for HotAccounts {
 }
 
 impl HotAccounts {
-    /// Notes an account's standing after a decision.
+    /// Notes an account's standing after a decision. A slot another worker is writing at this
+    /// instant (the same busy account on two cores) is skipped rather than waited for: the
+    /// account's next request notes it again, and the request path never blocks here.
     pub fn record(&self, standing: Standing, now_ms: u64) {
         let slot = &self.slots[(standing.account.0 as usize) % SLOTS];
-        let mut held = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = match slot.try_lock() {
+            Ok(held) => held,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
         let replace = match &*held {
             None => true,
             Some(old) => {
