@@ -25,13 +25,13 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::Shared;
 use crate::classify::ClassId;
-use crate::error::json_response;
 use crate::identity::AccountId;
 use crate::limits::{Counter, Counters};
 use crate::penalties;
+use crate::proxy::respond::json_response;
 use crate::proxy::ProxyBody;
+use crate::shared::Shared;
 
 /// Serves admin requests until shutdown.
 pub async fn serve(

@@ -11,79 +11,23 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::sync::{watch, Semaphore};
 
 use crate::clock::Clock;
 use crate::config::{Config, StateConfig, UpstreamTarget};
-use crate::metrics::{Handles, Metrics};
+use crate::metrics::Metrics;
 use crate::proxy::upstream::{self, ExchangeTimeouts, UpstreamClient, Upstreams};
 use crate::proxy::Proxy;
-use crate::queue::Jobs;
 use crate::server::conn::Timeouts;
-use crate::status::StatusBoard;
+pub use crate::shared::{Policy, Shared};
 use crate::store::snapshot::{self, Loaded};
 use crate::store::Store;
 use crate::{admin, server};
-
-/// A config together with the metric handles resolved for it; swapped whole on reload.
-#[derive(Debug)]
-pub struct Policy {
-    pub config: Config,
-    pub handles: Handles,
-}
-
-/// State every worker shares.
-pub struct Shared {
-    pub policy: ArcSwap<Policy>,
-    /// Job pools and task holds; built from the config at start.
-    pub jobs: Jobs,
-    pub store: Store,
-    pub clock: Arc<dyn Clock>,
-    pub metrics: Metrics,
-    /// The status page's charts, hot accounts and reload record.
-    pub status: StatusBoard,
-    pub shutting_down: AtomicBool,
-}
-
-impl Shared {
-    pub fn new(config: Config, store: Store, clock: Arc<dyn Clock>) -> Self {
-        let metrics = Metrics::new();
-        if let Some(health) = store.health() {
-            metrics.register_store(health);
-        }
-        let handles = metrics.handles(&config);
-        let jobs = Jobs::new(&config.jobs, &metrics);
-        if let Store::Redis(shared_store) = &store {
-            // job concurrency caps hold across replicas: slots are leases in Redis
-            for pool in &jobs.pools {
-                pool.share_slots(shared_store.clone());
-            }
-        }
-        Self {
-            jobs,
-            policy: ArcSwap::from_pointee(Policy { config, handles }),
-            store,
-            status: StatusBoard::new(clock.now_ms()),
-            clock,
-            metrics,
-            shutting_down: AtomicBool::new(false),
-        }
-    }
-
-    /// Swaps in a new config atomically. Counters are keyed by rule content, so rules that did
-    /// not change keep their windows. Validation against the running config (what only a
-    /// restart can change) is [`crate::reload::apply`]'s.
-    pub fn reload(&self, config: Config) {
-        let handles = self.metrics.handles(&config);
-        self.policy.store(Arc::new(Policy { config, handles }));
-    }
-}
 
 /// Sockets floodgate serves on, bound before start (tests bind port 0).
 pub struct Listeners {

@@ -3,6 +3,7 @@
 //! Map of the modules — the request path first, then the edges:
 //!
 //! - [`config`]: the TOML file, validated into typed values (errors name field and line).
+//! - [`json`]: one field out of a small JSON document (body classes, modes, task ids). (pure)
 //! - [`identity`]: request -> account and tier.                                   (pure)
 //! - [`classify`]: method + normalised path -> endpoint class.                    (pure)
 //! - [`limits`]: minute / day / interval windows -> admit or refuse; header rendering. (pure)
@@ -18,8 +19,8 @@
 //! - [`metrics`]: Prometheus metrics with bounded labels.
 //! - [`status`]: the live status page's data — charts sampled off the request path, the
 //!   accounts nearest their limits, queues with estimated waits.
-//! - [`app`]: wiring and threads; [`clock`]: the only reader of wall time; [`error`]: errors
-//!   and the one place they become HTTP responses.
+//! - [`shared`]: the state workers, admin and reload share (config, jobs, store, metrics).
+//! - [`app`]: wiring and threads; [`clock`]: the only reader of wall time.
 //! - [`allocator`]: the global allocator — mimalloc for small blocks, the system's for large
 //!   ones, huge pages for the largest tables (the one module with `unsafe` code).
 
@@ -35,8 +36,8 @@ pub mod app;
 pub mod classify;
 pub mod clock;
 pub mod config;
-pub mod error;
 pub mod identity;
+pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod penalties;
@@ -44,5 +45,6 @@ pub mod proxy;
 pub mod queue;
 pub mod reload;
 pub mod server;
+pub mod shared;
 pub mod status;
 pub mod store;

@@ -11,9 +11,7 @@ use prometheus::{
 };
 
 use crate::classify::ClassId;
-use crate::config::Config;
 use crate::identity::TierId;
-use crate::proxy::upstream::CutCounters;
 
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +51,25 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Per-tier gauges (queue) a job moves while it waits and runs.
+#[derive(Debug, Clone)]
+pub struct TierGauges {
+    pub queued: IntGauge,
+    pub in_flight: IntGauge,
+    /// Jobs whose client left while they waited.
+    pub cancelled: prometheus::IntCounter,
+}
+
+/// Counters of responses cut mid-body when a clock ran out. Taken where the clock runs: the
+/// error itself only closes the client connection.
+#[derive(Debug, Clone)]
+pub struct CutCounters {
+    /// The upstream paused its response body too long.
+    pub upstream_body: IntCounter,
+    /// The client paused its request body too long, after the upstream answered.
+    pub client_body: IntCounter,
+}
+
 /// Per-config handles for the counters every request touches.
 #[derive(Debug)]
 pub struct Handles {
@@ -62,7 +79,7 @@ pub struct Handles {
     limited: Vec<IntCounter>,
     upstream_seconds: Vec<prometheus::Histogram>,
     /// Indexed by tier.
-    tiers: Vec<crate::queue::TierGauges>,
+    tiers: Vec<TierGauges>,
 }
 
 impl Handles {
@@ -79,7 +96,7 @@ impl Handles {
     }
 
     /// Queued / in-flight job gauges of a tier.
-    pub fn tier_gauges(&self, tier: TierId) -> crate::queue::TierGauges {
+    pub fn tier_gauges(&self, tier: TierId) -> TierGauges {
         self.tiers[tier.0 as usize].clone()
     }
 
@@ -308,46 +325,36 @@ impl Metrics {
         }
     }
 
-    /// Resolves the per-request handles for a config's classes and tiers.
-    pub fn handles(&self, config: &Config) -> Handles {
+    /// Resolves the per-request handles for a config's classes and tiers (by name, in the
+    /// order of their ids).
+    pub fn handles(&self, classes: &[String], tiers: &[&str]) -> Handles {
         let mut admitted = Vec::new();
         let mut limited = Vec::new();
-        for tier in &config.tiers {
-            for class in &config.classes {
-                admitted.push(
-                    self.requests
-                        .with_label_values(&[class, &tier.name, "admitted"]),
-                );
-                limited.push(
-                    self.requests
-                        .with_label_values(&[class, &tier.name, "limited"]),
-                );
+        for tier in tiers {
+            for class in classes {
+                admitted.push(self.requests.with_label_values(&[class, tier, "admitted"]));
+                limited.push(self.requests.with_label_values(&[class, tier, "limited"]));
             }
         }
-        let upstream_seconds = config
-            .classes
+        let upstream_seconds = classes
             .iter()
             .map(|c| self.upstream_seconds.with_label_values(&[c]))
             .collect();
-        let tiers = config
-            .tiers
-            .iter()
-            .map(|t| self.tier_gauges(&t.name))
-            .collect();
+        let tiers = tiers.iter().map(|t| self.tier_gauges(t)).collect();
         Handles {
             tiers,
-            classes: config.classes.len(),
+            classes: classes.len(),
             admitted,
             limited,
             upstream_seconds,
         }
     }
 
-    /// Registers a shared store's health metrics.
-    pub fn register_store(&self, health: &crate::store::StoreHealth) {
-        let _ = self.registry.register(Box::new(health.degraded.clone()));
-        let _ = self.registry.register(Box::new(health.errors.clone()));
-        let _ = self.registry.register(Box::new(health.latency.clone()));
+    /// Registers metrics owned elsewhere (the shared store's health).
+    pub fn register_all(&self, collectors: Vec<Box<dyn prometheus::core::Collector>>) {
+        for c in collectors {
+            let _ = self.registry.register(c);
+        }
     }
 
     /// Jobs waiting for a pool of upstream accounts ("upstream" is the plain upstream).
@@ -361,8 +368,8 @@ impl Metrics {
     }
 
     /// The queued / in-flight gauges of a tier.
-    pub fn tier_gauges(&self, tier: &str) -> crate::queue::TierGauges {
-        crate::queue::TierGauges {
+    pub fn tier_gauges(&self, tier: &str) -> TierGauges {
+        TierGauges {
             queued: self.jobs_queued.with_label_values(&[tier]),
             in_flight: self.jobs_in_flight.with_label_values(&[tier]),
             cancelled: self.jobs_dropped.with_label_values(&[tier, "cancelled"]),

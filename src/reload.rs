@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::app::Shared;
 use crate::config::{restart_only_changes, Config, ConfigError, Located, Overrides};
+use crate::shared::Shared;
 
 /// Why a reload was refused; the running config keeps serving.
 #[derive(Debug, thiserror::Error)]

@@ -153,7 +153,7 @@ impl BodyClasses {
         if !complete {
             return self.unreadable.map(Some).ok_or(Unclassifiable);
         }
-        let value = crate::proxy::inspect::json_string_at(body, &self.pointer);
+        let value = crate::json::string_at(body, &self.pointer);
         Ok(value.and_then(|v| self.by_value.get(&v).copied()))
     }
 }

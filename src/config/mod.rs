@@ -31,6 +31,7 @@ use raw::{RawAccountsFile, RawConfig};
 pub(crate) use server::build_upstream;
 pub use server::{restart_only_changes, ServerConfig, UpstreamTarget};
 pub use state::StateConfig;
+pub use store::{OnFailure, StoreConfig};
 
 use crate::classify::{BodyClasses, ClassId, PathPattern, PathRules, Route, Router};
 use crate::identity::{
@@ -64,7 +65,7 @@ pub struct Config {
     /// The memory store's state file; `None` = state is not kept across restarts.
     pub state: Option<StateConfig>,
     /// Where limit counters live.
-    pub store: crate::store::StoreConfig,
+    pub store: StoreConfig,
     /// Incorrect-task and relax accounting: what counts, and each tier's allowances.
     pub penalties: PenaltiesConfig,
 }

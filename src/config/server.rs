@@ -346,10 +346,14 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     changed
 }
 
+/// How much of a body floodgate reads to look inside it, unless `[server] inspect_limit` says
+/// otherwise.
+pub const DEFAULT_INSPECT_LIMIT: usize = 64 * 1024;
+
 /// `[server] inspect_limit`: a size of at least 1KB (a job body's fields must fit in it).
 fn inspect_limit(src: &Source<'_>, v: Option<&Spanned<String>>) -> Result<usize, ConfigError> {
     let Some(v) = v else {
-        return Ok(crate::proxy::inspect::DEFAULT_INSPECT_LIMIT);
+        return Ok(DEFAULT_INSPECT_LIMIT);
     };
     let at = |m: String| src.at("server.inspect_limit", v.span(), m);
     let bytes = super::classes::parse_size(v.get_ref()).map_err(at)?;

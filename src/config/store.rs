@@ -2,7 +2,43 @@
 
 use super::error::{invalid, ConfigError, Source};
 use super::raw::RawStore;
-use crate::store::{OnFailure, StoreConfig};
+
+/// Which store the config asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    Memory,
+    Redis {
+        url: String,
+        timeout: std::time::Duration,
+        on_failure: OnFailure,
+        breaker_failures: u32,
+        breaker_cooldown: std::time::Duration,
+        /// How long a job slot lease lives without renewal (a dead replica's slots return then).
+        lease_ttl: std::time::Duration,
+    },
+}
+
+/// What to do when Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Admit the request (counting it locally, unenforced).
+    FailOpen,
+    /// Refuse with 503 and `Retry-After`.
+    FailClosed,
+    /// Enforce limits in memory, this replica taking its share of each quota.
+    Local { replicas: u32 },
+}
+
+impl OnFailure {
+    /// Its name in the config (`[store] on_failure`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OnFailure::FailOpen => "fail_open",
+            OnFailure::FailClosed => "fail_closed",
+            OnFailure::Local { .. } => "local",
+        }
+    }
+}
 
 pub(super) fn build_store(
     src: &Source<'_>,

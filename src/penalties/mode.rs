@@ -1,6 +1,6 @@
 //! The job mode a request asks for, read from a field of its JSON body.
 
-use crate::proxy::inspect::json_string_at;
+use crate::json::string_at as json_string_at;
 
 /// How fast the upstream should run a job; relax jobs are the ones with a daily allowance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -7,10 +7,6 @@ use bytes::{Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-/// How much of a body floodgate reads to look inside it, unless `[server] inspect_limit` says
-/// otherwise.
-pub const DEFAULT_INSPECT_LIMIT: usize = 64 * 1024;
-
 /// A body read up to the inspect limit: `complete` when that was all of it.
 pub struct Prefix<B> {
     pub bytes: Bytes,
@@ -28,17 +24,7 @@ impl<B> Prefix<B> {
         if !self.is_complete() {
             return None;
         }
-        json_string_at(&self.bytes, pointer)
-    }
-}
-
-/// The string (or number, as text) at a JSON pointer in a JSON document.
-pub fn json_string_at(bytes: &[u8], pointer: &str) -> Option<String> {
-    let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    match doc.pointer(pointer)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+        crate::json::string_at(&self.bytes, pointer)
     }
 }
 
@@ -101,4 +87,11 @@ where
         bytes: buf.freeze(),
         rest: None,
     })
+}
+
+/// What was read of an upstream answer's body: `complete` when it is all of it.
+#[derive(Debug, Clone)]
+pub struct Peeked {
+    pub bytes: Bytes,
+    pub complete: bool,
 }

@@ -12,19 +12,20 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use super::inspect::{json_string_at, read_prefix, Prefix};
-use super::penalties::{settle_task, write_marks};
+use super::admission::{settle_task, write_marks};
+use super::inspect::{read_prefix, Peeked, Prefix};
 use super::upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
 use super::{route, Ctx, Proxy, ProxyBody, RequestBody};
-use crate::app::Shared;
-use crate::error::ProxyError;
 use crate::identity::KeyFields;
+use crate::json::string_at as json_string_at;
 use crate::penalties::{JobFacts, Marks};
+use crate::proxy::error::ProxyError;
 use crate::queue::tasks::{TaskOwner, TaskTracker};
 use crate::queue::{
     GrantNotice, Granted, JobClass, JobMode, JobPool, JobTicket, QueueError, SlotPermit,
     StartOnGrant, TaskPolling,
 };
+use crate::shared::Shared;
 
 /// Names the upstream account that took a job.
 pub static X_UPSTREAM_ACCOUNT: HeaderName = HeaderName::from_static("x-floodgate-upstream-account");
@@ -69,13 +70,6 @@ impl Submission {
             facts,
         })
     }
-}
-
-/// What was read of an upstream answer's body: `complete` when it is all of it.
-#[derive(Debug, Clone)]
-pub(super) struct Peeked {
-    pub bytes: Bytes,
-    pub complete: bool,
 }
 
 impl Proxy {

@@ -6,12 +6,15 @@
 //! decision take plain values and return plain values; the store does the atomic bookkeeping;
 //! the job pools hand out slots; [`upstream`] moves bytes.
 
+mod admission;
 mod body;
+pub mod error;
 pub mod forwarding;
 pub mod hygiene;
 pub mod inspect;
 mod jobs;
-mod penalties;
+pub mod request_body;
+pub mod respond;
 pub mod upload;
 pub mod upstream;
 
@@ -26,20 +29,22 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-pub use body::{ProxyBody, RequestBody};
+pub use body::ProxyBody;
 use forwarding::Forwarded;
+pub use request_body::RequestBody;
 use upload::UploadBody;
 use upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
 
-use crate::app::{Policy, Shared};
 use crate::classify::{normalize_path, BodyClasses, ClassId, PathRules};
 use crate::config::Config;
-use crate::error::{json_response, ProxyError};
 use crate::identity::Caller;
 use crate::limits::{headers as rl_headers, Decision, Refusal, Usage};
 use crate::penalties::Marks;
 use crate::queue::UpstreamAccount;
+use crate::shared::{Policy, Shared};
 use crate::store::StoreError;
+use error::ProxyError;
+use respond::json_response;
 
 /// The seed API's 429 body, byte for byte.
 const TOO_MANY_ATTEMPTS: &str = r#"{"message": "Too Many Attempts."}"#;
@@ -383,7 +388,7 @@ impl Proxy {
         if config.headers.annotate_upstream {
             annotate(&mut req, ctx);
         }
-        penalties::write_marks(req.headers_mut(), marks);
+        admission::write_marks(req.headers_mut(), marks);
         req
     }
 

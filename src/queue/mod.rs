@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use http::Method;
 
+pub use crate::metrics::TierGauges;
 pub use pool::{
-    GrantNotice, Granted, JobPool, JobTicket, QueueError, SlotPermit, StartOnGrant, TierGauges,
+    GrantNotice, Granted, JobPool, JobTicket, QueueError, SlotPermit, StartOnGrant,
     UpstreamAccount, WaitingJob,
 };
 

@@ -21,6 +21,7 @@ use super::estimate::JobDurations;
 use super::leases::{self, LeaseGuard, SlotLeases};
 use super::scheduler::{self, Scheduler, UpstreamIdx, WaiterId};
 use crate::identity::AccountId;
+use crate::metrics::TierGauges;
 
 /// An upstream account: the credential floodgate sets for jobs it runs, and where it lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,15 +60,6 @@ pub struct JobTicket {
     pub front: bool,
     /// Gauges of the tenant's tier: jobs waiting and in flight.
     pub tier_gauges: TierGauges,
-}
-
-/// Per-tier gauges a job moves while it waits and runs.
-#[derive(Debug, Clone)]
-pub struct TierGauges {
-    pub queued: IntGauge,
-    pub in_flight: IntGauge,
-    /// Jobs whose client left while they waited.
-    pub cancelled: prometheus::IntCounter,
 }
 
 /// Work a waiting job leaves to run where its slot is granted: on the thread that freed the

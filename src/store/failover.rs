@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 
 use super::{MemoryStore, RedisStore, StoreError};
+use crate::config::OnFailure;
 use crate::identity::AccountId;
 use crate::limits::{Counter, Decision, Receipt, Rule, Usage};
 use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
@@ -25,28 +26,6 @@ use crate::queue::leases::{BoxFuture, SlotLeases};
 /// How often a degraded store pings Redis. A ping to a Redis that is down costs a refused
 /// connect (or at most the operation timeout, for one that hangs), one at a time per replica.
 pub const RECOVERY_PROBE: Duration = Duration::from_millis(50);
-
-/// What to do when Redis cannot answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnFailure {
-    /// Admit the request (counting it locally, unenforced).
-    FailOpen,
-    /// Refuse with 503 and `Retry-After`.
-    FailClosed,
-    /// Enforce limits in memory, this replica taking its share of each quota.
-    Local { replicas: u32 },
-}
-
-impl OnFailure {
-    /// Its name in the config (`[store] on_failure`).
-    pub fn name(self) -> &'static str {
-        match self {
-            OnFailure::FailOpen => "fail_open",
-            OnFailure::FailClosed => "fail_closed",
-            OnFailure::Local { .. } => "local",
-        }
-    }
-}
 
 /// Store health, exported as metrics.
 #[derive(Debug, Clone)]
@@ -57,6 +36,15 @@ pub struct StoreHealth {
 }
 
 impl StoreHealth {
+    /// Its metrics, for the registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.degraded.clone()),
+            Box::new(self.errors.clone()),
+            Box::new(self.latency.clone()),
+        ]
+    }
+
     fn new() -> Self {
         Self {
             degraded: IntGauge::new(

@@ -11,7 +11,8 @@ mod memory;
 pub mod redis;
 pub mod snapshot;
 
-pub use failover::{OnFailure, SharedStore, StoreHealth};
+pub use crate::config::{OnFailure, StoreConfig};
+pub use failover::{SharedStore, StoreHealth};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 pub use snapshot::Snapshot;
@@ -33,21 +34,6 @@ pub enum Store {
     Memory(MemoryStore),
     /// Shared by replicas through Redis, with a failure policy.
     Redis(std::sync::Arc<SharedStore>),
-}
-
-/// Which store the config asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreConfig {
-    Memory,
-    Redis {
-        url: String,
-        timeout: std::time::Duration,
-        on_failure: OnFailure,
-        breaker_failures: u32,
-        breaker_cooldown: std::time::Duration,
-        /// How long a job slot lease lives without renewal (a dead replica's slots return then).
-        lease_ttl: std::time::Duration,
-    },
 }
 
 impl Store {

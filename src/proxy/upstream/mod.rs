@@ -30,17 +30,17 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use prometheus::IntCounter;
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
-use super::body::RequestBody;
+use super::request_body::RequestBody;
 use super::upload::{UploadBody, UploadError};
 use crate::config::{ServerConfig, UpstreamTarget};
-use crate::error::ProxyError;
+pub use crate::metrics::CutCounters;
+use crate::proxy::error::ProxyError;
 pub use conn::ExchangeError;
 use conn::{Conn, Wait, WireBody};
 use io::UpstreamIo;
@@ -146,16 +146,6 @@ impl ExchangeTimeouts {
             client_body: server.client_body_timeout,
         }
     }
-}
-
-/// Counters of responses cut mid-body when a clock ran out. Taken where the clock runs: the
-/// error itself only closes the client connection.
-#[derive(Debug, Clone)]
-pub struct CutCounters {
-    /// The upstream paused its response body too long.
-    pub upstream_body: IntCounter,
-    /// The client paused its request body too long, after the upstream answered.
-    pub client_body: IntCounter,
 }
 
 /// Connections to one upstream origin.

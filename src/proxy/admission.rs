@@ -6,14 +6,14 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
-use super::inspect::json_string_at;
-use super::jobs::Peeked;
+use super::inspect::Peeked;
 use super::{Ctx, Proxy, ProxyBody};
-use crate::app::Shared;
 use crate::identity::{AccountId, TierId};
+use crate::json::string_at as json_string_at;
 use crate::limits::{LimitKind, Receipt, Usage};
 use crate::penalties::{Admission, Event, JobCheck, JobFacts, Marks, On, PenaltyRefusal};
 use crate::queue::tasks::TaskOwner;
+use crate::shared::Shared;
 
 /// Tells the upstream (and the client) that credits of incorrect tasks are not refunded.
 pub static X_BILLING: HeaderName = HeaderName::from_static("x-floodgate-billing");

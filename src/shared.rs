@@ -1,0 +1,77 @@
+//! The state every worker, the admin listener and a reload share: the running config (swapped
+//! whole on reload), the job pools, the limit store, the clock, metrics and the status board.
+//!
+//! Below the proxy, the admin listener and reload, which all take it; above everything it holds.
+//! [`crate::app`] builds it and starts the threads that use it.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::{Handles, Metrics};
+use crate::queue::Jobs;
+use crate::status::StatusBoard;
+use crate::store::Store;
+
+/// A config together with the metric handles resolved for it; swapped whole on reload.
+#[derive(Debug)]
+pub struct Policy {
+    pub config: Config,
+    pub handles: Handles,
+}
+
+/// State every worker shares.
+pub struct Shared {
+    pub policy: ArcSwap<Policy>,
+    /// Job pools and task holds; built from the config at start.
+    pub jobs: Jobs,
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
+    /// The status page's charts, hot accounts and reload record.
+    pub status: StatusBoard,
+    pub shutting_down: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: Config, store: Store, clock: Arc<dyn Clock>) -> Self {
+        let metrics = Metrics::new();
+        if let Some(health) = store.health() {
+            metrics.register_all(health.collectors());
+        }
+        let handles = handles(&metrics, &config);
+        let jobs = Jobs::new(&config.jobs, &metrics);
+        if let Store::Redis(shared_store) = &store {
+            // job concurrency caps hold across replicas: slots are leases in Redis
+            for pool in &jobs.pools {
+                pool.share_slots(shared_store.clone());
+            }
+        }
+        Self {
+            jobs,
+            policy: ArcSwap::from_pointee(Policy { config, handles }),
+            store,
+            status: StatusBoard::new(clock.now_ms()),
+            clock,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Swaps in a new config atomically. Counters are keyed by rule content, so rules that did
+    /// not change keep their windows. Validation against the running config (what only a
+    /// restart can change) is [`crate::reload::apply`]'s.
+    pub fn reload(&self, config: Config) {
+        let handles = handles(&self.metrics, &config);
+        self.policy.store(Arc::new(Policy { config, handles }));
+    }
+}
+
+/// The metric handles for a config's classes and tiers.
+fn handles(metrics: &Metrics, config: &Config) -> Handles {
+    let tiers: Vec<&str> = config.tiers.iter().map(|t| t.name.as_str()).collect();
+    metrics.handles(&config.classes, &tiers)
+}
