@@ -3,7 +3,7 @@
 
 use http::StatusCode;
 
-use super::hygiene::HygieneError;
+use super::request_checks::HygieneError;
 use super::upload::TooLarge;
 use crate::classify::{PathError, Unclassifiable};
 use crate::identity::IdentityError;

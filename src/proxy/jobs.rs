@@ -410,7 +410,7 @@ fn start_on_grant(
     req: Option<Request<ForwardBody>>,
     early: oneshot::Sender<Early>,
     named_account: bool,
-    forwarded_for: super::forwarding::Forwarded,
+    forwarded_for: super::header_rewrite::Forwarded,
 ) -> Option<StartOnGrant> {
     let req = req?;
     Some(Box::new(move |permit: SlotPermit, notice: GrantNotice| {

@@ -9,11 +9,11 @@
 mod admission;
 mod body;
 pub mod error;
-pub mod forwarding;
-pub mod hygiene;
+pub mod header_rewrite;
 pub mod inspect;
 mod jobs;
 pub mod request_body;
+pub mod request_checks;
 pub mod respond;
 pub mod upload;
 pub mod upstream;
@@ -30,7 +30,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 pub use body::ProxyBody;
-use forwarding::Forwarded;
+use header_rewrite::Forwarded;
 pub use request_body::RequestBody;
 use upload::UploadBody;
 use upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
@@ -130,9 +130,9 @@ impl Proxy {
         }
         let ambiguous = req
             .extensions()
-            .get::<hygiene::AmbiguousFraming>()
+            .get::<request_checks::AmbiguousFraming>()
             .is_some();
-        if let Err(e) = hygiene::check(req.headers(), ambiguous, self.max_header_count) {
+        if let Err(e) = request_checks::check(req.headers(), ambiguous, self.max_header_count) {
             return self.refuse(e.into());
         }
         let policy = self.shared.policy.load_full();
@@ -344,9 +344,9 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let protocol = req.headers().get(http::header::UPGRADE).cloned();
         let mut req = self.outgoing(ctx, req, &Marks::default());
-        forwarding::append_forwarded(req.headers_mut(), ctx.forwarded);
+        header_rewrite::append_forwarded(req.headers_mut(), ctx.forwarded);
         if let Some(protocol) = protocol {
-            forwarding::keep_upgrade(req.headers_mut(), protocol);
+            header_rewrite::keep_upgrade(req.headers_mut(), protocol);
         }
         let started = Instant::now();
         let mut resp = self.upstreams.default.send_upgrade(req).await;
@@ -408,7 +408,7 @@ impl Proxy {
         // are the switch itself, for the client.
         let switched = matches!(resp.body(), UpstreamBody::Switched(_));
         if switched && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            forwarding::strip_hop_by_hop(resp.headers_mut());
+            header_rewrite::strip_hop_by_hop(resp.headers_mut());
         }
         Ok(resp.map(ProxyBody::upstream))
     }
@@ -529,7 +529,7 @@ pub struct Tunnel {
 /// looked at further, so a plain request pays one empty-map check.
 fn upgrade_asked<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
     req.extensions().get::<OnUpgrade>()?;
-    if !forwarding::is_upgrade(req.headers()) {
+    if !header_rewrite::is_upgrade(req.headers()) {
         return None;
     }
     req.extensions_mut().remove::<OnUpgrade>()
@@ -561,10 +561,10 @@ fn annotate<B>(req: &mut Request<B>, ctx: &Ctx<'_>) {
     let config = &ctx.policy.config;
     let h = req.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&config.tier(ctx.caller.tier).name) {
-        h.insert(forwarding::X_FLOODGATE_TIER.clone(), v);
+        h.insert(header_rewrite::X_FLOODGATE_TIER.clone(), v);
     }
     if let Ok(v) = HeaderValue::from_str(config.class_name(ctx.class)) {
-        h.insert(forwarding::X_FLOODGATE_CLASS.clone(), v);
+        h.insert(header_rewrite::X_FLOODGATE_CLASS.clone(), v);
     }
 }
 
@@ -588,7 +588,7 @@ fn prepare_request<B>(req: &mut Request<B>, upstream_host: &str) {
         }
     }
     *req.version_mut() = Version::HTTP_11;
-    forwarding::request_headers(req.headers_mut());
+    header_rewrite::request_headers(req.headers_mut());
 }
 
 /// The 429 answer: the seed's body, the usage headers, the limit type and an exact Retry-After.

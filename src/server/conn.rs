@@ -22,7 +22,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::framing::FramingScan;
-use super::tap::{OnRead, ReadTap};
+use super::read_tap::{OnRead, ReadTap};
 
 /// The connection timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,11 +7,11 @@
 //! until the drain deadline to finish it (mini-redis's pattern: each connection task holds a
 //! sender; the channel closes when the last one ends).
 
-mod canned;
 pub mod conn;
 pub mod contain;
 pub mod framing;
-mod tap;
+mod parse_errors;
+mod read_tap;
 mod tunnel;
 
 use std::convert::Infallible;
@@ -28,12 +28,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::proxy::hygiene::AmbiguousFraming;
+use crate::proxy::request_checks::AmbiguousFraming;
 use crate::proxy::Tunnel;
 use crate::proxy::{Peer, Proxy};
-use canned::JsonRefusals;
 use conn::{Activity, ActivityIo, Expiry, HeadWatch, Timeouts, Tracked, Verdict};
-use tap::ReadTap;
+use parse_errors::JsonRefusals;
+use read_tap::ReadTap;
 
 /// hyper's parser keeps this many header slots on the stack; more costs a heap table per request.
 const PARSER_HEADER_SLOTS: usize = 100;

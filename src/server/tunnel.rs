@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
 use tokio::time::Instant;
 
-use super::tap::{OnRead, ReadTap};
+use super::read_tap::{OnRead, ReadTap};
 use crate::proxy::Tunnel;
 
 /// Runs one tunnel to its end, counted in `open` meanwhile. `_hold` (the client connection's

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::SizeHint;
 use smallvec::SmallVec;
 
-use crate::proxy::forwarding;
+use crate::proxy::header_rewrite;
 
 /// The largest response head (status line and fields) floodgate reads.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -83,14 +83,14 @@ pub fn request_framing(
 
 /// Appends a request head: origin-form target, HTTP/1.1, every field of `headers`, then `extra`.
 /// With `forwarded_for`, `X-Forwarded-For` and `X-Forwarded-Proto` are extended as they are
-/// written (see [`forwarding::write_forwarded`]).
+/// written (see [`header_rewrite::write_forwarded`]).
 pub fn encode_request_head(
     buf: &mut Vec<u8>,
     method: &Method,
     uri: &http::Uri,
     headers: &HeaderMap,
     extra: Option<&(HeaderName, HeaderValue)>,
-    forwarded_for: Option<&forwarding::Forwarded>,
+    forwarded_for: Option<&header_rewrite::Forwarded>,
 ) {
     buf.extend_from_slice(method.as_str().as_bytes());
     buf.push(b' ');
@@ -105,7 +105,7 @@ pub fn encode_request_head(
     buf.extend_from_slice(b" HTTP/1.1\r\n");
     let mut client_sent_forwarding = false;
     for (name, value) in headers {
-        if forwarded_for.is_some() && forwarding::is_forwarding_field(name) {
+        if forwarded_for.is_some() && header_rewrite::is_forwarding_field(name) {
             client_sent_forwarding = true;
         } else {
             encode_field(buf, name, value);
@@ -114,7 +114,7 @@ pub fn encode_request_head(
     if let Some(fwd) = forwarded_for {
         // The client's own lists are looked up only when it sent any (rarely).
         let client_lists = client_sent_forwarding.then_some(headers);
-        forwarding::write_forwarded(buf, client_lists, fwd);
+        header_rewrite::write_forwarded(buf, client_lists, fwd);
     }
     if let Some((name, value)) = extra {
         encode_field(buf, name, value);
@@ -208,7 +208,7 @@ pub fn parse_response_head(
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| CodecError::Field(field.name.to_owned()))?;
         facts.note(&name, field.value)?;
-        if !forwarding::is_hop_by_hop(&name) {
+        if !header_rewrite::is_hop_by_hop(&name) {
             let at = field.value.as_ptr() as usize - start;
             kept.push((name, at..at + field.value.len()));
         }

@@ -206,7 +206,7 @@ impl Conn {
         body: Option<ForwardBody>,
         framing: RequestFraming,
         extra: Option<&(http::HeaderName, http::HeaderValue)>,
-        forwarded_for: Option<&crate::proxy::forwarding::Forwarded>,
+        forwarded_for: Option<&crate::proxy::header_rewrite::Forwarded>,
     ) {
         self.write.clear();
         self.written = 0;

@@ -226,7 +226,7 @@ impl UpstreamClient {
     pub async fn send(
         self: &Arc<Self>,
         req: Request<ForwardBody>,
-        forwarded_for: Option<&crate::proxy::forwarding::Forwarded>,
+        forwarded_for: Option<&crate::proxy::header_rewrite::Forwarded>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (parts, body) = req.into_parts();
         let ended = body.is_end_stream();

@@ -1,5 +1,5 @@
 use super::*;
-use crate::proxy::forwarding::Forwarded;
+use crate::proxy::header_rewrite::Forwarded;
 
 fn head(text: &str) -> Result<Option<ResponseHead>, CodecError> {
     parse_response_head(
