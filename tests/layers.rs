@@ -305,3 +305,25 @@ fn the_checker_sees_a_cycle_and_an_upward_import() {
     g.insert(m("c"), BTreeSet::new());
     assert!(cycles(&g).is_empty());
 }
+
+/// One convention for unit tests: inline `#[cfg(test)] mod tests` at the end of the file they
+/// test, never a `tests.rs` child.
+#[test]
+fn unit_tests_are_inline() {
+    fn tests_files(dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                tests_files(&path, out);
+            } else if path.file_name().is_some_and(|n| n == "tests.rs") {
+                out.push(path.display().to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    tests_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut found,
+    );
+    assert!(found.is_empty(), "unit tests belong inline: {found:?}");
+}

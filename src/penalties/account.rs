@@ -227,4 +227,333 @@ fn secs_to_midnight(now_ms: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::clock::DAY_MS;
+    use crate::limits::CounterId;
+    use crate::penalties::{IncorrectPolicy, RelaxPolicy};
+
+    /// 2026-11-23T00:00:00Z.
+    const DAY0: u64 = 1_795_392_000_000;
+    /// 10:00:00.250 UTC on DAY0: 13 h 59 min 59.75 s to midnight.
+    const T: u64 = DAY0 + 10 * 3_600_000 + 250;
+    const TO_MIDNIGHT: u64 = 14 * 3600;
+
+    fn free() -> TierPenalties {
+        TierPenalties {
+            incorrect: Some(IncorrectPolicy {
+                per_day: 30,
+                action: IncorrectAction::Block,
+            }),
+            relax: Some(RelaxPolicy {
+                per_day: 100,
+                action: RelaxAction::Surcharge { multiplier: 2 },
+            }),
+        }
+    }
+
+    fn paid() -> TierPenalties {
+        TierPenalties {
+            incorrect: Some(IncorrectPolicy {
+                per_day: 60,
+                action: IncorrectAction::Flag,
+            }),
+            relax: Some(RelaxPolicy {
+                per_day: 500,
+                action: RelaxAction::Reject,
+            }),
+        }
+    }
+
+    /// An admission's usage and marks; panics on a refusal.
+    fn admitted(a: Admission) -> (Usage, Marks) {
+        match a {
+            Admission::Admitted(usage, marks, _) => (usage, marks),
+            other => panic!("expected an admission, got {other:?}"),
+        }
+    }
+
+    fn job(policy: TierPenalties, mode: Mode) -> JobCheck {
+        JobCheck {
+            policy,
+            ids: PenaltyIds::default(),
+            facts: JobFacts {
+                mode,
+                relax_counted: true,
+            },
+        }
+    }
+
+    fn times(n: u32, event: Event, counters: &mut Counters, now: u64) {
+        for _ in 0..n {
+            record(event, &PenaltyIds::default(), counters, now);
+        }
+    }
+
+    #[test]
+    fn thirty_incorrect_tasks_block_the_free_tier_until_midnight_exactly() {
+        let mut c = Counters::default();
+        let fast = job(free(), Mode::Fast);
+        times(29, Event::Incorrect, &mut c, T);
+        assert_eq!(check(&fast, &c, T), Verdict::Pass(Marks::default()));
+        times(1, Event::Incorrect, &mut c, T);
+        assert_eq!(
+            check(&fast, &c, T),
+            Verdict::Refuse(PenaltyRefusal {
+                kind: LimitKind::Penalty,
+                retry_after_secs: TO_MIDNIGHT,
+                count: 30,
+                allowance: 30,
+            })
+        );
+        let last_ms = DAY0 + DAY_MS - 1;
+        match check(&fast, &c, last_ms) {
+            Verdict::Refuse(r) => assert_eq!(r.retry_after_secs, 1, "rounded up, never 0"),
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(
+            check(&fast, &c, DAY0 + DAY_MS),
+            Verdict::Pass(Marks::default()),
+            "a new UTC day starts over"
+        );
+    }
+
+    #[test]
+    fn flag_tiers_pass_marked_no_refund_past_sixty() {
+        let mut c = Counters::default();
+        let fast = job(paid(), Mode::Fast);
+        times(59, Event::Incorrect, &mut c, T);
+        assert_eq!(check(&fast, &c, T), Verdict::Pass(Marks::default()));
+        times(1, Event::Incorrect, &mut c, T);
+        let flagged = Marks {
+            no_refund: true,
+            ..Marks::default()
+        };
+        assert_eq!(check(&fast, &c, T), Verdict::Pass(flagged));
+        times(40, Event::Incorrect, &mut c, T);
+        assert_eq!(check(&fast, &c, T), Verdict::Pass(flagged), "still passes");
+    }
+
+    #[test]
+    fn relax_jobs_past_the_allowance_are_surcharged_and_still_counted() {
+        let mut c = Counters::default();
+        let relax = job(free(), Mode::Relax);
+        for i in 0..100 {
+            let a = admit(&[], &relax, &mut c, T);
+            let plain = Marks {
+                relax: true,
+                ..Marks::default()
+            };
+            assert_eq!(admitted(a), (Usage::default(), plain), "job {i}");
+        }
+        let a = admit(&[], &relax, &mut c, T);
+        let surcharged = Marks {
+            relax: true,
+            cost_multiplier: Some(2),
+            ..Marks::default()
+        };
+        assert_eq!(admitted(a), (Usage::default(), surcharged));
+        assert_eq!(c.used(PenaltyIds::default().relax_used, T), 101);
+    }
+
+    #[test]
+    fn each_earned_relax_job_admits_exactly_one_more() {
+        let mut c = Counters::default();
+        let relax = job(paid(), Mode::Relax);
+        for _ in 0..500 {
+            assert!(matches!(
+                admit(&[], &relax, &mut c, T),
+                Admission::Admitted(..)
+            ));
+        }
+        let refused = admit(&[], &relax, &mut c, T);
+        assert_eq!(
+            refused,
+            Admission::Penalised(
+                Usage::default(),
+                PenaltyRefusal {
+                    kind: LimitKind::Relax,
+                    retry_after_secs: TO_MIDNIGHT,
+                    count: 500,
+                    allowance: 500,
+                }
+            )
+        );
+        times(2, Event::RelaxEarned, &mut c, T);
+        assert!(matches!(
+            admit(&[], &relax, &mut c, T),
+            Admission::Admitted(..)
+        ));
+        assert!(matches!(
+            admit(&[], &relax, &mut c, T),
+            Admission::Admitted(..)
+        ));
+        assert!(matches!(
+            admit(&[], &relax, &mut c, T),
+            Admission::Penalised(..)
+        ));
+        assert_eq!(c.used(PenaltyIds::default().relax_used, T), 502);
+    }
+
+    #[test]
+    fn fast_jobs_and_uncounted_classes_use_no_relax() {
+        let mut c = Counters::default();
+        assert_eq!(
+            admitted(admit(&[], &job(free(), Mode::Fast), &mut c, T)),
+            (Usage::default(), Marks::default())
+        );
+        let mut other_class = job(free(), Mode::Relax);
+        other_class.facts.relax_counted = false;
+        assert_eq!(
+            admitted(admit(&[], &other_class, &mut c, T)),
+            (Usage::default(), Marks::default())
+        );
+        assert_eq!(c, Counters::default(), "nothing counted");
+    }
+
+    #[test]
+    fn a_refused_job_changes_no_counter() {
+        let minute = Rule {
+            counter: CounterId(7),
+            limit: 1,
+            window: Window::Fixed { period_ms: 60_000 },
+            kind: LimitKind::Minute,
+        };
+        let relax = job(free(), Mode::Relax);
+        let mut c = Counters::default();
+        assert!(matches!(
+            admit(&[minute], &relax, &mut c, T),
+            Admission::Admitted(..)
+        ));
+        let before = c.clone();
+        match admit(&[minute], &relax, &mut c, T + 1) {
+            Admission::Limited(_, r) => assert_eq!(r.kind, LimitKind::Minute),
+            a => panic!("{a:?}"),
+        }
+        assert_eq!(c, before, "the rate limit refused: relax not counted");
+
+        times(30, Event::Incorrect, &mut c, T);
+        let before = c.clone();
+        match admit(&[minute], &relax, &mut c, T + 60_000) {
+            Admission::Penalised(usage, r) => {
+                assert_eq!(r.kind, LimitKind::Penalty);
+                assert_eq!(
+                    usage.primary.map(|p| p.remaining),
+                    Some(1),
+                    "usage still reported"
+                );
+            }
+            a => panic!("{a:?}"),
+        }
+        assert_eq!(c, before, "the penalty refused: the minute is not consumed");
+    }
+
+    #[test]
+    fn every_tally_starts_over_at_midnight() {
+        let ids = PenaltyIds::default();
+        let mut c = Counters::default();
+        admit(&[], &job(free(), Mode::Relax), &mut c, T);
+        times(30, Event::Incorrect, &mut c, T);
+        times(5, Event::RelaxEarned, &mut c, T);
+        let midnight = DAY0 + DAY_MS;
+        for (id, today) in [
+            (ids.incorrect, 30),
+            (ids.relax_used, 1),
+            (ids.relax_earned, 5),
+        ] {
+            assert_eq!(c.used(id, midnight - 1), today);
+            assert_eq!(c.used(id, midnight), 0);
+        }
+        assert!(c.all_expired(midnight), "the account can be forgotten");
+        assert_eq!(record(Event::Incorrect, &ids, &mut c, midnight), 1);
+    }
+
+    #[test]
+    fn tiers_without_a_policy_count_but_never_act() {
+        let mut c = Counters::default();
+        let none = job(TierPenalties::default(), Mode::Relax);
+        times(1_000, Event::Incorrect, &mut c, T);
+        for _ in 0..1_000 {
+            assert!(matches!(
+                admit(&[], &none, &mut c, T),
+                Admission::Admitted(
+                    _,
+                    Marks {
+                        relax: true,
+                        no_refund: false,
+                        cost_multiplier: None
+                    },
+                    _
+                )
+            ));
+        }
+        let s = standing(&TierPenalties::default(), &PenaltyIds::default(), &c, T);
+        assert_eq!((s.incorrect, s.relax_used), (1_000, 1_000));
+        assert!(s.actions.is_empty());
+    }
+
+    #[test]
+    fn standing_shows_tallies_allowances_and_the_actions_in_effect() {
+        let ids = PenaltyIds::default();
+        let mut c = Counters::default();
+        times(30, Event::Incorrect, &mut c, T);
+        times(3, Event::RelaxEarned, &mut c, T);
+        let s = standing(&free(), &ids, &c, T);
+        assert_eq!(
+            s,
+            Standing {
+                incorrect: 30,
+                relax_used: 0,
+                relax_earned: 3,
+                incorrect_allowance: Some(30),
+                relax_allowance: Some(103),
+                actions: vec!["block"],
+                resets_in_secs: TO_MIDNIGHT,
+            }
+        );
+        for _ in 0..103 {
+            c.add(ids.relax_used, Window::UtcDay, T);
+        }
+        assert_eq!(
+            standing(&free(), &ids, &c, T).actions,
+            vec!["block", "surcharge"]
+        );
+        assert_eq!(standing(&paid(), &ids, &c, T).actions, Vec::<&str>::new());
+    }
+
+    #[test]
+    fn reserved_ids_are_stable_and_distinct() {
+        let ids = PenaltyIds::default();
+        assert_eq!(ids, PenaltyIds::default());
+        assert_ne!(ids.incorrect, ids.relax_used);
+        assert_ne!(ids.relax_used, ids.relax_earned);
+        assert_ne!(ids.incorrect, ids.relax_earned);
+    }
+
+    #[test]
+    fn a_turned_away_job_gives_back_its_limits_and_its_relax_count() {
+        let minute = Rule {
+            counter: CounterId(7),
+            limit: 5,
+            window: crate::limits::Window::Fixed { period_ms: 60_000 },
+            kind: LimitKind::Minute,
+        };
+        let mut c = Counters::default();
+        let relax = job(free(), Mode::Relax);
+        let Admission::Admitted(_, _, kept) = admit(&[minute], &relax, &mut c, T) else {
+            panic!("the first job is admitted")
+        };
+        let Admission::Admitted(_, marks, receipt) = admit(&[minute], &relax, &mut c, T + 1) else {
+            panic!("the second job is admitted")
+        };
+        assert!(marks.relax);
+        assert_eq!(
+            c.give_back(&receipt, T + 2),
+            2,
+            "the minute and the relax count"
+        );
+        assert_eq!(c.used(CounterId(7), T + 2), 1);
+        assert_eq!(c.used(PenaltyIds::default().relax_used, T + 2), 1);
+        assert!(!kept.is_empty());
+    }
+}
