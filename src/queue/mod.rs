@@ -5,10 +5,12 @@
 //!
 //! - [`scheduler`]: who runs next — pure bookkeeping of slots, queues and round-robin.
 //! - [`pool`]: the async edge — waiting, RAII slot permits, cancellation.
+//! - [`job`]: what a job is to a pool — its ticket, the upstream accounts, why it got no slot.
 //! - [`tasks`]: slots of asynchronous tasks, held until the task is seen to finish.
 //! - [`estimate`]: how long a waiting job likely waits, from recent job durations.
 
 pub mod estimate;
+pub mod job;
 pub mod leases;
 pub mod pool;
 pub mod scheduler;
