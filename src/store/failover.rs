@@ -74,7 +74,7 @@ impl StoreHealth {
 
 /// Job slots shared across replicas. While Redis fails, a replica falls back to its own caps
 /// (fail_open, local) or holds jobs back (fail_closed).
-impl SlotLeases for SharedStore {
+impl SlotLeases for FailoverStore {
     fn acquire(&self, key: String, cap: u32, lease: String) -> BoxFuture<bool> {
         let (redis, ttl, closed) = (
             self.redis.clone(),
@@ -160,7 +160,7 @@ impl Breaker {
 
 /// Redis, with what happens when it fails.
 #[derive(Debug)]
-pub struct SharedStore {
+pub struct FailoverStore {
     redis: Arc<RedisStore>,
     lease_ttl: Duration,
     on_failure: OnFailure,
@@ -169,7 +169,7 @@ pub struct SharedStore {
     pub health: StoreHealth,
 }
 
-impl SharedStore {
+impl FailoverStore {
     pub fn new(
         redis: RedisStore,
         lease_ttl: Duration,

@@ -12,7 +12,7 @@ pub mod redis;
 pub mod snapshot;
 
 pub use crate::config::{OnFailure, StoreConfig};
-pub use failover::{SharedStore, StoreHealth};
+pub use failover::{FailoverStore, StoreHealth};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 pub use snapshot::Snapshot;
@@ -33,7 +33,7 @@ pub enum StoreError {
 pub enum Store {
     Memory(MemoryStore),
     /// Shared by replicas through Redis, with a failure policy.
-    Redis(std::sync::Arc<SharedStore>),
+    Redis(std::sync::Arc<FailoverStore>),
 }
 
 impl Store {
@@ -55,7 +55,7 @@ impl Store {
                 lease_ttl,
             } => {
                 let redis = RedisStore::new(url, *timeout)?;
-                Store::Redis(std::sync::Arc::new(SharedStore::new(
+                Store::Redis(std::sync::Arc::new(FailoverStore::new(
                     redis,
                     *lease_ttl,
                     *on_failure,
