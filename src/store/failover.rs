@@ -220,7 +220,7 @@ impl SharedStore {
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
         match self
-            .attempt(self.redis.check_and_consume(account, rules))
+            .attempt(self.redis.check_and_consume(account, rules, now_ms))
             .await
         {
             Some(decision) => Ok(decision),
@@ -239,7 +239,9 @@ impl SharedStore {
     ) -> Result<Admission, StoreError> {
         let shared = self
             .redis
-            .update(account, |c, now| penalties::admit(rules, job, c, now));
+            .update(account, now_ms, |c, now| {
+                penalties::admit(rules, job, c, now)
+            });
         match (self.attempt(shared).await, self.on_failure) {
             (Some(admission), _) => Ok(admission),
             (None, OnFailure::FailClosed) => {
@@ -258,7 +260,7 @@ impl SharedStore {
     ) -> Result<usize, StoreError> {
         let shared = self
             .redis
-            .update(account, |c, now| c.give_back(receipt, now));
+            .update(account, now_ms, |c, now| c.give_back(receipt, now));
         match self.attempt(shared).await {
             Some(given) => Ok(given),
             None => Ok(self.local.give_back(account, receipt, now_ms)),
@@ -275,7 +277,7 @@ impl SharedStore {
     ) -> Result<u32, StoreError> {
         let shared = self
             .redis
-            .update(account, |c, now| penalties::record(event, ids, c, now));
+            .update(account, now_ms, |c, now| penalties::record(event, ids, c, now));
         match self.attempt(shared).await {
             Some(tally) => Ok(tally),
             None => Ok(self.local.record(account, event, ids, now_ms)),
@@ -311,7 +313,7 @@ impl SharedStore {
         account: AccountId,
         now_ms: u64,
     ) -> Result<Vec<Counter>, StoreError> {
-        match self.redis.counters(account).await {
+        match self.redis.counters(account, now_ms).await {
             Ok(c) => Ok(c),
             Err(_) => Ok(self.local.counters(account, now_ms)),
         }
