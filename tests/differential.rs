@@ -51,12 +51,19 @@ const DAY_MS: u64 = 86_400_000;
 const POOL: [(LimitKind, Window); 8] = [
     (LimitKind::Second, Window::Fixed { period_ms: 1_000 }),
     (LimitKind::Minute, Window::Fixed { period_ms: 60_000 }),
-    (LimitKind::Hour, Window::Fixed { period_ms: 3_600_000 }),
+    (
+        LimitKind::Hour,
+        Window::Fixed {
+            period_ms: 3_600_000,
+        },
+    ),
     (LimitKind::Daily, Window::UtcDay),
     (LimitKind::Interval, Window::Fixed { period_ms: 3_000 }),
     (LimitKind::Interval, Window::Fixed { period_ms: 250 }),
-    // A second counter of the same kinds, as a shared limit next to a class's own.
-    (LimitKind::Second, Window::Fixed { period_ms: 1_000 }),
+    // As long as the per-second window, another kind: two limits refusing until the same
+    // instant, where which one names the refusal is decided by rule order.
+    (LimitKind::Interval, Window::Fixed { period_ms: 1_000 }),
+    // A second minute counter, as a shared limit next to a class's own.
     (LimitKind::Minute, Window::Fixed { period_ms: 60_000 }),
 ];
 
@@ -115,7 +122,10 @@ fn start_ms() -> impl Strategy<Value = u64> {
     prop_oneof![
         // The last three minutes of a UTC day: the day boundary is crossed.
         3 => (day.clone(), 1..=180_000u64).prop_map(|(d, before)| d + DAY_MS - before),
-        1 => (day.clone(), Just(DAY_MS - 1)).prop_map(|(d, t)| d + t),
+        // Exactly a second, a minute or an hour before 00:00 UTC: windows that close together
+        // with the day; and the last millisecond of a day.
+        2 => (day.clone(), prop::sample::select(vec![1u64, 1_000, 60_000, 3_600_000]))
+            .prop_map(|(d, before)| d + DAY_MS - before),
         1 => (day, 0..DAY_MS).prop_map(|(d, t)| d + t),
     ]
 }
@@ -134,36 +144,43 @@ fn step_ms() -> impl Strategy<Value = u64> {
 }
 
 fn penalties() -> impl Strategy<Value = TierPenalties> {
-    let incorrect = prop::option::of((0..3u32, any::<bool>()).prop_map(|(per_day, block)| {
-        IncorrectPolicy {
-            per_day,
-            action: if block {
-                IncorrectAction::Block
-            } else {
-                IncorrectAction::Flag
-            },
-        }
-    }));
-    let relax = prop::option::of((0..3u32, any::<bool>()).prop_map(|(per_day, reject)| {
-        RelaxPolicy {
-            per_day,
-            action: if reject {
-                RelaxAction::Reject
-            } else {
-                RelaxAction::Surcharge { multiplier: 2 }
-            },
-        }
-    }));
+    let incorrect =
+        prop::option::of(
+            (0..3u32, any::<bool>()).prop_map(|(per_day, block)| IncorrectPolicy {
+                per_day,
+                action: if block {
+                    IncorrectAction::Block
+                } else {
+                    IncorrectAction::Flag
+                },
+            }),
+        );
+    let relax =
+        prop::option::of(
+            (0..3u32, any::<bool>()).prop_map(|(per_day, reject)| RelaxPolicy {
+                per_day,
+                action: if reject {
+                    RelaxAction::Reject
+                } else {
+                    RelaxAction::Surcharge { multiplier: 2 }
+                },
+            }),
+        );
     (incorrect, relax).prop_map(|(incorrect, relax)| TierPenalties { incorrect, relax })
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let account = 0..3usize;
-    let mask = 1..=u8::MAX;
+    // One rule, or any several (none: a class without limits).
+    let mask = prop_oneof![
+        1 => Just(0u8),
+        8 => (0..POOL.len()).prop_map(|i| 1u8 << i),
+        16 => 1..=u8::MAX,
+    ];
     prop_oneof![
         8 => (account.clone(), mask.clone(), prop::bool::weighted(0.1))
             .prop_map(|(account, mask, tighter)| Op::Request { account, mask, tighter }),
-        3 => (account.clone(), prop_oneof![Just(0u8), mask], any::<bool>())
+        3 => (account.clone(), mask, any::<bool>())
             .prop_map(|(account, mask, relax)| Op::Job { account, mask, relax }),
         1 => (account, any::<bool>())
             .prop_map(|(account, incorrect)| Op::Record { account, incorrect }),
@@ -173,13 +190,8 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn case() -> impl Strategy<Value = Case> {
     // Short windows allow 1–4, the hour and the day a few more; an interval allows 1.
-    let limits = (
-        prop::array::uniform2(1..=4u32),
-        1..=6u32,
-        1..=8u32,
-        prop::array::uniform2(1..=4u32),
-    )
-        .prop_map(|([s, m], h, d, [s2, m2])| [s, m, h, d, 1, 1, s2, m2]);
+    let limits = (prop::array::uniform3(1..=4u32), 1..=6u32, 1..=8u32)
+        .prop_map(|([s, m, m2], h, d)| [s, m, h, d, 1, 1, 1, m2]);
     (
         start_ms(),
         limits,
@@ -275,7 +287,14 @@ async fn run_case(case: &Case, n: u64, redis: &Store) -> Result<(), TestCaseErro
                     .give_back(acct, &receipt, now)
                     .await
                     .map_err(|e| failed("give_back", e))?;
-                prop_assert_eq!(mem, red, "step {} at {}: give back {:?}", step, now, receipt);
+                prop_assert_eq!(
+                    mem,
+                    red,
+                    "step {} at {}: give back {:?}",
+                    step,
+                    now,
+                    receipt
+                );
                 acct
             }
         };
@@ -296,7 +315,14 @@ async fn run_case(case: &Case, n: u64, redis: &Store) -> Result<(), TestCaseErro
                 .await
                 .map_err(|e| failed("counters", e))?,
         );
-        prop_assert_eq!(mem, red, "step {} at {}: counters after {:?}", step, now, op);
+        prop_assert_eq!(
+            mem,
+            red,
+            "step {} at {}: counters after {:?}",
+            step,
+            now,
+            op
+        );
     }
     Ok(())
 }

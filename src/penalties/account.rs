@@ -223,7 +223,9 @@ fn refusal(kind: LimitKind, count: u32, allowance: u32, now_ms: u64) -> PenaltyR
 /// Whole seconds, rounded up, to the next 00:00 UTC (at least 1): the end of the daily tallies'
 /// window.
 fn secs_to_midnight(now_ms: u64) -> u64 {
-    (Window::UtcDay.end_for(now_ms) - now_ms).div_ceil(1000).max(1)
+    (Window::UtcDay.end_for(now_ms) - now_ms)
+        .div_ceil(1000)
+        .max(1)
 }
 
 #[cfg(test)]

@@ -237,11 +237,9 @@ impl SharedStore {
         job: &JobCheck,
         now_ms: u64,
     ) -> Result<Admission, StoreError> {
-        let shared = self
-            .redis
-            .update(account, now_ms, |c, now| {
-                penalties::admit(rules, job, c, now)
-            });
+        let shared = self.redis.update(account, now_ms, |c, now| {
+            penalties::admit(rules, job, c, now)
+        });
         match (self.attempt(shared).await, self.on_failure) {
             (Some(admission), _) => Ok(admission),
             (None, OnFailure::FailClosed) => {
@@ -275,9 +273,9 @@ impl SharedStore {
         ids: &PenaltyIds,
         now_ms: u64,
     ) -> Result<u32, StoreError> {
-        let shared = self
-            .redis
-            .update(account, now_ms, |c, now| penalties::record(event, ids, c, now));
+        let shared = self.redis.update(account, now_ms, |c, now| {
+            penalties::record(event, ids, c, now)
+        });
         match self.attempt(shared).await {
             Some(tally) => Ok(tally),
             None => Ok(self.local.record(account, event, ids, now_ms)),
