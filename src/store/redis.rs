@@ -32,7 +32,7 @@ use tokio::sync::OnceCell;
 
 use super::StoreError;
 use crate::identity::AccountId;
-use crate::limits::{usage_of, Counter, CounterId, Counters, Decision, Refusal, Rule};
+use crate::limits::{usage_of, Counter, CounterId, Counters, Decision, Refusal, Rule, Usage};
 
 /// Checks every rule and consumes all or none: [`decide`](crate::limits::decide) on the server.
 /// ARGV: the clock (see [`RedisStore::clock_args`]: `0, offset` = Redis `TIME` + offset ms, the
@@ -367,6 +367,11 @@ impl RedisStore {
         rules: &[Rule],
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
+        if rules.is_empty() {
+            // As in memory: nothing to check or count, and no key to write (the script would
+            // write one with no window to set its expiry by).
+            return Ok(Decision::Admitted(Usage::default()));
+        }
         let key = account_key(account);
         let args: Vec<i64> = self
             .clock_args(now_ms)
@@ -443,7 +448,14 @@ impl RedisStore {
         let caller_clock = self.caller_clock.load(Ordering::Relaxed);
         for _ in 0..CAS_ATTEMPTS {
             let mut read = self.read(account, now_ms).await?;
+            let before = read.counters.clone();
             let result = update(&mut read.counters, read.now_ms);
+            if read.counters == before {
+                // Nothing changed: the answer stands as of the read (one atomic HGETALL). A
+                // write would only bump the version other replicas compare against — and, on
+                // a key that had expired, create one with no window to set its expiry by.
+                return Ok(result);
+            }
             let longest = read
                 .counters
                 .iter()
