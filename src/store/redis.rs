@@ -11,7 +11,8 @@
 //! The script is the one limit decision not written in Rust; it mirrors
 //! [`decide`](crate::limits::decide). It holds no window arithmetic of its own: each rule comes
 //! with its window's [`Span`](crate::limits::Span) and the script computes a new window's end
-//! by the formula of [`Window::end_for`]. `tests/differential.rs` checks the two decisions agree.
+//! by the formula of [`Window::end_for`](crate::limits::Window::end_for).
+//! `tests/differential.rs` checks the two decisions agree.
 //!
 //! The `redis` crate's multiplexed connection pipelines a worker's commands over one socket; each
 //! worker thread has its own, dialled once however many operations want it at the same moment.
@@ -38,7 +39,8 @@ use crate::limits::{usage_of, Counter, CounterId, Counters, Decision, Refusal, R
 /// ARGV: the clock (see [`RedisStore::clock_args`]: `0, offset` = Redis `TIME` + offset ms, the
 /// expiry following it; `1, now_ms` = exactly that time, no expiry), n, then per rule: counter
 /// id, limit, and its window's [`Span`](crate::limits::Span) `align_ms`, `length_ms`. A new
-/// window ends at `now - now % align + length`, the formula of [`Window::end_for`].
+/// window ends at `now - now % align + length`, the formula of
+/// [`Window::end_for`](crate::limits::Window::end_for).
 /// Returns {admitted, now_ms, refused_rule, count1, end1, ...}.
 const CHECK_AND_CONSUME: &str = r#"
 local key = KEYS[1]
