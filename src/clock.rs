@@ -57,13 +57,3 @@ impl Clock for ManualClock {
         self.now.load(Ordering::SeqCst)
     }
 }
-
-/// Start of the UTC day that contains `now_ms`.
-pub fn utc_day_start(now_ms: u64) -> u64 {
-    now_ms - now_ms % DAY_MS
-}
-
-/// The next 00:00 UTC strictly after `now_ms`.
-pub fn next_utc_midnight(now_ms: u64) -> u64 {
-    utc_day_start(now_ms) + DAY_MS
-}

@@ -907,3 +907,90 @@ async fn the_status_page_shows_the_redis_store_health() {
     .await;
     assert!(healthy, "{}", store(c.clone(), url.clone()).await);
 }
+
+/// Every key the store writes expires: Redis holds only what some window still needs. An
+/// operation that changes no counter writes nothing — a job of a class without limits, a
+/// give-back whose windows have closed (its key already expired), a request without rules —
+/// so it cannot leave a key behind without an expiry.
+#[tokio::test]
+async fn no_key_is_left_without_an_expiry() {
+    use floodgate::limits::{CounterId, LimitKind, Rule, Window};
+    use floodgate::penalties::{
+        Admission, IncorrectAction, IncorrectPolicy, JobCheck, JobFacts, PenaltyIds, TierPenalties,
+    };
+    use floodgate::store::{OnFailure, RedisStore, SharedStore, Store};
+
+    let _turn = TURNS.read().await;
+    let redis = RedisServer::start();
+    let store = Store::Redis(std::sync::Arc::new(SharedStore::new(
+        RedisStore::new(&redis.url(), Duration::from_secs(2)).unwrap(),
+        Duration::from_secs(30),
+        OnFailure::FailClosed,
+        1,
+        Duration::from_secs(60),
+    )));
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let account = floodgate::identity::AccountId::from_key;
+    let now = DAY0_MS; // unused by a store on the Redis clock
+    let job = JobCheck {
+        policy: TierPenalties {
+            incorrect: Some(IncorrectPolicy {
+                per_day: 3,
+                action: IncorrectAction::Block,
+            }),
+            relax: None,
+        },
+        ids: PenaltyIds::default(),
+        facts: JobFacts::default(),
+    };
+    let second = Rule {
+        counter: CounterId(7),
+        limit: 5,
+        window: Window::Fixed { period_ms: 1_000 },
+        kind: LimitKind::Second,
+    };
+
+    // A job of a class without limits, for a tier with an incorrect-task allowance.
+    let admitted = store.admit_job(account(b"a"), &[], &job, now).await;
+    assert!(
+        matches!(admitted, Ok(Admission::Admitted(..))),
+        "{admitted:?}"
+    );
+    // A job given back after its window closed and its key expired.
+    let Ok(Admission::Admitted(_, _, receipt)) =
+        store.admit_job(account(b"b"), &[second], &job, now).await
+    else {
+        panic!("admitted");
+    };
+    let key = floodgate::store::redis::account_key(account(b"b"));
+    let _: u64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.give_back(account(b"b"), &receipt, now).await.unwrap(),
+        0
+    );
+    // A request without rules.
+    let decision = store.check_and_consume(account(b"c"), &[], now).await;
+    assert!(decision.unwrap().is_admitted());
+
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("fg:*")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(ttl >= 0, "{key} has no expiry");
+    }
+}

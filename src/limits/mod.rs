@@ -66,13 +66,47 @@ pub enum Window {
     UtcDay,
 }
 
-impl Window {
-    /// When a window opened by a request at `now_ms` closes.
+/// A window as the two numbers its end is computed from: a window opened at `now_ms` starts at
+/// the last multiple of `align_ms` (1 = at `now_ms` itself) and lasts `length_ms`. See
+/// [`Window::end_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub align_ms: u64,
+    pub length_ms: u64,
+}
+
+impl Span {
+    /// `now_ms - now_ms % align_ms + length_ms`: the one formula for a window's end.
     pub fn end_for(self, now_ms: u64) -> u64 {
+        now_ms - now_ms % self.align_ms + self.length_ms
+    }
+}
+
+impl Window {
+    /// The numbers this window's end is computed from: a fixed window starts when it is opened
+    /// (`align_ms` 1), the UTC day at the last 00:00 UTC (`align_ms` = `length_ms` = a day).
+    pub fn span(self) -> Span {
         match self {
-            Window::Fixed { period_ms } => now_ms + period_ms,
-            Window::UtcDay => crate::clock::next_utc_midnight(now_ms),
+            Window::Fixed { period_ms } => Span {
+                align_ms: 1,
+                length_ms: period_ms,
+            },
+            Window::UtcDay => Span {
+                align_ms: crate::clock::DAY_MS,
+                length_ms: crate::clock::DAY_MS,
+            },
         }
+    }
+
+    /// When a window opened by a request at `now_ms` closes: [`Span::end_for`] of
+    /// [`Window::span`], `now_ms - now_ms % align_ms + length_ms`.
+    ///
+    /// The Redis store computes the same end in its script (`src/store/redis.rs`,
+    /// `CHECK_AND_CONSUME`) by the same formula, from the same two numbers sent with each rule:
+    /// no window or day length is written down anywhere else. `tests/differential.rs` runs
+    /// random requests through both stores and checks they decide alike.
+    pub fn end_for(self, now_ms: u64) -> u64 {
+        self.span().end_for(now_ms)
     }
 
     /// The window length in whole seconds (for the IETF `RateLimit-Policy` `w` parameter).

@@ -7,7 +7,6 @@
 //! answer: an incorrect task, or a relax job earned by a successful fast one.
 
 use super::{IncorrectAction, Mode, PenaltyIds, RelaxAction, TierPenalties};
-use crate::clock::next_utc_midnight;
 use crate::limits::{
     decide, usage_of, Counters, Decision, LimitKind, Receipt, Refusal, Rule, Usage, Window,
 };
@@ -221,9 +220,12 @@ fn refusal(kind: LimitKind, count: u32, allowance: u32, now_ms: u64) -> PenaltyR
     }
 }
 
-/// Whole seconds, rounded up, to the next 00:00 UTC (at least 1).
+/// Whole seconds, rounded up, to the next 00:00 UTC (at least 1): the end of the daily tallies'
+/// window.
 fn secs_to_midnight(now_ms: u64) -> u64 {
-    (next_utc_midnight(now_ms) - now_ms).div_ceil(1000).max(1)
+    (Window::UtcDay.end_for(now_ms) - now_ms)
+        .div_ceil(1000)
+        .max(1)
 }
 
 #[cfg(test)]

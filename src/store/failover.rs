@@ -208,7 +208,7 @@ impl FailoverStore {
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
         match self
-            .attempt(self.redis.check_and_consume(account, rules))
+            .attempt(self.redis.check_and_consume(account, rules, now_ms))
             .await
         {
             Some(decision) => Ok(decision),
@@ -225,9 +225,9 @@ impl FailoverStore {
         job: &JobCheck,
         now_ms: u64,
     ) -> Result<Admission, StoreError> {
-        let shared = self
-            .redis
-            .update(account, |c, now| penalties::admit(rules, job, c, now));
+        let shared = self.redis.update(account, now_ms, |c, now| {
+            penalties::admit(rules, job, c, now)
+        });
         match (self.attempt(shared).await, self.on_failure) {
             (Some(admission), _) => Ok(admission),
             (None, OnFailure::FailClosed) => {
@@ -246,7 +246,7 @@ impl FailoverStore {
     ) -> Result<usize, StoreError> {
         let shared = self
             .redis
-            .update(account, |c, now| c.give_back(receipt, now));
+            .update(account, now_ms, |c, now| c.give_back(receipt, now));
         match self.attempt(shared).await {
             Some(given) => Ok(given),
             None => Ok(self.local.give_back(account, receipt, now_ms)),
@@ -261,9 +261,9 @@ impl FailoverStore {
         ids: &PenaltyIds,
         now_ms: u64,
     ) -> Result<u32, StoreError> {
-        let shared = self
-            .redis
-            .update(account, |c, now| penalties::record(event, ids, c, now));
+        let shared = self.redis.update(account, now_ms, |c, now| {
+            penalties::record(event, ids, c, now)
+        });
         match self.attempt(shared).await {
             Some(tally) => Ok(tally),
             None => Ok(self.local.record(account, event, ids, now_ms)),
@@ -299,7 +299,7 @@ impl FailoverStore {
         account: AccountId,
         now_ms: u64,
     ) -> Result<Vec<Counter>, StoreError> {
-        match self.redis.counters(account).await {
+        match self.redis.counters(account, now_ms).await {
             Ok(c) => Ok(c),
             Err(_) => Ok(self.local.counters(account, now_ms)),
         }

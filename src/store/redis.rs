@@ -2,10 +2,17 @@
 //!
 //! Each decision is one round trip: a server-side Lua script (sent with EVALSHA) checks every
 //! limit of the request and consumes all or none, sets the key's expiry in the same script, and
-//! reads the time from Redis `TIME`, so replicas' clocks cannot skew windows. An account's
+//! reads the time from Redis `TIME`, so replicas' clocks cannot skew windows (tests can have it
+//! take the caller's time instead: [`RedisStore::use_caller_clock`]). An account's
 //! counters are one hash, `fg:{<account>}:c`, whose braces are a Redis Cluster hash tag; fields
 //! are counter ids, values `count:end_ms` — the same [`Counter`] the memory store keeps, so the
 //! pure [`usage_of`](crate::limits) renders the headers from either store.
+//!
+//! The script is the one limit decision not written in Rust; it mirrors
+//! [`decide`](crate::limits::decide). It holds no window arithmetic of its own: each rule comes
+//! with its window's [`Span`](crate::limits::Span) and the script computes a new window's end
+//! by the formula of [`Window::end_for`](crate::limits::Window::end_for).
+//! `tests/differential.rs` checks the two decisions agree.
 //!
 //! The `redis` crate's multiplexed connection pipelines a worker's commands over one socket; each
 //! worker thread has its own, dialled once however many operations want it at the same moment.
@@ -16,7 +23,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -26,19 +33,28 @@ use tokio::sync::OnceCell;
 
 use super::StoreError;
 use crate::identity::AccountId;
-use crate::limits::{usage_of, Counter, CounterId, Counters, Decision, Refusal, Rule, Window};
+use crate::limits::{usage_of, Counter, CounterId, Counters, Decision, Refusal, Rule, Usage};
 
-/// Checks every rule and consumes all or none. ARGV: clock offset in ms (0 but in tests), n,
-/// then per rule: counter id, limit, period in ms (0 = the UTC day). Returns {admitted, now_ms, refused_rule, count1, end1, ...}.
+/// Checks every rule and consumes all or none: [`decide`](crate::limits::decide) on the server.
+/// ARGV: the clock (see [`RedisStore::clock_args`]: `0, offset` = Redis `TIME` + offset ms, the
+/// expiry following it; `1, now_ms` = exactly that time, no expiry), n, then per rule: counter
+/// id, limit, and its window's [`Span`](crate::limits::Span) `align_ms`, `length_ms`. A new
+/// window ends at `now - now % align + length`, the formula of
+/// [`Window::end_for`](crate::limits::Window::end_for).
+/// Returns {admitted, now_ms, refused_rule, count1, end1, ...}.
 const CHECK_AND_CONSUME: &str = r#"
 local key = KEYS[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
+local server_clock = ARGV[1] == '0'
+local now = tonumber(ARGV[2])
+if server_clock then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + now
+end
+local n = tonumber(ARGV[3])
 local counts, ends = {}, {}
 local refused, refused_end = 0, -1
 for i = 1, n do
-  local base = 2 + (i - 1) * 3
+  local base = 3 + (i - 1) * 4
   local v = redis.call('HGET', key, ARGV[base + 1])
   local c, e = 0, 0
   if v then
@@ -56,21 +72,17 @@ if refused == 0 then
   admitted = 1
   local longest = 0
   for i = 1, n do
-    local base = 2 + (i - 1) * 3
+    local base = 3 + (i - 1) * 4
     if ends[i] == 0 then
-      local period = tonumber(ARGV[base + 3])
-      if period == 0 then
-        ends[i] = now - (now % 86400000) + 86400000
-      else
-        ends[i] = now + period
-      end
+      local align = tonumber(ARGV[base + 3])
+      ends[i] = now - (now % align) + tonumber(ARGV[base + 4])
     end
     counts[i] = counts[i] + 1
     redis.call('HSET', key, ARGV[base + 1], counts[i] .. ':' .. ends[i])
     if ends[i] > longest then longest = ends[i] end
   end
   redis.call('HINCRBY', key, 'v', 1)
-  if redis.call('PTTL', key) < longest - now then
+  if server_clock and redis.call('PTTL', key) < longest - now then
     redis.call('PEXPIRE', key, longest - now)
   end
 end
@@ -205,6 +217,8 @@ pub struct RedisStore {
     scripts: Scripts,
     /// Added to Redis `TIME`: zero in production; tests move the shared clock with it.
     offset_ms: AtomicI64,
+    /// Tests only: decide at the `now_ms` each operation is given instead of Redis `TIME`.
+    caller_clock: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -258,6 +272,7 @@ impl RedisStore {
                 lease_renew: Lua::new(LEASE_RENEW),
             },
             offset_ms: AtomicI64::new(0),
+            caller_clock: AtomicBool::new(false),
         })
     }
 
@@ -335,22 +350,43 @@ impl RedisStore {
         outcome
     }
 
-    /// One round trip: check and consume every rule atomically on the server.
+    /// The time an operation decides at: the caller's `now_ms` under
+    /// [`use_caller_clock`](Self::use_caller_clock), else the server's `TIME` plus the offset.
+    /// As the check script's first two arguments: `[0, offset]` or `[1, now_ms]`.
+    fn clock_args(&self, now_ms: u64) -> [i64; 2] {
+        if self.caller_clock.load(Ordering::Relaxed) {
+            [1, now_ms as i64]
+        } else {
+            [0, self.offset_ms.load(Ordering::Relaxed)]
+        }
+    }
+
+    /// One round trip: check and consume every rule atomically on the server. `now_ms` is the
+    /// caller's time, used only under [`use_caller_clock`](Self::use_caller_clock).
     pub async fn check_and_consume(
         &self,
         account: AccountId,
         rules: &[Rule],
+        now_ms: u64,
     ) -> Result<Decision, StoreError> {
+        if rules.is_empty() {
+            // As in memory: nothing to check or count, and no key to write (the script would
+            // write one with no window to set its expiry by).
+            return Ok(Decision::Admitted(Usage::default()));
+        }
         let key = account_key(account);
-        let offset = self.offset_ms.load(Ordering::Relaxed);
-        let args: Vec<i64> = [offset, rules.len() as i64]
+        let args: Vec<i64> = self
+            .clock_args(now_ms)
             .into_iter()
+            .chain([rules.len() as i64])
             .chain(rules.iter().flat_map(|r| {
-                let period = match r.window {
-                    Window::Fixed { period_ms } => period_ms,
-                    Window::UtcDay => 0,
-                };
-                [i64::from(r.counter.0), i64::from(r.limit), period as i64]
+                let span = r.window.span();
+                [
+                    i64::from(r.counter.0),
+                    i64::from(r.limit),
+                    span.align_ms as i64,
+                    span.length_ms as i64,
+                ]
             }))
             .collect();
         let reply: Vec<u64> = self
@@ -360,22 +396,31 @@ impl RedisStore {
     }
 
     /// The account's open windows (for the usage view).
-    pub async fn counters(&self, account: AccountId) -> Result<Vec<Counter>, StoreError> {
-        let read = self.read(account).await?;
+    pub async fn counters(
+        &self,
+        account: AccountId,
+        now_ms: u64,
+    ) -> Result<Vec<Counter>, StoreError> {
+        let read = self.read(account, now_ms).await?;
         Ok(read.counters.iter().copied().collect())
     }
 
-    /// Reads an account's counters, their version and the server time.
-    async fn read(&self, account: AccountId) -> Result<Read, StoreError> {
+    /// Reads an account's counters, their version and the time to decide at (the server's, or
+    /// the caller's `now_ms` under [`use_caller_clock`](Self::use_caller_clock)).
+    async fn read(&self, account: AccountId, now_ms: u64) -> Result<Read, StoreError> {
         let key = account_key(account);
-        let offset = self.offset_ms.load(Ordering::Relaxed);
         let (fields, time): (Vec<(String, String)>, (u64, u64)) = self
             .run(|mut conn| {
                 let read = redis::pipe().cmd("HGETALL").arg(&key).cmd("TIME").clone();
                 async move { read.query_async(&mut conn).await }
             })
             .await?;
-        let now = (time.0 * 1000 + time.1 / 1000).saturating_add_signed(offset);
+        let now = if self.caller_clock.load(Ordering::Relaxed) {
+            now_ms
+        } else {
+            let offset = self.offset_ms.load(Ordering::Relaxed);
+            (time.0 * 1000 + time.1 / 1000).saturating_add_signed(offset)
+        };
         let mut read = Read {
             counters: Counters::default(),
             version: "0".into(),
@@ -394,21 +439,36 @@ impl RedisStore {
     /// Runs `update` on the account's counters and writes the result back atomically: when
     /// another replica wrote the account in between, it reads again and retries. For the rarer,
     /// richer decisions (job penalties) whose logic stays in Rust rather than in a script.
+    /// `now_ms` is the caller's time, used only under [`use_caller_clock`](Self::use_caller_clock)
+    /// (and then the key gets no expiry, as in the check script).
     pub async fn update<R>(
         &self,
         account: AccountId,
+        now_ms: u64,
         update: impl Fn(&mut Counters, u64) -> R,
     ) -> Result<R, StoreError> {
+        let caller_clock = self.caller_clock.load(Ordering::Relaxed);
         for _ in 0..CAS_ATTEMPTS {
-            let mut read = self.read(account).await?;
+            let mut read = self.read(account, now_ms).await?;
+            let before = read.counters.clone();
             let result = update(&mut read.counters, read.now_ms);
+            if read.counters == before {
+                // Nothing changed: the answer stands as of the read (one atomic HGETALL). A
+                // write would only bump the version other replicas compare against — and, on
+                // a key that had expired, create one with no window to set its expiry by.
+                return Ok(result);
+            }
             let longest = read
                 .counters
                 .iter()
                 .map(|c| c.end_ms)
                 .max()
                 .unwrap_or(read.now_ms);
-            let ttl = longest.saturating_sub(read.now_ms).to_string();
+            let ttl = match caller_clock {
+                false => longest.saturating_sub(read.now_ms),
+                true => 0, // no expiry: Redis expires keys by its own clock, not the caller's
+            }
+            .to_string();
             let mut args: Vec<String> = vec![read.version, ttl];
             for c in read.counters.iter().filter(|c| c.end_ms > read.now_ms) {
                 args.push(c.id.0.to_string());
@@ -476,6 +536,15 @@ impl RedisStore {
     /// drills: minute windows and the UTC day reset are exercised without waiting.
     pub fn set_clock_offset_ms(&self, offset: i64) {
         self.offset_ms.store(offset, Ordering::Relaxed);
+    }
+
+    /// Tests only: decide at the `now_ms` each operation is given, exactly, instead of Redis
+    /// `TIME` (so a test can run the memory store and Redis at the very same instants). Keys
+    /// then get no expiry, since Redis would expire them by its own clock: a test's keys stay
+    /// until the server is flushed or stopped. Never on in production, where one clock for
+    /// every replica is the point of reading `TIME`.
+    pub fn use_caller_clock(&self, on: bool) {
+        self.caller_clock.store(on, Ordering::Relaxed);
     }
 
     /// Round trip to the server (for readiness).

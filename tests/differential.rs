@@ -1,0 +1,355 @@
+//! One behaviour, two implementations: the memory store decides in Rust (`limits::decide`,
+//! `penalties::admit`), the Redis store in a Lua script (plain requests) and in Rust on counters
+//! read from Redis (job submissions, penalty tallies, give-backs). This test runs the same random
+//! sequences of operations through both — several accounts, several rules per request, windows
+//! of a second, a minute, an hour, the UTC day and fixed intervals, small limits so refusals
+//! happen, time steps that land on and around window ends and cross 00:00 UTC — and requires the
+//! same answer at every step: admitted or refused, every usage figure, `Retry-After` and the
+//! refusal's kind, receipts, tallies, and the counters each store then holds.
+//!
+//! Time is exact on both sides: the Redis store takes the caller's `now_ms` instead of Redis
+//! `TIME` (`RedisStore::use_caller_clock`), so each operation runs at the same instant in both.
+//! A failure is shrunk to a minimal sequence and printed.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+use floodgate::identity::AccountId;
+use floodgate::limits::{CounterId, LimitKind, Receipt, Rule, Window};
+use floodgate::penalties::{
+    Event, IncorrectAction, IncorrectPolicy, JobCheck, JobFacts, Mode, PenaltyIds, RelaxAction,
+    RelaxPolicy, TierPenalties,
+};
+use floodgate::store::{OnFailure, RedisStore, SharedStore, Store};
+use redis_server::RedisServer;
+
+/// `n` cases, or `PROPTEST_CASES` when set (for a deeper run than CI's).
+fn cases(n: u32) -> Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
+    Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+/// 2026-01-01T00:00:00Z.
+const DAY0_MS: u64 = 1_767_225_600_000;
+const DAY_MS: u64 = 86_400_000;
+
+/// The windows a request's rules are drawn from: each its own counter.
+const POOL: [(LimitKind, Window); 8] = [
+    (LimitKind::Second, Window::Fixed { period_ms: 1_000 }),
+    (LimitKind::Minute, Window::Fixed { period_ms: 60_000 }),
+    (
+        LimitKind::Hour,
+        Window::Fixed {
+            period_ms: 3_600_000,
+        },
+    ),
+    (LimitKind::Daily, Window::UtcDay),
+    (LimitKind::Interval, Window::Fixed { period_ms: 3_000 }),
+    (LimitKind::Interval, Window::Fixed { period_ms: 250 }),
+    // As long as the per-second window, another kind: two limits refusing until the same
+    // instant, where which one names the refusal is decided by rule order.
+    (LimitKind::Interval, Window::Fixed { period_ms: 1_000 }),
+    // A second minute counter, as a shared limit next to a class's own.
+    (LimitKind::Minute, Window::Fixed { period_ms: 60_000 }),
+];
+
+/// The rules of pool entries `mask` (bit i = entry i), with the case's limits; `tighter`
+/// lowers every limit by one (a reload, or another tier sharing the counter).
+fn rules(mask: u8, limits: &[u32; 8], tighter: bool) -> Vec<Rule> {
+    (0..POOL.len())
+        .filter(|i| mask & (1 << i) != 0)
+        .map(|i| {
+            let (kind, window) = POOL[i];
+            Rule {
+                counter: CounterId(100 + i as u32),
+                limit: if tighter {
+                    limits[i].saturating_sub(1).max(1)
+                } else {
+                    limits[i]
+                },
+                window,
+                kind,
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A plain request: `Store::check_and_consume`.
+    Request {
+        account: usize,
+        mask: u8,
+        tighter: bool,
+    },
+    /// A job submission: `Store::admit_job`.
+    Job {
+        account: usize,
+        mask: u8,
+        relax: bool,
+    },
+    /// An incorrect task or an earned relax job: `Store::record`.
+    Record { account: usize, incorrect: bool },
+    /// A job admitted earlier turned away after all: `Store::give_back` with its receipt.
+    GiveBack { pick: usize },
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    start_ms: u64,
+    limits: [u32; 8],
+    penalties: TierPenalties,
+    /// Milliseconds to move the clock by, then the operation.
+    steps: Vec<(u64, Op)>,
+}
+
+fn start_ms() -> impl Strategy<Value = u64> {
+    let day = (0..400u64).prop_map(|d| DAY0_MS + d * DAY_MS);
+    prop_oneof![
+        // The last three minutes of a UTC day: the day boundary is crossed.
+        3 => (day.clone(), 1..=180_000u64).prop_map(|(d, before)| d + DAY_MS - before),
+        // Exactly a second, a minute or an hour before 00:00 UTC: windows that close together
+        // with the day; and the last millisecond of a day.
+        2 => (day.clone(), prop::sample::select(vec![1u64, 1_000, 60_000, 3_600_000]))
+            .prop_map(|(d, before)| d + DAY_MS - before),
+        1 => (day, 0..DAY_MS).prop_map(|(d, t)| d + t),
+    ]
+}
+
+/// Steps that stay inside windows, land on or beside their ends, and jump past them.
+fn step_ms() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => Just(0u64),
+        4 => 1..300u64,
+        3 => 300..1_500u64,
+        2 => prop::sample::select(vec![249u64, 250, 251, 999, 1_000, 1_001, 2_999, 3_000, 3_001]),
+        2 => 1_500..70_000u64,
+        1 => prop::sample::select(vec![59_999u64, 60_000, 60_001, 3_599_999, 3_600_000]),
+        1 => 70_000..4_000_000u64,
+    ]
+}
+
+fn penalties() -> impl Strategy<Value = TierPenalties> {
+    let incorrect =
+        prop::option::of(
+            (0..3u32, any::<bool>()).prop_map(|(per_day, block)| IncorrectPolicy {
+                per_day,
+                action: if block {
+                    IncorrectAction::Block
+                } else {
+                    IncorrectAction::Flag
+                },
+            }),
+        );
+    let relax =
+        prop::option::of(
+            (0..3u32, any::<bool>()).prop_map(|(per_day, reject)| RelaxPolicy {
+                per_day,
+                action: if reject {
+                    RelaxAction::Reject
+                } else {
+                    RelaxAction::Surcharge { multiplier: 2 }
+                },
+            }),
+        );
+    (incorrect, relax).prop_map(|(incorrect, relax)| TierPenalties { incorrect, relax })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let account = 0..3usize;
+    // One rule, or any several (none: a class without limits).
+    let mask = prop_oneof![
+        1 => Just(0u8),
+        8 => (0..POOL.len()).prop_map(|i| 1u8 << i),
+        16 => 1..=u8::MAX,
+    ];
+    prop_oneof![
+        8 => (account.clone(), mask.clone(), prop::bool::weighted(0.1))
+            .prop_map(|(account, mask, tighter)| Op::Request { account, mask, tighter }),
+        3 => (account.clone(), mask, any::<bool>())
+            .prop_map(|(account, mask, relax)| Op::Job { account, mask, relax }),
+        1 => (account, any::<bool>())
+            .prop_map(|(account, incorrect)| Op::Record { account, incorrect }),
+        1 => any::<usize>().prop_map(|pick| Op::GiveBack { pick }),
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    // Short windows allow 1–4, the hour and the day a few more; an interval allows 1.
+    let limits = (prop::array::uniform3(1..=4u32), 1..=6u32, 1..=8u32)
+        .prop_map(|([s, m, m2], h, d)| [s, m, h, d, 1, 1, 1, m2]);
+    (
+        start_ms(),
+        limits,
+        penalties(),
+        prop::collection::vec((step_ms(), op()), 1..=40),
+    )
+        .prop_map(|(start_ms, limits, penalties, steps)| Case {
+            start_ms,
+            limits,
+            penalties,
+            steps,
+        })
+}
+
+/// Runs `case` through both stores; the first difference fails the case.
+async fn run_case(case: &Case, n: u64, redis: &Store) -> Result<(), TestCaseError> {
+    let memory = Store::memory();
+    let accounts: Vec<AccountId> = (0..3)
+        .map(|a| AccountId::from_key(format!("case{n}:account{a}").as_bytes()))
+        .collect();
+    let ids = PenaltyIds::default();
+    let mut receipts: Vec<(AccountId, Receipt)> = Vec::new();
+    let mut now = case.start_ms;
+    let failed = |what: &str, e: floodgate::store::StoreError| {
+        TestCaseError::fail(format!("{what}: redis store failed: {e}"))
+    };
+    for (step, (dt, op)) in case.steps.iter().enumerate() {
+        now += dt;
+        let touched = match op {
+            Op::Request {
+                account,
+                mask,
+                tighter,
+            } => {
+                let rules = rules(*mask, &case.limits, *tighter);
+                let acct = accounts[*account];
+                let mem = memory.check_and_consume(acct, &rules, now).await.unwrap();
+                let red = redis
+                    .check_and_consume(acct, &rules, now)
+                    .await
+                    .map_err(|e| failed("check_and_consume", e))?;
+                prop_assert_eq!(mem, red, "step {} at {}: request {:?}", step, now, op);
+                acct
+            }
+            Op::Job {
+                account,
+                mask,
+                relax,
+            } => {
+                let rules = rules(*mask, &case.limits, false);
+                let acct = accounts[*account];
+                let job = JobCheck {
+                    policy: case.penalties,
+                    ids,
+                    facts: JobFacts {
+                        mode: if *relax { Mode::Relax } else { Mode::Fast },
+                        relax_counted: true,
+                    },
+                };
+                let mem = memory.admit_job(acct, &rules, &job, now).await.unwrap();
+                let red = redis
+                    .admit_job(acct, &rules, &job, now)
+                    .await
+                    .map_err(|e| failed("admit_job", e))?;
+                prop_assert_eq!(&mem, &red, "step {} at {}: job {:?}", step, now, op);
+                if let floodgate::penalties::Admission::Admitted(_, _, receipt) = mem {
+                    receipts.push((acct, receipt));
+                }
+                acct
+            }
+            Op::Record { account, incorrect } => {
+                let acct = accounts[*account];
+                let event = if *incorrect {
+                    Event::Incorrect
+                } else {
+                    Event::RelaxEarned
+                };
+                let mem = memory.record(acct, event, &ids, now).await.unwrap();
+                let red = redis
+                    .record(acct, event, &ids, now)
+                    .await
+                    .map_err(|e| failed("record", e))?;
+                prop_assert_eq!(mem, red, "step {} at {}: {:?}", step, now, op);
+                acct
+            }
+            Op::GiveBack { pick } => {
+                if receipts.is_empty() {
+                    continue;
+                }
+                let (acct, receipt) = receipts.swap_remove(pick % receipts.len());
+                let mem = memory.give_back(acct, &receipt, now).await.unwrap();
+                let red = redis
+                    .give_back(acct, &receipt, now)
+                    .await
+                    .map_err(|e| failed("give_back", e))?;
+                prop_assert_eq!(
+                    mem,
+                    red,
+                    "step {} at {}: give back {:?}",
+                    step,
+                    now,
+                    receipt
+                );
+                acct
+            }
+        };
+        prop_assert!(
+            !redis.is_degraded(),
+            "step {}: the redis store fell back to its failure policy",
+            step
+        );
+        // The counters each store holds afterwards (any order: a hash has none).
+        let held = |mut c: Vec<floodgate::limits::Counter>| {
+            c.sort_by_key(|c| c.id);
+            c
+        };
+        let mem = held(memory.counters(touched, now).await.unwrap());
+        let red = held(
+            redis
+                .counters(touched, now)
+                .await
+                .map_err(|e| failed("counters", e))?,
+        );
+        prop_assert_eq!(
+            mem,
+            red,
+            "step {} at {}: counters after {:?}",
+            step,
+            now,
+            op
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn the_memory_store_and_the_redis_script_decide_alike() {
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = RedisStore::new(&server.url(), Duration::from_secs(5)).unwrap();
+    store.use_caller_clock(true);
+    let redis = Store::Redis(Arc::new(SharedStore::new(
+        store,
+        Duration::from_secs(30),
+        OnFailure::FailClosed,
+        1,
+        Duration::from_secs(60),
+    )));
+    let case_no = AtomicU64::new(0);
+    let mut runner = TestRunner::new(cases(96));
+    let outcome = runner.run(&case(), |case| {
+        let n = case_no.fetch_add(1, Ordering::Relaxed);
+        runtime.block_on(run_case(&case, n, &redis))
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+}
