@@ -27,7 +27,7 @@ use floodgate::penalties::{
     Event, IncorrectAction, IncorrectPolicy, JobCheck, JobFacts, Mode, PenaltyIds, RelaxAction,
     RelaxPolicy, TierPenalties,
 };
-use floodgate::store::{OnFailure, RedisStore, SharedStore, Store};
+use floodgate::store::{FailoverStore, OnFailure, RedisStore, Store};
 use redis_server::RedisServer;
 
 /// `n` cases, or `PROPTEST_CASES` when set (for a deeper run than CI's).
@@ -336,7 +336,7 @@ fn the_memory_store_and_the_redis_script_decide_alike() {
         .unwrap();
     let store = RedisStore::new(&server.url(), Duration::from_secs(5)).unwrap();
     store.use_caller_clock(true);
-    let redis = Store::Redis(Arc::new(SharedStore::new(
+    let redis = Store::Redis(Arc::new(FailoverStore::new(
         store,
         Duration::from_secs(30),
         OnFailure::FailClosed,

@@ -918,11 +918,11 @@ async fn no_key_is_left_without_an_expiry() {
     use floodgate::penalties::{
         Admission, IncorrectAction, IncorrectPolicy, JobCheck, JobFacts, PenaltyIds, TierPenalties,
     };
-    use floodgate::store::{OnFailure, RedisStore, SharedStore, Store};
+    use floodgate::store::{FailoverStore, OnFailure, RedisStore, Store};
 
     let _turn = TURNS.read().await;
     let redis = RedisServer::start();
-    let store = Store::Redis(std::sync::Arc::new(SharedStore::new(
+    let store = Store::Redis(std::sync::Arc::new(FailoverStore::new(
         RedisStore::new(&redis.url(), Duration::from_secs(2)).unwrap(),
         Duration::from_secs(30),
         OnFailure::FailClosed,
