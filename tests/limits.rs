@@ -1,18 +1,17 @@
 //! The seed's limits through the shipped configs, over real HTTP: exact counts, the 429 format,
-//! Retry-After, the UTC day reset, and refused requests never reaching the upstream. (Exactness
-//! under 64 parallel requests is in the behaviour suite both stores run, tests/redis.rs.)
+//! Retry-After, the UTC day reset, refused requests never reaching the upstream, and exactness
+//! under 64 parallel requests. Every scenario runs on the memory store and on a real Redis.
 
 mod support;
 
-use support::{Gate, TestClient, Upstream, DAY0_MS};
+use support::{Backend, Gate, TestClient, Upstream, DAY0_MS};
 
 const TXT2IMG: &str = "/api/v1/txt2img";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn basic_txt2img_three_per_minute_with_headers_and_exact_429() {
+async fn basic_txt2img_three_per_minute_with_headers_and_exact_429(backend: Backend) {
     let up = Upstream::start().await;
     let t0 = DAY0_MS + 12 * 3_600_000 + 250; // 12:00:00.250 UTC
-    let gate = Gate::shipped("floodgate.toml", &up.url(), t0);
+    let gate = Gate::shipped_on(backend, "floodgate.toml", &up.url(), t0);
     let c = TestClient::new();
     for remaining in [2, 1, 0] {
         let a = c.post(&gate.url(TXT2IMG), "k-basic").await;
@@ -59,8 +58,7 @@ async fn basic_txt2img_three_per_minute_with_headers_and_exact_429() {
     assert_eq!(a.num("x-ratelimit-daily-remaining"), 96);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_basic_endpoint_has_its_seed_limits() {
+async fn every_basic_endpoint_has_its_seed_limits(backend: Backend) {
     let table: &[(&str, u64, u64)] = &[
         ("txt2img", 3, 100),
         ("img2img", 3, 100),
@@ -82,7 +80,7 @@ async fn every_basic_endpoint_has_its_seed_limits() {
         ("prompt/enhance", 10, 100),
     ];
     let up = Upstream::start().await;
-    let gate = Gate::shipped("floodgate.toml", &up.url(), DAY0_MS + 1_000);
+    let gate = Gate::shipped_on(backend, "floodgate.toml", &up.url(), DAY0_MS + 1_000);
     let c = TestClient::new();
     for (name, per_minute, daily) in table {
         let url = gate.url(&format!("/api/v1/{name}"));
@@ -124,11 +122,10 @@ async fn every_basic_endpoint_has_its_seed_limits() {
     assert_eq!(a.header("x-ratelimit-limit"), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daily_quota_refuses_until_midnight_utc_then_resets() {
+async fn daily_quota_refuses_until_midnight_utc_then_resets(backend: Backend) {
     let up = Upstream::start().await;
     let evening = DAY0_MS + 86_400_000 - 2 * 3_600_000; // 22:00 UTC
-    let gate = Gate::shipped("floodgate.toml", &up.url(), evening);
+    let gate = Gate::shipped_on(backend, "floodgate.toml", &up.url(), evening);
     let c = TestClient::new();
     let url = gate.url("/api/v1/txt2video"); // 1/min, 15/day
     for i in 0..15 {
@@ -152,10 +149,9 @@ async fn daily_quota_refuses_until_midnight_utc_then_resets() {
     assert_eq!(up.count(), 16);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn premium_key_gets_300_per_minute_and_no_daily_limit() {
+async fn premium_key_gets_300_per_minute_and_no_daily_limit(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::shipped("floodgate.toml", &up.url(), DAY0_MS + 5_000);
+    let gate = Gate::shipped_on(backend, "floodgate.toml", &up.url(), DAY0_MS + 5_000);
     let c = TestClient::new();
     for i in 0..300 {
         let a = c
@@ -189,10 +185,9 @@ async fn premium_key_gets_300_per_minute_and_no_daily_limit() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn midjourney_progress_ten_per_second_and_others_one_per_three_seconds() {
+async fn midjourney_progress_ten_per_second_and_others_one_per_three_seconds(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::shipped("midjourney.toml", &up.url(), DAY0_MS);
+    let gate = Gate::shipped_on(backend, "midjourney.toml", &up.url(), DAY0_MS);
     let c = TestClient::new();
     for _ in 0..10 {
         let a = c
@@ -296,10 +291,9 @@ const UNIFIED: &str = r#"
     per_minute = 5
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_json_body_field_picks_the_class_of_a_unified_endpoint() {
+async fn a_json_body_field_picks_the_class_of_a_unified_endpoint(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::start(UNIFIED, &up.url(), DAY0_MS);
+    let gate = Gate::start_on(backend, UNIFIED, &up.url(), DAY0_MS);
     let c = TestClient::new();
     let send = |body: String| {
         let (c, url) = (c.clone(), gate.url("/echo"));
@@ -342,14 +336,13 @@ async fn a_json_body_field_picks_the_class_of_a_unified_endpoint() {
     assert_eq!(up.count(), 4, "the refused ones never reached the upstream");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_body_takes_the_class_the_operator_names() {
+async fn an_unreadable_body_takes_the_class_the_operator_names(backend: Backend) {
     let up = Upstream::start().await;
     let config = UNIFIED.replace(
         "body_pointer = \"/task_type\"",
         "body_pointer = \"/task_type\"\nunreadable_class = \"txt2img\"",
     );
-    let gate = Gate::start(&config, &up.url(), DAY0_MS);
+    let gate = Gate::start_on(backend, &config, &up.url(), DAY0_MS);
     let c = TestClient::new();
     let long = format!(
         r#"{{"pad": "{}", "task_type": "upscale"}}"#,
@@ -370,3 +363,74 @@ async fn an_unreadable_body_takes_the_class_the_operator_names() {
         .await;
     assert_eq!(a.status, 429, "txt2img's 1 a minute");
 }
+
+/// Exactness under contention: 64 requests at once on 5 per minute admit exactly 5, and every
+/// refusal has the 429 format and consumed nothing.
+async fn sixty_four_parallel_requests_on_five_per_minute_admit_exactly_five(backend: Backend) {
+    let up = Upstream::start().await;
+    let cfg = r#"
+        [[route]]
+        path = "/limited"
+        class = "limited"
+        [[tiers.t.limits]]
+        classes = ["limited"]
+        per_minute = 5
+        per_day = 50
+    "#;
+    let gate = Gate::start_on(backend, cfg, &up.url(), DAY0_MS + 1_000);
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let url = gate.url("/limited");
+        tasks.push(tokio::spawn(async move {
+            TestClient::new().post(&url, "suite").await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let a = t.await.unwrap();
+        if a.status == 200 {
+            ok += 1;
+        } else {
+            assert_eq!(a.status, 429);
+            assert_eq!(a.header("content-type"), Some("application/json"));
+            assert_eq!(
+                a.json(),
+                serde_json::json!({"message": "Too Many Attempts."})
+            );
+            assert_eq!(a.header("x-ratelimit-type"), Some("minute"));
+            assert_eq!(a.num("x-ratelimit-limit"), 5);
+            assert_eq!(a.num("x-ratelimit-remaining"), 0);
+            assert_eq!(a.num("x-ratelimit-daily-limit"), 50);
+            assert_eq!(
+                a.num("x-ratelimit-daily-remaining"),
+                45,
+                "refusals consume nothing"
+            );
+            assert_eq!(
+                a.num("retry-after"),
+                60,
+                "the minute the first request opened"
+            );
+        }
+    }
+    assert_eq!(ok, 5, "64 parallel requests on 5/min admit exactly 5");
+    assert_eq!(up.count(), 5);
+    let other = TestClient::new()
+        .post(&gate.url("/limited"), "someone-else")
+        .await;
+    assert_eq!(
+        (other.status.as_u16(), other.num("x-ratelimit-remaining")),
+        (200, 4)
+    );
+}
+
+on_both_stores!(
+    sixty_four_parallel_requests_on_five_per_minute_admit_exactly_five,
+    basic_txt2img_three_per_minute_with_headers_and_exact_429,
+    every_basic_endpoint_has_its_seed_limits,
+    daily_quota_refuses_until_midnight_utc_then_resets,
+    premium_key_gets_300_per_minute_and_no_daily_limit,
+    midjourney_progress_ten_per_second_and_others_one_per_three_seconds,
+    a_json_body_field_picks_the_class_of_a_unified_endpoint,
+    an_unreadable_body_takes_the_class_the_operator_names,
+);

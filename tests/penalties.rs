@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Answer, Gate, TestClient, Upstream, DAY0_MS};
+use support::{Answer, Backend, Gate, TestClient, Upstream, DAY0_MS};
 
 const HOUR: u64 = 3_600_000;
 const MIDNIGHT: u64 = DAY0_MS + 24 * HOUR;
@@ -136,10 +136,11 @@ fn assert_refused_until_midnight(a: &Answer, kind: &str, now_ms: u64) {
     assert_eq!(a.json()["message"], "Too Many Attempts.");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_incorrect_tasks_on_free_then_the_31st_job_is_refused_until_midnight() {
+async fn thirty_incorrect_tasks_on_free_then_the_31st_job_is_refused_until_midnight(
+    backend: Backend,
+) {
     let up = Upstream::start().await;
-    let gate = Gate::shipped("midjourney.toml", &up.url(), MORNING);
+    let gate = Gate::shipped_on(backend, "midjourney.toml", &up.url(), MORNING);
     let c = TestClient::new();
     let imagine = gate.url("/mj/submit/imagine");
     for i in 0..30 {
@@ -217,10 +218,11 @@ async fn thirty_incorrect_tasks_on_free_then_the_31st_job_is_refused_until_midni
     assert_eq!(u["penalties"]["current_actions"], json!([]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn incorrect_tasks_by_status_or_json_marker_and_the_block_comes_before_the_queue() {
+async fn incorrect_tasks_by_status_or_json_marker_and_the_block_comes_before_the_queue(
+    backend: Backend,
+) {
     let up = Upstream::start().await;
-    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let gate = Gate::start_on(backend, SYNC, &up.url(), MORNING);
     let c = TestClient::new();
     let not_incorrect: [&[(&str, &str)]; 4] = [
         &[("x-upstream-status", "500")],
@@ -283,10 +285,9 @@ async fn incorrect_tasks_by_status_or_json_marker_and_the_block_comes_before_the
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flag_plans_pass_past_sixty_marked_no_refund_to_upstream_and_client() {
+async fn flag_plans_pass_past_sixty_marked_no_refund_to_upstream_and_client(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::shipped("midjourney.toml", &up.url(), MORNING);
+    let gate = Gate::shipped_on(backend, "midjourney.toml", &up.url(), MORNING);
     let c = TestClient::new();
     let key = "demo-developer-key";
     for i in 0..60 {
@@ -346,10 +347,9 @@ async fn flag_plans_pass_past_sixty_marked_no_refund_to_upstream_and_client() {
     assert!(a.header("x-floodgate-billing").is_none(), "a new UTC day");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relax_jobs_past_the_allowance_are_surcharged() {
+async fn relax_jobs_past_the_allowance_are_surcharged(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let gate = Gate::start_on(backend, SYNC, &up.url(), MORNING);
     let c = TestClient::new();
     for _ in 0..2 {
         let a = submit(&c, &gate, "/submit/imagine", "k", RELAX, &[]).await;
@@ -387,10 +387,9 @@ async fn relax_jobs_past_the_allowance_are_surcharged() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relax_jobs_past_the_allowance_are_rejected_where_configured() {
+async fn relax_jobs_past_the_allowance_are_rejected_where_configured(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let gate = Gate::start_on(backend, SYNC, &up.url(), MORNING);
     let c = TestClient::new();
     for _ in 0..2 {
         assert_eq!(
@@ -419,10 +418,9 @@ async fn relax_jobs_past_the_allowance_are_rejected_where_configured() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_successful_fast_or_turbo_imagine_or_blend_earns_exactly_one_more() {
+async fn each_successful_fast_or_turbo_imagine_or_blend_earns_exactly_one_more(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let gate = Gate::start_on(backend, SYNC, &up.url(), MORNING);
     let c = TestClient::new();
     let relax = || submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]);
     for _ in 0..2 {
@@ -474,10 +472,9 @@ async fn each_successful_fast_or_turbo_imagine_or_blend_earns_exactly_one_more()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_fast_jobs_earn_nothing() {
+async fn failed_fast_jobs_earn_nothing(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let gate = Gate::start_on(backend, SYNC, &up.url(), MORNING);
     let c = TestClient::new();
     for _ in 0..2 {
         submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]).await;
@@ -500,10 +497,9 @@ async fn failed_fast_jobs_earn_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_day_reset_clears_relax_used_and_earned() {
+async fn the_day_reset_clears_relax_used_and_earned(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let gate = Gate::start_on(backend, SYNC, &up.url(), MORNING);
     let c = TestClient::new();
     let relax = || submit(&c, &gate, "/submit/imagine", "strict-key", RELAX, &[]);
     submit(&c, &gate, "/submit/imagine", "strict-key", FAST, &[]).await;
@@ -532,10 +528,9 @@ async fn the_day_reset_clears_relax_used_and_earned() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_body_that_is_not_json_still_forwards_intact() {
+async fn a_job_body_that_is_not_json_still_forwards_intact(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let gate = Gate::start_on(backend, SYNC, &up.url(), MORNING);
     let c = TestClient::new();
     let large: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     for body in [b"\x89PNG\r\n\x1a\n not json {".to_vec(), large, Vec::new()] {
@@ -614,10 +609,9 @@ async fn get_task(c: &TestClient, gate: &Gate, id: &str) -> Answer {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn task_mode_earns_on_terminal_success_and_counts_a_failed_task_once() {
+async fn task_mode_earns_on_terminal_success_and_counts_a_failed_task_once(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::start(&TASKS.replace("POLL", ""), &up.url(), MORNING);
+    let gate = Gate::start_on(backend, &TASKS.replace("POLL", ""), &up.url(), MORNING);
     let c = TestClient::new();
     assert_eq!(
         create(&c, &gate, RELAX).await.status,
@@ -668,10 +662,10 @@ async fn task_mode_earns_on_terminal_success_and_counts_a_failed_task_once() {
     assert_eq!(create(&c, &gate, FAST).await.status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_floodgate_sees_end_by_its_own_polling_settles_too() {
+async fn a_task_floodgate_sees_end_by_its_own_polling_settles_too(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::start(
+    let gate = Gate::start_on(
+        backend,
         &TASKS.replace("POLL", "poll_interval = \"50ms\""),
         &up.url(),
         MORNING,
@@ -729,8 +723,9 @@ async fn penalty_tallies_survive_a_restart_through_the_state_file() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_larger_than_the_inspect_limit_counts_as_relax_unless_a_larger_limit_reads_it() {
+async fn a_body_larger_than_the_inspect_limit_counts_as_relax_unless_a_larger_limit_reads_it(
+    backend: Backend,
+) {
     let up = Upstream::start().await;
     let blend = format!(
         r#"{{"process_mode": "fast", "base64Array": ["data:image/png;base64,{}"]}}"#,
@@ -738,7 +733,7 @@ async fn a_body_larger_than_the_inspect_limit_counts_as_relax_unless_a_larger_li
     );
     for (limit, relax_used) in [("", 1), ("inspect_limit = \"256KB\"", 0)] {
         let config = format!("[server]\n{limit}\n{SYNC}");
-        let gate = Gate::start(&config, &up.url(), MORNING);
+        let gate = Gate::start_on(backend, &config, &up.url(), MORNING);
         let c = TestClient::new();
         let a = submit(&c, &gate, "/submit/blend", "strict-key", &blend, &[]).await;
         assert_eq!(a.status, 200);
@@ -766,10 +761,9 @@ fn padded(mode_first: bool, mode: &str) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn padding_a_job_body_never_dodges_the_relax_allowance() {
+async fn padding_a_job_body_never_dodges_the_relax_allowance(backend: Backend) {
     let up = Upstream::start().await;
-    let gate = Gate::start(SYNC, &up.url(), MORNING);
+    let gate = Gate::start_on(backend, SYNC, &up.url(), MORNING);
     let c = TestClient::new();
     let send = |body: String| {
         let (c, gate) = (c.clone(), &gate);
@@ -799,14 +793,13 @@ async fn padding_a_job_body_never_dodges_the_relax_allowance() {
     assert_eq!(up.count_prefix("/submit/"), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_operator_can_count_unreadable_jobs_as_fast_or_read_more() {
+async fn an_operator_can_count_unreadable_jobs_as_fast_or_read_more(backend: Backend) {
     let up = Upstream::start().await;
     let lenient = SYNC.replace(
         "mode_pointer = \"/process_mode\"",
         "mode_pointer = \"/process_mode\"\nunreadable_mode = \"fast\"",
     );
-    let gate = Gate::start(&lenient, &up.url(), MORNING);
+    let gate = Gate::start_on(backend, &lenient, &up.url(), MORNING);
     let c = TestClient::new();
     let (relax_last, fast_first) = (padded(false, "relax"), padded(true, "fast"));
     for _ in 0..3 {
@@ -815,7 +808,7 @@ async fn an_operator_can_count_unreadable_jobs_as_fast_or_read_more() {
     }
     // A larger inspect limit reads the same body whole: its mode counts.
     let whole = format!("[server]\ninspect_limit = \"256KB\"\n{SYNC}");
-    let gate = Gate::start(&whole, &up.url(), MORNING);
+    let gate = Gate::start_on(backend, &whole, &up.url(), MORNING);
     for expected in [200, 200, 429] {
         let a = submit(&c, &gate, "/submit/imagine", "strict-key", &relax_last, &[]);
         assert_eq!(a.await.status, expected);
@@ -823,3 +816,20 @@ async fn an_operator_can_count_unreadable_jobs_as_fast_or_read_more() {
     let a = submit(&c, &gate, "/submit/imagine", "strict-key", &fast_first, &[]);
     assert_eq!(a.await.status, 200, "read whole: fast");
 }
+
+on_both_stores!(
+    thirty_incorrect_tasks_on_free_then_the_31st_job_is_refused_until_midnight,
+    incorrect_tasks_by_status_or_json_marker_and_the_block_comes_before_the_queue,
+    flag_plans_pass_past_sixty_marked_no_refund_to_upstream_and_client,
+    relax_jobs_past_the_allowance_are_surcharged,
+    relax_jobs_past_the_allowance_are_rejected_where_configured,
+    each_successful_fast_or_turbo_imagine_or_blend_earns_exactly_one_more,
+    failed_fast_jobs_earn_nothing,
+    the_day_reset_clears_relax_used_and_earned,
+    a_job_body_that_is_not_json_still_forwards_intact,
+    task_mode_earns_on_terminal_success_and_counts_a_failed_task_once,
+    a_task_floodgate_sees_end_by_its_own_polling_settles_too,
+    a_body_larger_than_the_inspect_limit_counts_as_relax_unless_a_larger_limit_reads_it,
+    padding_a_job_body_never_dodges_the_relax_allowance,
+    an_operator_can_count_unreadable_jobs_as_fast_or_read_more,
+);

@@ -1,6 +1,6 @@
 //! Several replicas on one real Redis server: exact shared quotas, minute and day windows on the
-//! Redis clock, failure policies while Redis is down, recovery without restart, and the same
-//! behaviour suite the memory store passes.
+//! Redis clock, failure policies while Redis is down, recovery without restart. The scenarios
+//! one replica must pass on either store are in tests/limits.rs, queue.rs and penalties.rs.
 
 mod support;
 
@@ -252,81 +252,6 @@ async fn fail_open_admits_and_local_enforces_this_replicas_share() {
         200,
         "degraded but serving"
     );
-}
-
-/// The same behaviour, whichever store holds the counters.
-async fn behaviour_suite(gate: &Gate, up: &Upstream) {
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let url = gate.url("/limited");
-        tasks.push(tokio::spawn(async move {
-            TestClient::new().post(&url, "suite").await
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        let a = t.await.unwrap();
-        if a.status == 200 {
-            ok += 1;
-        } else {
-            assert_eq!(a.status, 429);
-            assert_eq!(a.header("content-type"), Some("application/json"));
-            assert_eq!(
-                a.json(),
-                serde_json::json!({"message": "Too Many Attempts."})
-            );
-            assert_eq!(a.header("x-ratelimit-type"), Some("minute"));
-            assert_eq!(a.num("x-ratelimit-limit"), 5);
-            assert_eq!(a.num("x-ratelimit-remaining"), 0);
-            assert_eq!(a.num("x-ratelimit-daily-limit"), 50);
-            assert_eq!(
-                a.num("x-ratelimit-daily-remaining"),
-                45,
-                "refusals consume nothing"
-            );
-            let retry = a.num("retry-after");
-            assert!((1..=60).contains(&retry));
-        }
-    }
-    assert_eq!(ok, 5, "64 parallel requests on 5/min admit exactly 5");
-    assert_eq!(up.count(), 5);
-    let other = TestClient::new()
-        .post(&gate.url("/limited"), "someone-else")
-        .await;
-    assert_eq!(
-        (other.status.as_u16(), other.num("x-ratelimit-remaining")),
-        (200, 4)
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behaviour_suite_on_the_redis_store() {
-    let _turn = TURNS.read().await;
-    let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let gate = Gate::start(
-        &config(&redis, "fail_closed", "2s", "per_minute = 5\nper_day = 50"),
-        &up.url(),
-        DAY0_MS,
-    );
-    behaviour_suite(&gate, &up).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behaviour_suite_on_the_memory_store() {
-    let _turn = TURNS.read().await;
-    let up = Upstream::start().await;
-    let cfg = r#"
-        [[route]]
-        path = "/limited"
-        class = "limited"
-        [[tiers.t.limits]]
-        classes = ["limited"]
-        per_minute = 5
-        per_day = 50
-    "#;
-    let gate = Gate::start(cfg, &up.url(), DAY0_MS + 1_000);
-    behaviour_suite(&gate, &up).await;
 }
 
 fn job_config(redis: &RedisServer, lease_ttl: &str) -> String {

@@ -502,24 +502,51 @@ pub fn stream_zeros(total: u64) -> UpBody {
     StreamBody::new(stream).boxed()
 }
 
+/// Which store holds a scenario's counters, tallies and job slots. A scenario written once as
+/// `async fn name(backend: Backend)` runs on both through [`on_both_stores!`](crate::on_both_stores).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The in-process store (the default).
+    Memory,
+    /// A real `redis-server` started for the test, deciding on the test's manual clock.
+    Redis,
+}
+
+/// Runs each scenario `async fn name(backend: Backend)` as two tests, `name::memory` and
+/// `name::redis`: one behaviour, written once, held by both stores.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn memory() {
+                    super::$name($crate::support::Backend::Memory).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn redis() {
+                    super::$name($crate::support::Backend::Redis).await
+                }
+            }
+        )*
+    };
+}
+
 /// floodgate running in this process on port 0, with a manual clock.
 pub struct Gate {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub clock: ManualClock,
     running: Option<Running>,
+    /// The Redis server of a [`Backend::Redis`] gate; stopped after floodgate is.
+    redis: Option<redis_server::RedisServer>,
 }
 
 impl Gate {
     /// Starts floodgate on `config_text` against `upstream`, with the clock at `now_ms`.
     pub fn start(config_text: &str, upstream: &str, now_ms: u64) -> Gate {
-        let overrides = Overrides {
-            upstream: Some(upstream.to_owned()),
-            workers: Some(2),
-            ..Overrides::default()
-        };
-        let config = Config::parse(config_text, &overrides).expect("config is valid");
-        Self::start_config(config, now_ms)
+        Self::start_on(Backend::Memory, config_text, upstream, now_ms)
     }
 
     /// Binds the way the binary does (one `SO_REUSEPORT` socket per worker, a backlog of 1024)
@@ -543,22 +570,63 @@ impl Gate {
             admin: running.admin_addr.unwrap(),
             clock,
             running: Some(running),
+            redis: None,
         }
     }
 
-    /// Starts floodgate on a shipped config file, without its state file (tests run side by
-    /// side and must not share one; the real-binary tests cover the state file).
-    pub fn shipped(name: &str, upstream: &str, now_ms: u64) -> Gate {
-        let text = std::fs::read_to_string(format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR")))
-            .unwrap();
+    /// As [`start`](Self::start), on `backend`. On Redis, floodgate gets its own server and a
+    /// `[store]` section (fail closed, so a Redis failure shows as a 503, never as a silent
+    /// local decision), and Redis decides at the manual clock's instants.
+    pub fn start_on(backend: Backend, config_text: &str, upstream: &str, now_ms: u64) -> Gate {
+        Self::start_text(backend, config_text, upstream, now_ms, true)
+    }
+
+    fn start_text(
+        backend: Backend,
+        config_text: &str,
+        upstream: &str,
+        now_ms: u64,
+        keep_state: bool,
+    ) -> Gate {
         let overrides = Overrides {
             upstream: Some(upstream.to_owned()),
             workers: Some(2),
             ..Overrides::default()
         };
+        let redis = (backend == Backend::Redis).then(redis_server::RedisServer::start);
+        let text = match &redis {
+            None => config_text.to_owned(),
+            Some(server) => format!(
+                "{config_text}\n[store]\ntype = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\non_failure = \"fail_closed\"\n",
+                server.url()
+            ),
+        };
         let mut config = Config::parse(&text, &overrides).expect("config is valid");
-        config.state = None;
-        Self::start_config(config, now_ms)
+        if !keep_state {
+            config.state = None;
+        }
+        let mut gate = Self::start_config(config, now_ms);
+        if backend == Backend::Redis {
+            let Store::Redis(s) = &gate.shared().store else {
+                panic!("a Redis gate runs on the memory store");
+            };
+            s.redis().use_caller_clock(true);
+        }
+        gate.redis = redis;
+        gate
+    }
+
+    /// As [`shipped`](Self::shipped), on `backend`.
+    pub fn shipped_on(backend: Backend, name: &str, upstream: &str, now_ms: u64) -> Gate {
+        let text = std::fs::read_to_string(format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+        Self::start_text(backend, &text, upstream, now_ms, false)
+    }
+
+    /// Starts floodgate on a shipped config file, without its state file (tests run side by
+    /// side and must not share one; the real-binary tests cover the state file).
+    pub fn shipped(name: &str, upstream: &str, now_ms: u64) -> Gate {
+        Self::shipped_on(Backend::Memory, name, upstream, now_ms)
     }
 
     pub fn url(&self, path: &str) -> String {
