@@ -36,6 +36,7 @@ fn pool(cap: u32) -> Arc<JobPool> {
         vec![account],
         vec![IntGauge::new("u", "u").unwrap()],
         IntGauge::new("p", "p").unwrap(),
+        Arc::new(floodgate::clock::SystemClock),
     ))
 }
 

@@ -43,7 +43,7 @@ impl Shared {
             metrics.register_all(health.collectors());
         }
         let handles = handles(&metrics, &config);
-        let jobs = Jobs::new(&config.jobs, &metrics);
+        let jobs = Jobs::new(&config.jobs, &metrics, &clock);
         if let Store::Redis(shared_store) = &store {
             // job concurrency caps hold across replicas: slots are leases in Redis
             for pool in &jobs.pools {

@@ -263,10 +263,11 @@ async fn incorrect_tasks_by_status_or_json_marker_and_the_block_comes_before_the
         "/slow?ms=300",
         Some(r#"{"error":{"message":"Invalid Parameter: --ar 3:0"}}"#),
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.until_jobs(|running, _| running == 1).await;
     let holder = spawn("/slow?ms=1500", None);
-    tokio::time::sleep(Duration::from_millis(550)).await;
     assert_eq!(third.await.unwrap().status, 200);
+    gate.until_jobs(|running, waiting| (running, waiting) == (1, 0))
+        .await; // the holder has the slot
     let started = Instant::now();
     let a = submit(&c, &gate, "/submit/imagine", "k", FAST, &[]).await;
     assert!(

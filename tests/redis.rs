@@ -512,7 +512,7 @@ async fn a_job_turned_away_by_a_full_queue_gives_its_quota_back_in_redis() {
         let url = first.url("/slow?ms=600");
         tokio::spawn(async move { TestClient::new().post(&url, "{}").await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.until_jobs(|running, _| running == 1).await;
     let c = TestClient::new();
     let full = c.post(&first.url("/slow?ms=10"), "{}").await;
     assert_eq!(full.status, 429);

@@ -190,6 +190,10 @@ impl Proxy {
         };
         let (permit, resp) = match (granted, unsent, early) {
             (Granted::Permit(permit), Some(req), _) => {
+                if permit.position_at_entry().is_some() {
+                    // It waited, and no hook took it (shared slots): it sends itself.
+                    self.shared.metrics.handoff(false);
+                }
                 let resp = self.send_on(ctx, req, &permit, named_account).await?;
                 (permit, resp)
             }
@@ -486,8 +490,8 @@ struct Watcher {
 
 impl Watcher {
     async fn run(self, max_job_time: Duration) {
-        let deadline = tokio::time::sleep(max_job_time);
-        tokio::pin!(deadline);
+        // The hold's end is a rule, on the shared clock; the polls are pacing, on real time.
+        let mut deadline = self.shared.clock.sleep(max_job_time);
         let mut ended = None;
         if let Some(interval) = self.poll.as_ref().and_then(|p| p.poll_interval) {
             loop {

@@ -4,7 +4,8 @@
 //!
 //! Each replica still orders its own waiting jobs (FIFO per account); a job granted a local slot
 //! then waits for a shared lease, polling every few milliseconds (the hand-off delay is measured
-//! in docs/operations/redis.md).
+//! in docs/operations/redis.md). A finished job gives its leases back before its local slot, so
+//! the next job of the same replica finds its lease free and the replica's FIFO order holds.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -28,28 +29,69 @@ pub trait SlotLeases: Send + Sync + Debug {
     fn acquire(&self, key: String, cap: u32, lease: String) -> BoxFuture<bool>;
     /// Extends a held lease.
     fn renew(&self, key: String, lease: String) -> BoxFuture<bool>;
-    /// Gives a lease back (fire and forget).
-    fn release(&self, key: String, lease: String);
+    /// Gives a lease back; giving back a lease not held does nothing.
+    fn release(&self, key: String, lease: String) -> BoxFuture<()>;
     /// How long a lease lives without renewal.
     fn ttl(&self) -> Duration;
 }
 
-/// A held lease: renewed in the background, released on drop.
+/// A held lease: renewed in the background, released by [`LeaseGuard::release`] or, failing
+/// that, in the background on drop.
 #[derive(Debug)]
 pub struct LeaseGuard {
     backend: Arc<dyn SlotLeases>,
     key: String,
     lease: String,
-    renewer: AbortHandle,
+    renewer: Option<AbortHandle>,
+}
+
+impl LeaseGuard {
+    /// Gives the lease back, resolving once the store has it.
+    pub fn release(mut self) -> BoxFuture<()> {
+        self.stop_renewing();
+        let key = std::mem::take(&mut self.key);
+        self.backend.release(key, std::mem::take(&mut self.lease))
+    }
+
+    fn stop_renewing(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+    }
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        self.renewer.abort();
-        self.backend.release(
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.lease),
-        );
+        if self.key.is_empty() {
+            return; // released already
+        }
+        self.stop_renewing();
+        let key = std::mem::take(&mut self.key);
+        release_later(&self.backend, key, std::mem::take(&mut self.lease));
+    }
+}
+
+/// Gives a lease back in the background (from a `Drop`, which cannot wait).
+fn release_later(backend: &Arc<dyn SlotLeases>, key: String, lease: String) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(backend.release(key, lease));
+    }
+}
+
+/// An acquire in flight. Dropped before its answer came (the job's client left), the store may
+/// still have granted the lease: it is given back, rather than held until it expires.
+struct Asking<'a> {
+    backend: &'a Arc<dyn SlotLeases>,
+    key: &'a str,
+    lease: &'a str,
+    answered: bool,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            release_later(self.backend, self.key.to_owned(), self.lease.to_owned());
+        }
     }
 }
 
@@ -78,14 +120,23 @@ pub async fn hold(
 ) -> Option<LeaseGuard> {
     let lease = lease_id();
     loop {
-        if backend.acquire(key.clone(), cap, lease.clone()).await {
+        let mut asking = Asking {
+            backend,
+            key: &key,
+            lease: &lease,
+            answered: false,
+        };
+        let granted = backend.acquire(key.clone(), cap, lease.clone()).await;
+        asking.answered = true;
+        drop(asking);
+        if granted {
             let renewer =
                 tokio::spawn(renew(backend.clone(), key.clone(), lease.clone())).abort_handle();
             return Some(LeaseGuard {
                 backend: backend.clone(),
                 key,
                 lease,
-                renewer,
+                renewer: Some(renewer),
             });
         }
         if Instant::now() + POLL > deadline {

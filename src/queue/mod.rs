@@ -29,6 +29,7 @@ pub use pool::{
 };
 
 use crate::classify::{ClassId, PathPattern};
+use crate::clock::Clock;
 use crate::identity::{AccountId, BuildIdHasher, Caller};
 use crate::metrics::Metrics;
 
@@ -142,7 +143,7 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    pub fn new(config: &JobsConfig, metrics: &Metrics) -> Self {
+    pub fn new(config: &JobsConfig, metrics: &Metrics, clock: &Arc<dyn Clock>) -> Self {
         let pools = config
             .pools
             .iter()
@@ -157,6 +158,7 @@ impl Jobs {
                     spec.accounts.clone(),
                     gauges,
                     metrics.pool_queued(&spec.name),
+                    clock.clone(),
                 ))
             })
             .collect();

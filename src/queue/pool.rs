@@ -20,6 +20,7 @@ use super::estimate::JobDurations;
 pub use super::job::{JobTicket, QueueError, UpstreamAccount, WaitingJob};
 use super::leases::{self, LeaseGuard, SlotLeases};
 use super::scheduler::{self, Scheduler, UpstreamIdx, WaiterId};
+use crate::clock::Clock;
 use crate::identity::AccountId;
 use crate::metrics::TierGauges;
 
@@ -98,7 +99,8 @@ pub struct JobPool {
     /// Jobs waiting in this pool (all tenants).
     queued_gauge: IntGauge,
     inner: Mutex<Inner>,
-    epoch: Instant,
+    /// The clock the queue's rules run on: maximum waits and upstream cooldowns.
+    clock: Arc<dyn Clock>,
     leases: std::sync::OnceLock<Arc<dyn SlotLeases>>,
 }
 
@@ -146,13 +148,33 @@ impl SlotPermit {
 
 impl Drop for SlotPermit {
     fn drop(&mut self) {
-        if self.armed {
-            if let Some(g) = &self.tier_in_flight {
-                g.dec();
-            }
-            self.pool
-                .release(self.tenant, self.upstream, self.started.elapsed());
+        if !self.armed {
+            return;
         }
+        if let Some(g) = &self.tier_in_flight {
+            g.dec();
+        }
+        let (pool, tenant, upstream) = (self.pool.clone(), self.tenant, self.upstream);
+        let held = self.started.elapsed();
+        if self.leases.is_empty() {
+            pool.release(tenant, upstream, held);
+            return;
+        }
+        // Shared slots: the leases go back first, so the job this frees finds its lease free
+        // (were the local slot freed first, it could find the lease still held, poll, and let
+        // a later job of this replica pass it).
+        let leases = std::mem::take(&mut self.leases);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(leases); // each gives itself back as it can
+            pool.release(tenant, upstream, held);
+            return;
+        };
+        runtime.spawn(async move {
+            for lease in leases {
+                lease.release().await;
+            }
+            pool.release(tenant, upstream, held);
+        });
     }
 }
 
@@ -162,6 +184,7 @@ impl JobPool {
         accounts: Vec<UpstreamAccount>,
         in_flight_gauges: Vec<IntGauge>,
         queued_gauge: IntGauge,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let caps: Vec<u32> = accounts.iter().map(|a| a.concurrency).collect();
         Self {
@@ -177,7 +200,7 @@ impl JobPool {
                 durations: JobDurations::default(),
                 wake_at_ms: None,
             }),
-            epoch: Instant::now(),
+            clock,
             leases: std::sync::OnceLock::new(),
         }
     }
@@ -194,7 +217,7 @@ impl JobPool {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.clock.now_ms()
     }
 
     /// Gets a slot now, or waits in the tenant's queue for one (FIFO), up to `max_wait`.
@@ -470,8 +493,9 @@ impl JobPool {
         };
         inner.wake_at_ms = Some(at);
         let pool = self.clone();
+        let rested = self.clock.sleep(Duration::from_millis(at - now));
         handle.spawn(async move {
-            tokio::time::sleep(Duration::from_millis(at - now)).await;
+            rested.await;
             pool.lock().wake_at_ms = None;
             pool.deliver();
         });
@@ -562,10 +586,16 @@ struct Waiting {
 impl Waiting {
     async fn until(&mut self, ticket: &JobTicket) -> Result<Granted, QueueError> {
         let rx = self.rx.as_mut().expect("waiting once");
-        let grant = match tokio::time::timeout(ticket.max_wait, rx).await {
+        let out_of_time = self.pool.clock.sleep(ticket.max_wait);
+        let ended = tokio::select! {
+            biased;
+            grant = rx => Ok(grant),
+            () = out_of_time => Err(()),
+        };
+        let grant = match ended {
             Ok(grant) => grant,
             // Out of time, unless a slot was granted meanwhile: then its grant is on its way.
-            Err(_) => {
+            Err(()) => {
                 let ahead = self.pool.position(self.tenant, self.id).unwrap_or(1);
                 self.timed_out = true;
                 if self.leave() {
@@ -645,6 +675,7 @@ mod tests {
             vec![account],
             vec![IntGauge::new("u", "u").unwrap()],
             IntGauge::new("pq", "pq").unwrap(),
+            Arc::new(crate::clock::SystemClock),
         ))
     }
 

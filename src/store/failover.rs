@@ -97,13 +97,13 @@ impl SlotLeases for FailoverStore {
         Box::pin(async move { redis.lease_renew(&key, &lease, ttl).await.unwrap_or(false) })
     }
 
-    fn release(&self, key: String, lease: String) {
+    fn release(&self, key: String, lease: String) -> BoxFuture<()> {
         let redis = self.redis.clone();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = redis.lease_release(&key, &lease).await;
-            });
-        }
+        Box::pin(async move {
+            if let Err(e) = redis.lease_release(&key, &lease).await {
+                tracing::debug!(error = %e, "slot lease not given back; it expires by itself");
+            }
+        })
     }
 
     fn ttl(&self) -> Duration {

@@ -654,6 +654,31 @@ impl Gate {
         }
     }
 
+    /// Jobs (running, waiting) over all of this instance's pools.
+    pub fn jobs(&self) -> (u32, usize) {
+        let pools = &self.shared().jobs.pools;
+        let running = pools.iter().flat_map(|p| p.upstream_in_flight()).sum();
+        (running, pools.iter().map(|p| p.waiting()).sum())
+    }
+
+    /// Waits (at most 5 s, polling every millisecond) until the jobs (running, waiting) satisfy
+    /// `check`: how a test knows a job it sent has been admitted or queued, without sleeping
+    /// for a guessed time.
+    pub async fn until_jobs(&self, check: impl Fn(u32, usize) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (running, waiting) = self.jobs();
+            if check(running, waiting) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "jobs stayed at {running} running, {waiting} waiting"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     pub fn clock_now(&self) -> u64 {
         self.clock.now_ms()
     }
