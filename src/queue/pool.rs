@@ -779,6 +779,117 @@ mod tests {
         assert_eq!(t.tier_gauges.cancelled.get(), 0, "timed out, not cancelled");
     }
 
+    /// Leases held in memory; giving one back waits until the test opens `releases`.
+    #[derive(Debug)]
+    struct HeldLeases {
+        held: Arc<Mutex<HashMap<String, Vec<String>>>>,
+        /// Asks answered "all slots held".
+        refused: std::sync::atomic::AtomicUsize,
+        releases: tokio::sync::watch::Sender<bool>,
+        /// False: a granted ask never gets its answer back (a reply lost on the way).
+        answers: bool,
+    }
+
+    impl HeldLeases {
+        fn new(answers: bool) -> Arc<Self> {
+            Arc::new(Self {
+                held: Default::default(),
+                refused: Default::default(),
+                releases: tokio::sync::watch::channel(false).0,
+                answers,
+            })
+        }
+
+        fn held(&self) -> usize {
+            self.held.lock().unwrap().values().map(Vec::len).sum()
+        }
+    }
+
+    impl SlotLeases for HeldLeases {
+        fn acquire(&self, key: String, cap: u32, lease: String) -> leases::BoxFuture<bool> {
+            let mut held = self.held.lock().unwrap();
+            let slots = held.entry(key).or_default();
+            let granted = slots.len() < cap as usize;
+            if granted {
+                slots.push(lease);
+            } else {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+            }
+            match self.answers {
+                true => Box::pin(std::future::ready(granted)),
+                false => Box::pin(std::future::pending()),
+            }
+        }
+
+        fn renew(&self, _key: String, _lease: String) -> leases::BoxFuture<bool> {
+            Box::pin(std::future::ready(true))
+        }
+
+        fn release(&self, key: String, lease: String) -> leases::BoxFuture<()> {
+            let (mut open, held) = (self.releases.subscribe(), self.held.clone());
+            Box::pin(async move {
+                let _ = open.wait_for(|open| *open).await;
+                held.lock()
+                    .unwrap()
+                    .entry(key)
+                    .or_default()
+                    .retain(|l| *l != lease);
+            })
+        }
+
+        fn ttl(&self) -> Duration {
+            Duration::from_secs(60)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_slot_goes_to_the_next_job_only_once_its_leases_are_back() {
+        let pool = one_slot_pool();
+        let backend = HeldLeases::new(true);
+        pool.share_slots(backend.clone());
+        let t = ticket(Duration::from_secs(5));
+        let held = pool.acquire(&t).await.unwrap();
+        let (p, t2) = (pool.clone(), t.clone());
+        let next = tokio::spawn(async move { p.acquire(&t2).await.map(|_| ()) });
+        until_waiting(&pool).await;
+        drop(held); // its leases are on their way back, not back yet
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.waiting(), 1, "the local slot waits for the leases");
+        backend.releases.send_replace(true);
+        next.await.unwrap().unwrap();
+        assert_eq!(
+            backend.refused.load(Ordering::SeqCst),
+            0,
+            "the next job found its leases free at its first ask"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lease_granted_as_its_job_left_is_given_back() {
+        let pool = one_slot_pool();
+        let backend = HeldLeases::new(false);
+        backend.releases.send_replace(true);
+        pool.share_slots(backend.clone());
+        let (p, t) = (pool.clone(), ticket(Duration::from_secs(5)));
+        let job = tokio::spawn(async move { p.acquire(&t).await.map(|_| ()) });
+        for _ in 0..100 {
+            if backend.held() == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(backend.held(), 1, "the store granted the lease");
+        job.abort(); // the client leaves before the answer arrives
+        let _ = job.await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(backend.held(), 0, "given back, not held until it expires");
+        assert_eq!(pool.upstream_in_flight(), vec![0]);
+    }
+
     #[tokio::test]
     async fn a_job_whose_client_leaves_is_cancelled_and_uncounted() {
         let pool = one_slot_pool();
