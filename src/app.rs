@@ -162,13 +162,14 @@ pub fn start(
             server_cfg.max_header_count,
         ));
         let (rx, slots) = (shutdown_rx.clone(), slots.clone());
+        let listener_tls = shared.tls.clone();
         threads.push(spawn_runtime(
             format!("floodgate-worker-{i}"),
             async move {
                 proxy.enter_worker();
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .expect("listener registers with the runtime");
-                server::serve(listener, proxy, rx, settings, slots).await;
+                server::serve(listener, proxy, rx, (settings, listener_tls), slots).await;
             },
         )?);
     }

@@ -94,11 +94,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let listeners = Listeners::bind(&config).context("cannot bind listeners")?;
     let watch = config.server.watch_config;
-    let accounts_file = config.identity.accounts_file.clone();
+    let read_files = config.read_files();
     let store = Store::from_config(&config.store).context("cannot set up the state store")?;
     let running = app::start(config, listeners, store, Arc::new(SystemClock))?;
     tracing::info!(addr = %running.addr, admin = ?running.admin_addr, "floodgate listening");
-    let mut reloader = Reloader::new(path, overrides, accounts_file);
+    let mut reloader = Reloader::new(path, overrides, read_files);
     let signal = wait_for_signals(&running, &mut reloader, watch)?;
     tracing::info!(signal, "shutting down");
     running.shutdown();

@@ -41,6 +41,7 @@ pub struct Metrics {
     /// Upgraded connections (WebSocket and the like) being tunnelled.
     pub tunnels_open: IntGauge,
     client_timeouts: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
     /// Panics caught while answering a request or serving a connection (the process went on).
     pub panics: IntCounter,
 }
@@ -294,7 +295,15 @@ impl Metrics {
              idle (keep-alive connection unused), body (request body stalled).",
             &["kind"],
         );
+        let tls_handshake_failures = counter(
+            "floodgate_tls_handshake_failures_total",
+            "TLS handshakes on the proxy listener that did not complete: reason=error (no \
+             common version or cipher, a client certificate missing or untrusted, not TLS), \
+             timeout (not done within header_read_timeout).",
+            &["reason"],
+        );
         Self {
+            tls_handshake_failures,
             incorrect_tasks,
             relax_earned,
             billing_marks,
@@ -452,6 +461,13 @@ impl Metrics {
     /// Counts a client connection floodgate closed: `header`, `idle` or `body`.
     pub fn client_timeout(&self, kind: &'static str) {
         self.client_timeouts.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a TLS handshake on the proxy listener that failed: `error` or `timeout`.
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .with_label_values(&[reason])
+            .inc();
     }
 
     pub fn rejected(&self, reason: &str) {

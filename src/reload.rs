@@ -69,35 +69,34 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// Reloads one config file (and the accounts file it names) into a running floodgate.
+/// Reloads one config file (and the files it names) into a running floodgate.
 #[derive(Debug)]
 pub struct Reloader {
     path: PathBuf,
     overrides: Overrides,
-    /// The running config's `identity.accounts_file`, watched beside the config.
-    accounts_file: Option<PathBuf>,
-    seen: [Option<Stamp>; 2],
+    /// The files the running config was read from besides itself ([`Config::read_files`]: the
+    /// accounts file, the listener's certificates), watched beside the config.
+    read_files: Vec<PathBuf>,
+    seen: Vec<Option<Stamp>>,
 }
 
 impl Reloader {
     /// `overrides` are the command-line values, applied again to every reloaded file;
-    /// `accounts_file` is the running config's.
-    pub fn new(path: PathBuf, overrides: Overrides, accounts_file: Option<PathBuf>) -> Self {
+    /// `read_files` are the running config's.
+    pub fn new(path: PathBuf, overrides: Overrides, read_files: Vec<PathBuf>) -> Self {
         let mut reloader = Self {
             path,
             overrides,
-            accounts_file,
-            seen: [None; 2],
+            read_files,
+            seen: Vec::new(),
         };
         reloader.seen = reloader.stamps();
         reloader
     }
 
-    fn stamps(&self) -> [Option<Stamp>; 2] {
-        [
-            stamp(&self.path),
-            self.accounts_file.as_deref().and_then(stamp),
-        ]
+    fn stamps(&self) -> Vec<Option<Stamp>> {
+        let files = std::iter::once(&self.path).chain(&self.read_files);
+        files.map(|f| stamp(f)).collect()
     }
 
     /// Reads, validates and applies the file; logs and counts the outcome. `trigger` says what
@@ -107,11 +106,11 @@ impl Reloader {
         let result = Config::load(&self.path, &self.overrides)
             .map_err(ReloadError::from)
             .and_then(|config| {
-                let accounts_file = config.identity.accounts_file.clone();
+                let read_files = config.read_files();
                 let ignored = apply(shared, config)?;
-                if accounts_file != self.accounts_file {
-                    self.accounts_file = accounts_file;
-                    self.seen[1] = self.accounts_file.as_deref().and_then(stamp);
+                if read_files != self.read_files {
+                    self.read_files = read_files;
+                    self.seen = self.stamps();
                 }
                 Ok(ignored)
             });
@@ -139,8 +138,8 @@ impl Reloader {
         }
     }
 
-    /// True when the config or the accounts file changed (modification time or size) since
-    /// they were last read.
+    /// True when the config or a file it names changed (modification time or size) since they
+    /// were last read.
     pub fn file_changed(&self) -> bool {
         self.stamps() != self.seen
     }

@@ -34,6 +34,9 @@ pub struct Shared {
     /// The status page's charts, hot accounts and reload record.
     pub status: StatusBoard,
     pub shutting_down: AtomicBool,
+    /// The proxy listener's TLS settings when it speaks TLS: new connections take the current
+    /// ones, so a reload with new certificate files applies without dropping a connection.
+    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
 }
 
 impl Shared {
@@ -44,6 +47,8 @@ impl Shared {
         }
         let handles = handles(&metrics, &config);
         let jobs = Jobs::new(&config.jobs, &metrics, &clock);
+        let tls = config.server.tls.as_ref();
+        let tls = tls.map(|t| Arc::new(ArcSwap::new(t.rustls.clone())));
         if let Store::Redis(shared_store) = &store {
             // job concurrency caps hold across replicas: slots are leases in Redis
             for pool in &jobs.pools {
@@ -58,6 +63,7 @@ impl Shared {
             clock,
             metrics,
             shutting_down: AtomicBool::new(false),
+            tls,
         }
     }
 
@@ -65,6 +71,9 @@ impl Shared {
     /// not change keep their windows. Validation against the running config (what only a
     /// restart can change) is [`crate::reload::apply`]'s.
     pub fn reload(&self, config: Config) {
+        if let (Some(running), Some(new)) = (&self.tls, &config.server.tls) {
+            running.store(new.rustls.clone());
+        }
         let handles = handles(&self.metrics, &config);
         self.policy.store(Arc::new(Policy { config, handles }));
     }

@@ -56,8 +56,10 @@ async fn seed_scenario_concurrency_three_eight_jobs_fifo(backend: Backend) {
         // Jobs end 20 ms apart, so each freed slot is granted well before the next one frees.
         let ms = 280 + 20 * i as u64;
         handles.push(spawn_job(&gate, "acct", format!("job{i}"), ms));
-        gate.until_jobs(|running, waiting| running as usize + waiting == i)
-            .await; // a defined submission order
+        // A defined submission order: each job is at the upstream or in the queue before the
+        // next is sent (a job that runs at once still takes its leases first, on Redis).
+        gate.until_jobs(|_, waiting| up.count() + waiting == i)
+            .await;
     }
     let mut answers = Vec::new();
     for h in handles {
@@ -302,7 +304,7 @@ async fn queued_jobs_of_an_account_with_its_own_base_url_go_there(backend: Backe
     let mut handles = Vec::new();
     for i in 0..4 {
         handles.push(spawn_job(&gate, "pro-key", format!("j{i}"), 60));
-        gate.until_jobs(|running, waiting| running as usize + waiting == i + 1)
+        gate.until_jobs(|_, waiting| own_up.count() + waiting == i + 1)
             .await;
     }
     for h in handles {
@@ -331,7 +333,7 @@ async fn jobs_alternate_over_upstream_accounts_within_their_caps(backend: Backen
         // Jobs end 20 ms apart: each freed slot goes to the next job before another frees.
         let ms = 150 + 20 * i as u64;
         handles.push(spawn_job(&gate, "pro-key", format!("j{i}"), ms));
-        gate.until_jobs(|running, waiting| running as usize + waiting == i + 1)
+        gate.until_jobs(|_, waiting| up.count() + waiting == i + 1)
             .await;
     }
     let mut named = Vec::new();

@@ -18,9 +18,10 @@ mod server;
 mod state;
 mod store;
 mod summary;
+mod tls;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -36,6 +37,7 @@ pub(crate) use server::build_upstream;
 pub use server::{restart_only_changes, ServerConfig, UpstreamTarget};
 pub use state::StateConfig;
 pub use store::{OnFailure, StoreConfig};
+pub use tls::ListenerTls;
 
 use crate::classify::{ClassId, Router};
 use crate::identity::{IdentityConfig, TierId};
@@ -84,6 +86,18 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The files this config was read from besides the config file itself — the accounts file
+    /// and the listener's certificate files — which a running floodgate watches for changes.
+    pub fn read_files(&self) -> Vec<PathBuf> {
+        let tls = self.server.tls.iter().flat_map(|t| t.files());
+        let accounts = self.identity.accounts_file.as_deref();
+        accounts
+            .into_iter()
+            .chain(tls)
+            .map(Path::to_path_buf)
+            .collect()
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {

@@ -112,6 +112,20 @@ pub struct RawServer {
     pub admin_token: Option<Spanned<String>>,
     /// A file holding that token (a mounted Kubernetes Secret), instead of `admin_token`.
     pub admin_token_file: Option<Spanned<String>>,
+    /// TLS on the proxy listener.
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_file: Option<Spanned<String>>,
+    /// PEM private key of that certificate.
+    pub key_file: Option<Spanned<String>>,
+    /// PEM CA certificates; when set, clients must present a certificate one of them signed.
+    pub client_ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,6 +14,7 @@ use super::admin_token::AdminToken;
 use super::classes::{format_size, parse_size};
 use super::error::{invalid, ConfigError, Source};
 use super::raw::RawServer;
+use super::tls::ListenerTls;
 use super::{duration, Config};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -71,6 +72,8 @@ pub struct ServerConfig {
     /// The bearer token the admin listener's private endpoints ask for; `None`: open (the
     /// admin listener is on loopback by default). Applied on reload, unlike the rest.
     pub admin_token: Option<AdminToken>,
+    /// TLS on the proxy listener (`[server.tls]`); `None`: clear text.
+    pub tls: Option<ListenerTls>,
 }
 
 /// An upstream origin: `http://` or `https://`, a host and a port, no path.
@@ -187,6 +190,7 @@ pub(super) fn build_server(src: &Source<'_>, s: &RawServer) -> Result<ServerConf
         )?,
         watch_config: s.watch_config,
         admin_token: super::admin_token::admin_token(src, s)?,
+        tls: super::tls::listener_tls(src, s.tls.as_ref())?,
     })
 }
 
@@ -342,6 +346,8 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         a.max_header_count != b.max_header_count,
     );
     check("server.watch_config", a.watch_config != b.watch_config);
+    // New certificate files apply on reload; turning TLS on or off needs a restart.
+    check("server.tls", a.tls.is_some() != b.tls.is_some());
     check("state", running.state != new.state);
     changed
 }

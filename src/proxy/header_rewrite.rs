@@ -6,8 +6,8 @@
 //! like nginx's `set_real_ip_from` and Traefik's `forwardedHeaders.trustedIPs`): from one, its
 //! `X-Forwarded-For` chain is kept with the peer appended, and its `X-Forwarded-Proto` (`https`
 //! behind a TLS load balancer) is passed on. From anyone else both are replaced — the chain by
-//! the peer's address, the protocol by `http` — so a client cannot tell the upstream it came over
-//! TLS or from another address.
+//! the peer's address, the protocol by the listener's own (`https` with `[server.tls]`, else
+//! `http`) — so a client cannot tell the upstream it came over TLS or from another address.
 
 use http::header::{
     Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
@@ -17,7 +17,10 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static HTTP: HeaderValue = HeaderValue::from_static("http");
+/// `X-Forwarded-Proto` of a request that reached a clear-text listener.
+pub static HTTP: HeaderValue = HeaderValue::from_static("http");
+/// `X-Forwarded-Proto` of a request that reached floodgate over TLS.
+pub static HTTPS: HeaderValue = HeaderValue::from_static("https");
 pub static X_FLOODGATE_TIER: HeaderName = HeaderName::from_static("x-floodgate-tier");
 pub static X_FLOODGATE_CLASS: HeaderName = HeaderName::from_static("x-floodgate-class");
 
@@ -28,6 +31,8 @@ pub struct Forwarded {
     pub peer: HeaderValue,
     /// The peer is a trusted proxy: the forwarding fields it sent are kept.
     pub trusted: bool,
+    /// The protocol the request reached floodgate over: [`HTTP`] or [`HTTPS`].
+    pub proto: &'static HeaderValue,
 }
 
 /// Prefix of headers only floodgate may set towards the upstream.
@@ -147,12 +152,12 @@ pub fn request_headers(headers: &mut HeaderMap) {
 pub fn append_forwarded(headers: &mut HeaderMap, fwd: &Forwarded) {
     if !fwd.trusted {
         headers.insert(&X_FORWARDED_FOR, fwd.peer.clone());
-        headers.insert(&X_FORWARDED_PROTO, HTTP.clone());
+        headers.insert(&X_FORWARDED_PROTO, fwd.proto.clone());
         return;
     }
     append_to_list(headers, &X_FORWARDED_FOR, &fwd.peer);
     if headers.get(&X_FORWARDED_PROTO).is_none_or(|v| v.is_empty()) {
-        headers.insert(&X_FORWARDED_PROTO, HTTP.clone());
+        headers.insert(&X_FORWARDED_PROTO, fwd.proto.clone());
     }
 }
 
@@ -163,8 +168,8 @@ pub fn is_forwarding_field(name: &HeaderName) -> bool {
 
 /// Writes `X-Forwarded-For` and `X-Forwarded-Proto` as head lines, without growing the
 /// request's header map: from a trusted proxy, its chain then the peer, and its protocol (or
-/// `http` when it sent none); from anyone else, the peer and `http`. `client`: the request's
-/// fields, if it sent either.
+/// the listener's when it sent none); from anyone else, the peer and the listener's protocol.
+/// `client`: the request's fields, if it sent either.
 pub fn write_forwarded(buf: &mut Vec<u8>, client: Option<&HeaderMap>, fwd: &Forwarded) {
     let kept = client.filter(|_| fwd.trusted);
     write_field(buf, &X_FORWARDED_FOR, kept, Some(&fwd.peer));
@@ -174,7 +179,7 @@ pub fn write_forwarded(buf: &mut Vec<u8>, client: Option<&HeaderMap>, fwd: &Forw
     if proto.is_some() {
         write_field(buf, &X_FORWARDED_PROTO, kept, None);
     } else {
-        write_field(buf, &X_FORWARDED_PROTO, None, Some(&HTTP));
+        write_field(buf, &X_FORWARDED_PROTO, None, Some(fwd.proto));
     }
 }
 
@@ -253,6 +258,7 @@ mod tests {
         let fwd = |trusted| Forwarded {
             peer: HeaderValue::from_static("127.0.0.1"),
             trusted,
+            proto: &HTTP,
         };
         append_forwarded(&mut h, &fwd(true));
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
@@ -286,6 +292,7 @@ mod tests {
             let fwd = Forwarded {
                 peer: HeaderValue::from_static("10.0.0.9"),
                 trusted,
+                proto: &HTTP,
             };
             let mut buf = Vec::new();
             write_forwarded(&mut buf, client, &fwd);

@@ -59,18 +59,26 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Self {
+    /// A client at `addr`, connected over TLS or not.
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
         let peer = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
+        let proto = if tls {
+            &header_rewrite::HTTPS
+        } else {
+            &header_rewrite::HTTP
+        };
         Self {
             addr,
             untrusted: Forwarded {
                 peer: peer.clone(),
                 trusted: false,
+                proto,
             },
             trusted: Forwarded {
                 peer,
                 trusted: true,
+                proto,
             },
         }
     }

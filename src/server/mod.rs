@@ -1,4 +1,6 @@
-//! The proxy listener: accepts connections and serves HTTP/1.1 on them until shutdown.
+//! The proxy listener: accepts connections and serves HTTP/1.1 on them until shutdown, in clear
+//! text or, with `[server.tls]`, over TLS (the handshake is the connection task's first step,
+//! bounded by the header timeout, so a slow handshake never holds up the accept loop).
 //!
 //! What a client can hold is bounded: connections by a semaphore shared by every worker (past
 //! it, each worker holds one accepted connection and the rest wait in the kernel's backlog), a request head by `max_header_bytes` and
@@ -20,11 +22,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use atomic_waker::AtomicWaker;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -73,13 +77,16 @@ impl Settings {
     }
 }
 
+/// The listener's TLS settings, swapped on reload; `None`: clear text.
+pub type ListenerTls = Option<Arc<ArcSwap<rustls::ServerConfig>>>;
+
 /// Serves `listener` until `shutdown` flips, then drains open connections. `slots` bounds the
 /// connections of every worker together.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
-    settings: Settings,
+    (settings, tls): (Settings, ListenerTls),
     slots: Arc<Semaphore>,
 ) {
     let builder = settings.builder();
@@ -110,14 +117,18 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             proxy: proxy.clone(),
-            peer: Peer::new(peer),
+            peer: Peer::new(peer, tls.is_some()),
             settings,
             hold: Hold {
                 _slot: Arc::new(slot),
                 _drain: drain.clone(),
             },
         };
-        tokio::spawn(conn.run(stream, builder.clone(), shutdown.clone()));
+        let (builder, shutdown) = (builder.clone(), shutdown.clone());
+        match &tls {
+            None => tokio::spawn(conn.run(stream, builder, shutdown)),
+            Some(tls) => tokio::spawn(conn.handshake(stream, tls.load_full(), builder, shutdown)),
+        };
     }
     drop(listener);
     drop(drain);
@@ -214,12 +225,32 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(
+    /// Completes the TLS handshake within the header timeout, then serves the connection.
+    async fn handshake(
         self,
         stream: TcpStream,
+        tls: Arc<rustls::ServerConfig>,
         builder: http1::Builder,
         shutdown: watch::Receiver<bool>,
     ) {
+        let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+        match tokio::time::timeout(self.settings.timeouts.header, accept).await {
+            Ok(Ok(stream)) => self.run(stream, builder, shutdown).await,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer.addr, error = %e, "TLS handshake failed");
+                self.proxy.metrics().tls_handshake_failed("error");
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer.addr, "TLS handshake timed out");
+                self.proxy.metrics().tls_handshake_failed("timeout");
+            }
+        }
+    }
+
+    async fn run<S>(self, stream: S, builder: http1::Builder, shutdown: watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let metrics = self.proxy.metrics();
         metrics.client_connections.inc();
         let activity = Activity::new();

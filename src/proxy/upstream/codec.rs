@@ -487,6 +487,7 @@ mod tests {
         let fwd = |trusted| Forwarded {
             peer: HeaderValue::from_static("127.0.0.1"),
             trusted,
+            proto: &crate::proxy::header_rewrite::HTTP,
         };
         let mut buf = Vec::new();
         encode_request_head(
