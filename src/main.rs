@@ -13,29 +13,33 @@ use floodgate::reload::Reloader;
 use floodgate::store::Store;
 
 /// A reverse proxy and rate limiter for HTTP APIs.
+///
+/// Each option can also come from the environment (`FLOODGATE_CONFIG`, `FLOODGATE_UPSTREAM`, …,
+/// shown in `--help`), for containers; a flag given on the command line wins over its variable,
+/// and both over the config file.
 #[derive(Debug, Parser)]
 #[command(name = "floodgate", version, about)]
 struct Cli {
     /// Config file (TOML).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, env = "FLOODGATE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Listen address, e.g. 127.0.0.1:8080 (overrides server.listen).
-    #[arg(long, global = true, value_name = "ADDR")]
+    #[arg(long, global = true, env = "FLOODGATE_LISTEN", value_name = "ADDR")]
     listen: Option<String>,
     /// Upstream URL, e.g. http://127.0.0.1:9000 (overrides server.upstream).
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, env = "FLOODGATE_UPSTREAM", value_name = "URL")]
     upstream: Option<String>,
     /// Admin listen address, or "off" (overrides server.admin).
-    #[arg(long, global = true, value_name = "ADDR")]
+    #[arg(long, global = true, env = "FLOODGATE_ADMIN", value_name = "ADDR")]
     admin: Option<String>,
     /// Worker threads; 0 = one per CPU (overrides server.workers).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, env = "FLOODGATE_WORKERS", value_name = "N")]
     workers: Option<usize>,
     /// Keep limit state across restarts in this file (overrides state.file).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, env = "FLOODGATE_STATE", value_name = "FILE")]
     state: Option<String>,
     /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "FLOODGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,

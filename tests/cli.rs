@@ -107,6 +107,50 @@ fn check_bench_toml() {
     );
 }
 
+/// `floodgate check` with `args` and only the environment variables `env` of floodgate's own.
+fn check_with_env(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FLOODGATE_")) {
+        cmd.env_remove(name);
+    }
+    let out = cmd
+        .arg("check")
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run floodgate");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn the_environment_overrides_the_file_and_a_flag_overrides_the_environment() {
+    let path = manifest_path("config/floodgate.toml");
+    let env = [
+        ("FLOODGATE_CONFIG", path.to_str().unwrap()),
+        ("FLOODGATE_UPSTREAM", "http://10.1.2.3:9000"),
+        ("FLOODGATE_LISTEN", "127.0.0.1:18181"),
+        ("FLOODGATE_ADMIN", "off"),
+    ];
+    let (code, stdout, stderr) = check_with_env(&env, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("listen 127.0.0.1:18181  upstream http://10.1.2.3:9000  admin off"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = check_with_env(&env, &["--upstream", "http://10.9.9.9:9000"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("upstream http://10.9.9.9:9000"), "{stdout}");
+    let (code, _, stderr) = check_with_env(&[("FLOODGATE_WORKERS", "many")], &[]);
+    assert_eq!(code, Some(2), "a bad value is a usage error");
+    assert!(
+        stderr.contains("'many'") && stderr.contains("--workers"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_bad_config_names_field_and_line() {
     let path = manifest_path("tests/fixtures/bad/zero_per_minute.toml");

@@ -334,7 +334,8 @@ fn the_memory_store_and_the_redis_script_decide_alike() {
         .enable_all()
         .build()
         .unwrap();
-    let store = RedisStore::new(&server.url(), Duration::from_secs(5)).unwrap();
+    let store =
+        RedisStore::new(&server.url(), Duration::from_secs(5), &Default::default()).unwrap();
     store.use_caller_clock(true);
     let redis = Store::Redis(Arc::new(FailoverStore::new(
         store,

@@ -798,3 +798,50 @@ on_both_stores!(
     a_small_tenant_is_not_starved_by_a_big_backlog_on_a_shared_pool,
     a_class_named_by_the_body_can_be_a_job_class,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_account_credential_can_come_from_a_file() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("credential");
+    std::fs::write(&secret, "secret-from-a-file\n").unwrap();
+    let config = format!(
+        r#"
+        [[route]]
+        method = "POST"
+        path = "/slow"
+        class = "job"
+        [[jobs]]
+        classes = ["job"]
+        [tiers.pro]
+        upstream_accounts = ["mounted"]
+        [[upstream_account]]
+        name = "mounted"
+        credential_header = "mj-api-secret"
+        credential_file = {secret:?}
+        "#
+    );
+    let gate = Gate::start(&config, &up.url(), DAY0_MS);
+    let a = job(&TestClient::new(), &gate, "k", "j", 10).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        up.seen()[0].header("mj-api-secret"),
+        Some("secret-from-a-file"),
+        "read from the file, its newline left out"
+    );
+    let both = config.replace(
+        "credential_file",
+        "credential = \"inline\"\n        credential_file",
+    );
+    let overrides = floodgate::config::Overrides {
+        upstream: Some(up.url()),
+        ..Default::default()
+    };
+    let err = floodgate::config::Config::parse(&both, &overrides).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "upstream_account[0].credential_file: give credential or credential_file, not both"
+        ),
+        "{err}"
+    );
+}

@@ -6,6 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::process::Process;
 use support::redis_server::RedisServer;
 use support::{Gate, TestClient, Upstream, DAY0_MS};
 
@@ -348,8 +349,12 @@ async fn a_dead_replicas_slot_returns_when_its_lease_expires() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     // A replica that took the account's only slot and died: its lease is never renewed.
-    let crashed =
-        floodgate::store::RedisStore::new(&redis.url(), Duration::from_millis(200)).unwrap();
+    let crashed = floodgate::store::RedisStore::new(
+        &redis.url(),
+        Duration::from_millis(200),
+        &Default::default(),
+    )
+    .unwrap();
     let tenant = floodgate::identity::AccountId::from_key(b"tenant");
     let key = format!("tenant:{:032x}", tenant.0);
     assert!(crashed
@@ -745,7 +750,12 @@ async fn bursts_of_600_on_a_quota_of_100_admit_exactly_100_every_time() {
 async fn a_store_operation_outlives_a_redis_restart_and_a_script_flush() {
     let _turn = TURNS.write().await;
     let mut redis = RedisServer::start();
-    let store = floodgate::store::RedisStore::new(&redis.url(), Duration::from_millis(50)).unwrap();
+    let store = floodgate::store::RedisStore::new(
+        &redis.url(),
+        Duration::from_millis(50),
+        &Default::default(),
+    )
+    .unwrap();
     let acquire = |lease: &'static str| store.lease_acquire("t", 10, lease, Duration::from_secs(5));
     assert!(acquire("a").await.unwrap());
     // Redis restarts while the connection is idle: its driver sees the connection close.
@@ -848,7 +858,7 @@ async fn no_key_is_left_without_an_expiry() {
     let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let store = Store::Redis(std::sync::Arc::new(FailoverStore::new(
-        RedisStore::new(&redis.url(), Duration::from_secs(2)).unwrap(),
+        RedisStore::new(&redis.url(), Duration::from_secs(2), &Default::default()).unwrap(),
         Duration::from_secs(30),
         OnFailure::FailClosed,
         1,
@@ -918,4 +928,74 @@ async fn no_key_is_left_without_an_expiry() {
             .unwrap();
         assert!(ttl >= 0, "{key} has no expiry");
     }
+}
+
+/// A config on `redis` signing in as `username` with the password in `password_file`.
+fn auth_config(redis: &RedisServer, username: &str, password_file: &std::path::Path) -> String {
+    format!(
+        r#"
+        [store]
+        type = "redis"
+        url = "{}"
+        username = "{username}"
+        password_file = {password_file:?}
+        timeout = "2s"
+        on_failure = "fail_closed"
+        [[route]]
+        path = "/limited"
+        class = "limited"
+        [[tiers.t.limits]]
+        classes = ["limited"]
+        per_minute = 2
+        "#,
+        redis.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_signs_in_with_its_password_file_and_the_password_is_never_shown() {
+    let _turn = TURNS.read().await;
+    let user = [
+        "--user",
+        "floodgate",
+        "on",
+        ">fg-s3cret-pw",
+        "~*",
+        "&*",
+        "+@all",
+    ];
+    let redis = RedisServer::start_with(&[&["--requirepass", "default-pw"][..], &user].concat());
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = (dir.path().join("good"), dir.path().join("bad"));
+    std::fs::write(&good, "fg-s3cret-pw\n").unwrap(); // as a mounted Secret often ends
+    std::fs::write(&bad, "not-the-password").unwrap();
+    let config = dir.path().join("floodgate.toml");
+    std::fs::write(&config, auth_config(&redis, "floodgate", &good)).unwrap();
+    let mut fg = Process::start_logging(&config, &up.url(), "debug").await;
+    let c = TestClient::new();
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(c.post(&fg.url("/limited"), "k").await.status.as_u16());
+        }
+        v
+    };
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "decided in Redis as the ACL user"
+    );
+    let status = c.get(&fg.admin_url("/status.json")).await;
+    assert!(!String::from_utf8_lossy(&status.body).contains("fg-s3cret"));
+    fg.terminate().await;
+    assert!(!fg.stderr().contains("fg-s3cret"), "{}", fg.stderr());
+
+    std::fs::write(&config, auth_config(&redis, "floodgate", &bad)).unwrap();
+    let wrong = Process::start(&config, &up.url()).await;
+    let a = c.post(&wrong.url("/limited"), "k").await;
+    assert_eq!(
+        a.status, 503,
+        "a wrong password fails closed, as Redis down would"
+    );
 }

@@ -3,12 +3,9 @@
 //! admin port bound beyond loopback (for Prometheus, in a cluster) must not serve it to every
 //! neighbour; `/metrics`, `/healthz` and `/readyz` stay open for scrapers and probes.
 
-use std::path::Path;
-
-use toml::Spanned;
-
 use super::error::{ConfigError, Source};
 use super::raw::RawServer;
+use super::secret::inline_or_file;
 
 /// A secret that never shows in logs or `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
@@ -51,18 +48,16 @@ pub(super) fn admin_token(
     src: &Source<'_>,
     s: &RawServer,
 ) -> Result<Option<AdminToken>, ConfigError> {
-    let (field, v, text) = match (&s.admin_token, &s.admin_token_file) {
-        (None, None) => return Ok(None),
-        (Some(_), Some(f)) => {
-            return Err(src.at(
-                "server.admin_token_file",
-                f.span(),
-                "give admin_token or admin_token_file, not both",
-            ))
-        }
-        (Some(t), None) => ("server.admin_token", t, t.get_ref().clone()),
-        (None, Some(f)) => ("server.admin_token_file", f, read_file(src, f)?),
+    let inline = ("server.admin_token", s.admin_token.as_ref());
+    let file = ("server.admin_token_file", s.admin_token_file.as_ref());
+    let Some(secret) = inline_or_file(src, inline, file)? else {
+        return Ok(None);
     };
+    let (field, v) = match (inline, file) {
+        ((field, Some(v)), _) | (_, (field, Some(v))) => (field, v),
+        _ => unreachable!("one of them gave the secret"),
+    };
+    let text = secret.expose();
     let token = text.trim();
     if token.is_empty() {
         return Err(src.at(field, v.span(), "the admin token is empty"));
@@ -75,17 +70,6 @@ pub(super) fn admin_token(
         ));
     }
     Ok(Some(AdminToken(token.to_owned())))
-}
-
-fn read_file(src: &Source<'_>, f: &Spanned<String>) -> Result<String, ConfigError> {
-    let path = Path::new(f.get_ref());
-    std::fs::read_to_string(path).map_err(|e| {
-        src.at(
-            "server.admin_token_file",
-            f.span(),
-            format!("cannot read {path:?}: {e}"),
-        )
-    })
 }
 
 #[cfg(test)]

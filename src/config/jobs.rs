@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use super::error::{invalid, ConfigError, Source};
 use super::raw::{RawConfig, RawJob, RawTasks, RawUpstreamAccount};
+use super::secret::inline_or_file;
 use super::{build_upstream, duration};
 use crate::classify::{PathPattern, PathRules};
 use crate::identity::AccountId;
@@ -279,8 +280,16 @@ fn upstream_accounts(
                 format!("{name:?} must be unique, non-empty and not \"upstream\""),
             ));
         }
-        let credential = match &u.credential {
-            Some(value) => {
+        let credential = inline_or_file(
+            src,
+            (&format!("{field}.credential"), u.credential.as_ref()),
+            (
+                &format!("{field}.credential_file"),
+                u.credential_file.as_ref(),
+            ),
+        )?;
+        let credential = match credential {
+            Some(secret) => {
                 let header = u
                     .credential_header
                     .as_ref()
@@ -292,9 +301,10 @@ fn upstream_accounts(
                             format!("{header:?} is not a header name"),
                         )
                     })?;
-                let value = HeaderValue::from_str(value).map_err(|_| {
+                let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
                     invalid(format!("{field}.credential"), "not a valid header value")
                 })?;
+                value.set_sensitive(true); // `Debug` and HPACK leave it out
                 Some((header, value))
             }
             None => None,

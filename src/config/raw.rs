@@ -72,6 +72,10 @@ pub struct RawStore {
     pub breaker_cooldown: Option<Spanned<String>>,
     /// How long a shared job slot lease lives without renewal.
     pub lease_ttl: Option<Spanned<String>>,
+    /// Redis ACL user (instead of one in the URL).
+    pub username: Option<Spanned<String>>,
+    /// A file holding the Redis password (instead of one in the URL).
+    pub password_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -336,7 +340,9 @@ pub struct RawUpstreamAccount {
     pub name: Spanned<String>,
     /// Header carrying the credential, e.g. "authorization" or "mj-api-secret".
     pub credential_header: Option<Spanned<String>>,
-    pub credential: Option<String>,
+    pub credential: Option<Spanned<String>>,
+    /// A file holding the credential (a mounted Secret), instead of `credential`.
+    pub credential_file: Option<Spanned<String>>,
     pub concurrency: Option<u32>,
     /// Its own origin, when it is not the server upstream.
     pub base_url: Option<Spanned<String>>,

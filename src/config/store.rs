@@ -2,6 +2,7 @@
 
 use super::error::{invalid, ConfigError, Source};
 use super::raw::RawStore;
+use super::secret::{read_secret_file, Secret};
 
 /// Which store the config asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,7 +16,17 @@ pub enum StoreConfig {
         breaker_cooldown: std::time::Duration,
         /// How long a job slot lease lives without renewal (a dead replica's slots return then).
         lease_ttl: std::time::Duration,
+        /// Who floodgate signs in to Redis as, when not (only) in the URL.
+        auth: RedisAuth,
     },
+}
+
+/// A Redis ACL user and password given beside the URL (`[store] username`, `password_file`);
+/// each replaces what the URL says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisAuth {
+    pub username: Option<String>,
+    pub password: Option<Secret>,
 }
 
 /// What to do when Redis cannot answer.
@@ -105,5 +116,13 @@ fn redis(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
             "1s",
         )?,
         lease_ttl: super::duration(src, "store.lease_ttl", raw.lease_ttl.as_ref(), "10s")?,
+        auth: RedisAuth {
+            username: raw.username.as_ref().map(|u| u.get_ref().clone()),
+            password: raw
+                .password_file
+                .as_ref()
+                .map(|f| read_secret_file(src, "store.password_file", f))
+                .transpose()?,
+        },
     })
 }

@@ -53,8 +53,9 @@ impl Store {
                 breaker_failures,
                 breaker_cooldown,
                 lease_ttl,
+                auth,
             } => {
-                let redis = RedisStore::new(url, *timeout)?;
+                let redis = RedisStore::new(url, *timeout, auth)?;
                 Store::Redis(std::sync::Arc::new(FailoverStore::new(
                     redis,
                     *lease_ttl,

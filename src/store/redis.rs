@@ -28,10 +28,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, RedisError, Script, ToRedisArgs};
+use redis::{
+    AsyncConnectionConfig, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, Script,
+    ToRedisArgs,
+};
 use tokio::sync::OnceCell;
 
 use super::StoreError;
+use crate::config::RedisAuth;
 use crate::identity::AccountId;
 use crate::limits::{usage_of, Counter, CounterId, Counters, Decision, Refusal, Rule, Usage};
 
@@ -212,6 +216,9 @@ type Slot = Arc<OnceCell<MultiplexedConnection>>;
 pub struct RedisStore {
     /// Tells this store's connections apart in the per-thread cache.
     id: u64,
+    /// Where and as whom to connect: the URL with `[store] username` / `password_file` applied.
+    connection: redis::ConnectionInfo,
+    /// The URL without its password, for logs and `Debug`.
     url: String,
     timeout: Duration,
     scripts: Scripts,
@@ -237,6 +244,21 @@ thread_local! {
 
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
 
+/// `url` with the password of its user information, if any, left out: `redis://user:***@host`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// The key of an account's counters; the braces keep one account's keys on one cluster slot.
 pub fn account_key(account: AccountId) -> String {
     format!("fg:{{{:032x}}}:c", account.0)
@@ -258,12 +280,20 @@ fn connection_broke(e: &RedisError) -> bool {
 }
 
 impl RedisStore {
-    /// A store for `url` (e.g. `redis://127.0.0.1:6379/0`); nothing is connected yet.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        redis::Client::open(url).map_err(unavailable)?; // validates the URL
+    /// A store for `url` (e.g. `redis://127.0.0.1:6379/0`) signing in as `auth` says, when it
+    /// says; nothing is connected yet.
+    pub fn new(url: &str, timeout: Duration, auth: &RedisAuth) -> Result<Self, StoreError> {
+        let mut connection = url.into_connection_info().map_err(unavailable)?;
+        if let Some(user) = &auth.username {
+            connection.redis.username = Some(user.clone());
+        }
+        if let Some(password) = &auth.password {
+            connection.redis.password = Some(password.expose().to_owned());
+        }
         Ok(Self {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
-            url: url.to_owned(),
+            connection,
+            url: without_password(url),
             timeout,
             scripts: Scripts {
                 check: Lua::new(CHECK_AND_CONSUME),
@@ -300,7 +330,7 @@ impl RedisStore {
     /// A new connection, with every script already in the server's cache: after a restart the
     /// first operations need no NOSCRIPT round trip.
     async fn dial(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let client = redis::Client::open(self.url.as_str())?;
+        let client = redis::Client::open(self.connection.clone())?;
         let config = AsyncConnectionConfig::new().set_connection_timeout(self.timeout);
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
@@ -609,4 +639,41 @@ fn decision_from_reply(rules: &[Rule], reply: &[u64]) -> Result<Decision, StoreE
             retry_after_secs,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        let shown = |url: &str| without_password(url);
+        assert_eq!(
+            shown("redis://floodgate:s3cret@10.0.0.5:6379/0"),
+            "redis://floodgate:***@10.0.0.5:6379/0"
+        );
+        assert_eq!(shown("redis://:s3cret@host/1"), "redis://:***@host/1");
+        assert_eq!(shown("redis://user:p@ss@host"), "redis://user:***@host");
+        assert_eq!(shown("redis://10.0.0.5:6379/0"), "redis://10.0.0.5:6379/0");
+        assert_eq!(shown("unix:///run/redis.sock"), "unix:///run/redis.sock");
+    }
+
+    #[test]
+    fn the_password_file_and_user_replace_the_urls() {
+        let auth = RedisAuth {
+            username: Some("floodgate".into()),
+            password: Some(crate::config::Secret::from("from-file")),
+        };
+        let store = RedisStore::new(
+            "redis://old:old@127.0.0.1:6379/2",
+            Duration::from_secs(1),
+            &auth,
+        )
+        .unwrap();
+        let info = &store.connection.redis;
+        assert_eq!(info.username.as_deref(), Some("floodgate"));
+        assert_eq!(info.password.as_deref(), Some("from-file"));
+        assert_eq!(info.db, 2);
+        assert!(!format!("{store:?}").contains("old:old"), "{store:?}");
+    }
 }

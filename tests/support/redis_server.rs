@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// More `redis-server` arguments (e.g. `--requirepass`).
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -20,9 +22,15 @@ fn free_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// A server started with more arguments, e.g. `["--requirepass", "pw"]`.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
             child: None,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         server.restart();
         server
@@ -45,6 +53,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
