@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
+use crate::access_log::AccessLog;
 use crate::clock::Clock;
 use crate::config::{Config, StateConfig, UpstreamTarget};
 use crate::metrics::Metrics;
@@ -90,6 +91,9 @@ impl Running {
         // stays scrapeable until the last request is done.
         let _ = self.stop_admin.send(true);
         let _ = self.control.join();
+        if let Some(log) = &self.shared.access_log {
+            log.flush(std::time::Duration::from_secs(2));
+        }
         if let Some(state) = &self.state {
             match save_state(&self.shared, &state.file) {
                 Ok(accounts) => {
@@ -113,7 +117,13 @@ pub fn start(
     let workers = config.server.workers.max(1);
     let server_cfg = config.server.clone();
     let state = config.state.clone();
-    let shared = Arc::new(Shared::new(config, store, clock));
+    let access_log = config.access_log.clone();
+    let mut shared = Shared::new(config, store, clock);
+    if let Some(log) = &access_log {
+        let dropped = shared.metrics.access_log_dropped.clone();
+        shared.access_log = Some(Arc::new(AccessLog::open(log, dropped)?));
+    }
+    let shared = Arc::new(shared);
     if let Some(state) = &state {
         restore_state(&shared, &state.file)?;
     }

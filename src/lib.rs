@@ -17,6 +17,7 @@
 //!   holds (head and idle timeouts), [`server::framing`] spots requests framed two ways.
 //! - [`reload`]: SIGHUP / file-change reload — validate, then swap atomically.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
+//! - [`access_log`]: one line per request (JSON or Common Log Format), written off the workers.
 //! - [`status`]: the live status page's data — charts sampled off the request path, the
 //!   accounts nearest their limits, queues with estimated waits.
 //! - [`shared`]: the state workers, admin and reload share (config, jobs, store, metrics).
@@ -29,6 +30,7 @@
 #[global_allocator]
 static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
+pub mod access_log;
 pub mod admin;
 #[allow(unsafe_code)]
 pub mod allocator;

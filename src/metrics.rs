@@ -42,6 +42,8 @@ pub struct Metrics {
     pub tunnels_open: IntGauge,
     client_timeouts: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
+    /// Access log lines dropped because the writer was behind.
+    pub access_log_dropped: IntCounter,
     /// Panics caught while answering a request or serving a connection (the process went on).
     pub panics: IntCounter,
 }
@@ -302,7 +304,16 @@ impl Metrics {
              timeout (not done within header_read_timeout).",
             &["reason"],
         );
+        let access_log_dropped = IntCounter::new(
+            "floodgate_access_log_dropped_total",
+            "Access log lines dropped because the log could not keep up (never the requests).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .expect("registered once");
         Self {
+            access_log_dropped,
             tls_handshake_failures,
             incorrect_tasks,
             relax_earned,

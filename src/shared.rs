@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::access_log::AccessLog;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::{Handles, Metrics};
@@ -37,6 +38,8 @@ pub struct Shared {
     /// The proxy listener's TLS settings when it speaks TLS: new connections take the current
     /// ones, so a reload with new certificate files applies without dropping a connection.
     pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// One line per request, when `[access_log]` asks for it (opened by [`crate::app`]).
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl Shared {
@@ -64,6 +67,7 @@ impl Shared {
             metrics,
             shutting_down: AtomicBool::new(false),
             tls,
+            access_log: None,
         }
     }
 

@@ -53,7 +53,7 @@ bad_fixtures! {
     unknown_top_level_field =>
         "line 2: servre: unknown field `servre`, expected one of `server`, `identity`, \
          `routing`, `route`, `tiers`, `accounts`, `account_names`, `headers`, `jobs`, `tasks`, `account`, \
-         `upstream_account`, `classes`, `state`, `incorrect_tasks`, `relax`, `store`",
+         `upstream_account`, `classes`, `state`, `incorrect_tasks`, `relax`, `store`, `access_log`",
     unknown_limit_field =>
         "line 11: tiers.basic.limits[1].per_minutes: unknown field `per_minutes`, expected one \
          of `classes`, `except`, `shared`, `per_second`, `per_minute`, `per_hour`, `per_day`, \

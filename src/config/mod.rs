@@ -4,6 +4,7 @@
 //! class and tier names become indices, durations become [`Duration`]s, keys become
 //! [`AccountId`]s — and every error names the field and, where known, the line.
 
+mod access_log;
 mod admin_token;
 mod classes;
 mod error;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+pub use access_log::{AccessLogConfig, LogDestination, LogFormat};
 pub use admin_token::AdminToken;
 pub use classes::format_size;
 use error::{invalid, Source};
@@ -74,6 +76,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Incorrect-task and relax accounting: what counts, and each tier's allowances.
     pub penalties: PenaltiesConfig,
+    /// One line per request (`[access_log]`); `None`: off.
+    pub access_log: Option<AccessLogConfig>,
 }
 
 /// Command-line values that replace the file's.
@@ -229,6 +233,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         state: state::build_state(src, raw.state.as_ref())?,
         store: store::build_store(src, raw.store.as_ref())?,
         penalties,
+        access_log: access_log::access_log(src, raw.access_log.as_ref())?,
     })
 }
 

@@ -51,6 +51,18 @@ pub struct RawConfig {
     pub relax: Option<Spanned<RawRelax>>,
     /// Where limit counters live: memory (default) or Redis, shared by replicas.
     pub store: Option<RawStore>,
+    /// One line per request; absent = off.
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// A file (appended to), "stdout" (the default) or "stderr".
+    pub path: Option<Spanned<String>>,
+    /// "json" (the default) or "common".
+    pub format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

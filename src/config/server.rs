@@ -349,6 +349,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     // New certificate files apply on reload; turning TLS on or off needs a restart.
     check("server.tls", a.tls.is_some() != b.tls.is_some());
     check("state", running.state != new.state);
+    check("access_log", running.access_log != new.access_log);
     changed
 }
 

@@ -20,7 +20,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, HOST};
 use http::uri::Uri;
@@ -35,6 +35,7 @@ pub use request_body::RequestBody;
 use upload::UploadBody;
 use upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
 
+use crate::access_log::{self, AccessLog};
 use crate::classify::{normalize_path, BodyClasses, ClassId, PathRules};
 use crate::config::Config;
 use crate::identity::Caller;
@@ -93,6 +94,17 @@ impl Peer {
     }
 }
 
+/// What the access log learns of a request while it is answered.
+#[derive(Debug, Default)]
+struct Noted {
+    caller: Option<Caller>,
+    class: Option<ClassId>,
+}
+
+/// How long the upstream took to answer (for the access log).
+#[derive(Debug, Clone, Copy)]
+struct UpstreamTime(Duration);
+
 /// Everything a stage needs to know about the request being served.
 struct Ctx<'a> {
     policy: &'a Policy,
@@ -131,7 +143,76 @@ impl Proxy {
     }
 
     /// Answers one client request.
+    /// Whether responses carry an access log record ([`access_log::Pending`]).
+    pub fn logs_access(&self) -> bool {
+        self.shared.access_log.is_some()
+    }
+
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        match &self.shared.access_log {
+            None => self.answer(req, peer, None).await,
+            // Boxed: only a logged request's future carries the record's state.
+            Some(log) => Box::pin(self.answer_logged(req, peer, log)).await,
+        }
+    }
+
+    /// Answers as [`answer`](Self::answer) does, and sends the access log's record along with
+    /// the response ([`access_log::Pending`]), for the listener to finish at the body's end.
+    async fn answer_logged(
+        &self,
+        req: Request<Incoming>,
+        peer: &Peer,
+        log: &Arc<AccessLog>,
+    ) -> Response<ProxyBody> {
+        let arrived = Instant::now();
+        let time_ms = self.shared.clock.now_ms();
+        let (method, version) = (req.method().clone(), req.version());
+        let raw_path = req.uri().path().to_owned();
+        let mut noted = Noted::default();
+        let mut resp = self.answer(req, peer, Some(&mut noted)).await;
+        let policy = self.shared.policy.load();
+        let config = &policy.config;
+        let upstream = resp.extensions_mut().remove::<UpstreamTime>().map(|t| t.0);
+        let status = resp.status().as_u16();
+        let decision = access_log::Decision::of(upstream.is_some(), status);
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let limited = decision == access_log::Decision::Limited;
+        let limit = header("x-ratelimit-type").filter(|_| limited);
+        let queue_wait = header(jobs::X_QUEUE_WAIT_MS.as_str()).and_then(|v| v.parse().ok());
+        let record = access_log::Record {
+            time_ms,
+            peer: peer.addr.ip(),
+            method,
+            version,
+            path: normalize_path(&raw_path, config.router.rules())
+                .map_or(raw_path.clone(), std::borrow::Cow::into_owned),
+            class: noted.class.map(|c| config.class_name(c).to_owned()),
+            tier: noted.caller.map(|c| config.tier(c.tier).name.clone()),
+            account: noted.caller.map(|c| c.account.short()),
+            status,
+            decision,
+            limit: limit.map(str::to_owned),
+            upstream,
+            queue_wait: queue_wait.map(Duration::from_millis),
+            bytes: 0,
+            duration: Duration::ZERO,
+        };
+        resp.extensions_mut().insert(access_log::Pending {
+            record,
+            arrived,
+            log: log.clone(),
+        });
+        resp
+    }
+
+    /// Answers a request: refused, or forwarded and the upstream's answer. `noted`, when the
+    /// access log is on, learns who called and the class.
+    async fn answer(
+        &self,
+        req: Request<Incoming>,
+        peer: &Peer,
+        mut noted: Option<&mut Noted>,
+    ) -> Response<ProxyBody> {
         #[cfg(feature = "test-hooks")]
         if let Some(resp) = test_hook(req.headers()) {
             return resp;
@@ -150,6 +231,9 @@ impl Proxy {
             Ok(caller) => caller,
             Err(e) => return self.refuse(e.into()),
         };
+        if let Some(noted) = noted.as_deref_mut() {
+            noted.caller = Some(caller);
+        }
         let (class, by_body) = match config.router.classify_route(req.method(), req.uri().path()) {
             Ok(route) => route,
             Err(e) => return self.refuse(e.into()),
@@ -164,6 +248,9 @@ impl Proxy {
                 }
             }
         };
+        if let Some(noted) = noted {
+            noted.class = Some(class);
+        }
         // Before the limit check: a request refused for its declared size consumes no quota.
         if let Err(e) = upload::check_declared(&req.body().size_hint(), config.max_body(class)) {
             return self.refuse(e.into());
@@ -409,9 +496,13 @@ impl Proxy {
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut resp = resp?;
+        let took = started.elapsed();
         ctx.policy
             .handles
-            .upstream_latency(ctx.class, started.elapsed().as_secs_f64());
+            .upstream_latency(ctx.class, took.as_secs_f64());
+        if self.shared.access_log.is_some() {
+            resp.extensions_mut().insert(UpstreamTime(took));
+        }
         // A wire response comes without its hop-by-hop fields; a 101's Connection and Upgrade
         // are the switch itself, for the client.
         let switched = matches!(resp.body(), UpstreamBody::Switched(_));

@@ -18,11 +18,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::framing::FramingScan;
 use super::read_tap::{OnRead, ReadTap};
+use crate::access_log::Pending;
 
 /// The connection timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,18 +275,32 @@ impl OnRead for HeadWatch {
     }
 }
 
-/// A response body that keeps its request marked busy until the body is finished.
+/// A response body that keeps its request marked busy until the body is finished, and with the
+/// access log on, counts its bytes and writes the request's line when it ends.
 #[derive(Debug)]
 pub struct Tracked<B> {
     inner: B,
+    /// The access log's record, when the log is on; written on drop.
+    logged: Option<Box<Pending>>,
+    bytes: u64,
     _guard: ActiveGuard,
 }
 
 impl<B> Tracked<B> {
-    pub fn new(inner: B, guard: ActiveGuard) -> Self {
+    pub fn new(inner: B, guard: ActiveGuard, logged: Option<Pending>) -> Self {
         Self {
             inner,
+            logged: logged.map(Box::new),
+            bytes: 0,
             _guard: guard,
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if let Some(pending) = self.logged.take() {
+            pending.finish(self.bytes);
         }
     }
 }
@@ -297,7 +313,16 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if this.logged.is_some() {
+            if let Poll::Ready(Some(Ok(frame))) = &polled {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.remaining() as u64;
+                }
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

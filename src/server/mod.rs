@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::access_log;
 use crate::proxy::request_checks::AmbiguousFraming;
 use crate::proxy::Tunnel;
 use crate::proxy::{Peer, Proxy};
@@ -280,7 +281,11 @@ impl Connection {
                         tokio::spawn(tunnel::run(halves, idle, open, hold));
                     }
                 }
-                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard)))
+                let logged = match proxy.logs_access() {
+                    true => resp.extensions_mut().remove::<access_log::Pending>(),
+                    false => None,
+                };
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard, logged)))
             }
         });
         let stream = JsonRefusals::new(stream, activity.clone(), self.proxy.clone());

@@ -1,0 +1,376 @@
+//! The access log (`[access_log]`): one line per request, in JSON or the Common Log Format with
+//! floodgate's fields after it.
+//!
+//! Off unless configured, and then free of cost on the request path: nothing is collected and
+//! no response carries a record. When on, the proxy notes what it decided ([`Record`]); the
+//! record travels with the response to the end of its body, where the line is formatted on the
+//! worker and handed to a writer thread through a bounded channel. A disk or pipe that cannot
+//! keep up drops lines — counted in `floodgate_access_log_dropped_total` — instead of slowing
+//! requests down. The key never appears: an account is its hash prefix, as on the status page.
+
+use std::io::{self, BufWriter, Write};
+use std::net::IpAddr;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Method, Version};
+use prometheus::IntCounter;
+use serde::Serialize;
+
+use crate::config::{AccessLogConfig, LogDestination, LogFormat};
+
+/// Lines waiting for the writer; past this, new lines are dropped.
+const QUEUE: usize = 16 * 1024;
+
+enum Msg {
+    Line(Vec<u8>),
+    /// Write out everything before this, then answer.
+    Flush(mpsc::Sender<()>),
+}
+
+/// An open access log: where lines go, in which format.
+pub struct AccessLog {
+    tx: SyncSender<Msg>,
+    format: LogFormat,
+    dropped: IntCounter,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccessLog {
+    /// Opens the destination (a file is created or appended to) and starts the writer thread.
+    pub fn open(config: &AccessLogConfig, dropped: IntCounter) -> io::Result<Self> {
+        let out: Box<dyn Write + Send> = match &config.to {
+            LogDestination::Stdout => Box::new(io::stdout()),
+            LogDestination::Stderr => Box::new(io::stderr()),
+            LogDestination::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("access log {}: {e}", path.display()))
+                    })?,
+            ),
+        };
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("floodgate-access-log".into())
+            .spawn(move || write_lines(&rx, out))?;
+        Ok(Self {
+            tx,
+            format: config.format,
+            dropped,
+        })
+    }
+
+    /// Formats `record` and queues its line; drops it (counted) when the writer is behind.
+    pub fn write(&self, record: &Record) {
+        let mut line = Vec::with_capacity(320);
+        match self.format {
+            LogFormat::Json => record.write_json(&mut line),
+            LogFormat::Common => record.write_common(&mut line),
+        }
+        line.push(b'\n');
+        match self.tx.try_send(Msg::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+
+    /// Waits (at most `within`) until every line queued so far is written out: at shutdown.
+    pub fn flush(&self, within: Duration) {
+        let (done, written) = mpsc::channel();
+        if self.tx.send(Msg::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(within);
+        }
+    }
+}
+
+/// The writer thread: writes lines as they come, flushing whenever none is waiting, until the
+/// log is dropped.
+fn write_lines(rx: &Receiver<Msg>, out: Box<dyn Write + Send>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Line(line) => {
+                    let _ = out.write_all(&line);
+                }
+                Msg::Flush(done) => {
+                    let _ = out.flush();
+                    let _ = done.send(());
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}
+
+/// A request's record on its way to the end of its response body, where [`Pending::finish`]
+/// completes and writes it.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub record: Record,
+    /// When the request arrived (monotonic).
+    pub arrived: std::time::Instant,
+    pub log: std::sync::Arc<AccessLog>,
+}
+
+impl Pending {
+    /// The response body ended (or was abandoned) after `bytes`: the line goes out.
+    pub fn finish(mut self, bytes: u64) {
+        self.record.bytes = bytes;
+        self.record.duration = self.arrived.elapsed();
+        self.log.write(&self.record);
+    }
+}
+
+/// How floodgate dealt with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Sent upstream; the status is the upstream's.
+    Forwarded,
+    /// Answered 429 by floodgate: a limit, a full queue, a penalty (`limit` says which).
+    Limited,
+    /// Answered by floodgate with another 4xx: a bad request, no key, too large.
+    Refused,
+    /// floodgate could not complete it: the upstream unreachable or too slow, the store down.
+    Failed,
+}
+
+impl Decision {
+    fn name(self) -> &'static str {
+        match self {
+            Decision::Forwarded => "forwarded",
+            Decision::Limited => "limited",
+            Decision::Refused => "refused",
+            Decision::Failed => "failed",
+        }
+    }
+
+    /// What became of a request floodgate answered with `status`, or that the upstream answered
+    /// (`forwarded`).
+    pub fn of(forwarded: bool, status: u16) -> Decision {
+        match (forwarded, status) {
+            (true, _) => Decision::Forwarded,
+            (false, 429) => Decision::Limited,
+            (false, 500..) => Decision::Failed,
+            (false, _) => Decision::Refused,
+        }
+    }
+}
+
+/// What the log says of one request.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Wall-clock time the request arrived, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub peer: IpAddr,
+    pub method: Method,
+    pub version: Version,
+    /// The path as routes matched it (normalised), or as sent when it could not be.
+    pub path: String,
+    pub class: Option<String>,
+    pub tier: Option<String>,
+    /// The account's hash prefix.
+    pub account: Option<String>,
+    pub status: u16,
+    pub decision: Decision,
+    /// The limit a 429 was for (`X-RateLimit-Type`).
+    pub limit: Option<String>,
+    /// From sending upstream to the upstream's response head.
+    pub upstream: Option<Duration>,
+    /// How long a job waited for its slot.
+    pub queue_wait: Option<Duration>,
+    /// Response body bytes sent to the client.
+    pub bytes: u64,
+    /// From the request's arrival to the end of its response body.
+    pub duration: Duration,
+}
+
+/// A JSON line's fields, borrowed from a [`Record`].
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: &'a str,
+    peer: IpAddr,
+    method: &'a str,
+    path: &'a str,
+    protocol: &'a str,
+    status: u16,
+    bytes: u64,
+    class: Option<&'a str>,
+    tier: Option<&'a str>,
+    account: Option<&'a str>,
+    decision: Decision,
+    limit: Option<&'a str>,
+    upstream_ms: Option<f64>,
+    queue_ms: Option<u64>,
+    duration_ms: f64,
+}
+
+/// Milliseconds to the microsecond.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn rfc3339_millis(ms: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// `05/Dec/2026:16:20:00 +0000`, the Common Log Format's time.
+fn clf_time(ms: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let at: SystemTime = UNIX_EPOCH + Duration::from_secs(ms / 1000);
+    let iso = humantime::format_rfc3339_seconds(at).to_string(); // 2026-12-05T16:20:00Z
+    let month = iso[5..7]
+        .parse::<usize>()
+        .map_or("???", |m| MONTHS[(m - 1) % 12]);
+    format!(
+        "{}/{month}/{}:{} +0000",
+        &iso[8..10],
+        &iso[0..4],
+        &iso[11..19]
+    )
+}
+
+impl Record {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let time = rfc3339_millis(self.time_ms);
+        let line = JsonLine {
+            time: &time,
+            peer: self.peer,
+            method: self.method.as_str(),
+            path: &self.path,
+            protocol: protocol(self.version),
+            status: self.status,
+            bytes: self.bytes,
+            class: self.class.as_deref(),
+            tier: self.tier.as_deref(),
+            account: self.account.as_deref(),
+            decision: self.decision,
+            limit: self.limit.as_deref(),
+            upstream_ms: self.upstream.map(millis),
+            queue_ms: self.queue_wait.map(|d| d.as_millis() as u64),
+            duration_ms: millis(self.duration),
+        };
+        serde_json::to_writer(out, &line).expect("a record always serializes");
+    }
+
+    fn write_common(&self, out: &mut Vec<u8>) {
+        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let ms = |d: Option<Duration>| d.map_or("-".into(), |d| millis(d).to_string());
+        let _ = write!(
+            out,
+            "{} - {} [{}] \"{} {} {}\" {} {} class={} tier={} decision={} limit={} \
+             upstream_ms={} queue_ms={} duration_ms={}",
+            self.peer,
+            dash(&self.account),
+            clf_time(self.time_ms),
+            self.method,
+            self.path,
+            protocol(self.version),
+            self.status,
+            self.bytes,
+            dash(&self.class),
+            dash(&self.tier),
+            self.decision.name(),
+            dash(&self.limit),
+            ms(self.upstream),
+            self.queue_wait
+                .map_or("-".into(), |d| d.as_millis().to_string()),
+            millis(self.duration),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            time_ms: 1_796_487_600_123, // 2026-12-05T16:20:00.123Z
+            peer: "127.0.0.1".parse().unwrap(),
+            method: Method::POST,
+            version: Version::HTTP_11,
+            path: "/api/v1/txt2img".into(),
+            class: Some("txt2img".into()),
+            tier: Some("basic".into()),
+            account: Some("1a2b3c4d".into()),
+            status: 429,
+            decision: Decision::Limited,
+            limit: Some("minute".into()),
+            upstream: None,
+            queue_wait: None,
+            bytes: 36,
+            duration: Duration::from_micros(412),
+        }
+    }
+
+    #[test]
+    fn a_json_line_carries_every_field() {
+        let mut line = Vec::new();
+        record().write_json(&mut line);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "time": "2026-12-05T16:20:00.123Z", "peer": "127.0.0.1", "method": "POST",
+                "path": "/api/v1/txt2img", "protocol": "HTTP/1.1", "status": 429, "bytes": 36,
+                "class": "txt2img", "tier": "basic", "account": "1a2b3c4d",
+                "decision": "limited", "limit": "minute", "upstream_ms": null,
+                "queue_ms": null, "duration_ms": 0.412
+            })
+        );
+    }
+
+    #[test]
+    fn a_common_line_is_clf_then_floodgates_fields() {
+        let mut r = record();
+        r.decision = Decision::Forwarded;
+        r.status = 200;
+        r.limit = None;
+        r.upstream = Some(Duration::from_micros(1_500));
+        r.queue_wait = Some(Duration::from_millis(20));
+        let mut line = Vec::new();
+        r.write_common(&mut line);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "127.0.0.1 - 1a2b3c4d [05/Dec/2026:16:20:00 +0000] \"POST /api/v1/txt2img HTTP/1.1\" \
+             200 36 class=txt2img tier=basic decision=forwarded limit=- upstream_ms=1.5 \
+             queue_ms=20 duration_ms=0.412"
+        );
+    }
+
+    #[test]
+    fn the_decision_follows_who_answered() {
+        assert_eq!(Decision::of(true, 429), Decision::Forwarded);
+        assert_eq!(Decision::of(false, 429), Decision::Limited);
+        assert_eq!(Decision::of(false, 400), Decision::Refused);
+        assert_eq!(Decision::of(false, 504), Decision::Failed);
+    }
+}
