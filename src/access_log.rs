@@ -3,14 +3,18 @@
 //!
 //! Off unless configured, and then free of cost on the request path: nothing is collected and
 //! no response carries a record. When on, the proxy notes what it decided ([`Record`]); the
-//! record travels with the response to the end of its body, where the line is formatted on the
-//! worker and handed to a writer thread through a bounded channel. A disk or pipe that cannot
-//! keep up drops lines — counted in `floodgate_access_log_dropped_total` — instead of slowing
-//! requests down. The key never appears: an account is its hash prefix, as on the status page.
+//! record travels with the response to the end of its body, where the line is formatted into
+//! the worker's own buffer (as nginx's `access_log ... buffer=`). A full buffer, and every
+//! worker's buffer every [`FLUSH_EVERY`], goes to a writer thread through a bounded channel: one
+//! hand-over per few hundred lines, not one per request. A disk or pipe that cannot keep up
+//! drops lines — counted in `floodgate_access_log_dropped_total` — instead of slowing requests
+//! down. The key never appears: an account is its hash prefix, as on the status page.
 
+use std::cell::{Cell, RefCell};
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Version};
@@ -19,11 +23,24 @@ use serde::Serialize;
 
 use crate::config::{AccessLogConfig, LogDestination, LogFormat};
 
-/// Lines waiting for the writer; past this, new lines are dropped.
-const QUEUE: usize = 16 * 1024;
+/// Batches waiting for the writer; past this, new batches are dropped.
+const QUEUE: usize = 1024;
+/// A worker hands its buffer over once it holds this much.
+const BATCH_BYTES: usize = 32 * 1024;
+/// And at least this often, so a quiet worker's lines do not wait.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+thread_local! {
+    /// This thread's lines not yet handed over, and how many they are.
+    static BUFFER: RefCell<(Vec<u8>, u64)> = const { RefCell::new((Vec::new(), 0)) };
+    /// Whether this thread flushes its buffer on a timer ([`AccessLog::enter_worker`]); on any
+    /// other thread each line is handed over at once.
+    static BUFFERED: Cell<bool> = const { Cell::new(false) };
+}
 
 enum Msg {
-    Line(Vec<u8>),
+    /// Whole lines, each ending in a newline.
+    Lines(Vec<u8>),
     /// Write out everything before this, then answer.
     Flush(mpsc::Sender<()>),
 }
@@ -70,21 +87,70 @@ impl AccessLog {
         })
     }
 
-    /// Formats `record` and queues its line; drops it (counted) when the writer is behind.
+    /// Formats `record` into this thread's buffer, handing the buffer over when it is full (or
+    /// at once, on a thread that is not a worker).
     pub fn write(&self, record: &Record) {
-        let mut line = Vec::with_capacity(320);
-        match self.format {
-            LogFormat::Json => record.write_json(&mut line),
-            LogFormat::Common => record.write_common(&mut line),
-        }
-        line.push(b'\n');
-        match self.tx.try_send(Msg::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        BUFFER.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            let (lines, count) = &mut *buffer;
+            match self.format {
+                LogFormat::Json => record.write_json(lines),
+                LogFormat::Common => record.write_common(lines),
+            }
+            lines.push(b'\n');
+            *count += 1;
+            if lines.len() >= BATCH_BYTES || !BUFFERED.get() {
+                self.hand_over(lines, count);
+            }
+        });
+    }
+
+    /// Marks this thread as a worker that calls [`flush_thread`](Self::flush_thread) at least
+    /// every [`FLUSH_EVERY`] and when it ends.
+    pub fn enter_worker(&self) {
+        BUFFERED.set(true);
+    }
+
+    /// Flushes this thread's buffer every [`FLUSH_EVERY`]; runs as a task of the worker's own
+    /// (single-threaded) runtime, so it sees the worker's buffer.
+    pub async fn flush_periodically(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush_thread();
         }
     }
 
-    /// Waits (at most `within`) until every line queued so far is written out: at shutdown.
+    /// The worker ends: its buffer goes out, and any line written on this thread from now on
+    /// is handed over at once.
+    pub fn leave_worker(&self) {
+        BUFFERED.set(false);
+        self.flush_thread();
+    }
+
+    /// Hands this thread's buffered lines to the writer.
+    pub fn flush_thread(&self) {
+        BUFFER.with(|buffer| {
+            let (lines, count) = &mut *buffer.borrow_mut();
+            if !lines.is_empty() {
+                self.hand_over(lines, count);
+            }
+        });
+    }
+
+    fn hand_over(&self, lines: &mut Vec<u8>, count: &mut u64) {
+        let batch = std::mem::replace(lines, Vec::with_capacity(BATCH_BYTES + 1024));
+        match self.tx.try_send(Msg::Lines(batch)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.inc_by(*count);
+            }
+        }
+        *count = 0;
+    }
+
+    /// Waits (at most `within`) until every batch handed over so far is written out.
     pub fn flush(&self, within: Duration) {
         let (done, written) = mpsc::channel();
         if self.tx.send(Msg::Flush(done)).is_ok() {
@@ -101,8 +167,8 @@ fn write_lines(rx: &Receiver<Msg>, out: Box<dyn Write + Send>) {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Line(line) => {
-                    let _ = out.write_all(&line);
+                Msg::Lines(lines) => {
+                    let _ = out.write_all(&lines);
                 }
                 Msg::Flush(done) => {
                     let _ = out.flush();
@@ -123,7 +189,7 @@ pub struct Pending {
     pub record: Record,
     /// When the request arrived (monotonic).
     pub arrived: std::time::Instant,
-    pub log: std::sync::Arc<AccessLog>,
+    pub log: Arc<AccessLog>,
 }
 
 impl Pending {

@@ -173,13 +173,23 @@ pub fn start(
         ));
         let (rx, slots) = (shutdown_rx.clone(), slots.clone());
         let listener_tls = shared.tls.clone();
+        let access_log = shared.access_log.clone();
         threads.push(spawn_runtime(
             format!("floodgate-worker-{i}"),
             async move {
                 proxy.enter_worker();
+                // The worker's access log lines gather in its own buffer, flushed on a timer.
+                let flusher = access_log.clone().map(|log| {
+                    log.enter_worker();
+                    tokio::spawn(log.flush_periodically())
+                });
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .expect("listener registers with the runtime");
                 server::serve(listener, proxy, rx, (settings, listener_tls), slots).await;
+                if let (Some(flusher), Some(log)) = (flusher, access_log) {
+                    flusher.abort();
+                    log.leave_worker();
+                }
             },
         )?);
     }

@@ -94,6 +94,16 @@ impl Peer {
     }
 }
 
+/// What the access log keeps of a request as it arrives.
+#[derive(Debug)]
+struct Arrived {
+    at: Instant,
+    time_ms: u64,
+    method: http::Method,
+    version: Version,
+    uri: Uri,
+}
+
 /// What the access log learns of a request while it is answered.
 #[derive(Debug, Default)]
 struct Noted {
@@ -149,27 +159,31 @@ impl Proxy {
     }
 
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
-        match &self.shared.access_log {
-            None => self.answer(req, peer, None).await,
-            // Boxed: only a logged request's future carries the record's state.
-            Some(log) => Box::pin(self.answer_logged(req, peer, log)).await,
-        }
+        let Some(log) = &self.shared.access_log else {
+            return self.answer(req, peer, None).await;
+        };
+        let arrived = Arrived {
+            at: Instant::now(),
+            time_ms: self.shared.clock.now_ms(),
+            method: req.method().clone(),
+            version: req.version(),
+            uri: req.uri().clone(), // shares the request's bytes
+        };
+        let mut noted = Noted::default();
+        let resp = self.answer(req, peer, Some(&mut noted)).await;
+        self.with_record(resp, peer, arrived, noted, log)
     }
 
-    /// Answers as [`answer`](Self::answer) does, and sends the access log's record along with
-    /// the response ([`access_log::Pending`]), for the listener to finish at the body's end.
-    async fn answer_logged(
+    /// Sends the access log's record along with the response ([`access_log::Pending`]), for
+    /// the listener to finish at the body's end.
+    fn with_record(
         &self,
-        req: Request<Incoming>,
+        mut resp: Response<ProxyBody>,
         peer: &Peer,
+        arrived: Arrived,
+        noted: Noted,
         log: &Arc<AccessLog>,
     ) -> Response<ProxyBody> {
-        let arrived = Instant::now();
-        let time_ms = self.shared.clock.now_ms();
-        let (method, version) = (req.method().clone(), req.version());
-        let raw_path = req.uri().path().to_owned();
-        let mut noted = Noted::default();
-        let mut resp = self.answer(req, peer, Some(&mut noted)).await;
         let policy = self.shared.policy.load();
         let config = &policy.config;
         let upstream = resp.extensions_mut().remove::<UpstreamTime>().map(|t| t.0);
@@ -179,13 +193,14 @@ impl Proxy {
         let limited = decision == access_log::Decision::Limited;
         let limit = header("x-ratelimit-type").filter(|_| limited);
         let queue_wait = header(jobs::X_QUEUE_WAIT_MS.as_str()).and_then(|v| v.parse().ok());
+        let raw_path = arrived.uri.path();
         let record = access_log::Record {
-            time_ms,
+            time_ms: arrived.time_ms,
             peer: peer.addr.ip(),
-            method,
-            version,
-            path: normalize_path(&raw_path, config.router.rules())
-                .map_or(raw_path.clone(), std::borrow::Cow::into_owned),
+            method: arrived.method,
+            version: arrived.version,
+            path: normalize_path(raw_path, config.router.rules())
+                .map_or_else(|_| raw_path.to_owned(), std::borrow::Cow::into_owned),
             class: noted.class.map(|c| config.class_name(c).to_owned()),
             tier: noted.caller.map(|c| config.tier(c.tier).name.clone()),
             account: noted.caller.map(|c| c.account.short()),
@@ -199,7 +214,7 @@ impl Proxy {
         };
         resp.extensions_mut().insert(access_log::Pending {
             record,
-            arrived,
+            arrived: arrived.at,
             log: log.clone(),
         });
         resp
