@@ -12,6 +12,7 @@
 //! A failure is shrunk to a minimal sequence and printed.
 
 #[path = "support/redis_server.rs"]
+#[allow(dead_code)] // the TLS server is for tests/redis.rs
 mod redis_server;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1007,3 +1007,64 @@ async fn an_acl_user_signs_in_with_its_password_file_and_the_password_is_never_s
         "a wrong password fails closed, as Redis down would"
     );
 }
+
+/// A config on a TLS Redis at `url`, trusting `ca` when given.
+fn tls_config(url: &str, ca: Option<&std::path::Path>) -> String {
+    let ca = ca.map_or(String::new(), |p| format!("tls_ca_file = {p:?}"));
+    format!(
+        r#"
+        [store]
+        type = "redis"
+        url = "{url}"
+        {ca}
+        timeout = "2s"
+        on_failure = "fail_closed"
+        [[route]]
+        path = "/limited"
+        class = "limited"
+        [[tiers.t.limits]]
+        classes = ["limited"]
+        per_minute = 2
+        "#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_is_reached_over_rediss_trusting_the_ca_file() {
+    let _turn = TURNS.read().await;
+    let ca = support::pki::Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.leaf(&["localhost"]).write(dir.path());
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let redis = RedisServer::start_tls(&cert, &key, &ca_file);
+    let up = Upstream::start().await;
+    let c = TestClient::new();
+
+    let gate = Gate::start(
+        &tls_config(&redis.tls_url(), Some(&ca_file)),
+        &up.url(),
+        DAY0_MS,
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(c.post(&gate.url("/limited"), "k").await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429], "decided in Redis over TLS");
+
+    let untrusting = Gate::start(&tls_config(&redis.tls_url(), None), &up.url(), DAY0_MS);
+    let a = c.post(&untrusting.url("/limited"), "k").await;
+    assert_eq!(
+        a.status, 503,
+        "the bundled roots do not know the test CA: fails closed"
+    );
+
+    let clear_url = format!("redis://localhost:{}/0", redis.port);
+    let overrides = floodgate::config::Overrides {
+        upstream: Some(up.url()),
+        ..Default::default()
+    };
+    let err = floodgate::config::Config::parse(&tls_config(&clear_url, Some(&ca_file)), &overrides)
+        .unwrap_err();
+    assert!(err.to_string().contains("store.tls_ca_file"), "{err}");
+}

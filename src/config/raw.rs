@@ -88,6 +88,8 @@ pub struct RawStore {
     pub username: Option<Spanned<String>>,
     /// A file holding the Redis password (instead of one in the URL).
     pub password_file: Option<Spanned<String>>,
+    /// PEM CA certificates trusted for a `rediss://` server, instead of the bundled roots.
+    pub tls_ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -18,6 +18,9 @@ pub enum StoreConfig {
         lease_ttl: std::time::Duration,
         /// Who floodgate signs in to Redis as, when not (only) in the URL.
         auth: RedisAuth,
+        /// PEM CA certificates a `rediss://` server's certificate must chain to; `None`: the
+        /// bundled Mozilla roots.
+        tls_ca: Option<Vec<u8>>,
     },
 }
 
@@ -77,13 +80,28 @@ fn redis(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
             "a redis store needs url = \"redis://host:port\"",
         ));
     };
-    if !(url.get_ref().starts_with("redis://") || url.get_ref().starts_with("unix://")) {
+    let schemes = ["redis://", "rediss://", "unix://"];
+    if !schemes.iter().any(|s| url.get_ref().starts_with(s)) {
         return Err(src.at(
             "store.url",
             url.span(),
-            format!("{:?} is not a redis:// URL", url.get_ref()),
+            format!(
+                "{:?} is not a redis://, rediss:// or unix:// URL",
+                url.get_ref()
+            ),
         ));
     }
+    let tls_ca = match &raw.tls_ca_file {
+        None => None,
+        Some(f) if !url.get_ref().starts_with("rediss://") => {
+            return Err(src.at(
+                "store.tls_ca_file",
+                f.span(),
+                "only a rediss:// (TLS) url uses a CA file",
+            ))
+        }
+        Some(f) => Some(read_ca(src, f)?),
+    };
     let replicas = match raw.replicas {
         Some(0) => return Err(invalid("store.replicas", "must be at least 1")),
         r => r.unwrap_or(1),
@@ -116,6 +134,7 @@ fn redis(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
             "1s",
         )?,
         lease_ttl: super::duration(src, "store.lease_ttl", raw.lease_ttl.as_ref(), "10s")?,
+        tls_ca,
         auth: RedisAuth {
             username: raw.username.as_ref().map(|u| u.get_ref().clone()),
             password: raw
@@ -125,4 +144,19 @@ fn redis(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
                 .transpose()?,
         },
     })
+}
+
+/// A PEM file of CA certificates: at least one, all parseable.
+fn read_ca(src: &Source<'_>, f: &toml::Spanned<String>) -> Result<Vec<u8>, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    let path = std::path::Path::new(f.get_ref());
+    let fail = |m: String| src.at("store.tls_ca_file", f.span(), m);
+    let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read {path:?}: {e}")))?;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(format!("{path:?} is not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail(format!("{path:?} holds no PEM certificate")));
+    }
+    Ok(pem)
 }

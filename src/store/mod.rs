@@ -54,8 +54,13 @@ impl Store {
                 breaker_cooldown,
                 lease_ttl,
                 auth,
+                tls_ca,
             } => {
                 let redis = RedisStore::new(url, *timeout, auth)?;
+                let redis = match tls_ca {
+                    Some(ca) => redis.trusting(ca)?,
+                    None => redis,
+                };
                 Store::Redis(std::sync::Arc::new(FailoverStore::new(
                     redis,
                     *lease_ttl,

@@ -216,8 +216,9 @@ type Slot = Arc<OnceCell<MultiplexedConnection>>;
 pub struct RedisStore {
     /// Tells this store's connections apart in the per-thread cache.
     id: u64,
-    /// Where and as whom to connect: the URL with `[store] username` / `password_file` applied.
-    connection: redis::ConnectionInfo,
+    /// Where and as whom to connect: the URL with `[store] username` / `password_file` applied,
+    /// and the roots a `rediss://` server's certificate is checked against.
+    client: redis::Client,
     /// The URL without its password, for logs and `Debug`.
     url: String,
     timeout: Duration,
@@ -292,7 +293,7 @@ impl RedisStore {
         }
         Ok(Self {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
-            connection,
+            client: redis::Client::open(connection).map_err(unavailable)?,
             url: without_password(url),
             timeout,
             scripts: Scripts {
@@ -304,6 +305,18 @@ impl RedisStore {
             offset_ms: AtomicI64::new(0),
             caller_clock: AtomicBool::new(false),
         })
+    }
+
+    /// The same store, checking a `rediss://` server's certificate against the PEM CA
+    /// certificates `ca` instead of the bundled roots.
+    pub fn trusting(mut self, ca: &[u8]) -> Result<Self, StoreError> {
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.to_vec()),
+        };
+        let info = self.client.get_connection_info().clone();
+        self.client = redis::Client::build_with_tls(info, certificates).map_err(unavailable)?;
+        Ok(self)
     }
 
     /// This thread's slot for this store's connection.
@@ -330,7 +343,7 @@ impl RedisStore {
     /// A new connection, with every script already in the server's cache: after a restart the
     /// first operations need no NOSCRIPT round trip.
     async fn dial(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let client = redis::Client::open(self.connection.clone())?;
+        let client = &self.client;
         let config = AsyncConnectionConfig::new().set_connection_timeout(self.timeout);
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
@@ -670,7 +683,7 @@ mod tests {
             &auth,
         )
         .unwrap();
-        let info = &store.connection.redis;
+        let info = &store.client.get_connection_info().redis;
         assert_eq!(info.username.as_deref(), Some("floodgate"));
         assert_eq!(info.password.as_deref(), Some("from-file"));
         assert_eq!(info.db, 2);

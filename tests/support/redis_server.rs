@@ -2,6 +2,7 @@
 //! restarted on the same port, killed on drop.
 
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,39 @@ impl RedisServer {
         };
         server.restart();
         server
+    }
+
+    /// A server that speaks TLS only (`--tls-port`), with this certificate and key, trusting
+    /// `ca` for client certificates it does not ask for.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        let port = free_port();
+        let path = |p: &Path| p.to_str().unwrap().to_owned();
+        let extra = [
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(cert),
+            "--tls-key-file".into(),
+            path(key),
+            "--tls-ca-cert-file".into(),
+            path(ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let mut server = RedisServer {
+            port,
+            child: None,
+            extra: extra.to_vec(),
+        };
+        server.restart();
+        server
+    }
+
+    /// `rediss://localhost:PORT/0`, for a server started with [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://localhost:{}/0", self.port)
     }
 
     pub fn url(&self) -> String {
