@@ -147,6 +147,7 @@ pub fn start(
         drain_deadline: server_cfg.shutdown_deadline,
         max_header_bytes: server_cfg.max_header_bytes,
         max_header_count: server_cfg.max_header_count,
+        h2c: server_cfg.h2c,
     };
     // One bound for every worker's connections together.
     let slots = Arc::new(Semaphore::new(

@@ -92,14 +92,21 @@ async fn limits_headers_and_the_forwarded_protocol_hold_over_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_1_2_and_1_3_are_spoken_and_alpn_settles_on_http_1_1() {
+async fn tls_1_2_and_1_3_are_spoken_and_alpn_offers_h2_then_http_1_1() {
     let (ca, _leaf, _dir, _up, gate) = tls_gate("").await;
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let client = ca.client(&[version], &[b"h2", b"http/1.1"], None);
+        let client = ca.client(&[version], &[b"http/1.1"], None);
         let mut conn = TlsConn::open(gate.addr, client).await.expect("handshake");
         assert_eq!(conn.version, version.version);
         assert_eq!(conn.alpn.as_deref(), Some(&b"http/1.1"[..]));
         assert_eq!(conn.send("GET", "/", &[]).await.status, 200);
+        let both = ca.client(&[version], &[b"h2", b"http/1.1"], None);
+        let conn = TlsConn::open(gate.addr, both).await.expect("handshake");
+        assert_eq!(
+            conn.alpn.as_deref(),
+            Some(&b"h2"[..]),
+            "h2 first (tests/h2.rs)"
+        );
     }
 }
 

@@ -132,6 +132,9 @@ pub struct RawServer {
     pub admin_token_file: Option<Spanned<String>>,
     /// TLS on the proxy listener.
     pub tls: Option<Spanned<RawTls>>,
+    /// Serve HTTP/2 with prior knowledge (h2c) on a clear-text listener.
+    #[serde(default)]
+    pub h2c: bool,
 }
 
 /// `[server.tls]`.

@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub admin_token: Option<AdminToken>,
     /// TLS on the proxy listener (`[server.tls]`); `None`: clear text.
     pub tls: Option<ListenerTls>,
+    /// Clear-text connections opening with the HTTP/2 preface are served HTTP/2.
+    pub h2c: bool,
 }
 
 /// An upstream origin: `http://` or `https://`, a host and a port, no path.
@@ -191,6 +193,7 @@ pub(super) fn build_server(src: &Source<'_>, s: &RawServer) -> Result<ServerConf
         watch_config: s.watch_config,
         admin_token: super::admin_token::admin_token(src, s)?,
         tls: super::tls::listener_tls(src, s.tls.as_ref())?,
+        h2c: s.h2c,
     })
 }
 
@@ -348,6 +351,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     check("server.watch_config", a.watch_config != b.watch_config);
     // New certificate files apply on reload; turning TLS on or off needs a restart.
     check("server.tls", a.tls.is_some() != b.tls.is_some());
+    check("server.h2c", a.h2c != b.h2c);
     check("state", running.state != new.state);
     check("access_log", running.access_log != new.access_log);
     changed

@@ -21,7 +21,7 @@ pub struct ListenerTls {
     pub key_file: PathBuf,
     /// Clients must present a certificate this CA signed (mutual TLS).
     pub client_ca_file: Option<PathBuf>,
-    /// The rustls settings built from the files: TLS 1.2 and 1.3, ALPN `http/1.1`.
+    /// The rustls settings built from the files: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`.
     pub rustls: Arc<rustls::ServerConfig>,
     /// A digest of the files' contents: two configs differ when a file's content did.
     contents: u64,
@@ -151,7 +151,7 @@ pub(super) fn listener_tls(
         let m = format!("{key_file:?} does not go with the certificate of {cert_file:?}: {e}");
         src.at("server.tls.key_file", key_v.span(), m)
     })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(ListenerTls {
         cert_file,
         key_file,

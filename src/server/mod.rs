@@ -17,6 +17,8 @@ mod read_tap;
 mod tunnel;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -24,10 +26,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use atomic_waker::AtomicWaker;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -42,6 +44,8 @@ use read_tap::ReadTap;
 
 /// hyper's parser keeps this many header slots on the stack; more costs a heap table per request.
 const PARSER_HEADER_SLOTS: usize = 100;
+/// Streams one HTTP/2 connection may have open at once (nginx's `http2_max_concurrent_streams`).
+const H2_MAX_STREAMS: u32 = 128;
 /// The read buffer never shrinks below this, so request bodies still stream in large reads.
 const MIN_READ_BUFFER: usize = 64 * 1024;
 
@@ -56,6 +60,8 @@ pub struct Settings {
     /// Header fields the proxy accepts (it answers 431 JSON past this); the parser's table is
     /// at least this big.
     pub max_header_count: usize,
+    /// Clear-text connections that open with the HTTP/2 preface are served HTTP/2.
+    pub h2c: bool,
 }
 
 impl Settings {
@@ -127,6 +133,7 @@ pub async fn serve(
         };
         let (builder, shutdown) = (builder.clone(), shutdown.clone());
         match &tls {
+            None if settings.h2c => tokio::spawn(conn.sniff(stream, builder, shutdown)),
             None => tokio::spawn(conn.run(stream, builder, shutdown)),
             Some(tls) => tokio::spawn(conn.handshake(stream, tls.load_full(), builder, shutdown)),
         };
@@ -141,6 +148,27 @@ pub async fn serve(
             deadline = ?settings.drain_deadline,
             "drain deadline passed with requests still in flight; closing them"
         );
+    }
+}
+
+/// Whether the client's first bytes are the HTTP/2 connection preface; false as soon as they
+/// differ from it, or the client closes.
+async fn opens_with_h2_preface(stream: &TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; PREFACE.len()];
+    loop {
+        let n = match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if first[..n] != PREFACE[..n] {
+            return false;
+        }
+        if n == PREFACE.len() {
+            return true;
+        }
+        // Part of the preface so far (rare: it is one small write): wait for the rest.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -226,7 +254,25 @@ struct Connection {
 }
 
 impl Connection {
-    /// Completes the TLS handshake within the header timeout, then serves the connection.
+    /// On a clear-text listener with `h2c`: HTTP/2 when the client opens with the HTTP/2
+    /// preface (prior knowledge, RFC 9113 §3.3), else HTTP/1.1. The bytes are peeked, not read,
+    /// so either protocol's parser sees them all.
+    async fn sniff(
+        self,
+        stream: TcpStream,
+        builder: http1::Builder,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let within = self.settings.timeouts.header;
+        match tokio::time::timeout(within, opens_with_h2_preface(&stream)).await {
+            Ok(true) => self.run_h2(stream, shutdown).await,
+            // HTTP/1.1 (or nothing yet: its own header clock takes over)
+            Ok(false) | Err(_) => self.run(stream, builder, shutdown).await,
+        }
+    }
+
+    /// Completes the TLS handshake within the header timeout, then serves the connection
+    /// (HTTP/2 when ALPN settled on `h2`).
     async fn handshake(
         self,
         stream: TcpStream,
@@ -236,6 +282,9 @@ impl Connection {
     ) {
         let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
         match tokio::time::timeout(self.settings.timeouts.header, accept).await {
+            Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                self.run_h2(stream, shutdown).await
+            }
             Ok(Ok(stream)) => self.run(stream, builder, shutdown).await,
             Ok(Err(e)) => {
                 tracing::debug!(peer = %self.peer.addr, error = %e, "TLS handshake failed");
@@ -248,18 +297,62 @@ impl Connection {
         }
     }
 
+    /// Serves HTTP/1.1 on the connection.
     async fn run<S>(self, stream: S, builder: http1::Builder, shutdown: watch::Receiver<bool>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let metrics = self.proxy.metrics();
-        metrics.client_connections.inc();
         let activity = Activity::new();
+        let service = self.service(&activity);
+        let stream = JsonRefusals::new(stream, activity.clone(), self.proxy.clone());
+        let io: ActivityIo<_> = ReadTap::new(stream, HeadWatch::new(activity.clone()));
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+        self.drive(conn, graceful, activity, shutdown).await;
+    }
+
+    /// Serves HTTP/2 on the connection: each stream is a request of its own, decided one by
+    /// one as on HTTP/1.1. The clocks: a new connection must start a request within the header
+    /// timeout, and one with no stream open closes after the idle timeout.
+    async fn run_h2<S>(self, stream: S, shutdown: watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Activity::new();
+        let service = self.service(&activity);
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(self.settings.max_header_bytes as u32);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let graceful = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
+        self.drive(conn, graceful, activity, shutdown).await;
+    }
+
+    /// The request handler of one connection: the proxy's answer, panics contained, the
+    /// request counted busy until its response body ends, a switch to a tunnel joined.
+    fn service(
+        &self,
+        activity: &Arc<Activity>,
+    ) -> impl hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<Tracked<crate::proxy::ProxyBody>>,
+        Error = Infallible,
+        Future = impl Future<
+            Output = Result<http::Response<Tracked<crate::proxy::ProxyBody>>, Infallible>,
+        > + Send
+                     + 'static,
+    > + Clone
+           + Send
+           + 'static {
         let (proxy, peer) = (self.proxy.clone(), self.peer.clone());
         let tracker = activity.clone();
         let hold = self.hold.clone();
         let idle = self.settings.timeouts.idle;
-        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let guard = tracker.request_started();
             if tracker.take_ambiguous() {
                 req.extensions_mut().insert(AmbiguousFraming);
@@ -287,14 +380,25 @@ impl Connection {
                 };
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard, logged)))
             }
-        });
-        let stream = JsonRefusals::new(stream, activity.clone(), self.proxy.clone());
-        let io: ActivityIo<_> = ReadTap::new(stream, HeadWatch::new(activity.clone()));
-        let io = TokioIo::new(io);
-        let conn = builder.serve_connection(io, service).with_upgrades();
+        })
+    }
+
+    /// Runs a served connection to its end: its clocks and the shutdown signal watched by a
+    /// task of their own (so the connection's own polls only read a flag), a drain asked of it
+    /// with `graceful`, panics contained, and how it ended counted.
+    async fn drive<C, E>(
+        self,
+        conn: C,
+        graceful: impl Fn(Pin<&mut C>),
+        activity: Arc<Activity>,
+        shutdown: watch::Receiver<bool>,
+    ) where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let metrics = self.proxy.metrics();
+        metrics.client_connections.inc();
         tokio::pin!(conn);
-        // The clocks and the shutdown signal live in a task of their own, so the connection's
-        // own polls (several per request) only read a flag.
         let stop = Arc::new(Stop::default());
         if *shutdown.borrow() {
             stop.signal(Stop::DRAIN);
@@ -313,7 +417,7 @@ impl Connection {
                 Stop::DRAIN => {
                     if !draining {
                         draining = true;
-                        conn.as_mut().graceful_shutdown();
+                        graceful(conn.as_mut());
                     }
                 }
                 closed => return Poll::Ready(Err(closed)),

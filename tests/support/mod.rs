@@ -738,6 +738,16 @@ impl TestClient {
         }
     }
 
+    /// An HTTP/2 client with prior knowledge (h2c): every request of this client is a stream of
+    /// one connection per origin.
+    pub fn h2c() -> Self {
+        Self {
+            inner: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
     pub async fn send(
         &self,
         method: &str,
