@@ -90,6 +90,8 @@ pub struct RawStore {
     pub password_file: Option<Spanned<String>>,
     /// PEM CA certificates trusted for a `rediss://` server, instead of the bundled roots.
     pub tls_ca_file: Option<Spanned<String>>,
+    /// Nodes of a Redis Cluster (`redis://host:port`), instead of one server's `url`.
+    pub cluster_nodes: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

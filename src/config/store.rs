@@ -21,6 +21,8 @@ pub enum StoreConfig {
         /// PEM CA certificates a `rediss://` server's certificate must chain to; `None`: the
         /// bundled Mozilla roots.
         tls_ca: Option<Vec<u8>>,
+        /// A Redis Cluster's nodes (then `url` is the first); empty: one server.
+        cluster_nodes: Vec<String>,
     },
 }
 
@@ -73,11 +75,15 @@ pub(super) fn build_store(
 }
 
 fn redis(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
-    let Some(url) = &raw.url else {
+    let cluster_nodes = cluster_nodes(src, raw)?;
+    let seed = cluster_nodes
+        .first()
+        .map(|n| toml::Spanned::new(raw.kind.span(), n.clone()));
+    let Some(url) = raw.url.as_ref().or(seed.as_ref()) else {
         return Err(src.at(
             "store.url",
             raw.kind.span(),
-            "a redis store needs url = \"redis://host:port\"",
+            "a redis store needs url = \"redis://host:port\" (or cluster_nodes)",
         ));
     };
     let schemes = ["redis://", "rediss://", "unix://"];
@@ -98,6 +104,13 @@ fn redis(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
                 "store.tls_ca_file",
                 f.span(),
                 "only a rediss:// (TLS) url uses a CA file",
+            ))
+        }
+        Some(f) if !cluster_nodes.is_empty() => {
+            return Err(src.at(
+                "store.tls_ca_file",
+                f.span(),
+                "TLS to a Redis Cluster is not supported yet",
             ))
         }
         Some(f) => Some(read_ca(src, f)?),
@@ -135,6 +148,7 @@ fn redis(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
         )?,
         lease_ttl: super::duration(src, "store.lease_ttl", raw.lease_ttl.as_ref(), "10s")?,
         tls_ca,
+        cluster_nodes,
         auth: RedisAuth {
             username: raw.username.as_ref().map(|u| u.get_ref().clone()),
             password: raw
@@ -159,4 +173,19 @@ fn read_ca(src: &Source<'_>, f: &toml::Spanned<String>) -> Result<Vec<u8>, Confi
         return Err(fail(format!("{path:?} holds no PEM certificate")));
     }
     Ok(pem)
+}
+
+/// `[store] cluster_nodes`: `redis://host:port` addresses of a Redis Cluster, at least one.
+fn cluster_nodes(src: &Source<'_>, raw: &RawStore) -> Result<Vec<String>, ConfigError> {
+    let Some(nodes) = &raw.cluster_nodes else {
+        return Ok(Vec::new());
+    };
+    let fail = |m: String| src.at("store.cluster_nodes", nodes.span(), m);
+    if nodes.get_ref().is_empty() {
+        return Err(fail("list at least one node".into()));
+    }
+    if let Some(bad) = nodes.get_ref().iter().find(|n| !n.starts_with("redis://")) {
+        return Err(fail(format!("{bad:?} is not a redis:// address")));
+    }
+    Ok(nodes.get_ref().clone())
 }

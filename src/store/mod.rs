@@ -55,8 +55,12 @@ impl Store {
                 lease_ttl,
                 auth,
                 tls_ca,
+                cluster_nodes,
             } => {
-                let redis = RedisStore::new(url, *timeout, auth)?;
+                let redis = match cluster_nodes.is_empty() {
+                    true => RedisStore::new(url, *timeout, auth)?,
+                    false => RedisStore::cluster(cluster_nodes, *timeout, auth)?,
+                };
                 let redis = match tls_ca {
                     Some(ca) => redis.trusting(ca)?,
                     None => redis,

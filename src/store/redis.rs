@@ -28,6 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
 use redis::{
     AsyncConnectionConfig, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, Script,
     ToRedisArgs,
@@ -163,7 +164,7 @@ impl Lua {
     /// server no longer has it — a `SCRIPT FLUSH`, or a failover to a server that never saw it.
     async fn invoke<T: FromRedisValue>(
         &self,
-        mut conn: MultiplexedConnection,
+        mut conn: Conn,
         key: &str,
         args: &[impl ToRedisArgs],
     ) -> redis::RedisResult<T> {
@@ -206,9 +207,55 @@ impl Scripts {
     }
 }
 
+/// A connection to the store: one server's multiplexed connection, or a cluster's, which sends
+/// each command to the master owning its key's slot (every script touches one key, and one
+/// account's keys share a hash tag) and follows the cluster through failovers.
+#[derive(Clone)]
+enum Conn {
+    Server(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where a store's connections go.
+enum Target {
+    Server(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
 /// One thread's connection to one store's server. Operations that find the slot empty wait for
 /// one dial between them instead of each dialling its own connection.
-type Slot = Arc<OnceCell<MultiplexedConnection>>;
+type Slot = Arc<OnceCell<Conn>>;
 
 /// Counters shared through a Redis server. Each worker thread talks to Redis over its own
 /// multiplexed connection (its event loop drives the socket: no hop to another thread on the
@@ -217,8 +264,8 @@ pub struct RedisStore {
     /// Tells this store's connections apart in the per-thread cache.
     id: u64,
     /// Where and as whom to connect: the URL with `[store] username` / `password_file` applied,
-    /// and the roots a `rediss://` server's certificate is checked against.
-    client: redis::Client,
+    /// and the roots a `rediss://` server's certificate is checked against; or the cluster.
+    target: Target,
     /// The URL without its password, for logs and `Debug`.
     url: String,
     timeout: Duration,
@@ -293,7 +340,7 @@ impl RedisStore {
         }
         Ok(Self {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
-            client: redis::Client::open(connection).map_err(unavailable)?,
+            target: Target::Server(redis::Client::open(connection).map_err(unavailable)?),
             url: without_password(url),
             timeout,
             scripts: Scripts {
@@ -314,9 +361,40 @@ impl RedisStore {
             client_tls: None,
             root_cert: Some(ca.to_vec()),
         };
-        let info = self.client.get_connection_info().clone();
-        self.client = redis::Client::build_with_tls(info, certificates).map_err(unavailable)?;
+        if let Target::Server(client) = &self.target {
+            let info = client.get_connection_info().clone();
+            let client = redis::Client::build_with_tls(info, certificates).map_err(unavailable)?;
+            self.target = Target::Server(client);
+        }
         Ok(self)
+    }
+
+    /// A store on the Redis Cluster that `nodes` belong to (any of them answer for all; more
+    /// than one, so a dial still finds the cluster when a node is down).
+    pub fn cluster(
+        nodes: &[String],
+        timeout: Duration,
+        auth: &RedisAuth,
+    ) -> Result<Self, StoreError> {
+        let first = nodes.first().map_or("", String::as_str);
+        let mut store = Self::new(first, timeout, auth)?;
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(2);
+        if let Some(user) = &auth.username {
+            builder = builder.username(user.clone());
+        }
+        if let Some(password) = &auth.password {
+            builder = builder.password(password.expose().to_owned());
+        }
+        store.target = Target::Cluster(builder.build().map_err(unavailable)?);
+        store.url = nodes
+            .iter()
+            .map(|n| without_password(n))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(store)
     }
 
     /// This thread's slot for this store's connection.
@@ -336,24 +414,41 @@ impl RedisStore {
     }
 
     /// This thread's connection, dialled (and its scripts loaded) on first use.
-    async fn connection(&self, slot: &Slot) -> redis::RedisResult<MultiplexedConnection> {
+    async fn connection(&self, slot: &Slot) -> redis::RedisResult<Conn> {
         slot.get_or_try_init(|| self.dial()).await.cloned()
     }
 
     /// A new connection, with every script already in the server's cache: after a restart the
     /// first operations need no NOSCRIPT round trip.
-    async fn dial(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let client = &self.client;
-        let config = AsyncConnectionConfig::new().set_connection_timeout(self.timeout);
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let mut load = redis::pipe();
-        for lua in self.scripts.all() {
-            load.cmd("SCRIPT").arg("LOAD").arg(lua.source).ignore();
+    async fn dial(&self) -> redis::RedisResult<Conn> {
+        match &self.target {
+            Target::Server(client) => {
+                let config = AsyncConnectionConfig::new().set_connection_timeout(self.timeout);
+                let conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                let mut conn = Conn::Server(conn);
+                let mut load = redis::pipe();
+                for lua in self.scripts.all() {
+                    load.cmd("SCRIPT").arg("LOAD").arg(lua.source).ignore();
+                }
+                load.exec_async(&mut conn).await?;
+                Ok(conn)
+            }
+            Target::Cluster(client) => {
+                let mut conn = Conn::Cluster(client.get_async_connection().await?);
+                // SCRIPT LOAD goes to every master (a new master after a failover loads a
+                // script on its first NOSCRIPT, as after a restart).
+                for lua in self.scripts.all() {
+                    redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(lua.source)
+                        .exec_async(&mut conn)
+                        .await?;
+                }
+                Ok(conn)
+            }
         }
-        load.exec_async(&mut conn).await?;
-        Ok(conn)
     }
 
     /// Runs `op` on this thread's connection, within the store's timeout. When the connection
@@ -365,7 +460,7 @@ impl RedisStore {
     /// twice, an admission only ever consumes more of the quota, never lets more through.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: Fn(MultiplexedConnection) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let (first, second) = (self.slot(), OnceLock::new());
@@ -683,7 +778,10 @@ mod tests {
             &auth,
         )
         .unwrap();
-        let info = &store.client.get_connection_info().redis;
+        let Target::Server(client) = &store.target else {
+            panic!("one server")
+        };
+        let info = &client.get_connection_info().redis;
         assert_eq!(info.username.as_deref(), Some("floodgate"));
         assert_eq!(info.password.as_deref(), Some("from-file"));
         assert_eq!(info.db, 2);

@@ -5,6 +5,7 @@
 pub mod pki;
 pub mod process;
 pub mod raw;
+pub mod redis_cluster;
 pub mod redis_server;
 
 use std::collections::{HashMap, HashSet};

@@ -11,6 +11,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// More `redis-server` arguments (e.g. `--requirepass`).
     extra: Vec<String>,
+    /// Its working directory (a replica writes the data it synced there), removed on drop.
+    dir: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -32,6 +34,7 @@ impl RedisServer {
             port: free_port(),
             child: None,
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            dir: tempfile::tempdir().expect("temp dir"),
         };
         server.restart();
         server
@@ -60,6 +63,7 @@ impl RedisServer {
             port,
             child: None,
             extra: extra.to_vec(),
+            dir: tempfile::tempdir().expect("temp dir"),
         };
         server.restart();
         server
@@ -87,6 +91,8 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .arg("--dir")
+            .arg(self.dir.path())
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -101,6 +107,11 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Whether the server is running (it was not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Kills the server (as a crash would).
