@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{Backend, Gate, TestClient, Upstream, DAY0_MS};
+use support::{Backend, Gate, Upstream, DAY0_MS};
 
 const TXT2IMG: &str = "/api/v1/txt2img";
 
@@ -12,7 +12,7 @@ async fn basic_txt2img_three_per_minute_with_headers_and_exact_429(backend: Back
     let up = Upstream::start().await;
     let t0 = DAY0_MS + 12 * 3_600_000 + 250; // 12:00:00.250 UTC
     let gate = Gate::shipped_on(backend, "floodgate.toml", &up.url(), t0);
-    let c = TestClient::new();
+    let c = gate.client();
     for remaining in [2, 1, 0] {
         let a = c.post(&gate.url(TXT2IMG), "k-basic").await;
         assert_eq!(a.status, 200);
@@ -81,7 +81,7 @@ async fn every_basic_endpoint_has_its_seed_limits(backend: Backend) {
     ];
     let up = Upstream::start().await;
     let gate = Gate::shipped_on(backend, "floodgate.toml", &up.url(), DAY0_MS + 1_000);
-    let c = TestClient::new();
+    let c = gate.client();
     for (name, per_minute, daily) in table {
         let url = gate.url(&format!("/api/v1/{name}"));
         for _ in 0..*per_minute {
@@ -126,7 +126,7 @@ async fn daily_quota_refuses_until_midnight_utc_then_resets(backend: Backend) {
     let up = Upstream::start().await;
     let evening = DAY0_MS + 86_400_000 - 2 * 3_600_000; // 22:00 UTC
     let gate = Gate::shipped_on(backend, "floodgate.toml", &up.url(), evening);
-    let c = TestClient::new();
+    let c = gate.client();
     let url = gate.url("/api/v1/txt2video"); // 1/min, 15/day
     for i in 0..15 {
         let a = c.post(&url, "k-daily").await;
@@ -152,7 +152,7 @@ async fn daily_quota_refuses_until_midnight_utc_then_resets(backend: Backend) {
 async fn premium_key_gets_300_per_minute_and_no_daily_limit(backend: Backend) {
     let up = Upstream::start().await;
     let gate = Gate::shipped_on(backend, "floodgate.toml", &up.url(), DAY0_MS + 5_000);
-    let c = TestClient::new();
+    let c = gate.client();
     for i in 0..300 {
         let a = c
             .post(&gate.url("/api/v1/txt2video"), "demo-premium-key")
@@ -188,7 +188,7 @@ async fn premium_key_gets_300_per_minute_and_no_daily_limit(backend: Backend) {
 async fn midjourney_progress_ten_per_second_and_others_one_per_three_seconds(backend: Backend) {
     let up = Upstream::start().await;
     let gate = Gate::shipped_on(backend, "midjourney.toml", &up.url(), DAY0_MS);
-    let c = TestClient::new();
+    let c = gate.client();
     for _ in 0..10 {
         let a = c
             .send(
@@ -294,7 +294,7 @@ const UNIFIED: &str = r#"
 async fn a_json_body_field_picks_the_class_of_a_unified_endpoint(backend: Backend) {
     let up = Upstream::start().await;
     let gate = Gate::start_on(backend, UNIFIED, &up.url(), DAY0_MS);
-    let c = TestClient::new();
+    let c = gate.client();
     let send = |body: String| {
         let (c, url) = (c.clone(), gate.url("/echo"));
         async move { c.send("POST", &url, &[("x-api-key", "k")], body).await }
@@ -343,7 +343,7 @@ async fn an_unreadable_body_takes_the_class_the_operator_names(backend: Backend)
         "body_pointer = \"/task_type\"\nunreadable_class = \"txt2img\"",
     );
     let gate = Gate::start_on(backend, &config, &up.url(), DAY0_MS);
-    let c = TestClient::new();
+    let c = gate.client();
     let long = format!(
         r#"{{"pad": "{}", "task_type": "upscale"}}"#,
         "x".repeat(2_000)
@@ -380,10 +380,10 @@ async fn sixty_four_parallel_requests_on_five_per_minute_admit_exactly_five(back
     let gate = Gate::start_on(backend, cfg, &up.url(), DAY0_MS + 1_000);
     let mut tasks = Vec::new();
     for _ in 0..64 {
-        let url = gate.url("/limited");
-        tasks.push(tokio::spawn(async move {
-            TestClient::new().post(&url, "suite").await
-        }));
+        let (url, client) = (gate.url("/limited"), gate.client());
+        tasks.push(tokio::spawn(
+            async move { client.post(&url, "suite").await },
+        ));
     }
     let mut ok = 0;
     for t in tasks {
@@ -415,7 +415,8 @@ async fn sixty_four_parallel_requests_on_five_per_minute_admit_exactly_five(back
     }
     assert_eq!(ok, 5, "64 parallel requests on 5/min admit exactly 5");
     assert_eq!(up.count(), 5);
-    let other = TestClient::new()
+    let other = gate
+        .client()
         .post(&gate.url("/limited"), "someone-else")
         .await;
     assert_eq!(
@@ -424,7 +425,7 @@ async fn sixty_four_parallel_requests_on_five_per_minute_admit_exactly_five(back
     );
 }
 
-on_both_stores!(
+on_every_setup!(
     sixty_four_parallel_requests_on_five_per_minute_admit_exactly_five,
     basic_txt2img_three_per_minute_with_headers_and_exact_429,
     every_basic_endpoint_has_its_seed_limits,

@@ -41,8 +41,9 @@ async fn job(c: &TestClient, gate: &Gate, key: &str, name: &str, ms: u64) -> Ans
 fn spawn_job(gate: &Gate, key: &str, name: String, ms: u64) -> tokio::task::JoinHandle<Answer> {
     let url = gate.url(&format!("/slow?ms={ms}"));
     let key = key.to_owned();
+    let client = gate.client();
     tokio::spawn(async move {
-        TestClient::new()
+        client
             .send("POST", &url, &[("x-api-key", &key), ("x-job", &name)], "{}")
             .await
     })
@@ -95,7 +96,9 @@ async fn seed_scenario_concurrency_three_eight_jobs_fifo(backend: Backend) {
         );
     }
     match backend {
-        Backend::Memory => assert_eq!(answers[0].num("x-queue-wait-ms"), 0),
+        Backend::Memory | Backend::MemoryOverH2c => {
+            assert_eq!(answers[0].num("x-queue-wait-ms"), 0)
+        }
         // the shared slot's lease is one Redis round trip
         Backend::Redis => assert!(answers[0].num("x-queue-wait-ms") < 50),
     }
@@ -111,7 +114,7 @@ async fn seed_scenario_concurrency_three_eight_jobs_fifo(backend: Backend) {
 async fn assert_handoffs(gate: &Gate, backend: Backend, queued: u64) {
     let text = support::metrics(&gate.admin_url("/metrics")).await;
     let (sent_by, not_by) = match backend {
-        Backend::Memory => ("granting_worker", "own_worker"),
+        Backend::Memory | Backend::MemoryOverH2c => ("granting_worker", "own_worker"),
         Backend::Redis => ("own_worker", "granting_worker"),
     };
     let series = format!(r#"floodgate_queue_handoffs_total{{sent_by="{sent_by}"}}"#);
@@ -128,12 +131,15 @@ async fn full_queue_and_maximum_wait_answer_429_concurrency(backend: Backend) {
         &up.url(),
         DAY0_MS,
     );
-    let c = TestClient::new();
+    let c = gate.client();
     let first = spawn_job(&gate, "acct", "running".into(), 600);
     gate.until_jobs(|running, _| running == 1).await;
     let queued = spawn_job(&gate, "acct", "queued".into(), 10);
     gate.until_jobs(|_, waiting| waiting == 1).await;
-    let usage = c.get(&gate.admin_url("/usage?key=acct")).await.json();
+    let usage = TestClient::new()
+        .get(&gate.admin_url("/usage?key=acct"))
+        .await
+        .json();
     assert_eq!(usage["jobs"]["in_flight"], 1);
     assert_eq!(
         usage["jobs"]["queued"], 1,
@@ -191,7 +197,7 @@ async fn jobs_the_queue_turns_away_consume_no_quota(backend: Backend) {
         per_minute = 3
         per_day = 10"#;
     let gate = Gate::start_on(backend, &sync_config(tier), &up.url(), DAY0_MS);
-    let c = TestClient::new();
+    let c = gate.client();
     let first = spawn_job(&gate, "acct", "running".into(), 400);
     gate.until_jobs(|running, _| running == 1).await;
     let queued = spawn_job(&gate, "acct", "queued".into(), 10);
@@ -363,7 +369,7 @@ async fn jobs_alternate_over_upstream_accounts_within_their_caps(backend: Backen
 async fn an_upstream_account_answering_429_rests_and_the_other_takes_the_job(backend: Backend) {
     let up = Upstream::start().await;
     let gate = Gate::start_on(backend, TWO_ACCOUNTS, &up.url(), DAY0_MS);
-    let c = TestClient::new();
+    let c = gate.client();
     up.set_busy("secret-a", true);
     let a = job(&c, &gate, "pro-key", "first", 10).await;
     assert_eq!(a.status, 200, "retried on the other account");
@@ -377,7 +383,7 @@ async fn an_upstream_account_answering_429_rests_and_the_other_takes_the_job(bac
             "a rests for its Retry-After"
         );
     }
-    let metrics = c.get(&gate.admin_url("/metrics")).await;
+    let metrics = TestClient::new().get(&gate.admin_url("/metrics")).await;
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(
         text.contains(r#"floodgate_upstream_account_cooldowns_total{upstream_account="a"} 1"#),
@@ -423,7 +429,7 @@ async fn create_task(c: &TestClient, gate: &Gate, key: &str, body: &str) -> Answ
 async fn follow_up_jobs_go_to_the_upstream_account_of_their_task(backend: Backend) {
     let up = Upstream::start().await;
     let gate = Gate::start_on(backend, TWO_ACCOUNTS, &up.url(), DAY0_MS);
-    let c = TestClient::new();
+    let c = gate.client();
     let t1 = create_task(&c, &gate, "pro-key", "{}").await;
     let t2 = create_task(&c, &gate, "pro-key", "{}").await;
     assert_eq!(t1.header("x-floodgate-upstream-account"), Some("a"));
@@ -510,11 +516,9 @@ fn task_config(extra_tasks: &str, max_job_time: &str) -> String {
 /// slot.
 async fn second_create_waits(up: &Upstream, gate: &Gate) -> tokio::task::JoinHandle<Answer> {
     let url = gate.url("/task/create");
-    let h = tokio::spawn(async move {
-        TestClient::new()
-            .send("POST", &url, &[("x-api-key", "k")], "{}")
-            .await
-    });
+    let client = gate.client();
+    let h =
+        tokio::spawn(async move { client.send("POST", &url, &[("x-api-key", "k")], "{}").await });
     gate.until_jobs(|running, waiting| (running, waiting) == (1, 1))
         .await;
     assert_eq!(
@@ -528,7 +532,7 @@ async fn second_create_waits(up: &Upstream, gate: &Gate) -> tokio::task::JoinHan
 async fn task_slot_is_held_until_a_passing_get_task_shows_a_terminal_status(backend: Backend) {
     let up = Upstream::start().await;
     let gate = Gate::start_on(backend, &task_config("", "30s"), &up.url(), DAY0_MS);
-    let c = TestClient::new();
+    let c = gate.client();
     let first = create_task(&c, &gate, "k", "{}").await;
     assert_eq!(first.status, 200);
     let id = first.json()["result"].as_str().unwrap().to_owned();
@@ -574,7 +578,7 @@ async fn task_slot_frees_when_floodgate_polls_and_sees_the_task_done(backend: Ba
         &up.url(),
         DAY0_MS,
     );
-    let c = TestClient::new();
+    let c = gate.client();
     let id = create_task(&c, &gate, "k", "{}").await.json()["result"]
         .as_str()
         .unwrap()
@@ -600,7 +604,7 @@ async fn task_slot_frees_when_floodgate_polls_and_sees_the_task_done(backend: Ba
 async fn task_slot_frees_at_the_maximum_job_time(backend: Backend) {
     let up = Upstream::start().await;
     let gate = Gate::start_on(backend, &task_config("", "30s"), &up.url(), DAY0_MS);
-    let c = TestClient::new();
+    let c = gate.client();
     assert_eq!(create_task(&c, &gate, "k", "{}").await.status, 200);
     let second = second_create_waits(&up, &gate).await;
     gate.clock.advance_ms(29_999);
@@ -625,7 +629,7 @@ async fn a_thousand_jobs_with_random_disconnects_leak_no_slot(backend: Backend) 
     let admin = gate.admin_url("/metrics");
     let sampler = tokio::spawn(async move {
         // floodgate's in-flight gauge, sampled while the jobs run (bounded: 2 s)
-        let c = TestClient::new();
+        let c = TestClient::new(); // the admin listener speaks HTTP/1.1
         let mut peak = 0u64;
         for _ in 0..200 {
             let m = String::from_utf8_lossy(&c.get(&admin).await.body).into_owned();
@@ -650,8 +654,8 @@ async fn a_thousand_jobs_with_random_disconnects_leak_no_slot(backend: Backend) 
     for i in 0..1_000 {
         let url = gate.url(&format!("/slow?ms={}", rand(20)));
         let give_up = Duration::from_millis(rand(60));
+        let c = gate.client();
         handles.push(tokio::spawn(async move {
-            let c = TestClient::new();
             let name = format!("j{i}");
             tokio::time::timeout(
                 give_up,
@@ -674,11 +678,15 @@ async fn a_thousand_jobs_with_random_disconnects_leak_no_slot(backend: Backend) 
     assert!(peak <= 5, "floodgate held {peak} slots at once");
     assert!(peak >= 1);
     // Everything drains: no job waits or runs any more.
-    let c = TestClient::new();
     let mut drained = false;
     for _ in 0..100 {
-        let m =
-            String::from_utf8_lossy(&c.get(&gate.admin_url("/metrics")).await.body).into_owned();
+        let m = String::from_utf8_lossy(
+            &TestClient::new()
+                .get(&gate.admin_url("/metrics"))
+                .await
+                .body,
+        )
+        .into_owned();
         if m.contains(r#"floodgate_jobs_in_flight{tier="t"} 0"#)
             && m.contains(r#"floodgate_jobs_queued{tier="t"} 0"#)
             && m.contains(r#"floodgate_pool_jobs_queued{upstream_accounts="upstream"} 0"#)
@@ -731,7 +739,7 @@ async fn a_small_tenant_is_not_starved_by_a_big_backlog_on_a_shared_pool(backend
         backlog.push(spawn_job(&gate, "tenant-a", format!("a{i}"), 10));
     }
     gate.until_jobs(|_, waiting| waiting >= 50).await;
-    let b = job(&TestClient::new(), &gate, "tenant-b", "b", 10).await;
+    let b = job(&gate.client(), &gate, "tenant-b", "b", 10).await;
     assert_eq!(b.status, 200);
     let waited = b.num("x-queue-wait-ms");
     assert!(
@@ -763,11 +771,8 @@ async fn a_class_named_by_the_body_can_be_a_job_class(backend: Backend) {
     let send = |kind: &str| {
         let url = gate.url("/slow?ms=300");
         let body = format!(r#"{{"kind": "{kind}"}}"#);
-        tokio::spawn(async move {
-            TestClient::new()
-                .send("POST", &url, &[("x-api-key", "k")], body)
-                .await
-        })
+        let client = gate.client();
+        tokio::spawn(async move { client.send("POST", &url, &[("x-api-key", "k")], body).await })
     };
     let (first, second) = (send("generate"), send("generate"));
     let (first, second) = (first.await.unwrap(), second.await.unwrap());
@@ -783,7 +788,7 @@ async fn a_class_named_by_the_body_can_be_a_job_class(backend: Backend) {
     assert_eq!(plain.header("x-queue-wait-ms"), None, "not a job");
 }
 
-on_both_stores!(
+on_every_setup!(
     seed_scenario_concurrency_three_eight_jobs_fifo,
     full_queue_and_maximum_wait_answer_429_concurrency,
     jobs_the_queue_turns_away_consume_no_quota,
@@ -822,7 +827,7 @@ async fn an_upstream_account_credential_can_come_from_a_file() {
         "#
     );
     let gate = Gate::start(&config, &up.url(), DAY0_MS);
-    let a = job(&TestClient::new(), &gate, "k", "j", 10).await;
+    let a = job(&gate.client(), &gate, "k", "j", 10).await;
     assert_eq!(a.status, 200);
     assert_eq!(
         up.seen()[0].header("mj-api-secret"),

@@ -512,10 +512,40 @@ pub enum Backend {
     Memory,
     /// A real `redis-server` started for the test, deciding on the test's manual clock.
     Redis,
+    /// The memory store, with the scenario's clients speaking HTTP/2 (h2c, prior knowledge)
+    /// to a listener with `h2c` on.
+    MemoryOverH2c,
 }
 
 /// Runs each scenario `async fn name(backend: Backend)` as two tests, `name::memory` and
 /// `name::redis`: one behaviour, written once, held by both stores.
+#[macro_export]
+macro_rules! on_every_setup {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn memory() {
+                    super::$name($crate::support::Backend::Memory).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn redis() {
+                    super::$name($crate::support::Backend::Redis).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn h2c() {
+                    super::$name($crate::support::Backend::MemoryOverH2c).await
+                }
+            }
+        )*
+    };
+}
+
+/// Runs each scenario `async fn name(backend: Backend)` as two tests, `name::memory` and
+/// `name::redis`; [`on_every_setup!`](crate::on_every_setup) adds `name::h2c`, the memory store
+/// over HTTP/2.
 #[macro_export]
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
@@ -543,6 +573,8 @@ pub struct Gate {
     running: Option<Running>,
     /// The Redis server of a [`Backend::Redis`] gate; stopped after floodgate is.
     redis: Option<redis_server::RedisServer>,
+    /// Clients of this gate speak HTTP/2 ([`Backend::MemoryOverH2c`]).
+    h2c: bool,
 }
 
 impl Gate {
@@ -573,6 +605,7 @@ impl Gate {
             clock,
             running: Some(running),
             redis: None,
+            h2c: false,
         }
     }
 
@@ -607,7 +640,10 @@ impl Gate {
         if !keep_state {
             config.state = None;
         }
+        let h2c = backend == Backend::MemoryOverH2c;
+        config.server.h2c |= h2c;
         let mut gate = Self::start_config(config, now_ms);
+        gate.h2c = h2c;
         if backend == Backend::Redis {
             let Store::Redis(s) = &gate.shared().store else {
                 panic!("a Redis gate runs on the memory store");
@@ -633,6 +669,15 @@ impl Gate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A client speaking this gate's protocol: HTTP/1.1, or HTTP/2 for a
+    /// [`Backend::MemoryOverH2c`] gate.
+    pub fn client(&self) -> TestClient {
+        match self.h2c {
+            true => TestClient::h2c(),
+            false => TestClient::new(),
+        }
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -742,10 +787,14 @@ impl TestClient {
     /// An HTTP/2 client with prior knowledge (h2c): every request of this client is a stream of
     /// one connection per origin.
     pub fn h2c() -> Self {
+        // Without TCP_NODELAY a request's HEADERS and DATA frames, two writes, meet Nagle's
+        // algorithm and the server's delayed ACK: 40 ms a request (as real clients set it).
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
         Self {
             inner: Client::builder(TokioExecutor::new())
                 .http2_only(true)
-                .build_http(),
+                .build(connector),
         }
     }
 
