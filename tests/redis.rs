@@ -236,15 +236,8 @@ async fn fail_open_admits_and_local_enforces_this_replicas_share() {
             "fail_open admits"
         );
     }
-    let statuses: Vec<u16> = {
-        let mut v = Vec::new();
-        for _ in 0..7 {
-            v.push(c.post(&local.url("/limited"), "k").await.status.as_u16());
-        }
-        v
-    };
     assert_eq!(
-        statuses,
+        statuses(&c, &local.url("/limited"), "k", 7).await,
         [200, 200, 200, 200, 200, 429, 429],
         "10 shared by 2 replicas: 5 here"
     );
@@ -938,15 +931,14 @@ async fn no_key_is_left_without_an_expiry() {
     }
 }
 
-/// A config on `redis` signing in as `username` with the password in `password_file`.
-fn auth_config(redis: &RedisServer, username: &str, password_file: &std::path::Path) -> String {
+/// A fail-closed Redis store described by `store` (its url and how to reach it), with 2
+/// requests a minute on `/limited`: a 200, 200, 429 there shows decisions made in Redis.
+fn fail_closed_config(store: &str) -> String {
     format!(
         r#"
         [store]
         type = "redis"
-        url = "{}"
-        username = "{username}"
-        password_file = {password_file:?}
+        {store}
         timeout = "2s"
         on_failure = "fail_closed"
         [[route]]
@@ -955,9 +947,25 @@ fn auth_config(redis: &RedisServer, username: &str, password_file: &std::path::P
         [[tiers.t.limits]]
         classes = ["limited"]
         per_minute = 2
-        "#,
-        redis.url()
+        "#
     )
+}
+
+/// A config on `redis` signing in as `username` with the password in `password_file`.
+fn auth_config(redis: &RedisServer, username: &str, password_file: &std::path::Path) -> String {
+    fail_closed_config(&format!(
+        "url = \"{}\"\nusername = \"{username}\"\npassword_file = {password_file:?}",
+        redis.url()
+    ))
+}
+
+/// The statuses of `n` requests to `url` as `key`, one after another.
+async fn statuses(c: &TestClient, url: &str, key: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(c.post(url, key).await.status.as_u16());
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -982,15 +990,8 @@ async fn an_acl_user_signs_in_with_its_password_file_and_the_password_is_never_s
     std::fs::write(&config, auth_config(&redis, "floodgate", &good)).unwrap();
     let mut fg = Process::start_logging(&config, &up.url(), "debug").await;
     let c = TestClient::new();
-    let statuses: Vec<u16> = {
-        let mut v = Vec::new();
-        for _ in 0..3 {
-            v.push(c.post(&fg.url("/limited"), "k").await.status.as_u16());
-        }
-        v
-    };
     assert_eq!(
-        statuses,
+        statuses(&c, &fg.url("/limited"), "k", 3).await,
         [200, 200, 429],
         "decided in Redis as the ACL user"
     );
@@ -1011,22 +1012,7 @@ async fn an_acl_user_signs_in_with_its_password_file_and_the_password_is_never_s
 /// A config on a TLS Redis at `url`, trusting `ca` when given.
 fn tls_config(url: &str, ca: Option<&std::path::Path>) -> String {
     let ca = ca.map_or(String::new(), |p| format!("tls_ca_file = {p:?}"));
-    format!(
-        r#"
-        [store]
-        type = "redis"
-        url = "{url}"
-        {ca}
-        timeout = "2s"
-        on_failure = "fail_closed"
-        [[route]]
-        path = "/limited"
-        class = "limited"
-        [[tiers.t.limits]]
-        classes = ["limited"]
-        per_minute = 2
-        "#
-    )
+    fail_closed_config(&format!("url = \"{url}\"\n{ca}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1046,11 +1032,11 @@ async fn a_tls_redis_is_reached_over_rediss_trusting_the_ca_file() {
         &up.url(),
         DAY0_MS,
     );
-    let mut statuses = Vec::new();
-    for _ in 0..3 {
-        statuses.push(c.post(&gate.url("/limited"), "k").await.status.as_u16());
-    }
-    assert_eq!(statuses, [200, 200, 429], "decided in Redis over TLS");
+    assert_eq!(
+        statuses(&c, &gate.url("/limited"), "k", 3).await,
+        [200, 200, 429],
+        "decided in Redis over TLS"
+    );
 
     let untrusting = Gate::start(&tls_config(&redis.tls_url(), None), &up.url(), DAY0_MS);
     let a = c.post(&untrusting.url("/limited"), "k").await;

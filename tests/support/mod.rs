@@ -517,51 +517,37 @@ pub enum Backend {
     MemoryOverH2c,
 }
 
-/// Runs each scenario `async fn name(backend: Backend)` as two tests, `name::memory` and
-/// `name::redis`: one behaviour, written once, held by both stores.
+/// One scenario's tests: `mod name` with a test per setup (`memory => Memory`, ...), each
+/// running `name(Backend::...)`.
 #[macro_export]
-macro_rules! on_every_setup {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
+macro_rules! scenario_tests {
+    ($name:ident; $($setup:ident => $backend:ident),+) => {
+        mod $name {
+            $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn memory() {
-                    super::$name($crate::support::Backend::Memory).await
+                async fn $setup() {
+                    super::$name($crate::support::Backend::$backend).await
                 }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn redis() {
-                    super::$name($crate::support::Backend::Redis).await
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn h2c() {
-                    super::$name($crate::support::Backend::MemoryOverH2c).await
-                }
-            }
-        )*
+            )+
+        }
     };
 }
 
 /// Runs each scenario `async fn name(backend: Backend)` as two tests, `name::memory` and
-/// `name::redis`; [`on_every_setup!`](crate::on_every_setup) adds `name::h2c`, the memory store
-/// over HTTP/2.
+/// `name::redis`: one behaviour, written once, held by both stores.
 #[macro_export]
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn memory() {
-                    super::$name($crate::support::Backend::Memory).await
-                }
+        $( $crate::scenario_tests!($name; memory => Memory, redis => Redis); )*
+    };
+}
 
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn redis() {
-                    super::$name($crate::support::Backend::Redis).await
-                }
-            }
-        )*
+/// As [`on_both_stores!`](crate::on_both_stores), and `name::h2c` besides: the memory store
+/// with the scenario's clients speaking HTTP/2.
+#[macro_export]
+macro_rules! on_every_setup {
+    ($($name:ident),* $(,)?) => {
+        $( $crate::scenario_tests!($name; memory => Memory, redis => Redis, h2c => MemoryOverH2c); )*
     };
 }
 
