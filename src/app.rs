@@ -143,11 +143,16 @@ pub fn start(
         timeouts: Timeouts {
             header: server_cfg.header_read_timeout,
             idle: server_cfg.idle_timeout,
+            send: server_cfg.send_timeout,
         },
         drain_deadline: server_cfg.shutdown_deadline,
         max_header_bytes: server_cfg.max_header_bytes,
         max_header_count: server_cfg.max_header_count,
         h2c: server_cfg.h2c,
+        discard: server::discard::DiscardLimits {
+            limit: server_cfg.discard_body_limit,
+            idle: server_cfg.client_body_timeout,
+        },
     };
     // One bound for every worker's connections together.
     let slots = Arc::new(Semaphore::new(

@@ -294,7 +294,8 @@ impl Metrics {
         let client_timeouts = counter(
             "floodgate_client_timeouts_total",
             "Client connections closed by floodgate: kind=header (request head too slow), \
-             idle (keep-alive connection unused), body (request body stalled).",
+             idle (keep-alive connection unused), body (request body stalled), send (the \
+             client stopped reading a response: connection closed or HTTP/2 stream reset).",
             &["kind"],
         );
         let tls_handshake_failures = counter(

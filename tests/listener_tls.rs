@@ -133,12 +133,18 @@ async fn a_client_that_does_not_speak_tls_or_stalls_is_closed_and_counted() {
         started.elapsed() >= Duration::from_millis(400),
         "held to header_read_timeout (500 ms)"
     );
-    let text = metrics(&gate.admin_url("/metrics")).await;
-    let failed = |reason: &str| {
+    // Counted as the handshake task ends, just after the socket closed: looked at until then.
+    let failed = |text: &str, reason: &str| {
         let series = format!(r#"floodgate_tls_handshake_failures_total{{reason="{reason}"}}"#);
-        metric(&text, &series)
+        metric(text, &series)
     };
-    assert_eq!((failed("error"), failed("timeout")), (1.0, 1.0), "{text}");
+    let admin = gate.admin_url("/metrics");
+    let counted = support::eventually(Duration::from_secs(2), || async {
+        let text = metrics(&admin).await;
+        (failed(&text, "error"), failed(&text, "timeout")) == (1.0, 1.0)
+    })
+    .await;
+    assert!(counted, "{}", metrics(&admin).await);
     assert_eq!(up.count(), 0);
 }
 

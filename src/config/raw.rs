@@ -111,6 +111,11 @@ pub struct RawServer {
     pub upstream_body_timeout: Option<Spanned<String>>,
     /// Longest pause in the client's request body.
     pub client_body_timeout: Option<Spanned<String>>,
+    /// Longest time without progress in writing a response to the client.
+    pub send_timeout: Option<Spanned<String>>,
+    /// How much of an HTTP/2 request body floodgate reads and discards after answering the
+    /// request itself, so the stream ends cleanly.
+    pub discard_body_limit: Option<Spanned<String>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_idle_upstream_connections: Option<usize>,
     /// How much of a job's request body (and of a task answer) is read to look inside it.

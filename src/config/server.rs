@@ -50,6 +50,14 @@ pub struct ServerConfig {
     pub upstream_body_timeout: Duration,
     /// Longest pause between bytes of a client's request body (nginx's `client_body_timeout`).
     pub client_body_timeout: Duration,
+    /// Longest time a response may make no progress towards the client (nginx's
+    /// `send_timeout`): a client that stops reading has its stream reset (HTTP/2) or its
+    /// connection closed (HTTP/1.1), freeing the upstream connection and any job slot.
+    pub send_timeout: Duration,
+    /// An HTTP/2 request floodgate answers itself (a 429, 401, 413, ...) has up to this much of
+    /// its body read and discarded, within `client_body_timeout` per pause, so its stream ends
+    /// with END_STREAM rather than a reset; a larger body is reset after the answer (NO_ERROR).
+    pub discard_body_limit: u64,
     /// A client must send a whole request head within this, counted from its first byte (or
     /// from the accept, for a new connection).
     pub header_read_timeout: Duration,
@@ -173,6 +181,8 @@ pub(super) fn build_server(src: &Source<'_>, s: &RawServer) -> Result<ServerConf
             "60s",
         )?,
         client_body_timeout: timeout("client_body_timeout", s.client_body_timeout.as_ref(), "60s")?,
+        send_timeout: timeout("send_timeout", s.send_timeout.as_ref(), "60s")?,
+        discard_body_limit: discard_body_limit(src, s.discard_body_limit.as_ref())?,
         header_read_timeout: timeout("header_read_timeout", s.header_read_timeout.as_ref(), "10s")?,
         idle_timeout: timeout("idle_timeout", s.idle_timeout.as_ref(), "60s")?,
         max_idle_upstream_connections: s.max_idle_upstream_connections.unwrap_or(1024),
@@ -323,6 +333,11 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         "server.client_body_timeout",
         a.client_body_timeout != b.client_body_timeout,
     );
+    check("server.send_timeout", a.send_timeout != b.send_timeout);
+    check(
+        "server.discard_body_limit",
+        a.discard_body_limit != b.discard_body_limit,
+    );
     check(
         "server.header_read_timeout",
         a.header_read_timeout != b.header_read_timeout,
@@ -372,4 +387,17 @@ fn inspect_limit(src: &Source<'_>, v: Option<&Spanned<String>>) -> Result<usize,
         return Err(at(format!("{:?} is below the minimum of 1KB", v.get_ref())));
     }
     usize::try_from(bytes).map_err(|_| at(format!("{:?} is too large", v.get_ref())))
+}
+
+/// What an HTTP/2 request floodgate refuses may still send, unless `[server] discard_body_limit`
+/// says otherwise: a JSON job request fits many times over.
+pub const DEFAULT_DISCARD_BODY_LIMIT: u64 = 64 * 1024;
+
+/// `[server] discard_body_limit`: a size; "0" resets every unread body after the answer.
+fn discard_body_limit(src: &Source<'_>, v: Option<&Spanned<String>>) -> Result<u64, ConfigError> {
+    let Some(v) = v else {
+        return Ok(DEFAULT_DISCARD_BODY_LIMIT);
+    };
+    super::classes::parse_size(v.get_ref())
+        .map_err(|m| src.at("server.discard_body_limit", v.span(), m))
 }

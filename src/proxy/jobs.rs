@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::client_body::ClientBody;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST, RETRY_AFTER};
 use http::request::Parts;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use super::admission::{settle_task, write_marks};
@@ -41,7 +41,7 @@ const DEFAULT_COOLDOWN_MS: u64 = 5_000;
 /// A job request whose body prefix has been read: what the queue and the penalties need.
 pub(super) struct Submission {
     parts: Parts,
-    prefix: Prefix<Incoming>,
+    prefix: Prefix<ClientBody>,
     pub facts: JobFacts,
 }
 

@@ -8,6 +8,7 @@
 
 mod admission;
 mod body;
+pub mod client_body;
 pub mod error;
 pub mod header_rewrite;
 pub mod inspect;
@@ -26,10 +27,11 @@ use http::header::{HeaderValue, HOST};
 use http::uri::Uri;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
+
 use hyper::upgrade::OnUpgrade;
 
 pub use body::ProxyBody;
+pub use client_body::{ClientBody, Unread};
 use header_rewrite::Forwarded;
 pub use request_body::RequestBody;
 use upload::UploadBody;
@@ -158,7 +160,7 @@ impl Proxy {
         self.shared.access_log.is_some()
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<ClientBody>, peer: &Peer) -> Response<ProxyBody> {
         let Some(log) = &self.shared.access_log else {
             return self.answer(req, peer, None).await;
         };
@@ -224,7 +226,7 @@ impl Proxy {
     /// access log is on, learns who called and the class.
     async fn answer(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         peer: &Peer,
         mut noted: Option<&mut Noted>,
     ) -> Response<ProxyBody> {
@@ -605,7 +607,7 @@ fn test_hook(headers: &http::HeaderMap) -> Option<Response<ProxyBody>> {
 /// of a request whose route picks its class from a JSON field; the class it names (or
 /// `route_class`), and the request with the prefix put back in front of the unread rest.
 async fn body_class(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     rule: &BodyClasses,
     route_class: ClassId,
     config: &Config,

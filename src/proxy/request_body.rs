@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use super::client_body::ClientBody;
 use super::error::ProxyError;
 use super::inspect::{read_prefix, Prefix, PrefixError};
 
@@ -14,16 +15,16 @@ use super::inspect::{read_prefix, Prefix, PrefixError};
 /// first (to look inside a job's JSON) put back in front of the rest.
 #[derive(Debug)]
 pub enum RequestBody {
-    Streaming(hyper::body::Incoming),
+    Streaming(ClientBody),
     /// `prefix` goes first, then whatever of the client's body was not read yet.
     Prefixed {
         prefix: Option<Bytes>,
-        rest: Option<hyper::body::Incoming>,
+        rest: Option<ClientBody>,
     },
 }
 
-impl From<hyper::body::Incoming> for RequestBody {
-    fn from(body: hyper::body::Incoming) -> Self {
+impl From<ClientBody> for RequestBody {
+    fn from(body: ClientBody) -> Self {
         RequestBody::Streaming(body)
     }
 }
@@ -50,7 +51,7 @@ impl RequestBody {
         self,
         limit: usize,
         idle: Duration,
-    ) -> Result<Prefix<hyper::body::Incoming>, ProxyError> {
+    ) -> Result<Prefix<ClientBody>, ProxyError> {
         match self {
             RequestBody::Streaming(body) => {
                 read_prefix(body, limit, Some(idle))
@@ -68,9 +69,9 @@ impl RequestBody {
     }
 }
 
-impl From<Prefix<hyper::body::Incoming>> for RequestBody {
+impl From<Prefix<ClientBody>> for RequestBody {
     /// The read prefix put back in front of the rest.
-    fn from(read: Prefix<hyper::body::Incoming>) -> Self {
+    fn from(read: Prefix<ClientBody>) -> Self {
         RequestBody::Prefixed {
             prefix: Some(read.bytes),
             rest: read.rest,

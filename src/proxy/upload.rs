@@ -10,9 +10,9 @@
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use super::client_body::ClientBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::config::format_size;
 
@@ -45,7 +45,7 @@ pub fn check_declared(hint: &SizeHint, limit: Option<u64>) -> Result<(), TooLarg
 
 /// The request body as sent upstream: the client's body, counted against the class's limit.
 #[derive(Debug)]
-pub struct UploadBody<B = Incoming> {
+pub struct UploadBody<B = ClientBody> {
     inner: B,
     limit: Option<u64>,
     received: u64,

@@ -22,8 +22,10 @@ use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
+use super::discard::Discard;
 use super::framing::FramingScan;
 use super::read_tap::{OnRead, ReadTap};
+use super::send::SendClock;
 use crate::access_log::Pending;
 
 /// The connection timeouts.
@@ -33,6 +35,8 @@ pub struct Timeouts {
     pub header: Duration,
     /// From the end of a response to the first byte of the next request.
     pub idle: Duration,
+    /// Longest time a response may wait on the client to take its next bytes ([`super::send`]).
+    pub send: Duration,
 }
 
 /// Why a connection is closed.
@@ -40,6 +44,8 @@ pub struct Timeouts {
 pub enum Expiry {
     Header,
     Idle,
+    /// The client stopped reading a response.
+    Send,
 }
 
 impl Expiry {
@@ -48,6 +54,7 @@ impl Expiry {
         match self {
             Expiry::Header => "header",
             Expiry::Idle => "idle",
+            Expiry::Send => "send",
         }
     }
 }
@@ -78,7 +85,7 @@ pub enum Verdict {
 /// starts a head) and the new phase's deadline must not be missed.
 pub fn verdict(phase: Phase, now_ms: u64, t: Timeouts) -> Verdict {
     let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
-    let period = ms(t.header.min(t.idle)).max(1);
+    let period = ms(t.header.min(t.idle).min(t.send / 4)).max(1);
     let deadline = match phase {
         Phase::Busy => None,
         Phase::Head { since_ms } => Some((since_ms.saturating_add(ms(t.header)), Expiry::Header)),
@@ -112,6 +119,8 @@ pub struct Activity {
     answered: AtomicBool,
     /// The connection is switching to a tunnel: its socket carries the tunnel's bytes.
     switched: AtomicBool,
+    /// Whether the response being written (HTTP/1.1) waits on the client to read.
+    pub send: SendClock,
 }
 
 impl Activity {
@@ -126,6 +135,7 @@ impl Activity {
             ambiguous: AtomicBool::new(false),
             answered: AtomicBool::new(false),
             switched: AtomicBool::new(false),
+            send: SendClock::default(),
         })
     }
 
@@ -275,15 +285,26 @@ impl OnRead for HeadWatch {
     }
 }
 
-/// A response body that keeps its request marked busy until the body is finished, and with the
-/// access log on, counts its bytes and writes the request's line when it ends.
+/// A response body that keeps its request marked busy until the body is finished, reports its
+/// progress to the send clock, reads the request's unread body to its end before it ends
+/// (HTTP/2, [`Discard`]), and with the access log on, counts its bytes and writes the request's
+/// line when it ends.
 #[derive(Debug)]
 pub struct Tracked<B> {
     inner: B,
     /// The access log's record, when the log is on; written on drop.
     logged: Option<Box<Pending>>,
     bytes: u64,
-    _guard: ActiveGuard,
+    /// Chunks handed to the connection so far; the last one waits on the client until the
+    /// next poll.
+    chunks: u32,
+    waiting: bool,
+    /// The HTTP/2 stream's send clock; HTTP/1.1 responses use their connection's.
+    stream_clock: Option<Arc<SendClock>>,
+    /// The request's unread body, read to its end after this body's last frame (HTTP/2).
+    discard: Option<Box<Discard>>,
+    inner_ended: bool,
+    guard: ActiveGuard,
 }
 
 impl<B> Tracked<B> {
@@ -292,16 +313,82 @@ impl<B> Tracked<B> {
             inner,
             logged: logged.map(Box::new),
             bytes: 0,
-            _guard: guard,
+            chunks: 0,
+            waiting: false,
+            stream_clock: None,
+            discard: None,
+            inner_ended: false,
+            guard,
+        }
+    }
+
+    /// An HTTP/2 stream's response: progress goes to the stream's clock, and `discard` (the
+    /// request's unread body) is read to its end before the stream ends.
+    pub fn on_stream(mut self, clock: Option<Arc<SendClock>>, discard: Option<Discard>) -> Self {
+        self.stream_clock = clock;
+        self.discard = discard.map(Box::new);
+        self
+    }
+
+    fn clock(&self) -> &SendClock {
+        match &self.stream_clock {
+            Some(clock) => clock,
+            None => &self.guard.activity.send,
+        }
+    }
+
+    /// The connection asks for the next frame: the client took the last one.
+    fn asked(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            self.clock().asked();
         }
     }
 }
 
 impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
+        self.asked();
         if let Some(pending) = self.logged.take() {
             pending.finish(self.bytes);
         }
+    }
+}
+
+/// What polling a body of `B` gives.
+type Polled<B> = Poll<Option<Result<Frame<<B as Body>::Data>, <B as Body>::Error>>>;
+
+impl<B: Body + Unpin> Tracked<B> {
+    /// The inner body's next frame, reported to the send clock and the access log.
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Polled<B> {
+        self.asked();
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                if self.logged.is_some() {
+                    self.bytes += data.remaining() as u64;
+                }
+                self.chunks = self.chunks.wrapping_add(1).max(1);
+                self.waiting = true;
+                self.clock().handed(self.chunks);
+            }
+        }
+        polled
+    }
+
+    /// The inner body to its end, then the request's unread body to its end.
+    fn poll_then_discard(&mut self, cx: &mut Context<'_>) -> Polled<B> {
+        if !self.inner_ended {
+            match self.poll_inner(cx) {
+                Poll::Ready(None) => self.inner_ended = true,
+                other => return other,
+            }
+        }
+        if let Some(discard) = &mut self.discard {
+            std::task::ready!(discard.poll_done(cx));
+            self.discard = None;
+        }
+        Poll::Ready(None)
     }
 }
 
@@ -314,19 +401,14 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if this.logged.is_some() {
-            if let Poll::Ready(Some(Ok(frame))) = &polled {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.remaining() as u64;
-                }
-            }
+        match this.discard.is_some() {
+            false => this.poll_inner(cx),
+            true => this.poll_then_discard(cx),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.discard.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -341,6 +423,7 @@ mod tests {
     const T: Timeouts = Timeouts {
         header: Duration::from_secs(10),
         idle: Duration::from_secs(60),
+        send: Duration::from_secs(60),
     };
 
     #[test]

@@ -11,9 +11,11 @@
 
 pub mod conn;
 pub mod contain;
+pub mod discard;
 pub mod framing;
 mod parse_errors;
 mod read_tap;
+pub mod send;
 mod tunnel;
 
 use std::convert::Infallible;
@@ -29,7 +31,7 @@ use atomic_waker::AtomicWaker;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -37,10 +39,12 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use crate::access_log;
 use crate::proxy::request_checks::AmbiguousFraming;
 use crate::proxy::Tunnel;
-use crate::proxy::{Peer, Proxy};
+use crate::proxy::{ClientBody, Peer, Proxy, Unread};
 use conn::{Activity, ActivityIo, Expiry, HeadWatch, Timeouts, Tracked, Verdict};
+use discard::{Discard, DiscardLimits};
 use parse_errors::JsonRefusals;
 use read_tap::ReadTap;
+use send::{Stall, StreamExecutor};
 
 /// hyper's parser keeps this many header slots on the stack; more costs a heap table per request.
 const PARSER_HEADER_SLOTS: usize = 100;
@@ -62,6 +66,8 @@ pub struct Settings {
     pub max_header_count: usize,
     /// Clear-text connections that open with the HTTP/2 preface are served HTTP/2.
     pub h2c: bool,
+    /// How much of an HTTP/2 request's unread body is read after floodgate answered it.
+    pub discard: DiscardLimits,
 }
 
 impl Settings {
@@ -185,6 +191,7 @@ impl Stop {
     const DRAIN: u8 = 1;
     const HEADER_TIMEOUT: u8 = 2;
     const IDLE_TIMEOUT: u8 = 3;
+    const SEND_TIMEOUT: u8 = 4;
 
     fn signal(&self, state: u8) {
         self.state.store(state, Ordering::Release);
@@ -192,10 +199,10 @@ impl Stop {
     }
 
     fn expiry(state: u8) -> Expiry {
-        if state == Self::HEADER_TIMEOUT {
-            Expiry::Header
-        } else {
-            Expiry::Idle
+        match state {
+            Self::HEADER_TIMEOUT => Expiry::Header,
+            Self::SEND_TIMEOUT => Expiry::Send,
+            _ => Expiry::Idle,
         }
     }
 }
@@ -213,6 +220,7 @@ async fn watch(
         stop.signal(Stop::DRAIN);
     }
     let mut check_at = activity.now_ms();
+    let mut stall = Stall::default();
     loop {
         tokio::select! {
             _ = shutdown.changed(), if !draining => {
@@ -220,12 +228,21 @@ async fn watch(
                 stop.signal(Stop::DRAIN);
             }
             _ = tokio::time::sleep_until(activity.instant_at(check_at)) => {
-                match activity.verdict(timeouts) {
+                let verdict = match (
+                    activity.verdict(timeouts),
+                    send_verdict(&activity, &mut stall, timeouts.send),
+                ) {
+                    (_, Some(close @ Verdict::Close(_))) => close,
+                    (Verdict::CheckAt(a), Some(Verdict::CheckAt(b))) => Verdict::CheckAt(a.min(b)),
+                    (verdict, _) => verdict,
+                };
+                match verdict {
                     Verdict::CheckAt(at) => check_at = at,
                     Verdict::Close(why) => {
                         stop.signal(match why {
                             Expiry::Header => Stop::HEADER_TIMEOUT,
                             Expiry::Idle => Stop::IDLE_TIMEOUT,
+                            Expiry::Send => Stop::SEND_TIMEOUT,
                         });
                         return;
                     }
@@ -233,6 +250,20 @@ async fn watch(
             }
         }
     }
+}
+
+/// The send timeout of an HTTP/1.1 connection (see [`send`]): `None` while no response waits on
+/// the client; else when to look again, or a close once it has waited `send`.
+fn send_verdict(activity: &Activity, stall: &mut Stall, send: Duration) -> Option<Verdict> {
+    let busy = activity.phase() == conn::Phase::Busy;
+    let waiting = activity.send.waiting().filter(|_| busy);
+    let waited = stall.observe(waiting, tokio::time::Instant::now())?;
+    Some(match send.checked_sub(waited) {
+        Some(left) if !left.is_zero() => {
+            Verdict::CheckAt(activity.now_ms() + left.as_millis() as u64 + 1)
+        }
+        _ => Verdict::Close(Expiry::Send),
+    })
 }
 
 /// What a client connection holds until it ends — and a tunnel it turns into, after it
@@ -251,13 +282,14 @@ struct Hold {
 /// in place in hyper's slot for it; returned from a function, it was built aside and copied in
 /// (two copies of several kilobytes per request, measured with callgrind).
 macro_rules! request_handler {
-    ($conn:expr, $activity:expr) => {{
+    ($conn:expr, $activity:expr, h2: $h2:literal) => {{
         let this: &Connection = $conn;
         let activity: &Arc<Activity> = $activity;
         let (proxy, peer) = (this.proxy.clone(), this.peer.clone());
         let tracker = activity.clone();
         let hold = this.hold.clone();
         let idle = this.settings.timeouts.idle;
+        let discard = this.settings.discard;
         service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let guard = tracker.request_started();
             if tracker.take_ambiguous() {
@@ -266,6 +298,15 @@ macro_rules! request_handler {
             // hyper marks a request that asks to switch protocols; only such a request can
             // turn its connection into a tunnel, so only it takes a share of the hold.
             let tunnel_hold = req.extensions().get::<OnUpgrade>().map(|_| hold.clone());
+            // HTTP/2: a body dropped unread is left here, to be read before the stream ends.
+            let unread = match $h2 && !expects_continue(&req) {
+                true => Some(Unread::new()),
+                false => None,
+            };
+            let req = req.map(|body| match &unread {
+                Some(unread) => ClientBody::kept(body, unread.clone()),
+                None => ClientBody::plain(body),
+            });
             let (proxy, peer) = (proxy.clone(), peer.clone());
             async move {
                 let mut resp = match contain::contained(proxy.handle(req, &peer)).await {
@@ -284,10 +325,28 @@ macro_rules! request_handler {
                     true => resp.extensions_mut().remove::<access_log::Pending>(),
                     false => None,
                 };
-                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard, logged)))
+                Ok::<_, Infallible>(resp.map(|body| {
+                    let tracked = Tracked::new(body, guard, logged);
+                    match $h2 {
+                        false => tracked,
+                        true => {
+                            let rest = unread.and_then(|u| u.take());
+                            let discard = rest.and_then(|rest| Discard::new(rest, discard));
+                            tracked.on_stream(send::stream_clock(), discard)
+                        }
+                    }
+                }))
             }
         })
     }};
+}
+
+/// Whether an HTTP/2 request waits for a `100 Continue` before sending its body: a client that
+/// was answered instead sends none, so there is nothing to read before the stream ends.
+fn expects_continue<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// One accepted client connection.
@@ -348,7 +407,7 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Activity::new();
-        let service = request_handler!(&self, &activity);
+        let service = request_handler!(&self, &activity, h2: false);
         let stream = JsonRefusals::new(stream, activity.clone(), self.proxy.clone());
         let io: ActivityIo<_> = ReadTap::new(stream, HeadWatch::new(activity.clone()));
         let conn = builder
@@ -366,8 +425,11 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Activity::new();
-        let service = request_handler!(&self, &activity);
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let service = request_handler!(&self, &activity, h2: true);
+        let mut builder = http2::Builder::new(StreamExecutor {
+            send_timeout: self.settings.timeouts.send,
+            proxy: self.proxy.clone(),
+        });
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_STREAMS)

@@ -70,6 +70,8 @@ struct State {
     next_task: AtomicUsize,
     /// Connections accepted (TLS: handshakes completed).
     connections: AtomicUsize,
+    /// Connections accepted and not yet closed.
+    open: AtomicUsize,
 }
 
 /// A recording upstream. Paths: `/slow?ms=N`, `/status/NNN`, `/download?bytes=N`, `/echo`,
@@ -125,8 +127,10 @@ impl Upstream {
                     match tls {
                         None => {
                             counted.connections.fetch_add(1, SeqCst);
+                            counted.open.fetch_add(1, SeqCst);
                             let conn = builder.serve_connection(TokioIo::new(stream), svc);
                             let _ = conn.with_upgrades().await;
+                            counted.open.fetch_sub(1, SeqCst);
                         }
                         Some(acceptor) => {
                             let Ok(stream) = acceptor.accept(stream).await else {
@@ -145,6 +149,11 @@ impl Upstream {
     /// `https://localhost:PORT`, for an upstream started with `start_tls`.
     pub fn https_url(&self) -> String {
         format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// Clear-text connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.state.open.load(SeqCst)
     }
 
     /// Connections accepted so far (with TLS: handshakes completed).
