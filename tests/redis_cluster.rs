@@ -1,7 +1,9 @@
 //! Replicas sharing state through a real Redis Cluster (three masters, a replica each): exact
 //! quotas over accounts spread across the masters' slots, and a master killed mid-traffic — the
 //! requests of its slots fail closed while the cluster fails over, then are decided again on
-//! the promoted replica without a restart.
+//! the promoted replica without a restart; accounts on the other masters are decided throughout
+//! (the cluster runs with `cluster-require-full-coverage no`, as docs/operations/redis.md
+//! recommends).
 
 mod support;
 
@@ -97,8 +99,15 @@ async fn a_killed_master_fails_closed_then_its_replica_decides() {
             (200, left)
         );
     }
-    let id = floodgate::identity::AccountId::from_key(account.as_bytes());
-    let master = cluster.master_of(&floodgate::store::redis::account_key(id));
+    let key_of = |account: &str| {
+        let id = floodgate::identity::AccountId::from_key(account.as_bytes());
+        floodgate::store::redis::account_key(id)
+    };
+    let master = cluster.master_of(&key_of(account));
+    let elsewhere = (0..)
+        .map(|n| format!("elsewhere-{n}"))
+        .find(|other| cluster.master_of(&key_of(other)) != master)
+        .unwrap();
     cluster.kill(master);
     let killed = Instant::now();
     let mut statuses = Vec::new();
@@ -109,6 +118,11 @@ async fn a_killed_master_fails_closed_then_its_replica_decides() {
             break Some(a);
         }
         assert_eq!(a.status, 503, "fail_closed while the slot has no master");
+        let other = c.post(&gate.url("/limited"), &elsewhere).await;
+        assert_eq!(
+            other.status, 200,
+            "an account on a surviving master is decided during the failover"
+        );
         if killed.elapsed() > Duration::from_secs(30) {
             break None;
         }

@@ -38,6 +38,10 @@ impl RedisCluster {
                     // it can take over from the start
                     "--repl-diskless-sync-delay",
                     "0",
+                    // the surviving masters keep serving their slots while one fails over
+                    // (docs/operations/redis.md)
+                    "--cluster-require-full-coverage",
+                    "no",
                 ])
             })
             .collect();
