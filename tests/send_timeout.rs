@@ -60,15 +60,18 @@ async fn h2_streams_whose_window_never_opens_are_reset_and_free_their_upstream_c
     let gate = Gate::start(SEND_TIMEOUT, &up.url(), DAY0_MS);
     let tcp = TcpStream::connect(gate.addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
+    // The protocol's initial windows (64 KiB for the connection and each stream), never
+    // updated: the bodies are never read, so the client sends no WINDOW_UPDATE and floodgate
+    // can send no more than 64 KiB of all 20 answers of 1 MB together.
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .adaptive_window(false)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    // 20 streams of a 1 MB answer; their bodies are never read, so the client never sends a
-    // WINDOW_UPDATE and floodgate can send no more than the first 64 KiB of them all.
     let url = format!("http://{}/download?bytes=1000000", gate.addr);
     let mut held = Vec::new();
     for _ in 0..20 {
@@ -96,10 +99,12 @@ async fn h2_streams_whose_window_never_opens_are_reset_and_free_their_upstream_c
         20,
         "within send_timeout the streams keep going"
     );
+    let released = until(Duration::from_secs(5), || up.open_connections() == 0).await;
     assert!(
-        until(Duration::from_secs(5), || up.open_connections() == 0).await,
-        "the upstream connections are released after send_timeout: {} open",
-        up.open_connections()
+        released,
+        "the upstream connections are released after send_timeout: {} open, {} streams reset",
+        up.open_connections(),
+        send_timeouts(&gate).await
     );
     let took = started.elapsed();
     assert!(
