@@ -202,7 +202,11 @@ impl Keeper {
 /// The state file's journals in its directory, by generation, oldest first.
 pub fn journals(file: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
-    for entry in fs::read_dir(snapshot::directory_of(file))? {
+    let entries = match fs::read_dir(snapshot::directory_of(file)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        entries => entries?,
+    };
+    for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
         if let Some(generation) = name.to_str().and_then(|n| journal::generation_in(file, n)) {
