@@ -275,13 +275,18 @@ async fn sigkill_under_load_loses_at_most_the_last_second() {
     for run in 0..3 {
         let dir = tempfile::tempdir().unwrap();
         let config = load_config(dir.path(), "200ms");
-        let keys: Vec<String> = (0..LOAD_KEYS).map(|k| format!("k-load-{run}-{k}")).collect();
+        let keys: Vec<String> = (0..LOAD_KEYS)
+            .map(|k| format!("k-load-{run}-{k}"))
+            .collect();
         let day = utc_day();
         let (kept, mut latencies, second) = kill_under_load(&up, &config, &keys).await;
         let replayed = second
             .log_line("journal replayed")
             .unwrap_or_else(|| panic!("no replay:\n{}", second.stderr()));
-        assert!(replayed["fields"]["records"].as_u64().unwrap() > 0, "{replayed}");
+        assert!(
+            replayed["fields"]["records"].as_u64().unwrap() > 0,
+            "{replayed}"
+        );
         let lost: Vec<u64> = kept.iter().map(Kept::lost).collect();
         eprintln!(
             "journal \"200ms\", run {run}: admitted {}, lost {} ({lost:?} per key), {} admitted in \
@@ -311,7 +316,9 @@ async fn a_strict_journal_loses_nothing_answered_on_sigkill() {
     for run in 0..2 {
         let dir = tempfile::tempdir().unwrap();
         let config = load_config(dir.path(), "strict");
-        let keys: Vec<String> = (0..LOAD_KEYS).map(|k| format!("k-strict-{run}-{k}")).collect();
+        let keys: Vec<String> = (0..LOAD_KEYS)
+            .map(|k| format!("k-strict-{run}-{k}"))
+            .collect();
         let day = utc_day();
         let (kept, mut latencies, _second) = kill_under_load(&up, &config, &keys).await;
         let lost: Vec<u64> = kept.iter().map(Kept::lost).collect();
@@ -374,11 +381,19 @@ async fn a_version_1_state_file_still_loads() {
     assert_eq!(restored["fields"]["accounts"], 1);
     let a = spend(&second, "k-v1").await;
     if utc_day() == day {
-        assert_eq!(a.num("x-ratelimit-daily-remaining"), 95, "4 + 1 of 100 used");
+        assert_eq!(
+            a.num("x-ratelimit-daily-remaining"),
+            95,
+            "4 + 1 of 100 used"
+        );
     }
     second.terminate().await;
     let bytes = std::fs::read(&state).unwrap();
-    assert_eq!(&bytes[8..12], &2u32.to_le_bytes(), "written back as version 2");
+    assert_eq!(
+        &bytes[8..12],
+        &2u32.to_le_bytes(),
+        "written back as version 2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -256,7 +256,7 @@ mod tests {
         assert!(store.check_and_consume(capped, &[once], now).is_admitted());
         let dirty = store.journal(false);
         let mut spare: [Vec<AccountId>; SHARDS] = Default::default();
-        let mut taken = |spare: &mut [Vec<AccountId>; SHARDS]| {
+        let taken = |spare: &mut [Vec<AccountId>; SHARDS]| {
             dirty.take(spare);
             let mut ids: Vec<AccountId> = spare.iter_mut().flat_map(|l| l.drain(..)).collect();
             ids.sort_by_key(|a| a.0);
