@@ -302,6 +302,15 @@ mod tests {
     }
 
     #[test]
+    fn the_journal_flag_costs_no_memory_per_account() {
+        // With smallvec's `union` layout the flag fits in the 16-byte-aligned (key, value) slot.
+        assert_eq!(
+            std::mem::size_of::<(AccountId, Account)>(),
+            std::mem::size_of::<(AccountId, Counters)>()
+        );
+    }
+
+    #[test]
     fn a_replayed_record_replaces_the_account_whole() {
         let store = MemoryStore::default();
         let alice = AccountId::from_key(b"alice");
