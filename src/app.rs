@@ -3,29 +3,31 @@
 //! Each worker runs its own single-threaded tokio runtime with its own listener socket
 //! (SO_REUSEPORT lets the kernel spread connections) and its own upstream connection pool: no
 //! cross-core locking on the forwarding path. Limit state is shared by all workers through the
-//! store. A control thread runs the admin listener and housekeeping: the idle-account sweep and,
-//! when `[state]` names a file, the periodic save of limit state. The state file is loaded before
-//! the first request is served and written a last time after the workers have drained.
+//! store. A control thread runs the admin listener and housekeeping (the idle-account sweep,
+//! the status page's samples, Redis probes). When `[state]` names a file, a state thread keeps
+//! it: the journal's flushes and the periodic saves ([`crate::store::keeper`]). The state file
+//! and its journal are loaded before the first request is served, and the state is written a
+//! last time after the workers have drained.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Semaphore};
 
 use crate::access_log::AccessLog;
 use crate::clock::Clock;
-use crate::config::{Config, StateConfig, UpstreamTarget};
+use crate::config::{Config, Journal, StateConfig, UpstreamTarget};
 use crate::metrics::Metrics;
 use crate::proxy::upstream::{self, ExchangeTimeouts, UpstreamClient, Upstreams};
 use crate::proxy::Proxy;
 use crate::server::conn::Timeouts;
 pub use crate::shared::{Policy, Shared};
+use crate::store::keeper::{Keeper, Trouble};
 use crate::store::snapshot::{self, Loaded};
 use crate::store::Store;
 use crate::{admin, server};
@@ -74,7 +76,15 @@ pub struct Running {
     stop_admin: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     control: JoinHandle<()>,
-    state: Option<StateConfig>,
+    state: Option<StateThread>,
+}
+
+/// The thread that keeps the state file and its journal; its last save's result comes back on
+/// join.
+struct StateThread {
+    handle: JoinHandle<io::Result<usize>>,
+    stop: Arc<AtomicBool>,
+    file: std::path::PathBuf,
 }
 
 impl Running {
@@ -94,14 +104,16 @@ impl Running {
         if let Some(log) = &self.shared.access_log {
             log.flush(std::time::Duration::from_secs(2));
         }
-        if let Some(state) = &self.state {
-            match save_state(&self.shared, &state.file) {
-                Ok(accounts) => {
-                    tracing::info!(file = %state.file.display(), accounts, "limit state saved")
-                }
-                Err(e) => tracing::error!(
-                    file = %state.file.display(), error = %e, "cannot save limit state"
+        if let Some(state) = self.state {
+            state.stop.store(true, Ordering::SeqCst);
+            state.handle.thread().unpark();
+            let shown = state.file.display();
+            match state.handle.join() {
+                Ok(Ok(accounts)) => tracing::info!(file = %shown, accounts, "limit state saved"),
+                Ok(Err(e)) => tracing::error!(
+                    file = %shown, error = %e, "cannot save limit state"
                 ),
+                Err(_) => tracing::error!(file = %shown, "the state thread panicked"),
             }
         }
     }
@@ -124,9 +136,10 @@ pub fn start(
         shared.access_log = Some(Arc::new(AccessLog::open(log, dropped)?));
     }
     let shared = Arc::new(shared);
-    if let Some(state) = &state {
-        restore_state(&shared, &state.file)?;
-    }
+    let keeper = state
+        .as_ref()
+        .map(|state| restore_state(&shared, state))
+        .transpose()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let addr = listeners
         .proxy
@@ -204,12 +217,23 @@ pub fn start(
         .map(|l| l.set_nonblocking(true).map(|_| l))
         .transpose()?;
     let control_shared = shared.clone();
-    let control_state = state.clone();
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     let control = spawn_runtime("floodgate-control".into(), async move {
         let admin = admin_listener.map(|l| (l, stop_admin_rx));
-        control(control_shared, admin, shutdown_rx, control_state).await;
+        control(control_shared, admin, shutdown_rx).await;
     })?;
+    let state = match (state, keeper) {
+        (Some(config), Some(keeper)) => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (thread_shared, thread_stop) = (shared.clone(), stop.clone());
+            let file = config.file.clone();
+            let handle = std::thread::Builder::new()
+                .name("floodgate-state".into())
+                .spawn(move || keep_state(&thread_shared, keeper, &config, &thread_stop))?;
+            Some(StateThread { handle, stop, file })
+        }
+        _ => None,
+    };
     Ok(Running {
         addr,
         admin_addr,
@@ -284,19 +308,22 @@ fn upstream_tls(
         .map_err(|e| io::Error::other(format!("upstream TLS settings: {e}")))
 }
 
-/// Loads the state file into the store before serving. A corrupt file is reported and set aside
-/// and floodgate starts with empty state; a file that cannot be read at all is an error, rather
-/// than quotas silently starting over. The state is written back at once, so a state directory
-/// floodgate cannot write fails the start instead of the shutdown.
-fn restore_state(shared: &Shared, file: &Path) -> io::Result<()> {
+/// Loads the state file into the store before serving, then replays its journal over it. A
+/// corrupt file is reported and set aside and floodgate starts with empty state (and whatever
+/// the journal holds); a damaged journal tail is reported and skipped. A file that cannot be
+/// read at all is an error, rather than quotas silently starting over. The state is written back
+/// at once, so a state directory floodgate cannot write fails the start instead of the shutdown.
+fn restore_state(shared: &Shared, state: &StateConfig) -> io::Result<Keeper> {
     let now = shared.clock.now_ms();
-    let shown = file.display();
-    let loaded = snapshot::load(file, now)
+    let shown = state.file.display();
+    let loaded = snapshot::load(&state.file, now)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot read state file {shown}: {e}")))?;
+    let mut generation = 0;
     match loaded {
         Loaded::Missing => tracing::info!(file = %shown, "no state file yet; starting empty"),
         Loaded::State(saved) => {
             let age_secs = now.saturating_sub(saved.saved_at_ms) / 1000;
+            generation = saved.generation;
             let accounts = shared.store.restore(saved, now);
             tracing::info!(file = %shown, accounts, age_secs, "limit state restored");
         }
@@ -311,19 +338,95 @@ fn restore_state(shared: &Shared, file: &Path) -> io::Result<()> {
             ),
         },
     }
-    save_state(shared, file)
-        .map(|_| ())
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot write state file {shown}: {e}")))
+    let mut keeper = Keeper::new(state.file.clone(), generation);
+    if let Some(memory) = shared.store.as_memory() {
+        let replayed = keeper.replay(memory, now).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot read the journal of {shown}: {e}"))
+        })?;
+        for r in &replayed {
+            match &r.trouble {
+                Some(Trouble::Damaged(damage)) => tracing::warn!(
+                    file = %r.path.display(), records = r.records, error = %damage,
+                    "journal damaged; replayed the records before the damage, skipped the rest"
+                ),
+                Some(error @ Trouble::Unreadable(_)) => tracing::warn!(
+                    file = %r.path.display(), %error, "journal unreadable; skipped"
+                ),
+                None => {}
+            }
+        }
+        if !replayed.is_empty() {
+            let records: usize = replayed.iter().map(|r| r.records).sum();
+            tracing::info!(file = %shown, files = replayed.len(), records, "journal replayed");
+        }
+        if state.journal != Journal::Off {
+            keeper.attach(memory.journal(state.journal == Journal::Strict));
+        }
+    }
+    let saved = keeper.save(&shared.store, now);
+    shared.metrics.state_saved(saved.is_ok());
+    saved.map_err(|e| io::Error::new(e.kind(), format!("cannot write state file {shown}: {e}")))?;
+    Ok(keeper)
 }
 
-/// Writes the store's open windows to the state file; returns how many accounts were written.
-fn save_state(shared: &Shared, file: &Path) -> io::Result<usize> {
-    let Some(state) = shared.store.snapshot(shared.clock.now_ms()) else {
-        return Ok(0);
+/// How often the state thread wakes to flush in strict mode when no request wakes it sooner.
+const STRICT_IDLE_FLUSH: Duration = Duration::from_millis(200);
+
+/// The state thread: flushes the journal every journal interval (in strict mode, as soon as a
+/// request waits, back to back while requests wait), saves the whole state every
+/// `save_interval`, and a last time when told to stop; returns that last save's result.
+fn keep_state(
+    shared: &Shared,
+    mut keeper: Keeper,
+    state: &StateConfig,
+    stop: &AtomicBool,
+) -> io::Result<usize> {
+    keeper.wake_this_thread();
+    let flush_every = match state.journal {
+        Journal::Every(every) => every,
+        Journal::Strict => STRICT_IDLE_FLUSH,
+        Journal::Off => state.save_interval,
     };
-    let result = snapshot::save(file, &state);
-    shared.metrics.state_saved(result.is_ok());
-    result.map(|()| state.accounts.len())
+    let memory = shared.store.as_memory();
+    let mut next_save = Instant::now() + state.save_interval;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            let saved = keeper.save(&shared.store, shared.clock.now_ms());
+            shared.metrics.state_saved(saved.is_ok());
+            return saved;
+        }
+        if Instant::now() >= next_save {
+            let saved = keeper.save(&shared.store, shared.clock.now_ms());
+            shared.metrics.state_saved(saved.is_ok());
+            match saved {
+                Ok(accounts) => tracing::debug!(accounts, "limit state saved"),
+                Err(e) => tracing::error!(
+                    file = %state.file.display(), error = %e, "cannot save limit state"
+                ),
+            }
+            next_save = Instant::now() + state.save_interval;
+        }
+        if let Some(memory) = memory {
+            let started = Instant::now();
+            match keeper.flush(memory, shared.clock.now_ms()) {
+                Ok(0) => {}
+                Ok(records) => shared
+                    .metrics
+                    .journal_flushed(Some(records), started.elapsed().as_secs_f64()),
+                Err(e) => {
+                    let seconds = started.elapsed().as_secs_f64();
+                    shared.metrics.journal_flushed(None, seconds);
+                    tracing::error!(
+                        file = %state.file.display(), error = %e,
+                        "cannot write the state journal; saving the whole state instead"
+                    );
+                    next_save = Instant::now();
+                }
+            }
+        }
+        let until_save = next_save.saturating_duration_since(Instant::now());
+        std::thread::park_timeout(flush_every.min(until_save));
+    }
 }
 
 fn spawn_runtime(
@@ -345,7 +448,6 @@ async fn control(
     shared: Arc<Shared>,
     admin: Option<(TcpListener, watch::Receiver<bool>)>,
     mut shutdown: watch::Receiver<bool>,
-    state: Option<StateConfig>,
 ) {
     let admin = admin.map(|(listener, stop)| {
         let listener = tokio::net::TcpListener::from_std(listener)
@@ -360,12 +462,6 @@ async fn control(
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every
     });
-    let mut save = state.as_ref().map(|s| {
-        let start = tokio::time::Instant::now() + s.save_interval;
-        let mut every = tokio::time::interval_at(start, s.save_interval);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        every
-    });
     loop {
         tokio::select! {
             _ = sweep.tick() => {
@@ -377,11 +473,6 @@ async fn control(
                 shared.status.sample(&shared.metrics, degraded, shared.clock.now_ms());
             }
             _ = tick(&mut probe) => shared.store.probe().await,
-            _ = tick(&mut save) => {
-                if let Some(state) = &state {
-                    save_periodically(&shared, state).await;
-                }
-            }
             _ = shutdown.changed() => break,
         }
     }
@@ -397,17 +488,5 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
             every.tick().await;
         }
         None => std::future::pending().await,
-    }
-}
-
-/// One periodic save, off the control thread's event loop (it copies the store and fsyncs).
-async fn save_periodically(shared: &Arc<Shared>, state: &StateConfig) {
-    let (task_shared, file) = (shared.clone(), state.file.clone());
-    match tokio::task::spawn_blocking(move || save_state(&task_shared, &file)).await {
-        Ok(Ok(accounts)) => tracing::debug!(accounts, "limit state saved"),
-        Ok(Err(e)) => tracing::error!(
-            file = %state.file.display(), error = %e, "cannot save limit state"
-        ),
-        Err(e) => tracing::error!(error = %e, "state save task failed"),
     }
 }

@@ -21,6 +21,9 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     upstream_seconds: HistogramVec,
     state_saves: IntCounterVec,
+    journal_records: IntCounter,
+    journal_flushes: IntCounterVec,
+    journal_flush_seconds: prometheus::Histogram,
     pub tracked_accounts: IntGauge,
     jobs_queued: IntGaugeVec,
     jobs_in_flight: IntGaugeVec,
@@ -150,6 +153,32 @@ impl Metrics {
             "Writes of the state file, by result (ok, error).",
             &["result"],
         );
+        let journal_flushes = counter(
+            "floodgate_state_journal_flushes_total",
+            "Journal flushes that wrote records (one write and one fsync), by result (ok, error).",
+            &["result"],
+        );
+        let journal_records = IntCounter::new(
+            "floodgate_state_journal_records_total",
+            "Account records appended to the state journal (one per changed account per flush).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(journal_records.clone()))
+            .expect("registered once");
+        let journal_flush_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "floodgate_state_journal_flush_seconds",
+                "Time to write and fsync one journal flush.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(journal_flush_seconds.clone()))
+            .expect("registered once");
         let upstream_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "floodgate_upstream_response_seconds",
@@ -342,6 +371,9 @@ impl Metrics {
             upstream_errors,
             upstream_seconds,
             state_saves,
+            journal_records,
+            journal_flushes,
+            journal_flush_seconds,
             tracked_accounts,
         }
     }
@@ -493,6 +525,19 @@ impl Metrics {
     pub fn state_saved(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.state_saves.with_label_values(&[result]).inc();
+    }
+
+    /// One journal flush that had records to write: how many (`None`: it failed), how long.
+    pub fn journal_flushed(&self, records: Option<usize>, seconds: f64) {
+        let result = match records {
+            Some(n) => {
+                self.journal_records.inc_by(n as u64);
+                "ok"
+            }
+            None => "error",
+        };
+        self.journal_flushes.with_label_values(&[result]).inc();
+        self.journal_flush_seconds.observe(seconds);
     }
 
     /// Every metric's current values (the status page reads its totals from here).

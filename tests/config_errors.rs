@@ -144,6 +144,12 @@ bad_fixtures! {
          needed, for example 5sec or 5ms",
     empty_state_file =>
         "line 6: state.file: must name a file",
+    journal_too_slow =>
+        "line 7: state.journal: \"2s\": a journal interval is longer than zero and at most \"1s\" \
+         (\"strict\" writes every change before answering; \"off\" keeps no journal)",
+    bad_journal =>
+        "line 8: state.journal: \"sometimes\": expected a duration up to \"1s\" (like \"200ms\"), \
+         \"strict\" or \"off\"",
     bad_incorrect_action =>
         "line 21: tiers.free.incorrect_tasks.action: \"ban\": expected \"block\" or \"flag\"",
     bad_relax_action =>

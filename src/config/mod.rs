@@ -39,7 +39,7 @@ use routes::build_route;
 pub use secret::Secret;
 pub(crate) use server::build_upstream;
 pub use server::{restart_only_changes, ServerConfig, UpstreamTarget};
-pub use state::StateConfig;
+pub use state::{Journal, StateConfig};
 pub use store::{OnFailure, RedisAuth, StoreConfig};
 pub use tls::ListenerTls;
 
@@ -182,10 +182,14 @@ fn apply_overrides(raw: &mut RawConfig, o: &Overrides) {
         raw.server.workers = Some(v);
     }
     if let Some(file) = &o.state_file {
-        let save_interval = raw.state.take().and_then(|s| s.save_interval);
+        let (save_interval, journal) = raw
+            .state
+            .take()
+            .map_or((None, None), |s| (s.save_interval, s.journal));
         raw.state = Some(raw::RawState {
             file: spanned(file),
             save_interval,
+            journal,
         });
     }
 }

@@ -420,4 +420,7 @@ pub struct RawState {
     pub file: Spanned<String>,
     /// How often the state is written while running, e.g. "5s".
     pub save_interval: Option<Spanned<String>>,
+    /// How often changed accounts are appended to the journal ("200ms", at most "1s"), or
+    /// "strict" or "off".
+    pub journal: Option<Spanned<String>>,
 }

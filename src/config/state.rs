@@ -1,4 +1,5 @@
-//! `[state]`: where the memory store's limit state is kept across restarts.
+//! `[state]`: where the memory store's limit state is kept across restarts, and how soon an
+//! admitted change reaches the disk.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,15 +7,32 @@ use std::time::Duration;
 use super::error::{ConfigError, Source};
 use super::raw::RawState;
 
-/// The state file and how often it is written. Read at start; a reload does not change it.
+/// The state file, how often it is written whole, and how changes between two writes are kept.
+/// Read at start; a reload does not change it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateConfig {
     pub file: PathBuf,
-    /// At most this much of the state is lost when the process is killed without a shutdown.
+    /// How often the whole state is written (and the journal started afresh).
     pub save_interval: Duration,
+    pub journal: Journal,
+}
+
+/// How admitted changes reach the disk between two saves of the whole state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journal {
+    /// Changed accounts are appended to the journal this often: a hard kill loses at most this
+    /// much (plus one write and fsync).
+    Every(Duration),
+    /// A request that changed counts is answered only once its change is on disk.
+    Strict,
+    /// No journal: a hard kill loses everything since the last save.
+    Off,
 }
 
 pub(super) const DEFAULT_SAVE_INTERVAL: &str = "5s";
+pub(super) const DEFAULT_JOURNAL: Duration = Duration::from_millis(200);
+/// The promise is "at most one second lost"; a longer journal interval would break it.
+const LONGEST_JOURNAL: Duration = Duration::from_secs(1);
 
 pub(super) fn build_state(
     src: &Source<'_>,
@@ -36,5 +54,31 @@ pub(super) fn build_state(
     Ok(Some(StateConfig {
         file: PathBuf::from(file),
         save_interval,
+        journal: journal(src, raw)?,
     }))
+}
+
+fn journal(src: &Source<'_>, raw: &RawState) -> Result<Journal, ConfigError> {
+    let Some(value) = &raw.journal else {
+        return Ok(Journal::Every(DEFAULT_JOURNAL));
+    };
+    let text = value.get_ref().trim();
+    let err = |msg: String| src.at("state.journal", value.span(), msg);
+    match text {
+        "strict" => return Ok(Journal::Strict),
+        "off" => return Ok(Journal::Off),
+        _ => {}
+    }
+    let every = humantime::parse_duration(text).map_err(|_| {
+        err(format!(
+            "{text:?}: expected a duration up to \"1s\" (like \"200ms\"), \"strict\" or \"off\""
+        ))
+    })?;
+    if every.is_zero() || every > LONGEST_JOURNAL {
+        return Err(err(format!(
+            "{text:?}: a journal interval is longer than zero and at most \"1s\" \
+             (\"strict\" writes every change before answering; \"off\" keeps no journal)"
+        )));
+    }
+    Ok(Journal::Every(every))
 }

@@ -160,8 +160,15 @@ impl Config {
         }
         match &self.state {
             Some(s) => {
+                let journal = match s.journal {
+                    Journal::Every(every) => {
+                        format!("journal every {}", humantime::format_duration(every))
+                    }
+                    Journal::Strict => "journal strict: every change on disk".into(),
+                    Journal::Off => "no journal".into(),
+                };
                 out += &format!(
-                    "  state file: {} (saved every {})\n",
+                    "  state file: {} (saved every {}, {journal})\n",
                     s.file.display(),
                     humantime::format_duration(s.save_interval)
                 )

@@ -5,24 +5,40 @@
 //! hashes, so the map uses them as their own hash. Accounts whose windows have all closed are
 //! evicted by a periodic sweep, so memory follows the number of recently active accounts.
 //! [`MemoryStore::snapshot`] and [`MemoryStore::restore`] carry the counters across a restart
-//! through the state file ([`super::snapshot`]).
+//! through the state file ([`super::snapshot`]); between two saves, a journal attached with
+//! [`MemoryStore::journal`] is told which accounts changed ([`super::dirty`]), so that a hard kill
+//! loses at most one journal interval.
+
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 
-use super::Snapshot;
+use super::dirty::{Dirty, Wait};
+use super::{journal, Snapshot};
 use crate::identity::{AccountId, BuildIdHasher};
 use crate::limits::{decide, Counter, Counters, Decision, Receipt, Rule, Usage};
 use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
 
+/// One account's entry: its counters, and whether it is on the journal's lists already.
+#[derive(Debug, Default)]
+struct Account {
+    counters: Counters,
+    /// Set by the first change after a flush took the account; cleared as the next one reads it.
+    journaled: bool,
+}
+
 #[derive(Debug)]
 pub struct MemoryStore {
-    accounts: DashMap<AccountId, Counters, BuildIdHasher>,
+    accounts: DashMap<AccountId, Account, BuildIdHasher>,
+    /// Attached once at start when `[state]` keeps a journal.
+    journal: OnceLock<Arc<Dirty>>,
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
         Self {
             accounts: DashMap::with_hasher(BuildIdHasher::default()),
+            journal: OnceLock::new(),
         }
     }
 }
@@ -32,8 +48,12 @@ impl MemoryStore {
         if rules.is_empty() {
             return Decision::Admitted(Usage::default());
         }
-        let mut counters = self.accounts.entry(account).or_default();
-        decide(rules, &mut counters, now_ms)
+        let mut entry = self.accounts.entry(account).or_default();
+        let decision = decide(rules, &mut entry.counters, now_ms);
+        if decision.is_admitted() {
+            self.changed(account, &mut entry);
+        }
+        decision
     }
 
     pub fn admit_job(
@@ -43,32 +63,99 @@ impl MemoryStore {
         job: &JobCheck,
         now_ms: u64,
     ) -> Admission {
-        let mut counters = self.accounts.entry(account).or_default();
-        penalties::admit(rules, job, &mut counters, now_ms)
+        let mut entry = self.accounts.entry(account).or_default();
+        let admission = penalties::admit(rules, job, &mut entry.counters, now_ms);
+        if matches!(admission, Admission::Admitted(..)) {
+            self.changed(account, &mut entry);
+        }
+        admission
     }
 
     pub fn give_back(&self, account: AccountId, receipt: &Receipt, now_ms: u64) -> usize {
-        match self.accounts.get_mut(&account) {
-            Some(mut counters) => counters.give_back(receipt, now_ms),
-            None => 0,
+        let Some(mut entry) = self.accounts.get_mut(&account) else {
+            return 0;
+        };
+        let given = entry.counters.give_back(receipt, now_ms);
+        if given > 0 {
+            self.changed(account, &mut entry);
         }
+        given
     }
 
     pub fn record(&self, account: AccountId, event: Event, ids: &PenaltyIds, now_ms: u64) -> u32 {
-        let mut counters = self.accounts.entry(account).or_default();
-        penalties::record(event, ids, &mut counters, now_ms)
+        let mut entry = self.accounts.entry(account).or_default();
+        let tally = penalties::record(event, ids, &mut entry.counters, now_ms);
+        self.changed(account, &mut entry);
+        tally
+    }
+
+    /// Puts a changed account on the journal's lists, once per flush. Called under the
+    /// account's lock; with no journal it does nothing.
+    #[inline]
+    fn changed(&self, account: AccountId, entry: &mut Account) {
+        if entry.journaled {
+            return;
+        }
+        if let Some(dirty) = self.journal.get() {
+            entry.journaled = true;
+            dirty.push(account);
+        }
+    }
+
+    /// Attaches the journal's lists (once; later calls return the same ones): from now on every
+    /// change is noted for the journal writer.
+    pub fn journal(&self, strict: bool) -> Arc<Dirty> {
+        self.journal
+            .get_or_init(|| Arc::new(Dirty::new(strict)))
+            .clone()
+    }
+
+    /// In strict mode, the wait of a request that has just changed counts, until its change is
+    /// on disk; `None` without a strict journal.
+    #[inline]
+    pub fn durable(&self) -> Option<Wait> {
+        self.journal.get().and_then(|dirty| dirty.wait())
+    }
+
+    /// For the journal writer: appends `account`'s open counters to `buf` as one record and
+    /// clears its mark, both under its lock. False (nothing appended) if it was evicted since.
+    pub fn append_record(&self, account: AccountId, now_ms: u64, buf: &mut Vec<u8>) -> bool {
+        let Some(mut entry) = self.accounts.get_mut(&account) else {
+            return false;
+        };
+        entry.journaled = false;
+        let open = entry.counters.iter().filter(|c| now_ms < c.end_ms);
+        journal::append_record(buf, account, open);
+        true
+    }
+
+    /// Replays one journal record: the account's counters become exactly the `counters` still
+    /// open at `now_ms` (an account with none left is forgotten).
+    pub fn replace(&self, account: AccountId, counters: &[Counter], now_ms: u64) {
+        let mut open = counters.iter().filter(|c| now_ms < c.end_ms).peekable();
+        if open.peek().is_none() {
+            self.accounts.remove(&account);
+            return;
+        }
+        let mut entry = self.accounts.entry(account).or_default();
+        entry.counters = Counters::default();
+        for c in open {
+            entry.counters.restore(*c);
+        }
     }
 
     pub fn counters(&self, account: AccountId, now_ms: u64) -> Vec<Counter> {
         self.accounts
             .get(&account)
-            .map(|c| c.iter().filter(|c| now_ms < c.end_ms).copied().collect())
+            .map(|a| {
+                let open = a.counters.iter().filter(|c| now_ms < c.end_ms);
+                open.copied().collect()
+            })
             .unwrap_or_default()
     }
 
     pub fn evict_idle(&self, now_ms: u64) -> usize {
-        self.accounts
-            .retain(|_, counters| !counters.all_expired(now_ms));
+        self.accounts.retain(|_, a| !a.counters.all_expired(now_ms));
         self.accounts.len()
     }
 
@@ -81,6 +168,7 @@ impl MemoryStore {
             .iter()
             .map(|entry| {
                 let open: Vec<Counter> = entry
+                    .counters
                     .iter()
                     .filter(|c| now_ms < c.end_ms)
                     .copied()
@@ -91,6 +179,7 @@ impl MemoryStore {
             .collect();
         Snapshot {
             saved_at_ms: now_ms,
+            generation: 0,
             accounts,
         }
     }
@@ -102,7 +191,7 @@ impl MemoryStore {
         for (account, counters) in snapshot.live(now_ms).accounts {
             let mut entry = self.accounts.entry(account).or_default();
             for counter in counters {
-                entry.restore(counter);
+                entry.counters.restore(counter);
             }
             restored += 1;
         }
@@ -122,6 +211,7 @@ impl MemoryStore {
 mod tests {
     use super::*;
     use crate::limits::{CounterId, LimitKind, Window};
+    use crate::store::dirty::SHARDS;
 
     #[test]
     fn idle_accounts_are_evicted_once_every_window_closed() {
@@ -145,6 +235,95 @@ mod tests {
         );
         assert_eq!(store.evict_idle(61_000 + 999), 0);
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_hot_account_is_noted_once_per_flush_and_refusals_not_at_all() {
+        let store = MemoryStore::default();
+        let minute = Rule {
+            counter: CounterId(1),
+            limit: 1_000,
+            window: Window::Fixed { period_ms: 60_000 },
+            kind: LimitKind::Minute,
+        };
+        let once = Rule { limit: 1, ..minute };
+        let (hot, cool, capped) = (
+            AccountId::from_key(b"hot"),
+            AccountId::from_key(b"cool"),
+            AccountId::from_key(b"capped"),
+        );
+        let now = 1_000;
+        assert!(store.check_and_consume(capped, &[once], now).is_admitted());
+        let dirty = store.journal(false);
+        let mut spare: [Vec<AccountId>; SHARDS] = Default::default();
+        let taken = |spare: &mut [Vec<AccountId>; SHARDS]| {
+            dirty.take(spare);
+            let mut ids: Vec<AccountId> = spare.iter_mut().flat_map(|l| l.drain(..)).collect();
+            ids.sort_by_key(|a| a.0);
+            ids
+        };
+        assert_eq!(
+            taken(&mut spare),
+            vec![],
+            "changes before the journal are the snapshot's"
+        );
+
+        for _ in 0..100 {
+            assert!(store.check_and_consume(hot, &[minute], now).is_admitted());
+        }
+        assert!(store.check_and_consume(cool, &[minute], now).is_admitted());
+        assert!(!store.check_and_consume(capped, &[once], now).is_admitted());
+        let mut want = vec![hot, cool];
+        want.sort_by_key(|a| a.0);
+        assert_eq!(
+            taken(&mut spare),
+            want,
+            "one entry for 100 changes; none for a refusal"
+        );
+
+        // Until the writer has read it, a noted account is not noted again...
+        assert!(store.check_and_consume(hot, &[minute], now).is_admitted());
+        assert_eq!(taken(&mut spare), vec![]);
+        // ...and once it has, its next change is noted for the next flush.
+        let mut buf = Vec::new();
+        assert!(store.append_record(hot, now, &mut buf));
+        assert!(
+            !store.append_record(AccountId(7), now, &mut buf),
+            "not tracked"
+        );
+        assert_eq!(store.give_back(hot, &Receipt::default(), now), 0);
+        assert_eq!(
+            taken(&mut spare),
+            vec![],
+            "giving back nothing changes nothing"
+        );
+        assert!(store.check_and_consume(hot, &[minute], now).is_admitted());
+        assert_eq!(taken(&mut spare), vec![hot]);
+    }
+
+    #[test]
+    fn the_journal_flag_costs_no_memory_per_account() {
+        // With smallvec's `union` layout the flag fits in the 16-byte-aligned (key, value) slot.
+        assert_eq!(
+            std::mem::size_of::<(AccountId, Account)>(),
+            std::mem::size_of::<(AccountId, Counters)>()
+        );
+    }
+
+    #[test]
+    fn a_replayed_record_replaces_the_account_whole() {
+        let store = MemoryStore::default();
+        let alice = AccountId::from_key(b"alice");
+        let c = |id, count, end_ms| Counter {
+            id: CounterId(id),
+            count,
+            end_ms,
+        };
+        store.replace(alice, &[c(1, 5, 10_000), c(2, 3, 10_000)], 1_000);
+        store.replace(alice, &[c(1, 9, 10_000), c(3, 1, 500)], 1_000);
+        assert_eq!(store.counters(alice, 1_000), vec![c(1, 9, 10_000)]);
+        store.replace(alice, &[c(1, 2, 900)], 1_000);
+        assert!(store.is_empty(), "nothing open: the account is gone");
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! [`Store`] is an enum rather than a trait object so the in-memory path stays a direct,
 //! inlinable call on the hot path.
 
+pub mod dirty;
 mod failover;
+pub mod journal;
+pub mod keeper;
 mod memory;
 pub mod redis;
 pub mod snapshot;
@@ -76,6 +79,15 @@ impl Store {
         })
     }
 
+    /// The memory store, which keeps its state in the state file and journal; `None` for a
+    /// store that keeps its own.
+    pub fn as_memory(&self) -> Option<&MemoryStore> {
+        match self {
+            Store::Memory(m) => Some(m),
+            Store::Redis(_) => None,
+        }
+    }
+
     /// Health metrics of a shared store (none for the memory store).
     pub fn health(&self) -> Option<&StoreHealth> {
         match self {
@@ -111,7 +123,8 @@ impl Store {
         }
     }
 
-    /// Checks every rule for `account` at `now_ms` and consumes all of them, or none.
+    /// Checks every rule for `account` at `now_ms` and consumes all of them, or none. With a
+    /// strict journal, an admission returns once it is on disk ([`durable`]).
     ///
     /// The Redis branches here are boxed: a Redis call's future holds kilobytes of state, and
     /// unboxed it would make every in-memory decision — and every request's future, which
@@ -123,7 +136,13 @@ impl Store {
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.check_and_consume(account, rules, now_ms)),
+            Store::Memory(m) => {
+                let decision = m.check_and_consume(account, rules, now_ms);
+                if decision.is_admitted() {
+                    durable(m).await;
+                }
+                Ok(decision)
+            }
             Store::Redis(s) => Box::pin(s.check_and_consume(account, rules, now_ms)).await,
         }
     }
@@ -138,7 +157,13 @@ impl Store {
         now_ms: u64,
     ) -> Result<Admission, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.admit_job(account, rules, job, now_ms)),
+            Store::Memory(m) => {
+                let admission = m.admit_job(account, rules, job, now_ms);
+                if matches!(admission, Admission::Admitted(..)) {
+                    durable(m).await;
+                }
+                Ok(admission)
+            }
             Store::Redis(s) => Box::pin(s.admit_job(account, rules, job, now_ms)).await,
         }
     }
@@ -156,7 +181,13 @@ impl Store {
             return Ok(0);
         }
         match self {
-            Store::Memory(m) => Ok(m.give_back(account, receipt, now_ms)),
+            Store::Memory(m) => {
+                let given = m.give_back(account, receipt, now_ms);
+                if given > 0 {
+                    durable(m).await;
+                }
+                Ok(given)
+            }
             Store::Redis(s) => Box::pin(s.give_back(account, receipt, now_ms)).await,
         }
     }
@@ -170,7 +201,11 @@ impl Store {
         now_ms: u64,
     ) -> Result<u32, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.record(account, event, ids, now_ms)),
+            Store::Memory(m) => {
+                let tally = m.record(account, event, ids, now_ms);
+                durable(m).await;
+                Ok(tally)
+            }
             Store::Redis(s) => Box::pin(s.record(account, event, ids, now_ms)).await,
         }
     }
@@ -210,5 +245,15 @@ impl Store {
             Store::Memory(m) => m.evict_idle(now_ms),
             Store::Redis(s) => s.evict_idle(now_ms),
         }
+    }
+}
+
+/// With a strict journal (`[state] journal = "strict"`), waits until the change the caller has
+/// just made is on disk, so that its answer never leaves before it. Otherwise returns at once:
+/// the default journal costs a request nothing here.
+#[inline]
+async fn durable(store: &MemoryStore) {
+    if let Some(wait) = store.durable() {
+        wait.await;
     }
 }

@@ -5,11 +5,14 @@
 //!
 //! ```text
 //! header   magic "FGSTATE\0" | version u32 | payload length u64 | xxh3-64 of the payload u64
-//! payload  saved_at_ms u64 | accounts u32 | per account:
+//! payload  saved_at_ms u64 | generation u64 | accounts u32 | per account:
 //!            id u128 | counters u32 | per counter: id u32 | count u32 | end_ms u64
 //! ```
 //!
-//! All integers are little-endian. A file that fails any check (magic, version, length,
+//! `generation` (version 2) is the first journal generation ([`super::journal`]) written after
+//! this snapshot was taken: at start the journals from that generation on are replayed over it.
+//! Version 1 files, written before the journal existed, have no `generation` and still load, as
+//! generation 0. All integers are little-endian. A file that fails any check (magic, version, length,
 //! checksum, structure) is refused whole: a half-read state is worse than none.
 //!
 //! Saving is atomic: the bytes go to `<file>.tmp` in the same directory, which is fsynced and
@@ -24,7 +27,9 @@ use crate::identity::AccountId;
 use crate::limits::{Counter, CounterId};
 
 const MAGIC: &[u8; 8] = b"FGSTATE\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The layout before the journal: no `generation` in the payload.
+const VERSION_1: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8;
 /// Smallest encoded account: id and counter count.
 const ACCOUNT_MIN_LEN: usize = 16 + 4;
@@ -34,6 +39,8 @@ const COUNTER_LEN: usize = 4 + 4 + 8;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub saved_at_ms: u64,
+    /// The first journal generation that holds changes made after this snapshot.
+    pub generation: u64,
     pub accounts: Vec<(AccountId, Vec<Counter>)>,
 }
 
@@ -69,13 +76,14 @@ pub enum SnapshotError {
 /// The file's bytes for `snapshot`.
 pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     let mut payload = Vec::with_capacity(
-        12 + snapshot
+        20 + snapshot
             .accounts
             .iter()
             .map(|(_, c)| ACCOUNT_MIN_LEN + c.len() * COUNTER_LEN)
             .sum::<usize>(),
     );
     payload.extend_from_slice(&snapshot.saved_at_ms.to_le_bytes());
+    payload.extend_from_slice(&snapshot.generation.to_le_bytes());
     payload.extend_from_slice(&(snapshot.accounts.len() as u32).to_le_bytes());
     for (account, counters) in &snapshot.accounts {
         payload.extend_from_slice(&account.0.to_le_bytes());
@@ -103,7 +111,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     }
     let short = |_| SnapshotError::Malformed("header cut short");
     let version = header.u32().map_err(short)?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
     let expected = header.u64().map_err(short)?;
@@ -119,11 +127,15 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     if xxhash_rust::xxh3::xxh3_64(payload) != checksum {
         return Err(SnapshotError::Checksum);
     }
-    decode_payload(Reader(payload))
+    decode_payload(Reader(payload), version)
 }
 
-fn decode_payload(mut r: Reader<'_>) -> Result<Snapshot, SnapshotError> {
+fn decode_payload(mut r: Reader<'_>, version: u32) -> Result<Snapshot, SnapshotError> {
     let saved_at_ms = r.u64()?;
+    let generation = match version {
+        VERSION_1 => 0,
+        _ => r.u64()?,
+    };
     let n_accounts = r.u32()? as usize;
     // Capacity from what the bytes can hold, not from what they claim.
     let mut accounts = Vec::with_capacity(n_accounts.min(r.0.len() / ACCOUNT_MIN_LEN));
@@ -147,6 +159,7 @@ fn decode_payload(mut r: Reader<'_>) -> Result<Snapshot, SnapshotError> {
     }
     Ok(Snapshot {
         saved_at_ms,
+        generation,
         accounts,
     })
 }
@@ -234,7 +247,8 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn directory_of(path: &Path) -> &Path {
+/// The directory `path` is in (`.` for a bare file name).
+pub(super) fn directory_of(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -260,6 +274,7 @@ mod tests {
     fn sample() -> Snapshot {
         Snapshot {
             saved_at_ms: DAY0 + 3_600_000,
+            generation: 12,
             accounts: vec![
                 (
                     AccountId::from_key(b"alice"),
@@ -321,9 +336,9 @@ mod tests {
             decode(b"{\"accounts\": []}\n"),
             Err(SnapshotError::BadMagic)
         );
-        let mut v2 = encode(&sample());
-        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
-        assert_eq!(decode(&v2), Err(SnapshotError::UnsupportedVersion(2)));
+        let mut v3 = encode(&sample());
+        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(decode(&v3), Err(SnapshotError::UnsupportedVersion(3)));
         let mut long = encode(&sample());
         long.extend_from_slice(b"junk");
         assert_eq!(decode(&long), Err(SnapshotError::TrailingBytes(4)));
@@ -342,6 +357,7 @@ mod tests {
     #[test]
     fn a_checksummed_but_malformed_payload_is_refused_without_allocating_what_it_claims() {
         let mut claims_too_much = DAY0.to_le_bytes().to_vec();
+        claims_too_much.extend_from_slice(&5u64.to_le_bytes()); // the generation
         claims_too_much.extend_from_slice(&u32::MAX.to_le_bytes()); // 4 billion accounts
         claims_too_much.extend_from_slice(&[0u8; 19]);
         assert_eq!(
@@ -358,11 +374,38 @@ mod tests {
         );
     }
 
+    /// The version 1 layout, as floodgate wrote it before the journal: no generation.
+    fn encode_v1(snapshot: &Snapshot) -> Vec<u8> {
+        let mut payload = snapshot.saved_at_ms.to_le_bytes().to_vec();
+        payload.extend_from_slice(&encode(snapshot)[HEADER_LEN + 16..]);
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    #[test]
+    fn a_version_1_file_still_loads_as_generation_0() {
+        let old = Snapshot {
+            generation: 0,
+            ..sample()
+        };
+        let bytes = encode_v1(&old);
+        assert_eq!(&bytes[8..12], &1u32.to_le_bytes());
+        assert_eq!(decode(&bytes), Ok(old));
+        let mut cut = encode_v1(&sample());
+        cut.truncate(cut.len() - 3);
+        assert!(decode(&cut).is_err());
+    }
+
     #[test]
     fn only_open_windows_survive_a_load() {
         let yesterday = DAY0 - DAY_MS + 5_000;
         let saved = Snapshot {
             saved_at_ms: yesterday,
+            generation: 0,
             accounts: vec![
                 // Yesterday's daily counter (ends at DAY0) and a minute long gone: the account goes.
                 (

@@ -818,6 +818,24 @@ impl TestClient {
         }
     }
 
+    /// `POST url` with `x-api-key: key`, or why it got no answer (a server killed meanwhile).
+    pub async fn try_post(&self, url: &str, key: &str) -> Result<Answer, String> {
+        let req = Request::builder()
+            .method("POST")
+            .uri(url)
+            .header("x-api-key", key)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let resp = self.inner.request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
     /// `POST url` with `x-api-key: key`.
     pub async fn post(&self, url: &str, key: &str) -> Answer {
         self.send("POST", url, &[("x-api-key", key)], "{}").await
