@@ -38,38 +38,51 @@ impl Unread {
     }
 }
 
-/// A client's request body: hyper's, plus (on HTTP/2) the slot it goes to if it is dropped
-/// before its end.
+/// A client's request body: hyper's, and on HTTP/2 the slot it goes to if it is dropped before
+/// its end. An enum, so that an HTTP/1.1 body is hyper's as it was, with no drop hook.
 #[derive(Debug)]
-pub struct ClientBody {
+pub enum ClientBody {
+    /// HTTP/1.1: dropped as usual.
+    Plain(Incoming),
+    /// HTTP/2: what is left of it when dropped goes to its [`Unread`] slot.
+    Kept(Kept),
+}
+
+/// An HTTP/2 request body that is left in its slot, not dropped, if dropped before its end.
+#[derive(Debug)]
+pub struct Kept {
     /// `None` only once dropped into the slot.
     body: Option<Incoming>,
-    unread: Option<Arc<Unread>>,
+    unread: Arc<Unread>,
 }
 
 impl ClientBody {
-    /// An HTTP/1.1 body: dropped as usual.
+    /// An HTTP/1.1 body.
     pub fn plain(body: Incoming) -> Self {
-        Self {
-            body: Some(body),
-            unread: None,
-        }
+        ClientBody::Plain(body)
     }
 
     /// An HTTP/2 body: what is left of it when dropped goes to `unread`.
     pub fn kept(body: Incoming, unread: Arc<Unread>) -> Self {
-        Self {
+        ClientBody::Kept(Kept {
             body: Some(body),
-            unread: Some(unread),
+            unread,
+        })
+    }
+
+    fn incoming(&self) -> Option<&Incoming> {
+        match self {
+            ClientBody::Plain(body) => Some(body),
+            ClientBody::Kept(kept) => kept.body.as_ref(),
         }
     }
 }
 
-impl Drop for ClientBody {
+impl Drop for Kept {
     fn drop(&mut self) {
-        if let (Some(unread), Some(body)) = (self.unread.take(), self.body.take()) {
+        if let Some(body) = self.body.take() {
             if !body.is_end_stream() {
-                unread.leave(body);
+                self.unread.leave(body);
             }
         }
     }
@@ -83,19 +96,22 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().body {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
+        let body = match self.get_mut() {
+            ClientBody::Plain(body) => body,
+            ClientBody::Kept(Kept {
+                body: Some(body), ..
+            }) => body,
+            ClientBody::Kept(Kept { body: None, .. }) => return Poll::Ready(None),
+        };
+        Pin::new(body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.as_ref().is_none_or(Body::is_end_stream)
+        self.incoming().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body
-            .as_ref()
+        self.incoming()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

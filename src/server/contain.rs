@@ -14,9 +14,26 @@ use std::task::{Context, Poll};
 /// Unwind safety: what a request holds across a panic is its own (dropped while unwinding:
 /// slots and permits are RAII guards) or shared state behind atomics and mutexes whose users
 /// recover a poisoned lock, so nothing is left half-updated for the next request.
-pub async fn contained<F: Future>(fut: F) -> Result<F::Output, String> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(move |cx| poll_contained(fut.as_mut(), cx)).await
+pub fn contained<F: Future>(fut: F) -> Contained<F> {
+    Contained { fut }
+}
+
+pin_project_lite::pin_project! {
+    /// A future whose panics are caught ([`contained`]). A struct, not an `async fn`: an async
+    /// fn keeps its argument and the pinned copy it polls side by side, twice the size of the
+    /// request's whole future, which the listener's every request then moves.
+    pub struct Contained<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for Contained<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        poll_contained(self.project().fut, cx)
+    }
 }
 
 /// Polls `fut` once, catching a panic; `Err` carries the panic's message.
