@@ -204,7 +204,7 @@ impl Pending {
 /// How floodgate dealt with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Decision {
+pub enum Outcome {
     /// Sent upstream; the status is the upstream's.
     Forwarded,
     /// Answered 429 by floodgate: a limit, a full queue, a penalty (`limit` says which).
@@ -215,24 +215,24 @@ pub enum Decision {
     Failed,
 }
 
-impl Decision {
+impl Outcome {
     fn name(self) -> &'static str {
         match self {
-            Decision::Forwarded => "forwarded",
-            Decision::Limited => "limited",
-            Decision::Refused => "refused",
-            Decision::Failed => "failed",
+            Outcome::Forwarded => "forwarded",
+            Outcome::Limited => "limited",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
         }
     }
 
     /// What became of a request floodgate answered with `status`, or that the upstream answered
     /// (`forwarded`).
-    pub fn of(forwarded: bool, status: u16) -> Decision {
+    pub fn of(forwarded: bool, status: u16) -> Outcome {
         match (forwarded, status) {
-            (true, _) => Decision::Forwarded,
-            (false, 429) => Decision::Limited,
-            (false, 500..) => Decision::Failed,
-            (false, _) => Decision::Refused,
+            (true, _) => Outcome::Forwarded,
+            (false, 429) => Outcome::Limited,
+            (false, 500..) => Outcome::Failed,
+            (false, _) => Outcome::Refused,
         }
     }
 }
@@ -252,7 +252,7 @@ pub struct Record {
     /// The account's hash prefix.
     pub account: Option<String>,
     pub status: u16,
-    pub decision: Decision,
+    pub decision: Outcome,
     /// The limit a 429 was for (`X-RateLimit-Type`).
     pub limit: Option<String>,
     /// From sending upstream to the upstream's response head.
@@ -278,7 +278,7 @@ struct JsonLine<'a> {
     class: Option<&'a str>,
     tier: Option<&'a str>,
     account: Option<&'a str>,
-    decision: Decision,
+    decision: Outcome,
     limit: Option<&'a str>,
     upstream_ms: Option<f64>,
     queue_ms: Option<u64>,
@@ -388,7 +388,7 @@ mod tests {
             tier: Some("basic".into()),
             account: Some("1a2b3c4d".into()),
             status: 429,
-            decision: Decision::Limited,
+            decision: Outcome::Limited,
             limit: Some("minute".into()),
             upstream: None,
             queue_wait: None,
@@ -417,7 +417,7 @@ mod tests {
     #[test]
     fn a_common_line_is_clf_then_floodgates_fields() {
         let mut r = record();
-        r.decision = Decision::Forwarded;
+        r.decision = Outcome::Forwarded;
         r.status = 200;
         r.limit = None;
         r.upstream = Some(Duration::from_micros(1_500));
@@ -434,9 +434,9 @@ mod tests {
 
     #[test]
     fn the_decision_follows_who_answered() {
-        assert_eq!(Decision::of(true, 429), Decision::Forwarded);
-        assert_eq!(Decision::of(false, 429), Decision::Limited);
-        assert_eq!(Decision::of(false, 400), Decision::Refused);
-        assert_eq!(Decision::of(false, 504), Decision::Failed);
+        assert_eq!(Outcome::of(true, 429), Outcome::Forwarded);
+        assert_eq!(Outcome::of(false, 429), Outcome::Limited);
+        assert_eq!(Outcome::of(false, 400), Outcome::Refused);
+        assert_eq!(Outcome::of(false, 504), Outcome::Failed);
     }
 }

@@ -11,10 +11,10 @@ mod error;
 mod identity;
 mod jobs;
 mod limits;
+mod path_rules;
 mod penalties;
 mod raw;
 mod routes;
-mod routing;
 mod secret;
 mod server;
 mod state;
@@ -195,7 +195,7 @@ fn apply_overrides(raw: &mut RawConfig, o: &Overrides) {
 }
 
 fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
-    let path_rules = routing::path_rules(src, &raw.routing)?;
+    let path_rules = path_rules::path_rules(src, &raw.routing)?;
     let default_class = raw
         .routing
         .default_class

@@ -41,15 +41,4 @@ impl Tier {
             .get(class.0 as usize)
             .map_or(&[], |r| r)
     }
-
-    /// Every distinct rule of this tier (for the usage view).
-    pub fn all_rules(&self) -> Vec<Rule> {
-        let mut seen: Vec<Rule> = Vec::new();
-        for rule in self.rules_by_class.iter().flat_map(|r| r.iter()) {
-            if !seen.iter().any(|s| s.counter == rule.counter) {
-                seen.push(*rule);
-            }
-        }
-        seen
-    }
 }

@@ -68,7 +68,7 @@ impl PenaltyRefusal {
 
 /// The penalty check alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum PenaltyCheck {
     Pass(Marks),
     Refuse(PenaltyRefusal),
 }
@@ -93,7 +93,7 @@ pub enum Event {
 }
 
 /// Checks a job's penalties against today's tallies; changes nothing.
-pub fn check(job: &JobCheck, counters: &Counters, now_ms: u64) -> Verdict {
+pub fn check(job: &JobCheck, counters: &Counters, now_ms: u64) -> PenaltyCheck {
     let (policy, ids) = (&job.policy, &job.ids);
     let mut marks = Marks::default();
     if let Some(p) = &policy.incorrect {
@@ -101,7 +101,12 @@ pub fn check(job: &JobCheck, counters: &Counters, now_ms: u64) -> Verdict {
         if count >= p.per_day {
             match p.action {
                 IncorrectAction::Block => {
-                    return Verdict::Refuse(refusal(LimitKind::Penalty, count, p.per_day, now_ms))
+                    return PenaltyCheck::Refuse(refusal(
+                        LimitKind::Penalty,
+                        count,
+                        p.per_day,
+                        now_ms,
+                    ))
                 }
                 IncorrectAction::Flag => marks.no_refund = true,
             }
@@ -115,7 +120,12 @@ pub fn check(job: &JobCheck, counters: &Counters, now_ms: u64) -> Verdict {
             if used >= allowance {
                 match r.action {
                     RelaxAction::Reject => {
-                        return Verdict::Refuse(refusal(LimitKind::Relax, used, allowance, now_ms))
+                        return PenaltyCheck::Refuse(refusal(
+                            LimitKind::Relax,
+                            used,
+                            allowance,
+                            now_ms,
+                        ))
                     }
                     RelaxAction::Surcharge { multiplier } => {
                         marks.cost_multiplier = Some(multiplier)
@@ -124,7 +134,7 @@ pub fn check(job: &JobCheck, counters: &Counters, now_ms: u64) -> Verdict {
             }
         }
     }
-    Verdict::Pass(marks)
+    PenaltyCheck::Pass(marks)
 }
 
 /// Counts what an admitted job used (a relax job).
@@ -137,8 +147,8 @@ pub fn commit(marks: &Marks, ids: &PenaltyIds, counters: &mut Counters, now_ms: 
 /// A job submission, all or nothing: penalties, then rate limits, then the relax count.
 pub fn admit(rules: &[Rule], job: &JobCheck, counters: &mut Counters, now_ms: u64) -> Admission {
     match check(job, counters, now_ms) {
-        Verdict::Refuse(r) => Admission::Penalised(usage_of(rules, counters, now_ms), r),
-        Verdict::Pass(marks) => match decide(rules, counters, now_ms) {
+        PenaltyCheck::Refuse(r) => Admission::Penalised(usage_of(rules, counters, now_ms), r),
+        PenaltyCheck::Pass(marks) => match decide(rules, counters, now_ms) {
             Decision::Refused(usage, refusal) => Admission::Limited(usage, refusal),
             Decision::Admitted(usage) => {
                 commit(&marks, &job.ids, counters, now_ms);
@@ -161,7 +171,7 @@ pub fn record(event: Event, ids: &PenaltyIds, counters: &mut Counters, now_ms: u
 
 /// An account's penalty standing today, for the usage view.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Standing {
+pub struct PenaltyStanding {
     pub incorrect: u32,
     pub relax_used: u32,
     pub relax_earned: u32,
@@ -182,7 +192,7 @@ pub fn standing(
     ids: &PenaltyIds,
     counters: &Counters,
     now_ms: u64,
-) -> Standing {
+) -> PenaltyStanding {
     let incorrect = counters.used(ids.incorrect, now_ms);
     let relax_used = counters.used(ids.relax_used, now_ms);
     let mut actions = Vec::new();
@@ -195,7 +205,7 @@ pub fn standing(
     if let Some((r, _)) = relax_allowance.filter(|(_, allowance)| relax_used >= *allowance) {
         actions.push(r.action.name());
     }
-    Standing {
+    PenaltyStanding {
         incorrect,
         relax_used,
         relax_earned: counters.used(ids.relax_earned, now_ms),
@@ -297,11 +307,11 @@ mod tests {
         let mut c = Counters::default();
         let fast = job(free(), Mode::Fast);
         times(29, Event::Incorrect, &mut c, T);
-        assert_eq!(check(&fast, &c, T), Verdict::Pass(Marks::default()));
+        assert_eq!(check(&fast, &c, T), PenaltyCheck::Pass(Marks::default()));
         times(1, Event::Incorrect, &mut c, T);
         assert_eq!(
             check(&fast, &c, T),
-            Verdict::Refuse(PenaltyRefusal {
+            PenaltyCheck::Refuse(PenaltyRefusal {
                 kind: LimitKind::Penalty,
                 retry_after_secs: TO_MIDNIGHT,
                 count: 30,
@@ -310,12 +320,12 @@ mod tests {
         );
         let last_ms = DAY0 + DAY_MS - 1;
         match check(&fast, &c, last_ms) {
-            Verdict::Refuse(r) => assert_eq!(r.retry_after_secs, 1, "rounded up, never 0"),
+            PenaltyCheck::Refuse(r) => assert_eq!(r.retry_after_secs, 1, "rounded up, never 0"),
             v => panic!("{v:?}"),
         }
         assert_eq!(
             check(&fast, &c, DAY0 + DAY_MS),
-            Verdict::Pass(Marks::default()),
+            PenaltyCheck::Pass(Marks::default()),
             "a new UTC day starts over"
         );
     }
@@ -325,15 +335,19 @@ mod tests {
         let mut c = Counters::default();
         let fast = job(paid(), Mode::Fast);
         times(59, Event::Incorrect, &mut c, T);
-        assert_eq!(check(&fast, &c, T), Verdict::Pass(Marks::default()));
+        assert_eq!(check(&fast, &c, T), PenaltyCheck::Pass(Marks::default()));
         times(1, Event::Incorrect, &mut c, T);
         let flagged = Marks {
             no_refund: true,
             ..Marks::default()
         };
-        assert_eq!(check(&fast, &c, T), Verdict::Pass(flagged));
+        assert_eq!(check(&fast, &c, T), PenaltyCheck::Pass(flagged));
         times(40, Event::Incorrect, &mut c, T);
-        assert_eq!(check(&fast, &c, T), Verdict::Pass(flagged), "still passes");
+        assert_eq!(
+            check(&fast, &c, T),
+            PenaltyCheck::Pass(flagged),
+            "still passes"
+        );
     }
 
     #[test]
@@ -503,7 +517,7 @@ mod tests {
         let s = standing(&free(), &ids, &c, T);
         assert_eq!(
             s,
-            Standing {
+            PenaltyStanding {
                 incorrect: 30,
                 relax_used: 0,
                 relax_earned: 3,

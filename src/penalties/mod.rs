@@ -22,7 +22,7 @@ mod mode;
 
 pub use account::{
     admit, check, commit, record, standing, Admission, Event, JobCheck, JobFacts, Marks,
-    PenaltyRefusal, Standing, Verdict,
+    PenaltyCheck, PenaltyRefusal, PenaltyStanding,
 };
 pub use judge::{Judge, Matcher, On};
 pub use mode::Mode;

@@ -7,7 +7,6 @@
 //! the job pools hand out slots; [`upstream`] moves bytes.
 
 mod admission;
-mod body;
 pub mod client_body;
 pub mod error;
 pub mod header_rewrite;
@@ -16,6 +15,7 @@ mod jobs;
 pub mod request_body;
 pub mod request_checks;
 pub mod respond;
+mod response_body;
 pub mod upload;
 pub mod upstream;
 
@@ -30,10 +30,10 @@ use http_body::Body as _;
 
 use hyper::upgrade::OnUpgrade;
 
-pub use body::ProxyBody;
 pub use client_body::{ClientBody, Unread};
 use header_rewrite::Forwarded;
 pub use request_body::RequestBody;
+pub use response_body::ProxyBody;
 use upload::UploadBody;
 use upstream::{ForwardBody, UpstreamBody, UpstreamClient, Upstreams};
 
@@ -190,9 +190,9 @@ impl Proxy {
         let config = &policy.config;
         let upstream = resp.extensions_mut().remove::<UpstreamTime>().map(|t| t.0);
         let status = resp.status().as_u16();
-        let decision = access_log::Decision::of(upstream.is_some(), status);
+        let decision = access_log::Outcome::of(upstream.is_some(), status);
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
-        let limited = decision == access_log::Decision::Limited;
+        let limited = decision == access_log::Outcome::Limited;
         let limit = header("x-ratelimit-type").filter(|_| limited);
         let queue_wait = header(jobs::X_QUEUE_WAIT_MS.as_str()).and_then(|v| v.parse().ok());
         let raw_path = arrived.uri.path();

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use super::body::ProxyBody;
 use super::error::ProxyError;
+use super::response_body::ProxyBody;
 use crate::limits::headers::X_RATELIMIT_TYPE;
 use crate::queue::QueueError;
 

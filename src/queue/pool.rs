@@ -205,11 +205,6 @@ impl JobPool {
         }
     }
 
-    /// Index of an upstream account by name.
-    pub fn account_index(&self, name: &str) -> Option<UpstreamIdx> {
-        self.accounts.iter().position(|a| a.name == name)
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner
             .lock()

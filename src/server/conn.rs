@@ -72,7 +72,7 @@ pub enum Phase {
 
 /// What to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum ClockVerdict {
     /// Look again at this moment (ms since accept).
     CheckAt(u64),
     Close(Expiry),
@@ -83,7 +83,7 @@ pub enum Verdict {
 /// The next check is never further away than the shorter timeout, because the phase can change
 /// between checks without the watcher being told (a busy connection goes idle, an idle one
 /// starts a head) and the new phase's deadline must not be missed.
-pub fn verdict(phase: Phase, now_ms: u64, t: Timeouts) -> Verdict {
+pub fn verdict(phase: Phase, now_ms: u64, t: Timeouts) -> ClockVerdict {
     let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
     let period = ms(t.header.min(t.idle).min(t.send / 4)).max(1);
     let deadline = match phase {
@@ -92,9 +92,9 @@ pub fn verdict(phase: Phase, now_ms: u64, t: Timeouts) -> Verdict {
         Phase::Idle { since_ms } => Some((since_ms.saturating_add(ms(t.idle)), Expiry::Idle)),
     };
     match deadline {
-        Some((at, why)) if now_ms >= at => Verdict::Close(why),
-        Some((at, _)) => Verdict::CheckAt(at.min(now_ms.saturating_add(period))),
-        None => Verdict::CheckAt(now_ms.saturating_add(period)),
+        Some((at, why)) if now_ms >= at => ClockVerdict::Close(why),
+        Some((at, _)) => ClockVerdict::CheckAt(at.min(now_ms.saturating_add(period))),
+        None => ClockVerdict::CheckAt(now_ms.saturating_add(period)),
     }
 }
 
@@ -161,7 +161,7 @@ impl Activity {
         }
     }
 
-    pub fn verdict(&self, t: Timeouts) -> Verdict {
+    pub fn verdict(&self, t: Timeouts) -> ClockVerdict {
         verdict(self.phase(), self.now_ms(), t)
     }
 
@@ -429,32 +429,38 @@ mod tests {
     #[test]
     fn a_new_connection_must_send_its_head_within_the_header_timeout() {
         let fresh = Phase::Head { since_ms: 0 };
-        assert_eq!(verdict(fresh, 0, T), Verdict::CheckAt(10_000));
-        assert_eq!(verdict(fresh, 9_999, T), Verdict::CheckAt(10_000));
-        assert_eq!(verdict(fresh, 10_000, T), Verdict::Close(Expiry::Header));
+        assert_eq!(verdict(fresh, 0, T), ClockVerdict::CheckAt(10_000));
+        assert_eq!(verdict(fresh, 9_999, T), ClockVerdict::CheckAt(10_000));
+        assert_eq!(
+            verdict(fresh, 10_000, T),
+            ClockVerdict::Close(Expiry::Header)
+        );
     }
 
     #[test]
     fn an_idle_connection_gets_the_idle_timeout_but_is_checked_at_the_shorter_period() {
         let idle = Phase::Idle { since_ms: 5_000 };
-        assert_eq!(verdict(idle, 5_000, T), Verdict::CheckAt(15_000));
-        assert_eq!(verdict(idle, 60_000, T), Verdict::CheckAt(65_000));
-        assert_eq!(verdict(idle, 65_000, T), Verdict::Close(Expiry::Idle));
+        assert_eq!(verdict(idle, 5_000, T), ClockVerdict::CheckAt(15_000));
+        assert_eq!(verdict(idle, 60_000, T), ClockVerdict::CheckAt(65_000));
+        assert_eq!(verdict(idle, 65_000, T), ClockVerdict::Close(Expiry::Idle));
     }
 
     #[test]
     fn a_busy_connection_is_never_closed_by_these_clocks() {
         assert_eq!(
             verdict(Phase::Busy, 1_000_000, T),
-            Verdict::CheckAt(1_010_000)
+            ClockVerdict::CheckAt(1_010_000)
         );
     }
 
     #[test]
     fn a_head_started_while_idle_runs_on_the_header_clock() {
         let head = Phase::Head { since_ms: 30_000 };
-        assert_eq!(verdict(head, 35_000, T), Verdict::CheckAt(40_000));
-        assert_eq!(verdict(head, 40_000, T), Verdict::Close(Expiry::Header));
+        assert_eq!(verdict(head, 35_000, T), ClockVerdict::CheckAt(40_000));
+        assert_eq!(
+            verdict(head, 40_000, T),
+            ClockVerdict::Close(Expiry::Header)
+        );
     }
 
     #[tokio::test]

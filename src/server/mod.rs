@@ -40,7 +40,7 @@ use crate::access_log;
 use crate::proxy::request_checks::AmbiguousFraming;
 use crate::proxy::Tunnel;
 use crate::proxy::{ClientBody, Peer, Proxy, Unread};
-use conn::{Activity, ActivityIo, Expiry, HeadWatch, Timeouts, Tracked, Verdict};
+use conn::{Activity, ActivityIo, ClockVerdict, Expiry, HeadWatch, Timeouts, Tracked};
 use discard::{Discard, DiscardLimits};
 use parse_errors::JsonRefusals;
 use read_tap::ReadTap;
@@ -91,7 +91,7 @@ impl Settings {
 }
 
 /// The listener's TLS settings, swapped on reload; `None`: clear text.
-pub type ListenerTls = Option<Arc<ArcSwap<rustls::ServerConfig>>>;
+pub type LiveTls = Option<Arc<ArcSwap<rustls::ServerConfig>>>;
 
 /// Serves `listener` until `shutdown` flips, then drains open connections. `slots` bounds the
 /// connections of every worker together.
@@ -99,7 +99,7 @@ pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
-    (settings, tls): (Settings, ListenerTls),
+    (settings, tls): (Settings, LiveTls),
     slots: Arc<Semaphore>,
 ) {
     let builder = settings.builder();
@@ -232,13 +232,13 @@ async fn watch(
                     activity.verdict(timeouts),
                     send_verdict(&activity, &mut stall, timeouts.send),
                 ) {
-                    (_, Some(close @ Verdict::Close(_))) => close,
-                    (Verdict::CheckAt(a), Some(Verdict::CheckAt(b))) => Verdict::CheckAt(a.min(b)),
+                    (_, Some(close @ ClockVerdict::Close(_))) => close,
+                    (ClockVerdict::CheckAt(a), Some(ClockVerdict::CheckAt(b))) => ClockVerdict::CheckAt(a.min(b)),
                     (verdict, _) => verdict,
                 };
                 match verdict {
-                    Verdict::CheckAt(at) => check_at = at,
-                    Verdict::Close(why) => {
+                    ClockVerdict::CheckAt(at) => check_at = at,
+                    ClockVerdict::Close(why) => {
                         stop.signal(match why {
                             Expiry::Header => Stop::HEADER_TIMEOUT,
                             Expiry::Idle => Stop::IDLE_TIMEOUT,
@@ -254,15 +254,15 @@ async fn watch(
 
 /// The send timeout of an HTTP/1.1 connection (see [`send`]): `None` while no response waits on
 /// the client; else when to look again, or a close once it has waited `send`.
-fn send_verdict(activity: &Activity, stall: &mut Stall, send: Duration) -> Option<Verdict> {
+fn send_verdict(activity: &Activity, stall: &mut Stall, send: Duration) -> Option<ClockVerdict> {
     let busy = activity.phase() == conn::Phase::Busy;
     let waiting = activity.send.waiting().filter(|_| busy);
     let waited = stall.observe(waiting, tokio::time::Instant::now())?;
     Some(match send.checked_sub(waited) {
         Some(left) if !left.is_zero() => {
-            Verdict::CheckAt(activity.now_ms() + left.as_millis() as u64 + 1)
+            ClockVerdict::CheckAt(activity.now_ms() + left.as_millis() as u64 + 1)
         }
-        _ => Verdict::Close(Expiry::Send),
+        _ => ClockVerdict::Close(Expiry::Send),
     })
 }
 

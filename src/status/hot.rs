@@ -18,7 +18,7 @@ const SLOTS: usize = 1024;
 
 /// An account's standing in its tightest window, as of its last request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Standing {
+pub struct TightestWindow {
     pub account: AccountId,
     pub tier: TierId,
     pub class: ClassId,
@@ -29,7 +29,7 @@ pub struct Standing {
     pub resets_at_ms: u64,
 }
 
-impl Standing {
+impl TightestWindow {
     /// The tighter of a request's windows, by fraction used; `None` when no limit applies.
     pub fn of(
         account: AccountId,
@@ -76,7 +76,7 @@ fn fraction(w: &WindowUsage) -> f64 {
 /// A lossy table of the latest standing of recently seen accounts.
 #[derive(Debug)]
 pub struct HotAccounts {
-    slots: Box<[Mutex<Option<Standing>>]>,
+    slots: Box<[Mutex<Option<TightestWindow>>]>,
 }
 
 impl Default for HotAccounts {
@@ -91,7 +91,7 @@ impl HotAccounts {
     /// Notes an account's standing after a decision. A slot another worker is writing at this
     /// instant (the same busy account on two cores) is skipped rather than waited for: the
     /// account's next request notes it again, and the request path never blocks here.
-    pub fn record(&self, standing: Standing, now_ms: u64) {
+    pub fn record(&self, standing: TightestWindow, now_ms: u64) {
         let slot = &self.slots[(standing.account.0 as usize) % SLOTS];
         let mut held = match slot.try_lock() {
             Ok(held) => held,
@@ -112,8 +112,8 @@ impl HotAccounts {
     }
 
     /// The `n` accounts nearest their limits whose windows are still open, nearest first.
-    pub fn top(&self, n: usize, now_ms: u64) -> Vec<Standing> {
-        let mut open: Vec<Standing> = self
+    pub fn top(&self, n: usize, now_ms: u64) -> Vec<TightestWindow> {
+        let mut open: Vec<TightestWindow> = self
             .slots
             .iter()
             .filter_map(|slot| *slot.lock().unwrap_or_else(|p| p.into_inner()))
@@ -133,8 +133,8 @@ impl HotAccounts {
 mod tests {
     use super::*;
 
-    fn standing(account: u128, used: u32, limit: u32, resets_at_ms: u64) -> Standing {
-        Standing {
+    fn standing(account: u128, used: u32, limit: u32, resets_at_ms: u64) -> TightestWindow {
+        TightestWindow {
             account: AccountId(account),
             tier: TierId(0),
             class: ClassId(0),
@@ -165,10 +165,12 @@ mod tests {
             primary: Some(minute),
             daily: Some(daily),
         };
-        let s = Standing::of(AccountId(7), TierId(1), ClassId(2), &usage, 1_000).unwrap();
+        let s = TightestWindow::of(AccountId(7), TierId(1), ClassId(2), &usage, 1_000).unwrap();
         assert_eq!((s.kind, s.used, s.limit), (LimitKind::Daily, 90, 100));
         assert_eq!(s.resets_at_ms, 1_000 + 3_600_000);
-        assert!(Standing::of(AccountId(7), TierId(1), ClassId(2), &Usage::default(), 0).is_none());
+        assert!(
+            TightestWindow::of(AccountId(7), TierId(1), ClassId(2), &Usage::default(), 0).is_none()
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::limits::Usage;
 use crate::queue::Jobs;
 use crate::store::Store;
 use history::History;
-use hot::{HotAccounts, Standing};
+use hot::{HotAccounts, TightestWindow};
 
 /// The page itself: HTML, CSS and JS in one file, no framework, nothing fetched from elsewhere.
 pub const PAGE: &str = include_str!("page.html");
@@ -93,7 +93,7 @@ impl StatusBoard {
 
     /// Notes a decided request's standing (the request path's one call).
     pub fn record(&self, caller: Caller, class: ClassId, usage: &Usage, now_ms: u64) {
-        if let Some(s) = Standing::of(caller.account, caller.tier, class, usage, now_ms) {
+        if let Some(s) = TightestWindow::of(caller.account, caller.tier, class, usage, now_ms) {
             self.hot.record(s, now_ms);
         }
     }

@@ -670,8 +670,9 @@ impl RedisStore {
         .await
     }
 
-    /// Moves this store's view of the shared clock (Redis `TIME` + offset). For tests and
-    /// drills: minute windows and the UTC day reset are exercised without waiting.
+    /// Moves this store's view of the shared clock (Redis `TIME` + offset), so tests exercise
+    /// minute windows and the UTC day reset without waiting (test builds only).
+    #[cfg(feature = "test-hooks")]
     pub fn set_clock_offset_ms(&self, offset: i64) {
         self.offset_ms.store(offset, Ordering::Relaxed);
     }
@@ -680,7 +681,8 @@ impl RedisStore {
     /// `TIME` (so a test can run the memory store and Redis at the very same instants). Keys
     /// then get no expiry, since Redis would expire them by its own clock: a test's keys stay
     /// until the server is flushed or stopped. Never on in production, where one clock for
-    /// every replica is the point of reading `TIME`.
+    /// every replica is the point of reading `TIME`: compiled into test builds only.
+    #[cfg(feature = "test-hooks")]
     pub fn use_caller_clock(&self, on: bool) {
         self.caller_clock.store(on, Ordering::Relaxed);
     }
