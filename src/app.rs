@@ -132,7 +132,7 @@ pub fn start(
     let access_log = config.access_log.clone();
     let mut shared = Shared::new(config, store, clock);
     if let Some(log) = &access_log {
-        let dropped = shared.metrics.access_log_dropped.clone();
+        let dropped = shared.metrics.listener.access_log_dropped.clone();
         shared.access_log = Some(Arc::new(AccessLog::open(log, dropped)?));
     }
     let shared = Arc::new(shared);
@@ -364,7 +364,7 @@ fn restore_state(shared: &Shared, state: &StateConfig) -> io::Result<Keeper> {
         }
     }
     let saved = keeper.save(&shared.store, now);
-    shared.metrics.state_saved(saved.is_ok());
+    shared.metrics.state.saved(saved.is_ok());
     saved.map_err(|e| io::Error::new(e.kind(), format!("cannot write state file {shown}: {e}")))?;
     Ok(keeper)
 }
@@ -392,12 +392,12 @@ fn keep_state(
     loop {
         if stop.load(Ordering::SeqCst) {
             let saved = keeper.save(&shared.store, shared.clock.now_ms());
-            shared.metrics.state_saved(saved.is_ok());
+            shared.metrics.state.saved(saved.is_ok());
             return saved;
         }
         if Instant::now() >= next_save {
             let saved = keeper.save(&shared.store, shared.clock.now_ms());
-            shared.metrics.state_saved(saved.is_ok());
+            shared.metrics.state.saved(saved.is_ok());
             match saved {
                 Ok(accounts) => tracing::debug!(accounts, "limit state saved"),
                 Err(e) => tracing::error!(
@@ -412,10 +412,11 @@ fn keep_state(
                 Ok(0) => {}
                 Ok(records) => shared
                     .metrics
+                    .state
                     .journal_flushed(Some(records), started.elapsed().as_secs_f64()),
                 Err(e) => {
                     let seconds = started.elapsed().as_secs_f64();
-                    shared.metrics.journal_flushed(None, seconds);
+                    shared.metrics.state.journal_flushed(None, seconds);
                     tracing::error!(
                         file = %state.file.display(), error = %e,
                         "cannot write the state journal; saving the whole state instead"
@@ -466,7 +467,7 @@ async fn control(
         tokio::select! {
             _ = sweep.tick() => {
                 let remaining = shared.store.evict_idle(shared.clock.now_ms());
-                shared.metrics.tracked_accounts.set(remaining as i64);
+                shared.metrics.state.tracked_accounts.set(remaining as i64);
             }
             _ = sample.tick() => {
                 let degraded = shared.store.is_degraded();

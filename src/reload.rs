@@ -114,7 +114,7 @@ impl Reloader {
                 }
                 Ok(ignored)
             });
-        shared.metrics.config_reloaded(result.is_ok());
+        shared.metrics.reload.reloaded(result.is_ok());
         let refused = result.as_ref().err().map(ToString::to_string);
         shared.status.reloaded(refused, shared.clock.now_ms());
         match result {

@@ -31,10 +31,14 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     out
 }
 
-/// The metrics floodgate registers: the quoted `"floodgate_..."` names in src/metrics.rs and in
+/// The metrics floodgate registers: the quoted `"floodgate_..."` names in src/metrics/ and in
 /// the shared store's health metrics (src/store/failover.rs).
 fn exported() -> BTreeSet<String> {
-    let src = read("src/metrics.rs") + &read("src/store/failover.rs");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics");
+    let mut src = read("src/store/failover.rs");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        src += &std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    }
     let quoted: String = src
         .split('"')
         .skip(1)

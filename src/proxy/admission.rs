@@ -145,10 +145,16 @@ impl Proxy {
     pub(super) fn count_marks(&self, ctx: &Ctx<'_>, marks: &Marks) {
         let tier = &ctx.policy.config.tier(ctx.caller.tier).name;
         if marks.no_refund {
-            self.shared.metrics.billing_mark(tier, "no_refund");
+            self.shared
+                .metrics
+                .penalties
+                .billing_mark(tier, "no_refund");
         }
         if marks.cost_multiplier.is_some() {
-            self.shared.metrics.billing_mark(tier, "surcharge");
+            self.shared
+                .metrics
+                .penalties
+                .billing_mark(tier, "surcharge");
         }
     }
 }
@@ -205,8 +211,8 @@ async fn count(
         return;
     };
     match (event, class) {
-        (Event::Incorrect, Some(class)) => shared.metrics.incorrect_task(class, tier),
-        (Event::RelaxEarned, _) => shared.metrics.relax_earned(tier),
+        (Event::Incorrect, Some(class)) => shared.metrics.penalties.incorrect_task(class, tier),
+        (Event::RelaxEarned, _) => shared.metrics.penalties.relax_earned(tier),
         (Event::Incorrect, None) => {}
     }
 }

@@ -119,7 +119,7 @@ impl Proxy {
             if resp.status() == http::StatusCode::TOO_MANY_REQUESTS && settings.pool != 0 {
                 let rest_ms = retry_after_ms(&resp).unwrap_or(DEFAULT_COOLDOWN_MS);
                 pool.cool_down(permit.upstream(), rest_ms);
-                self.shared.metrics.cooldown(&permit.account().name);
+                self.shared.metrics.jobs.cooldown(&permit.account().name);
                 tracing::info!(upstream_account = %permit.account().name, rest_ms, "upstream account rests after 429");
                 if retriable && attempt < attempts && affinity.is_none() {
                     front = true;
@@ -192,18 +192,18 @@ impl Proxy {
             (Granted::Permit(permit), Some(req), _) => {
                 if permit.position_at_entry().is_some() {
                     // It waited, and no hook took it (shared slots): it sends itself.
-                    self.shared.metrics.handoff(false);
+                    self.shared.metrics.jobs.handoff(false);
                 }
                 let resp = self.send_on(ctx, req, &permit, named_account).await?;
                 (permit, resp)
             }
             (Granted::Started, _, Some(early)) => match early.await {
                 Ok(Early::Started { permit, resp, at }) => {
-                    self.shared.metrics.handoff(true);
+                    self.shared.metrics.jobs.handoff(true);
                     (permit, self.arrived(ctx, resp, at)?)
                 }
                 Ok(Early::NotStarted { permit, req }) => {
-                    self.shared.metrics.handoff(false);
+                    self.shared.metrics.jobs.handoff(false);
                     let resp = self.send_on(ctx, req, &permit, named_account).await?;
                     (permit, resp)
                 }
@@ -215,6 +215,7 @@ impl Proxy {
         let tier = &ctx.policy.config.tier(ctx.caller.tier).name;
         self.shared
             .metrics
+            .jobs
             .queue_wait(tier, permit.waited().as_secs_f64());
         Ok((permit, resp))
     }
@@ -243,7 +244,7 @@ impl Proxy {
         if would_wait {
             let config = &ctx.policy.config;
             let tier = &config.tier(ctx.caller.tier).name;
-            self.shared.metrics.would_queue(tier);
+            self.shared.metrics.jobs.would_queue(tier);
             tracing::info!(
                 account = %ctx.caller.account.short(),
                 class = config.class_name(ctx.class),

@@ -381,7 +381,7 @@ impl Proxy {
             limit = refusal.kind.name(), retry_after_secs = refusal.retry_after_secs,
             "rate limited"
         );
-        self.shared.metrics.limit_hit(
+        self.shared.metrics.requests.limit_hit(
             config.class_name(class),
             &config.tier(caller.tier).name,
             refusal.kind.name(),
@@ -421,7 +421,10 @@ impl Proxy {
             Ok(Decision::Refused(_, refusal)) => {
                 let class = config.class_name(ctx.class);
                 let kind = refusal.kind.name();
-                self.shared.metrics.would_limit(class, &tier.name, kind);
+                self.shared
+                    .metrics
+                    .requests
+                    .would_limit(class, &tier.name, kind);
                 tracing::info!(
                     account = %ctx.caller.account.short(), class, tier = %tier.name,
                     limit = kind, retry_after_secs = refusal.retry_after_secs,
@@ -541,11 +544,12 @@ impl Proxy {
                 };
                 self.shared
                     .metrics
-                    .job_dropped(&config.tier(ctx.caller.tier).name, reason);
+                    .jobs
+                    .dropped(&config.tier(ctx.caller.tier).name, reason);
             }
             _ if !e.is_upstream_failure() => return self.refuse(e),
             _ => {
-                self.shared.metrics.upstream_error(e.code());
+                self.shared.metrics.requests.upstream_error(e.code());
                 tracing::warn!(error = %e, class = config.class_name(ctx.class), "upstream failure");
             }
         }
@@ -555,7 +559,7 @@ impl Proxy {
     /// The answer to a request whose handling panicked (the panic was caught by the listener):
     /// a 500 JSON, counted and logged (the panic's message, never the API key).
     pub fn panicked(&self, panic: &str) -> Response<ProxyBody> {
-        self.shared.metrics.panics.inc();
+        self.shared.metrics.listener.panics.inc();
         tracing::error!(panic = %panic, "answering a request panicked; answered 500");
         ProxyError::Internal.into_response()
     }
@@ -571,9 +575,9 @@ impl Proxy {
     fn refuse(&self, err: ProxyError) -> Response<ProxyBody> {
         // The error names what was wrong, never the key itself.
         tracing::debug!(reason = err.code(), error = %err, "request refused");
-        self.shared.metrics.rejected(err.code());
+        self.shared.metrics.requests.rejected(err.code());
         if let ProxyError::ClientBodyTimeout = err {
-            self.shared.metrics.client_timeout("body");
+            self.shared.metrics.listener.client_timeout("body");
         }
         err.into_response()
     }

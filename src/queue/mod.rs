@@ -151,13 +151,13 @@ impl Jobs {
                 let gauges = spec
                     .accounts
                     .iter()
-                    .map(|a| metrics.upstream_account_in_flight(&a.name))
+                    .map(|a| metrics.jobs.upstream_account_in_flight(&a.name))
                     .collect();
                 Arc::new(JobPool::new(
                     spec.name.clone(),
                     spec.accounts.clone(),
                     gauges,
-                    metrics.pool_queued(&spec.name),
+                    metrics.jobs.pool_queued(&spec.name),
                     clock.clone(),
                 ))
             })

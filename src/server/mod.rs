@@ -317,7 +317,7 @@ macro_rules! request_handler {
                     if let Some(halves) = resp.extensions_mut().remove::<Tunnel>() {
                         // From the 101 on, the socket carries the tunnel's bytes.
                         guard.switching_protocols();
-                        let open = proxy.metrics().tunnels_open.clone();
+                        let open = proxy.metrics().listener.tunnels_open.clone();
                         tokio::spawn(tunnel::run(halves, idle, open, hold));
                     }
                 }
@@ -392,11 +392,14 @@ impl Connection {
             Ok(Ok(stream)) => self.run(stream, builder, shutdown).await,
             Ok(Err(e)) => {
                 tracing::debug!(peer = %self.peer.addr, error = %e, "TLS handshake failed");
-                self.proxy.metrics().tls_handshake_failed("error");
+                self.proxy.metrics().listener.tls_handshake_failed("error");
             }
             Err(_) => {
                 tracing::debug!(peer = %self.peer.addr, "TLS handshake timed out");
-                self.proxy.metrics().tls_handshake_failed("timeout");
+                self.proxy
+                    .metrics()
+                    .listener
+                    .tls_handshake_failed("timeout");
             }
         }
     }
@@ -453,7 +456,7 @@ impl Connection {
         E: std::fmt::Display,
     {
         let metrics = self.proxy.metrics();
-        metrics.client_connections.inc();
+        metrics.listener.client_connections.inc();
         tokio::pin!(conn);
         let stop = Arc::new(Stop::default());
         if *shutdown.borrow() {
@@ -486,7 +489,7 @@ impl Connection {
             Ok(Ok(Err(e))) => tracing::debug!(error = %e, "client connection ended with an error"),
             Ok(Ok(Ok(()))) => {}
             Ok(Err(panic)) => {
-                metrics.panics.inc();
+                metrics.listener.panics.inc();
                 tracing::error!(panic = %panic, "a client connection panicked; it was closed");
             }
             Err(closed) => {
@@ -494,10 +497,10 @@ impl Connection {
                 tracing::debug!(
                     peer = %self.peer.addr, reason = why.name(), "client connection timed out"
                 );
-                metrics.client_timeout(why.name());
+                metrics.listener.client_timeout(why.name());
                 // dropping the connection closes the socket
             }
         }
-        metrics.client_connections.dec();
+        metrics.listener.client_connections.dec();
     }
 }

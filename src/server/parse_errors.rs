@@ -133,7 +133,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonRefusals<T> {
         let this = self.get_mut();
         if this.replacing.is_none() && this.activity.may_be_hyper_refusal() {
             if let Some(refusal) = hyper_refusal(buf) {
-                this.proxy.metrics().rejected(refusal.error);
+                this.proxy.metrics().requests.rejected(refusal.error);
                 this.replacing = Some(Replacing {
                     bytes: json_answer(buf, refusal),
                     written: 0,

@@ -156,7 +156,7 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
             timeout = ?this.timeout,
             "client stopped reading an HTTP/2 response; stream reset after send_timeout"
         );
-        this.proxy.metrics().client_timeout("send");
+        this.proxy.metrics().listener.client_timeout("send");
         Poll::Ready(()) // drops the stream: RST_STREAM, and its body with what it holds
     }
 }

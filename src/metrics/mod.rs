@@ -1,0 +1,182 @@
+//! Prometheus metrics, owned in one struct and registered once: each component of floodgate has
+//! its own small struct of metrics (requests, jobs, penalties, the listener, the state, reloads),
+//! registered in [`Metrics::new`] and reached as `metrics.jobs`, `metrics.listener`, ...
+//!
+//! Label values come from closed sets — class and tier names from the config, decisions and error
+//! kinds from fixed lists — never from a request, so series stay bounded and no API key is ever
+//! exported. The per-request counters are resolved to handles once per config ([`Handles`]), so
+//! the hot path increments an atomic without hashing label values.
+
+mod jobs;
+mod listener;
+mod penalties;
+mod register;
+mod reload;
+mod requests;
+mod state;
+
+use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+
+use crate::classify::ClassId;
+use crate::identity::TierId;
+pub use jobs::JobMetrics;
+pub use listener::ListenerMetrics;
+pub use penalties::PenaltyMetrics;
+use register::Registrar;
+pub use reload::ReloadMetrics;
+pub use requests::RequestMetrics;
+pub use state::StateMetrics;
+
+/// Every metric floodgate exports, by the component that moves it.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: RequestMetrics,
+    pub jobs: JobMetrics,
+    pub penalties: PenaltyMetrics,
+    pub listener: ListenerMetrics,
+    pub state: StateMetrics,
+    pub reload: ReloadMetrics,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Per-tier gauges (queue) a job moves while it waits and runs.
+#[derive(Debug, Clone)]
+pub struct TierGauges {
+    pub queued: IntGauge,
+    pub in_flight: IntGauge,
+    /// Jobs whose client left while they waited.
+    pub cancelled: prometheus::IntCounter,
+}
+
+/// Counters of responses cut mid-body when a clock ran out. Taken where the clock runs: the
+/// error itself only closes the client connection.
+#[derive(Debug, Clone)]
+pub struct CutCounters {
+    /// The upstream paused its response body too long.
+    pub upstream_body: IntCounter,
+    /// The client paused its request body too long, after the upstream answered.
+    pub client_body: IntCounter,
+}
+
+/// Per-config handles for the counters every request touches.
+#[derive(Debug)]
+pub struct Handles {
+    classes: usize,
+    /// `[tier * classes + class]`
+    admitted: Vec<IntCounter>,
+    limited: Vec<IntCounter>,
+    upstream_seconds: Vec<prometheus::Histogram>,
+    /// Indexed by tier.
+    tiers: Vec<TierGauges>,
+}
+
+impl Handles {
+    fn idx(&self, class: ClassId, tier: TierId) -> usize {
+        tier.0 as usize * self.classes + class.0 as usize
+    }
+
+    pub fn admitted(&self, class: ClassId, tier: TierId) {
+        self.admitted[self.idx(class, tier)].inc();
+    }
+
+    pub fn limited(&self, class: ClassId, tier: TierId) {
+        self.limited[self.idx(class, tier)].inc();
+    }
+
+    /// Queued / in-flight job gauges of a tier.
+    pub fn tier_gauges(&self, tier: TierId) -> TierGauges {
+        self.tiers[tier.0 as usize].clone()
+    }
+
+    /// Time from forwarding to the upstream's response head.
+    pub fn upstream_latency(&self, class: ClassId, seconds: f64) {
+        self.upstream_seconds[class.0 as usize].observe(seconds);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = Registrar(&registry);
+        Self {
+            requests: RequestMetrics::register(&r),
+            jobs: JobMetrics::register(&r),
+            penalties: PenaltyMetrics::register(&r),
+            listener: ListenerMetrics::register(&r),
+            state: StateMetrics::register(&r),
+            reload: ReloadMetrics::register(&r),
+            registry,
+        }
+    }
+
+    /// Resolves the per-request handles for a config's classes and tiers (by name, in the
+    /// order of their ids).
+    pub fn handles(&self, classes: &[String], tiers: &[&str]) -> Handles {
+        let mut admitted = Vec::new();
+        let mut limited = Vec::new();
+        let requests = &self.requests.requests;
+        for tier in tiers {
+            for class in classes {
+                admitted.push(requests.with_label_values(&[class, tier, "admitted"]));
+                limited.push(requests.with_label_values(&[class, tier, "limited"]));
+            }
+        }
+        let upstream_seconds = classes
+            .iter()
+            .map(|c| self.requests.upstream_seconds.with_label_values(&[c]))
+            .collect();
+        let tiers = tiers.iter().map(|t| self.jobs.tier_gauges(t)).collect();
+        Handles {
+            tiers,
+            classes: classes.len(),
+            admitted,
+            limited,
+            upstream_seconds,
+        }
+    }
+
+    /// Registers metrics owned elsewhere (the shared store's health).
+    pub fn register_all(&self, collectors: Vec<Box<dyn prometheus::core::Collector>>) {
+        for c in collectors {
+            let _ = self.registry.register(c);
+        }
+    }
+
+    /// The counters of responses cut mid-body when a clock ran out: the upstream's body
+    /// stalled (`upstream_errors_total{kind="upstream_body_timeout"}`), or the client's
+    /// (`client_timeouts_total{kind="body"}`).
+    pub fn cut_counters(&self) -> CutCounters {
+        CutCounters {
+            upstream_body: self
+                .requests
+                .upstream_errors
+                .with_label_values(&["upstream_body_timeout"]),
+            client_body: self.listener.client_timeouts.with_label_values(&["body"]),
+        }
+    }
+
+    /// Every metric's current values (the status page reads its totals from here).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
