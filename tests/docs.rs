@@ -347,24 +347,11 @@ fn the_metrics_reference_lists_exactly_the_registered_metrics() {
 /// Every item of `src/` by name: what `fn`, `struct`, `enum`, `type`, `trait`, `mod`, `const`,
 /// `static` and `macro_rules!` define, the file and directory names, and `as` aliases.
 fn source_item_names() -> BTreeSet<String> {
-    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    walk(&src, &mut files);
     let mut names = BTreeSet::new();
-    for file in files {
-        for part in file.strip_prefix(&src).unwrap().with_extension("").iter() {
-            names.insert(part.to_string_lossy().into_owned());
-        }
+    for rel in source_modules().iter().filter(|m| m.ends_with(".rs")) {
+        let module = rel.trim_start_matches("src/").trim_end_matches(".rs");
+        names.extend(module.split('/').map(str::to_owned));
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
         let text = std::fs::read_to_string(&file).unwrap();
         let words: Vec<&str> = text
             .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '!'))
