@@ -21,8 +21,6 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 pub static HTTP: HeaderValue = HeaderValue::from_static("http");
 /// `X-Forwarded-Proto` of a request that reached floodgate over TLS.
 pub static HTTPS: HeaderValue = HeaderValue::from_static("https");
-pub static X_FLOODGATE_TIER: HeaderName = HeaderName::from_static("x-floodgate-tier");
-pub static X_FLOODGATE_CLASS: HeaderName = HeaderName::from_static("x-floodgate-class");
 
 /// What floodgate writes into one request's forwarding fields.
 #[derive(Debug, Clone)]

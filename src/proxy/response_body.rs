@@ -1,4 +1,5 @@
-//! The response body type: the upstream's body streamed through, or a small local one.
+//! The response body type: the upstream's body streamed through, or a small local one; and a
+//! look at its first bytes that leaves them for the client.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -6,6 +7,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use http::Response;
+
+use super::error::ProxyError;
+use super::inspect::{read_prefix, Peeked};
 use super::upstream::{ExchangeError, UpstreamBody};
 use crate::queue::SlotPermit;
 
@@ -105,4 +110,38 @@ impl Body for ProxyBody {
             ProxyBody::Panics => SizeHint::with_exact(1),
         }
     }
+}
+
+/// Reads up to `limit` bytes of an upstream answer's body and puts them back in front of the
+/// rest, so the client still gets every byte. A body read whole becomes a local one (any slot
+/// it held ends: the upstream has answered in full).
+pub async fn peek(
+    resp: Response<ProxyBody>,
+    limit: usize,
+) -> Result<(Response<ProxyBody>, Option<Peeked>), ProxyError> {
+    let (parts, body) = resp.into_parts();
+    let ProxyBody::Upstream {
+        prefix: None,
+        body: upstream,
+        permit,
+    } = body
+    else {
+        return Ok((Response::from_parts(parts, body), None));
+    };
+    let prefix = read_prefix(upstream, limit, None)
+        .await
+        .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
+    let peeked = Peeked {
+        bytes: prefix.bytes.clone(),
+        complete: prefix.is_complete(),
+    };
+    let body = match prefix.rest {
+        Some(rest) => ProxyBody::Upstream {
+            prefix: Some(prefix.bytes),
+            body: rest,
+            permit,
+        },
+        None => ProxyBody::full(prefix.bytes),
+    };
+    Ok((Response::from_parts(parts, body), Some(peeked)))
 }

@@ -1,0 +1,236 @@
+//! The admission stage: a request's rate limits — and for a job, its penalties with them — checked
+//! and consumed in one store step, and the 429 (or 503) when they refuse. The decision itself is
+//! pure ([`crate::limits`], [`crate::penalties`]); the store makes it atomic.
+
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use super::ctx::Ctx;
+use super::respond::json_response;
+use super::response_body::ProxyBody;
+use crate::clock::Clock;
+use crate::limits::{headers as rl_headers, Decision, LimitKind, Receipt, Refusal, Usage};
+use crate::metrics::RequestMetrics;
+use crate::penalties::{Admission, JobCheck, JobFacts, Marks, PenaltyRefusal};
+use crate::shared::Shared;
+use crate::status::StatusBoard;
+use crate::store::{Store, StoreError};
+
+/// The seed API's 429 body, byte for byte.
+const TOO_MANY_ATTEMPTS: &str = r#"{"message": "Too Many Attempts."}"#;
+
+/// A refused admission: the finished 429 (or 503) response.
+pub type Refused = Response<ProxyBody>;
+
+/// What admission reads and writes: the limit store on the shared clock, the status board's
+/// charts, the request counters.
+pub struct Admit<'a> {
+    store: &'a Store,
+    clock: &'a dyn Clock,
+    status: &'a StatusBoard,
+    metrics: &'a RequestMetrics,
+}
+
+/// An admitted job: the usage headers (when its class is rate limited), the marks it carries
+/// and the receipt of what it consumed.
+pub struct AdmittedJob {
+    pub usage: Option<Usage>,
+    pub marks: Marks,
+    pub receipt: Receipt,
+}
+
+impl<'a> Admit<'a> {
+    pub fn of(shared: &'a Shared) -> Self {
+        Self {
+            store: &shared.store,
+            clock: &*shared.clock,
+            status: &shared.status,
+            metrics: &shared.metrics.requests,
+        }
+    }
+
+    /// Checks and consumes the caller's limits for its class. `Ok(None)`: the class is not
+    /// limited for this tier.
+    pub async fn request(&self, ctx: &Ctx<'_>) -> Result<Option<Usage>, Refused> {
+        let (policy, caller, class) = (ctx.policy, ctx.caller, ctx.class);
+        let rules = policy.config.tier(caller.tier).rules(class);
+        let now = self.clock.now_ms();
+        if rules.is_empty() {
+            policy.handles.admitted(class, caller.tier);
+            self.shadow(ctx, now).await;
+            return Ok(None);
+        }
+        match self
+            .store
+            .check_and_consume(caller.account, rules, now)
+            .await
+        {
+            Ok(Decision::Admitted(usage)) => {
+                policy.handles.admitted(class, caller.tier);
+                self.status.record(caller, class, &usage, now);
+                self.shadow(ctx, now).await;
+                Ok(Some(usage))
+            }
+            Ok(Decision::Refused(usage, refusal)) => Err(self.limited(ctx, &usage, &refusal, now)),
+            Err(e) => Err(store_failed(&e)),
+        }
+    }
+
+    /// Checks a job submission's penalties and rate limits and consumes them, in one store step.
+    /// The job has not been queued yet.
+    pub async fn job(&self, ctx: &Ctx<'_>, facts: JobFacts) -> Result<AdmittedJob, Refused> {
+        let (policy, caller, class) = (ctx.policy, ctx.caller, ctx.class);
+        let config = &policy.config;
+        let rules = config.tier(caller.tier).rules(class);
+        let check = JobCheck {
+            policy: config.penalties.tier(caller.tier),
+            ids: config.penalties.ids,
+            facts,
+        };
+        if rules.is_empty() && check.policy.is_empty() && !facts.is_relax() {
+            policy.handles.admitted(class, caller.tier);
+            return Ok(AdmittedJob {
+                usage: None,
+                marks: Marks::default(),
+                receipt: Receipt::default(),
+            });
+        }
+        let now = self.clock.now_ms();
+        let admission = self
+            .store
+            .admit_job(caller.account, rules, &check, now)
+            .await;
+        match admission {
+            Ok(Admission::Admitted(usage, marks, receipt)) => {
+                policy.handles.admitted(class, caller.tier);
+                self.status.record(caller, class, &usage, now);
+                Ok(AdmittedJob {
+                    // A class without rate limits has an empty usage: no X-RateLimit headers.
+                    usage: (!rules.is_empty()).then_some(usage),
+                    marks,
+                    receipt,
+                })
+            }
+            Ok(Admission::Limited(usage, refusal)) => Err(self.limited(ctx, &usage, &refusal, now)),
+            Ok(Admission::Penalised(usage, refusal)) => {
+                let mut resp = self.limited(ctx, &usage, &refusal.as_refusal(), now);
+                *resp.body_mut() = ProxyBody::full(penalty_body(&refusal).into());
+                Err(resp)
+            }
+            Err(e) => Err(store_failed(&e)),
+        }
+    }
+
+    /// Gives back what an admitted job consumed when the queue turned it away before it ran:
+    /// only admitted requests consume quota. Returns the usage headers as they stand after it.
+    pub async fn give_back(
+        &self,
+        ctx: &Ctx<'_>,
+        receipt: &Receipt,
+        usage: Option<Usage>,
+    ) -> Option<Usage> {
+        let now = self.clock.now_ms();
+        match self.store.give_back(ctx.caller.account, receipt, now).await {
+            Ok(0) => usage,
+            Ok(_) => usage.map(Usage::given_back),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not give back a turned-away job's quota");
+                usage
+            }
+        }
+    }
+
+    /// Shadow limits: decided and counted as if enforced, never refusing. They are checked
+    /// only for a request the enforced limits admitted (one they refuse is refused whatever
+    /// the shadow rules say) and on their own counters, so they take no part in the enforced
+    /// all-or-nothing decision; among themselves they consume all or none, like enforced rules.
+    async fn shadow(&self, ctx: &Ctx<'_>, now: u64) {
+        let shadow = ctx.config().tier(ctx.caller.tier).shadow_rules(ctx.class);
+        if shadow.is_empty() {
+            return;
+        }
+        match self
+            .store
+            .check_and_consume(ctx.caller.account, shadow, now)
+            .await
+        {
+            Ok(Decision::Refused(_, refusal)) => {
+                let (class, tier, kind) = (ctx.class_name(), ctx.tier_name(), refusal.kind.name());
+                self.metrics.would_limit(class, tier, kind);
+                tracing::info!(
+                    account = %ctx.caller.account.short(), class, tier,
+                    limit = kind, retry_after_secs = refusal.retry_after_secs,
+                    "shadow limit would refuse; request admitted"
+                );
+            }
+            Ok(Decision::Admitted(_)) => {}
+            Err(e) => tracing::debug!(error = %e, "state store failed on a shadow limit"),
+        }
+    }
+
+    /// The 429 for a request a limit (or penalty) refused, counted.
+    fn limited(&self, ctx: &Ctx<'_>, usage: &Usage, refusal: &Refusal, now: u64) -> Refused {
+        let (caller, class) = (ctx.caller, ctx.class);
+        ctx.policy.handles.limited(class, caller.tier);
+        self.status.record(caller, class, usage, now);
+        tracing::debug!(
+            account = %caller.account.short(), class = ctx.class_name(),
+            limit = refusal.kind.name(), retry_after_secs = refusal.retry_after_secs,
+            "rate limited"
+        );
+        self.metrics
+            .limit_hit(ctx.class_name(), ctx.tier_name(), refusal.kind.name());
+        too_many_attempts(usage, refusal, ctx.config().headers.ietf)
+    }
+}
+
+/// The 503 for a request whose limit state could not be read.
+fn store_failed(e: &StoreError) -> Refused {
+    tracing::warn!(error = %e, "state store failed");
+    let mut resp = json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        r#"{"error": "store_unavailable", "message": "rate limit state unavailable"}"#,
+    );
+    // The circuit breaker retries the store within about a second.
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// The 429 answer: the seed's body, the usage headers, the limit type and an exact Retry-After.
+fn too_many_attempts(usage: &Usage, refusal: &Refusal, ietf: bool) -> Refused {
+    let mut resp = json_response(StatusCode::TOO_MANY_REQUESTS, TOO_MANY_ATTEMPTS);
+    rl_headers::write_usage(resp.headers_mut(), usage, ietf);
+    rl_headers::write_refusal(resp.headers_mut(), refusal);
+    resp
+}
+
+/// The 429 body of a penalty: the seed's message, and what refused the job.
+fn penalty_body(r: &PenaltyRefusal) -> String {
+    let (error, detail) = match r.kind {
+        LimitKind::Relax => (
+            "relax_limit",
+            format!(
+                "{} relax jobs today, the allowance (plan and earned) is {}; relax jobs resume \
+                 at 00:00 UTC, fast and turbo jobs are not affected",
+                r.count, r.allowance
+            ),
+        ),
+        _ => (
+            "incorrect_task_limit",
+            format!(
+                "{} incorrect tasks today, the allowance is {}; job submissions resume at \
+                 00:00 UTC",
+                r.count, r.allowance
+            ),
+        ),
+    };
+    serde_json::json!({
+        "message": "Too Many Attempts.",
+        "error": error,
+        "detail": detail,
+        "count": r.count,
+        "allowance": r.allowance,
+    })
+    .to_string()
+}

@@ -1,0 +1,33 @@
+//! What every stage after classification knows of the request being served: the config it is
+//! served under, who called, its class, and the forwarding fields its peer gets.
+
+use super::header_rewrite::Forwarded;
+use crate::classify::ClassId;
+use crate::config::Config;
+use crate::identity::Caller;
+use crate::shared::Policy;
+
+/// The facts of one request, fixed once it is identified and classified.
+pub struct Ctx<'a> {
+    pub policy: &'a Policy,
+    pub caller: Caller,
+    pub class: ClassId,
+    /// What goes into `X-Forwarded-For` / `-Proto`.
+    pub forwarded: &'a Forwarded,
+}
+
+impl Ctx<'_> {
+    pub fn config(&self) -> &Config {
+        &self.policy.config
+    }
+
+    /// The caller's tier's name (a metric label, a log field).
+    pub fn tier_name(&self) -> &str {
+        &self.config().tier(self.caller.tier).name
+    }
+
+    /// The request's class's name (a metric label, a log field).
+    pub fn class_name(&self) -> &str {
+        self.config().class_name(self.class)
+    }
+}

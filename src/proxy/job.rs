@@ -1,0 +1,224 @@
+//! The job stage of a request's life, after its admission: queue for a slot, forward on the
+//! chosen upstream account, judge the answer, and keep the slot as long as the job runs — until
+//! the response is sent (sync mode) or until the task is seen to end (task mode). A job refused
+//! by an upstream account with 429 rests that account and goes to the front of the queue for
+//! another one.
+
+use std::time::Duration;
+
+use http::header::RETRY_AFTER;
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+
+use super::client_body::ClientBody;
+use super::ctx::Ctx;
+use super::error::ProxyError;
+use super::forward::Forwarder;
+use super::inspect::{Peeked, Prefix};
+use super::own_headers::{label_job, write_marks};
+use super::queue_wait::{Attempt, QueueWait};
+use super::request_body::RequestBody;
+use super::response_body::{peek, ProxyBody};
+use super::settle::{self, Settle};
+use super::task_watch::{TaskHold, TaskWatch};
+use crate::metrics::JobMetrics;
+use crate::penalties::{JobFacts, Marks};
+use crate::queue::tasks::TaskOwner;
+use crate::queue::{JobClass, JobMode, Jobs, SlotPermit};
+
+/// Rest for an upstream account that answered 429 without a usable Retry-After.
+const DEFAULT_COOLDOWN_MS: u64 = 5_000;
+
+/// A job request whose body prefix has been read: what the queue and the penalties need.
+pub struct Submission {
+    parts: Parts,
+    prefix: Prefix<ClientBody>,
+    pub facts: JobFacts,
+}
+
+impl Submission {
+    /// Reads the body prefix (up to `[server] inspect_limit` bytes; the rest stays unread in
+    /// the client connection) and the job mode in it. A body whose prefix was already read (to
+    /// classify it) is not read again.
+    /// `idle`: the longest pause in the body (`client_body_timeout`).
+    pub async fn read(
+        req: Request<RequestBody>,
+        ctx: &Ctx<'_>,
+        idle: Duration,
+    ) -> Result<Self, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let config = ctx.config();
+        let prefix = body.prefix(config.server.inspect_limit, idle).await?;
+        let facts = config
+            .penalties
+            .facts(ctx.class, &prefix.bytes, prefix.is_complete());
+        Ok(Self {
+            parts,
+            prefix,
+            facts,
+        })
+    }
+}
+
+/// What the job stage uses: the pools and task tracker, this worker's connections, the places
+/// its lessons and metrics go.
+pub struct JobStage<'a> {
+    pub jobs: &'a Jobs,
+    pub metrics: &'a JobMetrics,
+    pub forward: Forwarder<'a>,
+    pub settle: Settle<'a>,
+    pub watch: TaskWatch<'a>,
+}
+
+impl JobStage<'_> {
+    /// Runs an admitted job: queue for a slot, forward, hold the slot for the job's lifetime,
+    /// and count what its answer teaches.
+    pub async fn run(
+        &self,
+        ctx: &Ctx<'_>,
+        submission: Submission,
+        marks: Marks,
+        job: &JobClass,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Submission {
+            parts,
+            prefix,
+            facts,
+        } = submission;
+        let settings = ctx.config().jobs.settings(&ctx.caller);
+        let named = settings.pool != 0;
+        let pool_name = &self.jobs.pools[settings.pool].name;
+        let affinity = job
+            .follow_up_pointer
+            .as_deref()
+            .and_then(|p| prefix.json_string(p))
+            .and_then(|task| self.jobs.tracker.origin(&task))
+            .filter(|(pool, _)| pool == pool_name)
+            .map(|(_, upstream)| upstream);
+        let retriable = prefix.is_complete() && named && affinity.is_none();
+        let (bytes, mut rest) = (prefix.bytes, prefix.rest);
+        let attempts = self.jobs.pools[settings.pool].accounts.len();
+        let queue = QueueWait {
+            forward: &self.forward,
+            metrics: self.metrics,
+        };
+        let mut front = false;
+        for attempt in 1.. {
+            let gauges = ctx.policy.handles.tier_gauges(ctx.caller.tier);
+            let (pool, mut ticket) = self.jobs.ticket(settings, &ctx.caller, affinity, gauges);
+            ticket.front = front;
+            let body = RequestBody::Prefixed {
+                prefix: Some(bytes.clone()),
+                rest: rest.take(),
+            };
+            let req = Request::from_parts(parts.clone(), body);
+            let req = self.forward.outgoing(ctx, req, &marks);
+            let on = Attempt {
+                pool: &pool,
+                ticket: &ticket,
+                shadow: job.shadow,
+                named_account: named,
+            };
+            let (permit, resp) = queue.send(ctx, on, req).await?;
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS && named {
+                self.rest_account(&permit, &resp);
+                if retriable && attempt < attempts {
+                    front = true;
+                    continue; // dropping the permit frees the slot
+                }
+            }
+            let answer = Answer {
+                permit,
+                resp,
+                client_keys: &parts.headers,
+                facts,
+                named_account: named,
+            };
+            return self.finish(ctx, answer, &marks, job).await;
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// An upstream account that answered 429 rests for its Retry-After (or a default).
+    fn rest_account(&self, permit: &SlotPermit, resp: &Response<ProxyBody>) {
+        let rest_ms = retry_after_ms(resp).unwrap_or(DEFAULT_COOLDOWN_MS);
+        permit.pool().cool_down(permit.upstream(), rest_ms);
+        self.metrics.cooldown(&permit.account().name);
+        tracing::info!(upstream_account = %permit.account().name, rest_ms, "upstream account rests after 429");
+    }
+
+    /// The job's answer: judged, labelled and marked; its slot held for as long as the job runs.
+    async fn finish(
+        &self,
+        ctx: &Ctx<'_>,
+        answer: Answer<'_>,
+        marks: &Marks,
+        job: &JobClass,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Answer {
+            permit,
+            resp,
+            client_keys,
+            facts,
+            named_account,
+        } = answer;
+        let read_answer = (job.mode == JobMode::Task && resp.status().is_success())
+            || settle::needs_body(ctx, &resp);
+        let (mut resp, peeked): (_, Option<Peeked>) = if read_answer {
+            peek(resp, ctx.config().server.inspect_limit).await?
+        } else {
+            (resp, None)
+        };
+        let incorrect = self
+            .settle
+            .answer(ctx, resp.status(), peeked.as_ref())
+            .await;
+        label_job(resp.headers_mut(), &permit, named_account);
+        write_marks(resp.headers_mut(), marks);
+        self.settle.marks(ctx, marks);
+        Ok(match job.mode {
+            JobMode::Sync => {
+                if resp.status().is_success() && !incorrect {
+                    self.settle.sync_job(ctx, facts.mode).await;
+                }
+                resp.body_mut().hold(permit);
+                resp
+            }
+            JobMode::Task => {
+                let owner = TaskOwner {
+                    account: ctx.caller.account,
+                    tier: ctx.caller.tier,
+                    class: ctx.class,
+                    mode: facts.mode,
+                };
+                let hold = TaskHold {
+                    permit,
+                    client_keys: ctx.config().identity.key_fields(client_keys),
+                };
+                self.watch.hold(ctx, resp, peeked, hold, owner, job)
+            }
+        })
+    }
+}
+
+/// The upstream's answer to a job's last attempt, with what finishing it needs.
+struct Answer<'r> {
+    permit: SlotPermit,
+    resp: Response<ProxyBody>,
+    client_keys: &'r http::HeaderMap,
+    facts: JobFacts,
+    named_account: bool,
+}
+
+/// An upstream's Retry-After in milliseconds (delta-seconds form).
+fn retry_after_ms(resp: &Response<ProxyBody>) -> Option<u64> {
+    let secs: u64 = resp
+        .headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(secs.saturating_mul(1000).max(1))
+}
