@@ -1,6 +1,6 @@
-//! The classification stage: a request's class from its method and path, or — on a route that
-//! names it in the body — from a JSON field in the body's first bytes, which are put back in
-//! front of the unread rest.
+//! The classification stage: a request's class from its method and path ([`by_route`]), or — on
+//! a route that names it in the body — from a JSON field in the body's first bytes, which are put
+//! back in front of the unread rest ([`body_class`]).
 
 use std::time::Duration;
 
@@ -14,27 +14,22 @@ use super::upload;
 use crate::classify::{BodyClasses, ClassId};
 use crate::config::Config;
 
-/// The request's class, and the request with its body ready to forward. `idle`: the longest
-/// pause in a body read here (`client_body_timeout`).
-pub async fn class_of(
-    req: Request<ClientBody>,
-    config: &Config,
-    idle: Duration,
-) -> Result<(Request<RequestBody>, ClassId), ProxyError> {
-    let (class, by_body) = config
+/// The request's class by its route, unless the route names it in the body: then also the rule
+/// that reads it there ([`body_class`]). Takes the request by reference: the common request is
+/// classified without a move.
+pub fn by_route<'c, B>(
+    req: &Request<B>,
+    config: &'c Config,
+) -> Result<(ClassId, Option<&'c BodyClasses>), ProxyError> {
+    Ok(config
         .router
-        .classify_route(req.method(), req.uri().path())?;
-    match by_body {
-        None => Ok((req.map(RequestBody::from), class)),
-        // Boxed: only routes that read a class from the body carry the read's state.
-        Some(rule) => Box::pin(body_class(req, rule, class, config, idle)).await,
-    }
+        .classify_route(req.method(), req.uri().path())?)
 }
 
 /// Reads the body prefix (up to `[server] inspect_limit`, with at most `idle` between frames)
 /// of a request whose route picks its class from a JSON field; the class it names (or
 /// `route_class`), and the request with the prefix put back in front of the unread rest.
-async fn body_class(
+pub async fn body_class(
     req: Request<ClientBody>,
     rule: &BodyClasses,
     route_class: ClassId,

@@ -39,27 +39,21 @@ pub struct Forwarder<'a> {
 
 impl Forwarder<'_> {
     /// Sends a plain request upstream with its path, query and body untouched (one move of
-    /// its parts into the outgoing request); a protocol upgrade on a connection of its own.
+    /// its parts into the outgoing request). An upgrade goes through [`Forwarder::upgrade`].
     pub async fn request(
         &self,
         ctx: &Ctx<'_>,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        match upgrade_asked(&mut req) {
-            // Boxed: a tunnel's setup stays out of every plain request's future.
-            Some(client) => Box::pin(self.upgrade(ctx, req, client)).await,
-            None => {
-                let req = self.outgoing(ctx, req, &Marks::default());
-                self.send_as(ctx, req, None).await
-            }
-        }
+        let req = self.outgoing(ctx, req, &Marks::default());
+        self.send_as(ctx, req, None).await
     }
 
     /// A protocol upgrade (WebSocket and the like), admitted like any request of its class:
     /// sent on an upstream connection of its own with `Connection: upgrade` and its `Upgrade`
     /// kept. When the upstream switches protocols, its `101` carries both halves of the tunnel
     /// ([`Tunnel`]) for the listener to join.
-    async fn upgrade(
+    pub async fn upgrade(
         &self,
         ctx: &Ctx<'_>,
         req: Request<RequestBody>,
@@ -144,7 +138,7 @@ impl Forwarder<'_> {
 /// The client's half of a protocol switch, when the request asks for one (`Connection: upgrade`
 /// and `Upgrade`). hyper marks requests with an `Upgrade` field (or `CONNECT`); only those are
 /// looked at further, so a plain request pays one empty-map check.
-fn upgrade_asked<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
+pub fn upgrade_asked<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
     req.extensions().get::<OnUpgrade>()?;
     if !header_rewrite::is_upgrade(req.headers()) {
         return None;

@@ -71,8 +71,30 @@ pub struct Proxy {
     max_header_count: usize,
 }
 
-/// A request's answer, or the answer that ended it at an earlier stage.
+/// A stage's outcome, or the answer that ended the request there.
 type Staged<T> = Result<T, Response<ProxyBody>>;
+
+/// The value of a stage that let the request go on; else returns the answer that ended it.
+/// (A `match` in place rather than `?` through a `Result` of the whole answer: every stage's
+/// outcome would be moved once more on every request.)
+macro_rules! or_answer {
+    ($stage:expr) => {
+        match $stage {
+            Ok(value) => value,
+            Err(answer) => return answer,
+        }
+    };
+}
+
+/// The value of a check that passed; else returns floodgate's refusal, counted.
+macro_rules! or_refuse {
+    ($proxy:expr, $check:expr) => {
+        match $check {
+            Ok(value) => value,
+            Err(e) => return $proxy.refuse(e.into()),
+        }
+    };
+}
 
 impl Proxy {
     pub fn new(shared: Arc<Shared>, upstreams: Arc<Upstreams>, max_header_count: usize) -> Self {
@@ -102,12 +124,11 @@ impl Proxy {
     /// Answers one client request; with the access log on, the response carries its record.
     pub async fn handle(&self, req: Request<ClientBody>, peer: &Peer) -> Response<ProxyBody> {
         let Some(log) = &self.shared.access_log else {
-            return self.answer(req, peer, None).await.unwrap_or_else(|r| r);
+            return self.answer(req, peer, None).await;
         };
         let arrived = Arrived::of(&req, self.shared.clock.now_ms());
         let mut noted = Noted::default();
         let resp = self.answer(req, peer, Some(&mut noted)).await;
-        let resp = resp.unwrap_or_else(|r| r);
         let policy = self.shared.policy.load();
         record::attach(resp, peer, arrived, noted, &policy.config, log)
     }
@@ -124,26 +145,38 @@ impl Proxy {
         req: Request<ClientBody>,
         peer: &Peer,
         noted: Option<&mut Noted>,
-    ) -> Staged<Response<ProxyBody>> {
+    ) -> Response<ProxyBody> {
         #[cfg(feature = "test-hooks")]
         if let Some(resp) = test_hook(req.headers()) {
-            return Ok(resp);
+            return resp;
         }
         let ambiguous = req.extensions().get::<request_checks::AmbiguousFraming>();
-        request_checks::check(req.headers(), ambiguous.is_some(), self.max_header_count)
-            .map_err(|e| self.refuse(e.into()))?;
+        let checked =
+            request_checks::check(req.headers(), ambiguous.is_some(), self.max_header_count);
+        or_refuse!(self, checked);
         let policy = self.shared.policy.load_full();
         let config = &policy.config;
-        let caller = config.identity.identify(req.headers(), peer.addr.ip());
-        let caller = caller.map_err(|e| self.refuse(e.into()))?;
-        let class_read = class_of::class_of(req, config, self.body_idle()).await;
-        let (req, class) = class_read.map_err(|e| self.refuse(e))?;
+        let caller = or_refuse!(
+            self,
+            config.identity.identify(req.headers(), peer.addr.ip())
+        );
+        let (class, by_body) = or_refuse!(self, class_of::by_route(&req, config));
+        let (mut req, class) = match by_body {
+            None => (req.map(RequestBody::from), class),
+            // Boxed: only routes that read a class from the body carry the read's state.
+            Some(rule) => {
+                let read = class_of::body_class(req, rule, class, config, self.body_idle());
+                or_refuse!(self, Box::pin(read).await)
+            }
+        };
         if let Some(noted) = noted {
             (noted.caller, noted.class) = (Some(caller), Some(class));
         }
         // Before the limit check: a request refused for its declared size consumes no quota.
-        upload::check_declared(&req.body().size_hint(), config.max_body(class))
-            .map_err(|e| self.refuse(e.into()))?;
+        or_refuse!(
+            self,
+            upload::check_declared(&req.body().size_hint(), config.max_body(class))
+        );
         let ctx = Ctx {
             policy: &policy,
             caller,
@@ -153,21 +186,30 @@ impl Proxy {
         let watched_task = self.task_watch().asked_about(&ctx, &req);
         let (usage, result) = match config.jobs.class(class) {
             None => {
-                let usage = Admit::of(&self.shared).request(&ctx).await?;
-                (usage, self.forwarder().request(&ctx, req).await)
+                let usage = or_answer!(Admit::of(&self.shared).request(&ctx).await);
+                let forward = self.forwarder();
+                let sent = match forward::upgrade_asked(&mut req) {
+                    // Boxed: a tunnel's setup stays out of every plain request's future.
+                    Some(client) => Box::pin(forward.upgrade(&ctx, req, client)).await,
+                    None => forward.request(&ctx, req).await,
+                };
+                (usage, sent)
             }
             // Boxed: a job's stages hold kilobytes of state that a plain request's future
             // would otherwise carry (and copy) too.
-            Some(job) => Box::pin(self.job(&ctx, req, job)).await?,
+            Some(job) => or_answer!(Box::pin(self.job(&ctx, req, job)).await),
         };
-        let mut resp = result.unwrap_or_else(|e| respond::failed(&self.shared.metrics, &ctx, e));
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => respond::failed(&self.shared.metrics, &ctx, e),
+        };
         if let Some(task) = watched_task {
             resp = self.task_watch().observe(&ctx, &task, resp).await;
         }
         if let Some(usage) = usage {
             rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf);
         }
-        Ok(resp)
+        resp
     }
 
     /// A job's stages: read its body prefix, admit it (penalties and limits together), queue
