@@ -18,24 +18,31 @@ static TURNS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 /// Failure tests use a short store timeout; the others a generous one, so a loaded CI machine
 /// does not turn a slow round trip into a failure.
 fn config(redis: &RedisServer, on_failure: &str, timeout: &str, limits: &str) -> String {
+    let store = format!(
+        "timeout = \"{timeout}\"\non_failure = \"{on_failure}\"\nreplicas = 2\n\
+         breaker_failures = 2\nbreaker_cooldown = \"300ms\""
+    );
+    redis_store(&redis.url(), &store) + &limited(limits)
+}
+
+/// The `[store]` section of a Redis store at `url`, with `settings` (`key = value` lines).
+fn redis_store(url: &str, settings: &str) -> String {
+    format!("[store]\ntype = \"redis\"\nurl = \"{url}\"\n{settings}\n")
+}
+
+/// `/limited` in class `limited`, limited for tier `t` by `limits` (`per_minute = 2`, ...).
+fn limited(limits: &str) -> String {
     format!(
-        r#"
-        [store]
-        type = "redis"
-        url = "{}"
-        timeout = "{timeout}"
-        on_failure = "{on_failure}"
-        replicas = 2
-        breaker_failures = 2
-        breaker_cooldown = "300ms"
-        [[route]]
-        path = "/limited"
-        class = "limited"
-        [[tiers.t.limits]]
-        classes = ["limited"]
-        {limits}
-        "#,
-        redis.url()
+        "[[route]]\npath = \"/limited\"\nclass = \"limited\"\n\
+         [[tiers.t.limits]]\nclasses = [\"limited\"]\n{limits}\n"
+    )
+}
+
+/// `POST /slow` in job class `job`, with tier `t`'s queue settings (`concurrency = 1`, ...).
+fn slow_job(tier: &str) -> String {
+    format!(
+        "[[route]]\nmethod = \"POST\"\npath = \"/slow\"\nclass = \"job\"\n\
+         [[jobs]]\nclasses = [\"job\"]\n[tiers.t]\n{tier}\n"
     )
 }
 
@@ -249,26 +256,9 @@ async fn fail_open_admits_and_local_enforces_this_replicas_share() {
 }
 
 fn job_config(redis: &RedisServer, lease_ttl: &str) -> String {
-    format!(
-        r#"
-        [store]
-        type = "redis"
-        url = "{}"
-        timeout = "100ms"
-        lease_ttl = "{lease_ttl}"
-        [[route]]
-        method = "POST"
-        path = "/slow"
-        class = "job"
-        [[jobs]]
-        classes = ["job"]
-        [tiers.t]
-        concurrency = 3
-        max_queue = 100
-        max_wait = "20s"
-        "#,
-        redis.url()
-    )
+    let store = format!("timeout = \"100ms\"\nlease_ttl = \"{lease_ttl}\"");
+    redis_store(&redis.url(), &store)
+        + &slow_job("concurrency = 3\nmax_queue = 100\nmax_wait = \"20s\"")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,13 +374,12 @@ async fn penalty_and_relax_tallies_are_shared_across_replicas() {
     let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
-    let cfg = format!(
-        r#"
-        [store]
-        type = "redis"
-        url = "{}"
-        timeout = "2s"
-        on_failure = "fail_closed"
+    let store = redis_store(
+        &redis.url(),
+        "timeout = \"2s\"\non_failure = \"fail_closed\"",
+    );
+    let cfg = store
+        + r#"
         [[route]]
         method = "POST"
         path = "/submit/imagine"
@@ -409,9 +398,7 @@ async fn penalty_and_relax_tallies_are_shared_across_replicas() {
         [tiers.free.relax]
         per_day = 2
         action = "reject"
-        "#,
-        redis.url()
-    );
+        "#;
     let (a, b) = (
         Gate::start(&cfg, &up.url(), DAY0_MS),
         Gate::start(&cfg, &up.url(), DAY0_MS),
@@ -481,27 +468,9 @@ async fn a_job_turned_away_by_a_full_queue_gives_its_quota_back_in_redis() {
     let _turn = TURNS.read().await;
     let redis = RedisServer::start();
     let up = Upstream::start().await;
-    let cfg = format!(
-        r#"
-        [store]
-        type = "redis"
-        url = "{}"
-        timeout = "2s"
-        [[route]]
-        method = "POST"
-        path = "/slow"
-        class = "job"
-        [[jobs]]
-        classes = ["job"]
-        [tiers.t]
-        concurrency = 1
-        max_queue = 0
-        [[tiers.t.limits]]
-        classes = ["job"]
-        per_minute = 2
-        "#,
-        redis.url()
-    );
+    let cfg = redis_store(&redis.url(), "timeout = \"2s\"")
+        + &slow_job("concurrency = 1\nmax_queue = 0")
+        + "[[tiers.t.limits]]\nclasses = [\"job\"]\nper_minute = 2\n";
     let (first, second) = (
         Gate::start(&cfg, &up.url(), DAY0_MS),
         Gate::start(&cfg, &up.url(), DAY0_MS),
@@ -931,32 +900,17 @@ async fn no_key_is_left_without_an_expiry() {
     }
 }
 
-/// A fail-closed Redis store described by `store` (its url and how to reach it), with 2
+/// A fail-closed Redis store at `url`, reached with `settings` (credentials, TLS), with 2
 /// requests a minute on `/limited`: a 200, 200, 429 there shows decisions made in Redis.
-fn fail_closed_config(store: &str) -> String {
-    format!(
-        r#"
-        [store]
-        type = "redis"
-        {store}
-        timeout = "2s"
-        on_failure = "fail_closed"
-        [[route]]
-        path = "/limited"
-        class = "limited"
-        [[tiers.t.limits]]
-        classes = ["limited"]
-        per_minute = 2
-        "#
-    )
+fn fail_closed_config(url: &str, settings: &str) -> String {
+    let store = format!("{settings}\ntimeout = \"2s\"\non_failure = \"fail_closed\"");
+    redis_store(url, &store) + &limited("per_minute = 2")
 }
 
 /// A config on `redis` signing in as `username` with the password in `password_file`.
 fn auth_config(redis: &RedisServer, username: &str, password_file: &std::path::Path) -> String {
-    fail_closed_config(&format!(
-        "url = \"{}\"\nusername = \"{username}\"\npassword_file = {password_file:?}",
-        redis.url()
-    ))
+    let settings = format!("username = \"{username}\"\npassword_file = {password_file:?}");
+    fail_closed_config(&redis.url(), &settings)
 }
 
 /// The statuses of `n` requests to `url` as `key`, one after another.
@@ -1012,7 +966,7 @@ async fn an_acl_user_signs_in_with_its_password_file_and_the_password_is_never_s
 /// A config on a TLS Redis at `url`, trusting `ca` when given.
 fn tls_config(url: &str, ca: Option<&std::path::Path>) -> String {
     let ca = ca.map_or(String::new(), |p| format!("tls_ca_file = {p:?}"));
-    fail_closed_config(&format!("url = \"{url}\"\n{ca}"))
+    fail_closed_config(url, &ca)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
