@@ -7,9 +7,16 @@
 //! same answer at every step: admitted or refused, every usage figure, `Retry-After` and the
 //! refusal's kind, receipts, tallies, and the counters each store then holds.
 //!
-//! Time is exact on both sides: the Redis store takes the caller's `now_ms` instead of Redis
-//! `TIME` (`RedisStore::use_caller_clock`), so each operation runs at the same instant in both.
-//! A failure is shrunk to a minimal sequence and printed.
+//! Time is exact on both sides in the main run: the Redis store takes the caller's `now_ms`
+//! instead of Redis `TIME` (`RedisStore::use_caller_clock`), so each operation runs at the same
+//! instant in both. A second run takes the production branch — Redis `TIME` plus the offset the
+//! shared clock sets, and key expiry by `PEXPIRE` — with the offset set before each operation so
+//! that the server's time is the caller's plus the few milliseconds of a round trip. Its instants
+//! are spread so that no two are within 25 ms of a whole number of seconds apart (nor of 00:00
+//! UTC), which keeps every window's end clear of every instant; an operation whose round trip
+//! took 10 ms or more leaves its case unjudged. Window ends (in counters and receipts) then
+//! agree to within those milliseconds, everything else exactly. A failure is shrunk to a minimal
+//! sequence and printed.
 
 #[path = "support/redis_server.rs"]
 #[allow(dead_code)] // the TLS server is for tests/redis.rs
@@ -207,20 +214,51 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
+/// How the Redis store's time follows the case's.
+trait ServerClock {
+    /// Brings the server's clock to `now_ms`, before an operation at that instant.
+    fn bring_to(&self, now_ms: u64);
+    /// Whether the operation since [`bring_to`](Self::bring_to) ran close enough to its instant
+    /// to be judged.
+    fn kept_up(&self) -> bool;
+    /// How far apart the two stores' window ends may be, in milliseconds.
+    fn slack_ms(&self) -> u64;
+}
+
+/// The Redis store decides at the caller's `now_ms`: exact.
+struct CallerClock;
+
+impl ServerClock for CallerClock {
+    fn bring_to(&self, _: u64) {}
+    fn kept_up(&self) -> bool {
+        true
+    }
+    fn slack_ms(&self) -> u64 {
+        0
+    }
+}
+
 /// Runs `case` through both stores; the first difference fails the case.
-async fn run_case(case: &Case, n: u64, redis: &Store) -> Result<(), TestCaseError> {
+async fn run_case(
+    case: &Case,
+    n: u64,
+    redis: &Store,
+    clock: &dyn ServerClock,
+) -> Result<(), TestCaseError> {
     let memory = Store::memory();
     let accounts: Vec<AccountId> = (0..3)
         .map(|a| AccountId::from_key(format!("case{n}:account{a}").as_bytes()))
         .collect();
     let ids = PenaltyIds::default();
-    let mut receipts: Vec<(AccountId, Receipt)> = Vec::new();
+    // What each store gave for one admitted job: its receipt there.
+    let mut receipts: Vec<(AccountId, Receipt, Receipt)> = Vec::new();
     let mut now = case.start_ms;
     let failed = |what: &str, e: floodgate::store::StoreError| {
         TestCaseError::fail(format!("{what}: redis store failed: {e}"))
     };
     for (step, (dt, op)) in case.steps.iter().enumerate() {
         now += dt;
+        clock.bring_to(now);
         let touched = match op {
             Op::Request {
                 account,
@@ -234,6 +272,9 @@ async fn run_case(case: &Case, n: u64, redis: &Store) -> Result<(), TestCaseErro
                     .check_and_consume(acct, &rules, now)
                     .await
                     .map_err(|e| failed("check_and_consume", e))?;
+                if !clock.kept_up() {
+                    return Err(TestCaseError::reject("a round trip took 10 ms or more"));
+                }
                 prop_assert_eq!(mem, red, "step {} at {}: request {:?}", step, now, op);
                 acct
             }
@@ -257,9 +298,30 @@ async fn run_case(case: &Case, n: u64, redis: &Store) -> Result<(), TestCaseErro
                     .admit_job(acct, &rules, &job, now)
                     .await
                     .map_err(|e| failed("admit_job", e))?;
-                prop_assert_eq!(&mem, &red, "step {} at {}: job {:?}", step, now, op);
-                if let floodgate::penalties::Admission::Admitted(_, _, receipt) = mem {
-                    receipts.push((acct, receipt));
+                if !clock.kept_up() {
+                    return Err(TestCaseError::reject("a round trip took 10 ms or more"));
+                }
+                use floodgate::penalties::Admission::Admitted;
+                match (mem, red) {
+                    // Receipts name window ends: compared when time is exact, and in the
+                    // counters they leave either way.
+                    (Admitted(mu, mm, mr), Admitted(ru, rm, rr)) => {
+                        prop_assert_eq!(
+                            (mu, mm),
+                            (ru, rm),
+                            "step {} at {}: job {:?}",
+                            step,
+                            now,
+                            op
+                        );
+                        if clock.slack_ms() == 0 {
+                            prop_assert_eq!(&mr, &rr, "step {} at {}: receipt", step, now);
+                        }
+                        receipts.push((acct, mr, rr));
+                    }
+                    (mem, red) => {
+                        prop_assert_eq!(mem, red, "step {} at {}: job {:?}", step, now, op)
+                    }
                 }
                 acct
             }
@@ -282,10 +344,10 @@ async fn run_case(case: &Case, n: u64, redis: &Store) -> Result<(), TestCaseErro
                 if receipts.is_empty() {
                     continue;
                 }
-                let (acct, receipt) = receipts.swap_remove(pick % receipts.len());
-                let mem = memory.give_back(acct, &receipt, now).await.unwrap();
+                let (acct, mem_receipt, red_receipt) = receipts.swap_remove(pick % receipts.len());
+                let mem = memory.give_back(acct, &mem_receipt, now).await.unwrap();
                 let red = redis
-                    .give_back(acct, &receipt, now)
+                    .give_back(acct, &red_receipt, now)
                     .await
                     .map_err(|e| failed("give_back", e))?;
                 prop_assert_eq!(
@@ -294,7 +356,7 @@ async fn run_case(case: &Case, n: u64, redis: &Store) -> Result<(), TestCaseErro
                     "step {} at {}: give back {:?}",
                     step,
                     now,
-                    receipt
+                    mem_receipt
                 );
                 acct
             }
@@ -305,6 +367,7 @@ async fn run_case(case: &Case, n: u64, redis: &Store) -> Result<(), TestCaseErro
             step
         );
         // The counters each store holds afterwards (any order: a hash has none).
+        // The same counters; their window ends the same to within the clock's slack.
         let held = |mut c: Vec<floodgate::limits::Counter>| {
             c.sort_by_key(|c| c.id);
             c
@@ -316,13 +379,19 @@ async fn run_case(case: &Case, n: u64, redis: &Store) -> Result<(), TestCaseErro
                 .await
                 .map_err(|e| failed("counters", e))?,
         );
-        prop_assert_eq!(
-            mem,
-            red,
-            "step {} at {}: counters after {:?}",
+        let slack = clock.slack_ms();
+        let alike = mem.len() == red.len()
+            && mem.iter().zip(&red).all(|(m, r)| {
+                (m.id, m.count) == (r.id, r.count) && m.end_ms.abs_diff(r.end_ms) <= slack
+            });
+        prop_assert!(
+            alike,
+            "step {} at {}: counters after {:?}: memory {:?}, redis {:?}",
             step,
             now,
-            op
+            op,
+            mem,
+            red
         );
     }
     Ok(())
@@ -349,7 +418,105 @@ fn the_memory_store_and_the_redis_script_decide_alike() {
     let mut runner = TestRunner::new(cases(96));
     let outcome = runner.run(&case(), |case| {
         let n = case_no.fetch_add(1, Ordering::Relaxed);
-        runtime.block_on(run_case(&case, n, &redis))
+        runtime.block_on(run_case(&case, n, &redis, &CallerClock))
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+}
+
+/// The pool entries a case on the server's clock may use: not the intervals, whose short
+/// periods would bring window ends back near the instants.
+const ALIGNED: u8 = 0b1000_1111;
+
+/// A case on the server's clock: operation `k` at whole seconds plus `12 + 25 k` ms, so two
+/// instants are never within 25 ms of a whole number of seconds apart, nor within 12 ms of a
+/// whole second (00:00 UTC).
+fn case_on_server_time() -> impl Strategy<Value = Case> {
+    let secs = prop_oneof![
+        4 => Just(0u64),
+        4 => 1..3u64,
+        2 => prop::sample::select(vec![59u64, 60, 61, 3_599, 3_600]),
+        1 => 3..4_000u64,
+    ];
+    let day = (0..400u64).prop_map(|d| DAY0_MS + d * DAY_MS);
+    let start = (day, 1..=200u64).prop_map(|(d, before)| d + DAY_MS - before * 1_000 + 12);
+    (case(), start, prop::collection::vec(secs, 40)).prop_map(|(mut case, start, secs)| {
+        case.start_ms = start;
+        for (k, ((dt, op), secs)) in case.steps.iter_mut().zip(secs).enumerate() {
+            *dt = secs * 1_000 + if k == 0 { 0 } else { 25 };
+            if let Op::Request { mask, .. } | Op::Job { mask, .. } = op {
+                *mask &= ALIGNED;
+            }
+        }
+        case
+    })
+}
+
+/// Redis `TIME` plus an offset set before each operation, as the shared clock sets it.
+struct RedisTime<'a> {
+    store: &'a FailoverStore,
+    conn: std::cell::RefCell<redis::Connection>,
+    /// The server's time when the offset was last set.
+    set_at: std::cell::Cell<i64>,
+}
+
+impl RedisTime<'_> {
+    /// The server's `TIME` in milliseconds.
+    fn server_ms(&self) -> i64 {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query(&mut *self.conn.borrow_mut())
+            .unwrap();
+        secs * 1_000 + micros / 1_000
+    }
+}
+
+impl ServerClock for RedisTime<'_> {
+    fn bring_to(&self, now_ms: u64) {
+        let server = self.server_ms();
+        self.set_at.set(server);
+        self.store
+            .redis()
+            .set_clock_offset_ms(now_ms as i64 - server);
+    }
+    fn kept_up(&self) -> bool {
+        self.server_ms() - self.set_at.get() < 10
+    }
+    fn slack_ms(&self) -> u64 {
+        10
+    }
+}
+
+#[test]
+fn the_memory_store_and_the_redis_script_decide_alike_on_redis_time() {
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store =
+        RedisStore::new(&server.url(), Duration::from_secs(5), &Default::default()).unwrap();
+    let failover = Arc::new(FailoverStore::new(
+        store,
+        Duration::from_secs(30),
+        OnFailure::FailClosed,
+        1,
+        Duration::from_secs(60),
+    ));
+    let redis = Store::Redis(failover.clone());
+    let clock = RedisTime {
+        store: &failover,
+        conn: redis::Client::open(server.url())
+            .and_then(|c| c.get_connection())
+            .unwrap()
+            .into(),
+        set_at: 0.into(),
+    };
+    let case_no = AtomicU64::new(0);
+    let mut runner = TestRunner::new(cases(32));
+    let outcome = runner.run(&case_on_server_time(), |case| {
+        let n = case_no.fetch_add(1, Ordering::Relaxed);
+        runtime.block_on(run_case(&case, n, &redis, &clock))
     });
     if let Err(e) = outcome {
         panic!("{e}");
