@@ -15,6 +15,8 @@
 mod codec;
 mod conn;
 mod io;
+mod wait;
+mod wire_body;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -41,9 +43,11 @@ use super::upload::{UploadBody, UploadError};
 use crate::config::{ServerConfig, UpstreamTarget};
 pub use crate::metrics::CutCounters;
 use crate::proxy::error::ProxyError;
-pub use conn::ExchangeError;
-use conn::{Conn, Wait, WireBody};
+use conn::Conn;
 use io::UpstreamIo;
+pub use wait::ExchangeError;
+use wait::Wait;
+use wire_body::WireBody;
 
 /// What goes upstream: the request body (streamed, or with an inspected prefix put back), counted
 /// against the class's upload limit.
