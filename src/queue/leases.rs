@@ -6,6 +6,9 @@
 //! then waits for a shared lease, polling every few milliseconds (the hand-off delay is measured
 //! in docs/operations/redis.md). A finished job gives its leases back before its local slot, so
 //! the next job of the same replica finds its lease free and the replica's FIFO order holds.
+//!
+//! A lease is given back on the runtime that took it, by that runtime's [`Releaser`]: a drop
+//! sends its release there and spawns nothing.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -16,6 +19,8 @@ use std::time::Duration;
 
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+
+use super::releaser::Releaser;
 
 /// A boxed future, for an object-safe backend.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -35,19 +40,20 @@ pub trait SlotLeases: Send + Sync + Debug {
     fn ttl(&self) -> Duration;
 }
 
-/// A held lease: renewed in the background, released by [`LeaseGuard::release`] or, failing
-/// that, in the background on drop.
+/// A held lease: renewed in the background, released by [`give_back`] or, failing that, by
+/// its runtime's [`Releaser`] on drop.
 #[derive(Debug)]
 pub struct LeaseGuard {
     backend: Arc<dyn SlotLeases>,
     key: String,
     lease: String,
     renewer: Option<AbortHandle>,
+    releaser: Releaser,
 }
 
 impl LeaseGuard {
     /// Gives the lease back, resolving once the store has it.
-    pub fn release(mut self) -> BoxFuture<()> {
+    fn release(mut self) -> BoxFuture<()> {
         self.stop_renewing();
         let key = std::mem::take(&mut self.key);
         self.backend.release(key, std::mem::take(&mut self.lease))
@@ -67,21 +73,31 @@ impl Drop for LeaseGuard {
         }
         self.stop_renewing();
         let key = std::mem::take(&mut self.key);
-        release_later(&self.backend, key, std::mem::take(&mut self.lease));
+        let lease = std::mem::take(&mut self.lease);
+        self.releaser.send(self.backend.release(key, lease));
     }
 }
 
-/// Gives a lease back in the background (from a `Drop`, which cannot wait).
-fn release_later(backend: &Arc<dyn SlotLeases>, key: String, lease: String) {
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(backend.release(key, lease));
-    }
+/// Gives `leases` back one after the other on the runtime that took them, then drops `then` —
+/// the local slot, freed only once its leases are back. Without leases, `then` drops here.
+/// When that runtime has gone, both drop here: the leases expire by themselves.
+pub fn give_back<T: Send + 'static>(leases: Vec<LeaseGuard>, then: T) {
+    let Some(releaser) = leases.first().map(|l| l.releaser.clone()) else {
+        return;
+    };
+    releaser.send(async move {
+        for lease in leases {
+            lease.release().await;
+        }
+        drop(then);
+    });
 }
 
 /// An acquire in flight. Dropped before its answer came (the job's client left), the store may
 /// still have granted the lease: it is given back, rather than held until it expires.
 struct Asking<'a> {
     backend: &'a Arc<dyn SlotLeases>,
+    releaser: &'a Releaser,
     key: &'a str,
     lease: &'a str,
     answered: bool,
@@ -90,7 +106,10 @@ struct Asking<'a> {
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            release_later(self.backend, self.key.to_owned(), self.lease.to_owned());
+            let release = self
+                .backend
+                .release(self.key.to_owned(), self.lease.to_owned());
+            self.releaser.send(release);
         }
     }
 }
@@ -119,9 +138,11 @@ pub async fn hold(
     deadline: Instant,
 ) -> Option<LeaseGuard> {
     let lease = lease_id();
+    let releaser = Releaser::current();
     loop {
         let mut asking = Asking {
             backend,
+            releaser: &releaser,
             key: &key,
             lease: &lease,
             answered: false,
@@ -137,6 +158,7 @@ pub async fn hold(
                 key,
                 lease,
                 renewer: Some(renewer),
+                releaser,
             });
         }
         if Instant::now() + POLL > deadline {

@@ -4,7 +4,15 @@
 //! refused but held, and forwarded the moment a slot frees (seed: system-design-queueing.txt).
 //!
 //! - [`scheduler`]: who runs next — pure bookkeeping of slots, queues and round-robin.
-//! - [`pool`]: the async edge — waiting, RAII slot permits, cancellation.
+//! - [`pool`]: the async edge, a pool's front door — a slot now, after waiting, or shadowed.
+//!   The pool's other files, each one concern of it:
+//!   - [`slots`]: the pool's state, RAII slot permits and a freed slot's way to the next job;
+//!   - [`waiting`]: parked jobs — the queue, the maximum wait, cancellation;
+//!   - [`shared_slots`]: a pool whose slots are also leases shared with other replicas;
+//!   - [`rests`]: upstream accounts resting after a 429, and the wake-up when a rest ends;
+//!   - [`view`]: what the pool shows `/usage` and the status page.
+//! - [`leases`]: job slots shared across replicas — expiring leases in the shared store.
+//! - [`releaser`]: where a drop sends the lease releases it cannot wait for.
 //! - [`job`]: what a job is to a pool — its ticket, the upstream accounts, why it got no slot.
 //! - [`tasks`]: slots of asynchronous tasks, held until the task is seen to finish.
 //! - [`estimate`]: how long a waiting job likely waits, from recent job durations.
@@ -13,8 +21,16 @@ pub mod estimate;
 pub mod job;
 pub mod leases;
 pub mod pool;
+pub mod releaser;
+pub mod rests;
 pub mod scheduler;
+pub mod shared_slots;
+pub mod slots;
 pub mod tasks;
+#[cfg(test)]
+mod testing;
+pub mod view;
+pub mod waiting;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,10 +39,9 @@ use std::time::Duration;
 use http::Method;
 
 pub use crate::metrics::TierGauges;
-pub use pool::{
-    GrantNotice, Granted, JobPool, JobTicket, QueueError, SlotPermit, StartOnGrant,
-    UpstreamAccount, WaitingJob,
-};
+pub use job::{JobTicket, QueueError, UpstreamAccount, WaitingJob};
+pub use slots::{GrantNotice, JobPool, SlotPermit, StartOnGrant};
+pub use waiting::Granted;
 
 use crate::classify::{ClassId, PathPattern};
 use crate::clock::Clock;

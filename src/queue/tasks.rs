@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use tokio::task::AbortHandle;
 
-use super::pool::SlotPermit;
+use super::slots::SlotPermit;
 use crate::classify::ClassId;
 use crate::identity::{AccountId, TierId};
 use crate::penalties::Mode;
