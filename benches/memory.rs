@@ -19,10 +19,10 @@ use dashmap::DashMap;
 use floodgate::config::{Config, Overrides};
 use floodgate::identity::{AccountId, BuildIdHasher};
 use floodgate::limits::{Counter, Counters, Rule};
-use floodgate::store::MemoryStore;
+use floodgate::store::{open_counters, MemoryStore};
 
 mod common;
-use common::{account, DAY0};
+use common::{account, check_and_consume, DAY0};
 
 const KEYS: u64 = 1_000_000;
 const CASE_VAR: &str = "FLOODGATE_MEMORY_CASE";
@@ -102,11 +102,11 @@ fn run_case(case: &str) {
     let rule_count: usize = requests.iter().map(Vec::len).sum();
     let store = MemoryStore::default();
     // Touch the map once so its shards exist before the baseline.
-    store.check_and_consume(AccountId(u128::MAX), &requests[0], DAY0);
+    check_and_consume(&store, AccountId(u128::MAX), &requests[0], DAY0);
     let before = rss_bytes();
     for i in 0..KEYS {
         for rules in &requests {
-            let d = store.check_and_consume(account(i), rules, DAY0 + i);
+            let d = check_and_consume(&store, account(i), rules, DAY0 + i);
             assert!(d.is_admitted());
         }
     }
@@ -115,7 +115,7 @@ fn run_case(case: &str) {
     assert_eq!(store.len() as u64, KEYS + 1);
     let per_key = (after.saturating_sub(before)) as f64 / KEYS as f64;
     let counters: usize = (0..16)
-        .map(|i| store.counters(account(i), DAY0).len())
+        .map(|i| store.apply(account(i), DAY0, open_counters).0.len())
         .sum();
     println!(
         "memory/{case}: {} rules ({} counters per account), RSS before {:.1} MiB, after {:.1} MiB, \

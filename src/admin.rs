@@ -143,7 +143,7 @@ fn readiness(shared: &Shared) -> Response<ProxyBody> {
         return json_response(StatusCode::OK, r#"{"status": "ready"}"#);
     }
     match &shared.store {
-        crate::store::Store::Redis(s) if s.on_failure() == crate::store::OnFailure::FailClosed => {
+        crate::store::Store::Redis(s) if s.on_failure() == crate::limits::OnFailure::FailClosed => {
             json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 r#"{"status": "store unavailable"}"#,

@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::proxy::upstream::{self, ExchangeTimeouts, UpstreamClient, Upstreams};
 use crate::proxy::Proxy;
 use crate::server::conn::Timeouts;
-pub use crate::shared::{Policy, Shared};
+pub use crate::shared::{open_store, Policy, Shared};
 use crate::store::keeper::{Keeper, Trouble};
 use crate::store::snapshot::{self, Loaded};
 use crate::store::Store;

@@ -9,8 +9,8 @@
 //! - [`limits`]: minute / day / interval windows -> admit or refuse; header rendering. (pure)
 //! - [`penalties`]: incorrect-task and relax-mode tallies per UTC day -> block, flag, surcharge
 //!   or reject; what counts as an incorrect task.                                  (pure)
-//! - [`store`]: where counters live; atomic check-and-consume only, no policy; the state file
-//!   that carries them across a restart.
+//! - [`store`]: where counters live; each backend changes one account's counters atomically
+//!   with a closure (no policy of its own); the state file that carries them across a restart.
 //! - [`queue`]: job queues — per-account FIFO under concurrency caps, upstream account pools.
 //! - [`proxy`]: a request's life, upload limits, and the upstream HTTP/1.1 client with its pools.
 //! - [`server`] / [`admin`]: the listeners; [`server::conn`] bounds what one client connection

@@ -10,7 +10,6 @@ use floodgate::app::{self, Listeners};
 use floodgate::clock::SystemClock;
 use floodgate::config::{Config, Overrides};
 use floodgate::reload::Reloader;
-use floodgate::store::Store;
 
 /// A reverse proxy and rate limiter for HTTP APIs.
 ///
@@ -99,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).context("cannot bind listeners")?;
     let watch = config.server.watch_config;
     let read_files = config.read_files();
-    let store = Store::from_config(&config.store).context("cannot set up the state store")?;
+    let store = app::open_store(&config.store).context("cannot set up the state store")?;
     let running = app::start(config, listeners, store, Arc::new(SystemClock))?;
     tracing::info!(addr = %running.addr, admin = ?running.admin_addr, "floodgate listening");
     let mut reloader = Reloader::new(path, overrides, read_files);

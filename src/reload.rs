@@ -153,7 +153,7 @@ mod tests {
     use crate::classify::ClassId;
     use crate::clock::ManualClock;
     use crate::identity::{AccountId, TierId};
-    use crate::store::Store;
+    use crate::store::{consume, Store};
 
     fn config(per_minute: u32, extra: &str) -> Config {
         let text = format!(
@@ -174,9 +174,8 @@ mod tests {
         let account = AccountId::from_key(b"k");
         (0..n)
             .filter(|_| {
-                store
-                    .check_and_consume(account, rules, shared.clock.now_ms())
-                    .is_admitted()
+                let (decision, _) = store.apply(account, shared.clock.now_ms(), consume(rules));
+                decision.is_admitted()
             })
             .count()
     }

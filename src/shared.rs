@@ -1,5 +1,6 @@
 //! The state every worker, the admin listener and a reload share: the running config (swapped
-//! whole on reload), the job pools, the limit store, the clock, metrics and the status board.
+//! whole on reload), the job pools, the limit store (opened from `[store]` by [`open_store`]), the
+//! clock, metrics and the status board.
 //!
 //! Below the proxy, the admin listener and reload, which all take it; above everything it holds.
 //! [`crate::app`] builds it and starts the threads that use it.
@@ -11,11 +12,11 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::metrics::{Handles, Metrics};
 use crate::queue::Jobs;
 use crate::status::StatusBoard;
-use crate::store::Store;
+use crate::store::{FailoverStore, Login, RedisStore, Store, StoreError};
 
 /// A config together with the metric handles resolved for it; swapped whole on reload.
 #[derive(Debug)]
@@ -87,4 +88,43 @@ impl Shared {
 fn handles(metrics: &Metrics, config: &Config) -> Handles {
     let tiers: Vec<&str> = config.tiers.iter().map(|t| t.name.as_str()).collect();
     metrics.handles(&config.classes, &tiers)
+}
+
+/// The store `[store]` asks for. Redis is connected on first use, so a Redis that is down at
+/// start is handled by the failure policy like one that goes down later.
+pub fn open_store(config: &StoreConfig) -> Result<Store, StoreError> {
+    let StoreConfig::Redis {
+        url,
+        timeout,
+        on_failure,
+        breaker_failures,
+        breaker_cooldown,
+        lease_ttl,
+        auth,
+        tls_ca,
+        cluster_nodes,
+    } = config
+    else {
+        return Ok(Store::memory());
+    };
+    let login = Login {
+        username: auth.username.as_deref(),
+        password: auth.password.as_ref().map(|p| p.expose()),
+    };
+    let redis = match cluster_nodes.is_empty() {
+        true => RedisStore::new(url, *timeout, &login)?,
+        false => RedisStore::cluster(cluster_nodes, *timeout, &login)?,
+    };
+    let redis = match tls_ca {
+        Some(ca) => redis.trusting(ca)?,
+        None => redis,
+    };
+    let failover = FailoverStore::new(
+        redis,
+        *lease_ttl,
+        *on_failure,
+        *breaker_failures,
+        *breaker_cooldown,
+    );
+    Ok(Store::Redis(Arc::new(failover)))
 }

@@ -1,6 +1,9 @@
-//! What the benchmarks share: the day they run on and the million accounts they use.
+//! What the benchmarks share: the day they run on, the million accounts they use, and the
+//! memory store's check-and-consume as the proxy's requests run it.
 
 use floodgate::identity::AccountId;
+use floodgate::limits::{Decision, Rule};
+use floodgate::store::{consume, MemoryStore};
 
 /// 2026-11-23T00:00:00Z.
 pub const DAY0: u64 = 1_795_392_000_000;
@@ -20,4 +23,15 @@ pub fn account(i: u64) -> AccountId {
     let lo = splitmix64(i);
     let hi = splitmix64(i ^ 0xA5A5_A5A5_A5A5_A5A5);
     AccountId(((hi as u128) << 64) | lo as u128)
+}
+
+/// One request's check-and-consume in the memory store, under the account's lock.
+#[inline]
+pub fn check_and_consume(
+    store: &MemoryStore,
+    account: AccountId,
+    rules: &[Rule],
+    now_ms: u64,
+) -> Decision {
+    store.apply(account, now_ms, consume(rules)).0
 }

@@ -40,7 +40,7 @@ pub use secret::Secret;
 pub(crate) use server::build_upstream;
 pub use server::{restart_only_changes, ServerConfig, UpstreamTarget};
 pub use state::{Journal, StateConfig};
-pub use store::{OnFailure, RedisAuth, StoreConfig};
+pub use store::{RedisAuth, StoreConfig};
 pub use tls::ListenerTls;
 
 use crate::classify::{ClassId, Router};

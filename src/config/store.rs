@@ -3,6 +3,7 @@
 use super::error::{invalid, ConfigError, Source};
 use super::raw::RawStore;
 use super::secret::{read_secret_file, Secret};
+use crate::limits::OnFailure;
 
 /// Which store the config asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,28 +33,6 @@ pub enum StoreConfig {
 pub struct RedisAuth {
     pub username: Option<String>,
     pub password: Option<Secret>,
-}
-
-/// What to do when Redis cannot answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnFailure {
-    /// Admit the request (counting it locally, unenforced).
-    FailOpen,
-    /// Refuse with 503 and `Retry-After`.
-    FailClosed,
-    /// Enforce limits in memory, this replica taking its share of each quota.
-    Local { replicas: u32 },
-}
-
-impl OnFailure {
-    /// Its name in the config (`[store] on_failure`).
-    pub fn name(self) -> &'static str {
-        match self {
-            OnFailure::FailOpen => "fail_open",
-            OnFailure::FailClosed => "fail_closed",
-            OnFailure::Local { .. } => "local",
-        }
-    }
 }
 
 pub(super) fn build_store(

@@ -44,6 +44,11 @@ impl Counters {
         self.0.iter()
     }
 
+    /// The counters whose window is still open at `now_ms` (a closed one limits no one).
+    pub fn open(&self, now_ms: u64) -> impl Iterator<Item = &Counter> {
+        self.0.iter().filter(move |c| c.is_current(now_ms))
+    }
+
     /// Puts a counter back as it was saved (state file, tests).
     pub fn restore(&mut self, counter: Counter) {
         match self.0.iter_mut().find(|c| c.id == counter.id) {

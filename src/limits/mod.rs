@@ -20,7 +20,7 @@ mod policy;
 pub use decide::{
     decide, usage_of, Counter, Counters, Decision, Receipt, Refusal, Usage, WindowUsage,
 };
-pub use policy::Tier;
+pub use policy::{OnFailure, Tier};
 
 /// Identifies one counter of an account: derived from the limit's scope and window, so it is
 /// stable across restarts and config reloads for a rule that did not change.
@@ -101,7 +101,7 @@ impl Window {
     /// When a window opened by a request at `now_ms` closes: [`Span::end_for`] of
     /// [`Window::span`], `now_ms - now_ms % align_ms + length_ms`.
     ///
-    /// The Redis store computes the same end in its script (`src/store/redis.rs`,
+    /// The Redis store computes the same end in its script (`src/store/redis/scripts.rs`,
     /// `CHECK_AND_CONSUME`) by the same formula, from the same two numbers sent with each rule:
     /// no window or day length is written down anywhere else. `tests/differential.rs` runs
     /// random requests through both stores and checks they decide alike.

@@ -1,4 +1,5 @@
-//! Which rules apply to a request: per tier, per endpoint class.
+//! Which rules apply to a request: per tier, per endpoint class; and, while the shared counters
+//! cannot be reached, what a replica decides on its own ([`OnFailure`]).
 
 use crate::classify::ClassId;
 
@@ -40,5 +41,40 @@ impl Tier {
         self.shadow_by_class
             .get(class.0 as usize)
             .map_or(&[], |r| r)
+    }
+}
+
+/// What a replica decides while the shared store (Redis) cannot answer (`[store] on_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Admit the request (counting it locally, unenforced).
+    FailOpen,
+    /// Refuse with 503 and `Retry-After`.
+    FailClosed,
+    /// Enforce limits in memory, this replica taking its share of each quota.
+    Local { replicas: u32 },
+}
+
+impl OnFailure {
+    /// Its name in the config (`[store] on_failure`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OnFailure::FailOpen => "fail_open",
+            OnFailure::FailClosed => "fail_closed",
+            OnFailure::Local { .. } => "local",
+        }
+    }
+
+    /// Under `local`, the rules this replica enforces alone: each limit divided by the
+    /// replicas, rounded up, and at least 1 (under the other policies, `rules` as they are).
+    pub fn local_share(self, rules: &[Rule]) -> Vec<Rule> {
+        let OnFailure::Local { replicas } = self else {
+            return rules.to_vec();
+        };
+        let share = |r: &Rule| Rule {
+            limit: r.limit.div_ceil(replicas.max(1)).max(1),
+            ..*r
+        };
+        rules.iter().map(share).collect()
     }
 }

@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 
-use super::{MemoryStore, RedisStore, StoreError};
-use crate::config::OnFailure;
+use super::{consume, Backend, MemoryStore, Purpose, RedisStore, StoreError, Update};
 use crate::identity::AccountId;
-use crate::limits::{Counter, Decision, Receipt, Rule, Usage};
-use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
+use crate::limits::{Decision, OnFailure, Rule, Usage};
 use crate::queue::leases::{BoxFuture, SlotLeases};
 
 /// How often a degraded store pings Redis. A ping to a Redis that is down costs a refused
@@ -201,72 +199,49 @@ impl FailoverStore {
         self.on_failure
     }
 
-    pub async fn check_and_consume(
+    /// Check-and-consume in Redis' script; while Redis is down, as `on_failure` says.
+    pub(super) async fn check_and_consume(
         &self,
         account: AccountId,
         rules: &[Rule],
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
-        match self
-            .attempt(self.redis.check_and_consume(account, rules, now_ms))
-            .await
-        {
-            Some(decision) => Ok(decision),
-            None => self.fallback(account, rules, now_ms),
+        let shared = self.redis.check_and_consume(account, rules, now_ms);
+        if let Some(decision) = self.attempt(shared).await {
+            return Ok(decision);
         }
-    }
-
-    /// A job submission's penalties and rules, decided in Rust on counters read from Redis and
-    /// written back with compare-and-set.
-    pub async fn admit_job(
-        &self,
-        account: AccountId,
-        rules: &[Rule],
-        job: &JobCheck,
-        now_ms: u64,
-    ) -> Result<Admission, StoreError> {
-        let shared = self.redis.update(account, now_ms, |c, now| {
-            penalties::admit(rules, job, c, now)
-        });
-        match (self.attempt(shared).await, self.on_failure) {
-            (Some(admission), _) => Ok(admission),
-            (None, OnFailure::FailClosed) => {
-                Err(StoreError::Unavailable("shared store unavailable".into()))
+        let local = |rules: &[Rule]| self.local.apply(account, now_ms, consume(rules)).0;
+        match self.on_failure {
+            OnFailure::FailOpen => {
+                local(rules);
+                Ok(Decision::Admitted(Usage::default()))
             }
-            (None, _) => Ok(self.local.admit_job(account, rules, job, now_ms)),
+            OnFailure::FailClosed => Err(unavailable()),
+            OnFailure::Local { .. } => Ok(local(&self.on_failure.local_share(rules))),
         }
     }
 
-    /// Gives back what an admission took (a job turned away before it ran).
-    pub async fn give_back(
+    /// Any other update, in Redis (decided in Rust on counters read from Redis and written back
+    /// with compare-and-set). While Redis is down it runs on the local counters, except an
+    /// admission under `fail_closed`, which fails.
+    pub(super) async fn update<R: Send>(
         &self,
         account: AccountId,
-        receipt: &Receipt,
         now_ms: u64,
-    ) -> Result<usize, StoreError> {
-        let shared = self
-            .redis
-            .update(account, now_ms, |c, now| c.give_back(receipt, now));
-        match self.attempt(shared).await {
-            Some(given) => Ok(given),
-            None => Ok(self.local.give_back(account, receipt, now_ms)),
-        }
-    }
-
-    /// Counts a penalty event (incorrect task, relax earned) for today.
-    pub async fn record(
-        &self,
-        account: AccountId,
-        event: Event,
-        ids: &PenaltyIds,
-        now_ms: u64,
-    ) -> Result<u32, StoreError> {
-        let shared = self.redis.update(account, now_ms, |c, now| {
-            penalties::record(event, ids, c, now)
-        });
-        match self.attempt(shared).await {
-            Some(tally) => Ok(tally),
-            None => Ok(self.local.record(account, event, ids, now_ms)),
+        purpose: Purpose,
+        f: impl Update<R>,
+    ) -> Result<R, StoreError> {
+        let shared = self.redis.update(account, now_ms, &f);
+        let answer = match purpose {
+            Purpose::Read => shared.await.ok(),
+            Purpose::Admission | Purpose::Bookkeeping => self.attempt(shared).await,
+        };
+        match answer {
+            Some(answer) => Ok(answer),
+            None if purpose == Purpose::Admission && self.on_failure == OnFailure::FailClosed => {
+                Err(unavailable())
+            }
+            None => Ok(self.local.apply(account, now_ms, f).0),
         }
     }
 
@@ -291,17 +266,6 @@ impl FailoverStore {
                 self.failed(&e);
                 None
             }
-        }
-    }
-
-    pub async fn counters(
-        &self,
-        account: AccountId,
-        now_ms: u64,
-    ) -> Result<Vec<Counter>, StoreError> {
-        match self.redis.counters(account, now_ms).await {
-            Ok(c) => Ok(c),
-            Err(_) => Ok(self.local.counters(account, now_ms)),
         }
     }
 
@@ -352,31 +316,8 @@ impl FailoverStore {
             self.health.degraded.set(1);
         }
     }
+}
 
-    fn fallback(
-        &self,
-        account: AccountId,
-        rules: &[Rule],
-        now_ms: u64,
-    ) -> Result<Decision, StoreError> {
-        match self.on_failure {
-            OnFailure::FailOpen => {
-                let _ = self.local.check_and_consume(account, rules, now_ms);
-                Ok(Decision::Admitted(Usage::default()))
-            }
-            OnFailure::FailClosed => {
-                Err(StoreError::Unavailable("shared store unavailable".into()))
-            }
-            OnFailure::Local { replicas } => {
-                let share: Vec<Rule> = rules
-                    .iter()
-                    .map(|r| Rule {
-                        limit: r.limit.div_ceil(replicas.max(1)).max(1),
-                        ..*r
-                    })
-                    .collect();
-                Ok(self.local.check_and_consume(account, &share, now_ms))
-            }
-        }
-    }
+fn unavailable() -> StoreError {
+    StoreError::Unavailable("shared store unavailable".into())
 }

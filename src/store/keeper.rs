@@ -229,6 +229,7 @@ mod tests {
     use super::*;
     use crate::limits::{CounterId, LimitKind, Rule, Window};
     use crate::store::snapshot::Loaded;
+    use crate::store::{consume, open_counters};
 
     const NOW: u64 = 1_795_392_000_000 + 3_600_000;
 
@@ -245,15 +246,17 @@ mod tests {
         let memory = store.as_memory().unwrap();
         for _ in 0..n {
             let account = AccountId::from_key(key.as_bytes());
-            assert!(memory
-                .check_and_consume(account, &[day()], NOW)
-                .is_admitted());
+            let (decision, _) = memory.apply(account, NOW, consume(&[day()]));
+            assert!(decision.is_admitted());
         }
     }
 
     fn used(store: &Store, key: &str) -> u32 {
         let account = AccountId::from_key(key.as_bytes());
-        let counters = store.as_memory().unwrap().counters(account, NOW);
+        let (counters, _) = store
+            .as_memory()
+            .unwrap()
+            .apply(account, NOW, open_counters);
         counters.first().map_or(0, |c| c.count)
     }
 

@@ -11,13 +11,13 @@
 
 use std::sync::{Arc, OnceLock};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use super::dirty::{Dirty, Wait};
-use super::{journal, Snapshot};
+use super::{journal, Backend, Snapshot, StoreError, Update};
 use crate::identity::{AccountId, BuildIdHasher};
-use crate::limits::{decide, Counter, Counters, Decision, Receipt, Rule, Usage};
-use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
+use crate::limits::{Counter, Counters};
 
 /// One account's entry: its counters, and whether it is on the journal's lists already.
 #[derive(Debug, Default)]
@@ -43,50 +43,59 @@ impl Default for MemoryStore {
     }
 }
 
-impl MemoryStore {
-    pub fn check_and_consume(&self, account: AccountId, rules: &[Rule], now_ms: u64) -> Decision {
-        if rules.is_empty() {
-            return Decision::Admitted(Usage::default());
-        }
-        let mut entry = self.accounts.entry(account).or_default();
-        let decision = decide(rules, &mut entry.counters, now_ms);
-        if decision.is_admitted() {
-            self.changed(account, &mut entry);
-        }
-        decision
-    }
-
-    pub fn admit_job(
+/// The memory store's update: [`MemoryStore::apply`], then, for a change under a strict
+/// journal, the wait until it is on disk ([`MemoryStore::durable`]), so that its answer never
+/// leaves before it. The default journal costs a request nothing here.
+impl Backend for MemoryStore {
+    #[inline]
+    async fn update<R: Send>(
         &self,
         account: AccountId,
-        rules: &[Rule],
-        job: &JobCheck,
         now_ms: u64,
-    ) -> Admission {
-        let mut entry = self.accounts.entry(account).or_default();
-        let admission = penalties::admit(rules, job, &mut entry.counters, now_ms);
-        if matches!(admission, Admission::Admitted(..)) {
-            self.changed(account, &mut entry);
+        f: impl Update<R>,
+    ) -> Result<R, StoreError> {
+        let (answer, changed) = self.apply(account, now_ms, f);
+        if changed {
+            if let Some(wait) = self.durable() {
+                wait.await;
+            }
         }
-        admission
+        Ok(answer)
     }
+}
 
-    pub fn give_back(&self, account: AccountId, receipt: &Receipt, now_ms: u64) -> usize {
-        let Some(mut entry) = self.accounts.get_mut(&account) else {
-            return 0;
-        };
-        let given = entry.counters.give_back(receipt, now_ms);
-        if given > 0 {
-            self.changed(account, &mut entry);
+impl MemoryStore {
+    /// Runs `f` on `account`'s counters at `now_ms` under the account's lock; returns its answer
+    /// and whether it changed them. A change is noted for the journal; an account that `f` found
+    /// empty and left so is not created.
+    #[inline]
+    pub fn apply<R>(
+        &self,
+        account: AccountId,
+        now_ms: u64,
+        f: impl FnOnce(&mut Counters, u64) -> (R, bool),
+    ) -> (R, bool) {
+        match self.accounts.entry(account) {
+            Entry::Occupied(mut entry) => {
+                let (answer, changed) = f(&mut entry.get_mut().counters, now_ms);
+                if changed {
+                    self.changed(account, entry.get_mut());
+                }
+                (answer, changed)
+            }
+            Entry::Vacant(entry) => {
+                let mut counters = Counters::default();
+                let (answer, changed) = f(&mut counters, now_ms);
+                if changed {
+                    let mut entry = entry.insert(Account {
+                        counters,
+                        journaled: false,
+                    });
+                    self.changed(account, &mut entry);
+                }
+                (answer, changed)
+            }
         }
-        given
-    }
-
-    pub fn record(&self, account: AccountId, event: Event, ids: &PenaltyIds, now_ms: u64) -> u32 {
-        let mut entry = self.accounts.entry(account).or_default();
-        let tally = penalties::record(event, ids, &mut entry.counters, now_ms);
-        self.changed(account, &mut entry);
-        tally
     }
 
     /// Puts a changed account on the journal's lists, once per flush. Called under the
@@ -124,8 +133,7 @@ impl MemoryStore {
             return false;
         };
         entry.journaled = false;
-        let open = entry.counters.iter().filter(|c| now_ms < c.end_ms);
-        journal::append_record(buf, account, open);
+        journal::append_record(buf, account, entry.counters.open(now_ms));
         true
     }
 
@@ -144,16 +152,6 @@ impl MemoryStore {
         }
     }
 
-    pub fn counters(&self, account: AccountId, now_ms: u64) -> Vec<Counter> {
-        self.accounts
-            .get(&account)
-            .map(|a| {
-                let open = a.counters.iter().filter(|c| now_ms < c.end_ms);
-                open.copied().collect()
-            })
-            .unwrap_or_default()
-    }
-
     pub fn evict_idle(&self, now_ms: u64) -> usize {
         self.accounts.retain(|_, a| !a.counters.all_expired(now_ms));
         self.accounts.len()
@@ -167,12 +165,7 @@ impl MemoryStore {
             .accounts
             .iter()
             .map(|entry| {
-                let open: Vec<Counter> = entry
-                    .counters
-                    .iter()
-                    .filter(|c| now_ms < c.end_ms)
-                    .copied()
-                    .collect();
+                let open: Vec<Counter> = entry.counters.open(now_ms).copied().collect();
                 (*entry.key(), open)
             })
             .filter(|(_, open)| !open.is_empty())
@@ -210,8 +203,13 @@ impl MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::{CounterId, LimitKind, Window};
+    use crate::limits::{CounterId, Decision, LimitKind, Receipt, Rule, Window};
     use crate::store::dirty::SHARDS;
+    use crate::store::{consume, open_counters};
+
+    fn check(store: &MemoryStore, account: AccountId, rules: &[Rule], now_ms: u64) -> Decision {
+        store.apply(account, now_ms, consume(rules)).0
+    }
 
     #[test]
     fn idle_accounts_are_evicted_once_every_window_closed() {
@@ -224,9 +222,7 @@ mod tests {
         };
         for k in 0..1_000u32 {
             let account = AccountId::from_key(&k.to_le_bytes());
-            assert!(store
-                .check_and_consume(account, &[minute], 1_000 + k as u64)
-                .is_admitted());
+            assert!(check(&store, account, &[minute], 1_000 + k as u64).is_admitted());
         }
         assert_eq!(
             store.evict_idle(60_999 + 500),
@@ -253,7 +249,7 @@ mod tests {
             AccountId::from_key(b"capped"),
         );
         let now = 1_000;
-        assert!(store.check_and_consume(capped, &[once], now).is_admitted());
+        assert!(check(&store, capped, &[once], now).is_admitted());
         let dirty = store.journal(false);
         let mut spare: [Vec<AccountId>; SHARDS] = Default::default();
         let taken = |spare: &mut [Vec<AccountId>; SHARDS]| {
@@ -269,10 +265,10 @@ mod tests {
         );
 
         for _ in 0..100 {
-            assert!(store.check_and_consume(hot, &[minute], now).is_admitted());
+            assert!(check(&store, hot, &[minute], now).is_admitted());
         }
-        assert!(store.check_and_consume(cool, &[minute], now).is_admitted());
-        assert!(!store.check_and_consume(capped, &[once], now).is_admitted());
+        assert!(check(&store, cool, &[minute], now).is_admitted());
+        assert!(!check(&store, capped, &[once], now).is_admitted());
         let mut want = vec![hot, cool];
         want.sort_by_key(|a| a.0);
         assert_eq!(
@@ -282,7 +278,7 @@ mod tests {
         );
 
         // Until the writer has read it, a noted account is not noted again...
-        assert!(store.check_and_consume(hot, &[minute], now).is_admitted());
+        assert!(check(&store, hot, &[minute], now).is_admitted());
         assert_eq!(taken(&mut spare), vec![]);
         // ...and once it has, its next change is noted for the next flush.
         let mut buf = Vec::new();
@@ -291,13 +287,17 @@ mod tests {
             !store.append_record(AccountId(7), now, &mut buf),
             "not tracked"
         );
-        assert_eq!(store.give_back(hot, &Receipt::default(), now), 0);
+        let nothing = |c: &mut Counters, now| {
+            let given = c.give_back(&Receipt::default(), now);
+            (given, given > 0)
+        };
+        assert_eq!(store.apply(hot, now, nothing), (0, false));
         assert_eq!(
             taken(&mut spare),
             vec![],
             "giving back nothing changes nothing"
         );
-        assert!(store.check_and_consume(hot, &[minute], now).is_admitted());
+        assert!(check(&store, hot, &[minute], now).is_admitted());
         assert_eq!(taken(&mut spare), vec![hot]);
     }
 
@@ -321,7 +321,10 @@ mod tests {
         };
         store.replace(alice, &[c(1, 5, 10_000), c(2, 3, 10_000)], 1_000);
         store.replace(alice, &[c(1, 9, 10_000), c(3, 1, 500)], 1_000);
-        assert_eq!(store.counters(alice, 1_000), vec![c(1, 9, 10_000)]);
+        assert_eq!(
+            store.apply(alice, 1_000, open_counters).0,
+            vec![c(1, 9, 10_000)]
+        );
         store.replace(alice, &[c(1, 2, 900)], 1_000);
         assert!(store.is_empty(), "nothing open: the account is gone");
     }
@@ -338,14 +341,14 @@ mod tests {
         let before = MemoryStore::default();
         let alice = AccountId::from_key(b"alice");
         for _ in 0..3 {
-            assert!(before.check_and_consume(alice, &[day], t0).is_admitted());
+            assert!(check(&before, alice, &[day], t0).is_admitted());
         }
         let snapshot = before.snapshot(t0 + 1);
         assert_eq!(snapshot.accounts.len(), 1);
 
         let after = MemoryStore::default();
         assert_eq!(after.restore(snapshot.clone(), t0 + 2), 1);
-        let usage = *after.check_and_consume(alice, &[day], t0 + 3).usage();
+        let usage = *check(&after, alice, &[day], t0 + 3).usage();
         assert_eq!(
             usage.daily.map(|d| d.remaining),
             Some(11),

@@ -1,11 +1,13 @@
-//! Limit state behind one interface: counters per account, changed only by atomic
-//! check-and-consume (and, for penalty tallies, atomic increments). The store holds no policy;
-//! the rules come with each call, and the decisions are the pure functions of [`crate::limits`]
-//! and [`crate::penalties`] run under the account's lock.
+//! Limit state behind one interface: counters per account, changed only by atomic updates. The
+//! store holds no policy; the rules come with each call, and the decisions are the pure functions
+//! of [`crate::limits`] and [`crate::penalties`], each run by a backend's one primitive,
+//! [`Backend::update`] (with Redis' script for check-and-consume beside it). Each operation below
+//! is written once, on top of it.
 //!
 //! [`Store`] is an enum rather than a trait object so the in-memory path stays a direct,
 //! inlinable call on the hot path.
 
+mod backend;
 pub mod dirty;
 mod failover;
 pub mod journal;
@@ -14,15 +16,16 @@ mod memory;
 pub mod redis;
 pub mod snapshot;
 
-pub use crate::config::{OnFailure, StoreConfig};
+pub use crate::limits::OnFailure;
+pub use backend::{consume, open_counters, Backend, Update};
 pub use failover::{FailoverStore, StoreHealth};
 pub use memory::MemoryStore;
-pub use redis::RedisStore;
+pub use redis::{Login, RedisStore};
 pub use snapshot::Snapshot;
 
 use crate::identity::AccountId;
-use crate::limits::{Counter, Decision, Receipt, Rule};
-use crate::penalties::{Admission, Event, JobCheck, PenaltyIds};
+use crate::limits::{Counter, Counters, Decision, Receipt, Rule, Usage};
+use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
 
 /// A store failure (none for the memory store; kept so other stores fit the same calls).
 #[derive(Debug, thiserror::Error)]
@@ -39,44 +42,22 @@ pub enum Store {
     Redis(std::sync::Arc<FailoverStore>),
 }
 
+/// What an update is to a shared store's failure policy ([`FailoverStore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// It lets a request in: while Redis is down, `on_failure` decides.
+    Admission,
+    /// Bookkeeping after the fact (a give-back, a penalty tally): kept locally while Redis is
+    /// down, whatever the policy.
+    Bookkeeping,
+    /// The admin's usage view: not a request's operation, so it asks Redis even while the
+    /// breaker is open, and its failure does not count against Redis; the local counters then.
+    Read,
+}
+
 impl Store {
     pub fn memory() -> Self {
         Store::Memory(MemoryStore::default())
-    }
-
-    /// The store a config asks for. Redis is connected on first use, so a Redis that is down at
-    /// start is handled by the failure policy like one that goes down later.
-    pub fn from_config(config: &StoreConfig) -> Result<Self, StoreError> {
-        Ok(match config {
-            StoreConfig::Memory => Store::memory(),
-            StoreConfig::Redis {
-                url,
-                timeout,
-                on_failure,
-                breaker_failures,
-                breaker_cooldown,
-                lease_ttl,
-                auth,
-                tls_ca,
-                cluster_nodes,
-            } => {
-                let redis = match cluster_nodes.is_empty() {
-                    true => RedisStore::new(url, *timeout, auth)?,
-                    false => RedisStore::cluster(cluster_nodes, *timeout, auth)?,
-                };
-                let redis = match tls_ca {
-                    Some(ca) => redis.trusting(ca)?,
-                    None => redis,
-                };
-                Store::Redis(std::sync::Arc::new(FailoverStore::new(
-                    redis,
-                    *lease_ttl,
-                    *on_failure,
-                    *breaker_failures,
-                    *breaker_cooldown,
-                )))
-            }
-        })
     }
 
     /// The memory store, which keeps its state in the state file and journal; `None` for a
@@ -124,7 +105,7 @@ impl Store {
     }
 
     /// Checks every rule for `account` at `now_ms` and consumes all of them, or none. With a
-    /// strict journal, an admission returns once it is on disk ([`durable`]).
+    /// strict journal, an admission returns once it is on disk.
     ///
     /// The Redis branches here are boxed: a Redis call's future holds kilobytes of state, and
     /// unboxed it would make every in-memory decision — and every request's future, which
@@ -135,14 +116,13 @@ impl Store {
         rules: &[Rule],
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
+        if rules.is_empty() {
+            // Nothing to check or count: no account to lock, and no Redis key to write (the
+            // script would write one with no window to set its expiry by).
+            return Ok(Decision::Admitted(Usage::default()));
+        }
         match self {
-            Store::Memory(m) => {
-                let decision = m.check_and_consume(account, rules, now_ms);
-                if decision.is_admitted() {
-                    durable(m).await;
-                }
-                Ok(decision)
-            }
+            Store::Memory(m) => m.check_and_consume(account, rules, now_ms).await,
             Store::Redis(s) => Box::pin(s.check_and_consume(account, rules, now_ms)).await,
         }
     }
@@ -156,16 +136,16 @@ impl Store {
         job: &JobCheck,
         now_ms: u64,
     ) -> Result<Admission, StoreError> {
-        match self {
-            Store::Memory(m) => {
-                let admission = m.admit_job(account, rules, job, now_ms);
-                if matches!(admission, Admission::Admitted(..)) {
-                    durable(m).await;
-                }
-                Ok(admission)
-            }
-            Store::Redis(s) => Box::pin(s.admit_job(account, rules, job, now_ms)).await,
-        }
+        let admit = |counters: &mut Counters, now| {
+            let admission = penalties::admit(rules, job, counters, now);
+            // What it counted is on its receipt (nothing, for a job with no rules that is not
+            // a relax job).
+            let changed =
+                matches!(&admission, Admission::Admitted(.., receipt) if !receipt.is_empty());
+            (admission, changed)
+        };
+        self.update(account, now_ms, Purpose::Admission, admit)
+            .await
     }
 
     /// Uncounts a job that was admitted but turned away before it ran (its queue was full, it
@@ -180,16 +160,12 @@ impl Store {
         if receipt.is_empty() {
             return Ok(0);
         }
-        match self {
-            Store::Memory(m) => {
-                let given = m.give_back(account, receipt, now_ms);
-                if given > 0 {
-                    durable(m).await;
-                }
-                Ok(given)
-            }
-            Store::Redis(s) => Box::pin(s.give_back(account, receipt, now_ms)).await,
-        }
+        let give_back = |counters: &mut Counters, now| {
+            let given = counters.give_back(receipt, now);
+            (given, given > 0)
+        };
+        self.update(account, now_ms, Purpose::Bookkeeping, give_back)
+            .await
     }
 
     /// Counts one penalty event in the account's tally for today; returns the tally.
@@ -200,14 +176,10 @@ impl Store {
         ids: &PenaltyIds,
         now_ms: u64,
     ) -> Result<u32, StoreError> {
-        match self {
-            Store::Memory(m) => {
-                let tally = m.record(account, event, ids, now_ms);
-                durable(m).await;
-                Ok(tally)
-            }
-            Store::Redis(s) => Box::pin(s.record(account, event, ids, now_ms)).await,
-        }
+        let record =
+            |counters: &mut Counters, now| (penalties::record(event, ids, counters, now), true);
+        self.update(account, now_ms, Purpose::Bookkeeping, record)
+            .await
     }
 
     /// The account's live counters (for the usage view).
@@ -216,18 +188,21 @@ impl Store {
         account: AccountId,
         now_ms: u64,
     ) -> Result<Vec<Counter>, StoreError> {
-        match self {
-            Store::Memory(m) => Ok(m.counters(account, now_ms)),
-            Store::Redis(s) => Box::pin(s.counters(account, now_ms)).await,
-        }
+        self.update(account, now_ms, Purpose::Read, open_counters)
+            .await
     }
 
-    /// A copy of the open windows of every account, for the state file. `None` for a store that
-    /// keeps its own state.
-    pub fn snapshot(&self, now_ms: u64) -> Option<Snapshot> {
+    /// Runs `f` on the account's counters in whichever store this is ([`Backend::update`]).
+    async fn update<R: Send>(
+        &self,
+        account: AccountId,
+        now_ms: u64,
+        purpose: Purpose,
+        f: impl Update<R>,
+    ) -> Result<R, StoreError> {
         match self {
-            Store::Memory(m) => Some(m.snapshot(now_ms)),
-            Store::Redis(_) => None,
+            Store::Memory(m) => m.update(account, now_ms, f).await,
+            Store::Redis(s) => Box::pin(s.update(account, now_ms, purpose, f)).await,
         }
     }
 
@@ -245,15 +220,5 @@ impl Store {
             Store::Memory(m) => m.evict_idle(now_ms),
             Store::Redis(s) => s.evict_idle(now_ms),
         }
-    }
-}
-
-/// With a strict journal (`[state] journal = "strict"`), waits until the change the caller has
-/// just made is on disk, so that its answer never leaves before it. Otherwise returns at once:
-/// the default journal costs a request nothing here.
-#[inline]
-async fn durable(store: &MemoryStore) {
-    if let Some(wait) = store.durable() {
-        wait.await;
     }
 }

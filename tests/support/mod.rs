@@ -590,7 +590,7 @@ impl Gate {
         let running = app::start(
             config,
             listeners,
-            Store::from_config(&cfg_store).expect("store"),
+            app::open_store(&cfg_store).expect("store"),
             dyn_clock,
         )
         .expect("floodgate starts");

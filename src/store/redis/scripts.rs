@@ -1,0 +1,179 @@
+//! The Redis store's server-side scripts: check-and-consume (the one limit decision not written in
+//! Rust), compare-and-set (how the other updates write back), and the job slot leases. Each runs
+//! by its SHA1 (EVALSHA), and by its source when the server no longer has it.
+
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, FromRedisValue, Script, ToRedisArgs};
+
+/// Checks every rule and consumes all or none: [`decide`](crate::limits::decide) on the server.
+/// ARGV: the clock (see `RedisStore::clock_args`: `0, offset` = Redis `TIME` + offset ms, the
+/// expiry following it; `1, now_ms` = exactly that time, no expiry), n, then per rule: counter
+/// id, limit, and its window's [`Span`](crate::limits::Span) `align_ms`, `length_ms`. A new
+/// window ends at `now - now % align + length`, the formula of
+/// [`Window::end_for`](crate::limits::Window::end_for).
+/// Returns {admitted, now_ms, refused_rule, count1, end1, ...}.
+const CHECK_AND_CONSUME: &str = r#"
+local key = KEYS[1]
+local server_clock = ARGV[1] == '0'
+local now = tonumber(ARGV[2])
+if server_clock then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + now
+end
+local n = tonumber(ARGV[3])
+local counts, ends = {}, {}
+local refused, refused_end = 0, -1
+for i = 1, n do
+  local base = 3 + (i - 1) * 4
+  local v = redis.call('HGET', key, ARGV[base + 1])
+  local c, e = 0, 0
+  if v then
+    local cs, es = string.match(v, '^(%d+):(%d+)$')
+    c, e = tonumber(cs) or 0, tonumber(es) or 0
+  end
+  if now >= e then c, e = 0, 0 end
+  counts[i], ends[i] = c, e
+  if c >= tonumber(ARGV[base + 2]) and e > refused_end then
+    refused, refused_end = i, e
+  end
+end
+local admitted = 0
+if refused == 0 then
+  admitted = 1
+  local longest = 0
+  for i = 1, n do
+    local base = 3 + (i - 1) * 4
+    if ends[i] == 0 then
+      local align = tonumber(ARGV[base + 3])
+      ends[i] = now - (now % align) + tonumber(ARGV[base + 4])
+    end
+    counts[i] = counts[i] + 1
+    redis.call('HSET', key, ARGV[base + 1], counts[i] .. ':' .. ends[i])
+    if ends[i] > longest then longest = ends[i] end
+  end
+  redis.call('HINCRBY', key, 'v', 1)
+  if server_clock and redis.call('PTTL', key) < longest - now then
+    redis.call('PEXPIRE', key, longest - now)
+  end
+end
+local out = {admitted, now, refused}
+for i = 1, n do
+  out[#out + 1] = counts[i]
+  out[#out + 1] = ends[i]
+end
+return out
+"#;
+
+/// Writes counters computed by the caller, only if nobody wrote the account since it read them
+/// (the `v` field counts writes). ARGV: expected version, ttl in ms, then field, value pairs.
+const COMPARE_AND_SET: &str = r#"
+local key = KEYS[1]
+local v = redis.call('HGET', key, 'v') or '0'
+if v ~= ARGV[1] then return 0 end
+redis.call('HINCRBY', key, 'v', 1)
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 and redis.call('PTTL', key) < ttl then
+  redis.call('PEXPIRE', key, ttl)
+end
+return 1
+"#;
+
+/// Takes a lease on one of ARGV[1] slots: ARGV[2] lease id, ARGV[3] ttl ms. Expired leases are
+/// dropped first; a lease already held is extended.
+const LEASE_ACQUIRE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if held or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+  return 1
+end
+return 0
+"#;
+
+/// Extends a held lease (ARGV[1] lease id, ARGV[2] ttl ms); 0 when it had already expired.
+const LEASE_RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return 1
+"#;
+
+/// A server-side script: its source (for EVAL and SCRIPT LOAD) and its SHA1 (for EVALSHA).
+pub(super) struct Lua {
+    source: &'static str,
+    script: Script,
+}
+
+impl Lua {
+    fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            script: Script::new(source),
+        }
+    }
+
+    /// Runs the script on `key` with `args`: EVALSHA, and EVAL (which caches it again) if the
+    /// server no longer has it — a `SCRIPT FLUSH`, or a failover to a server that never saw it.
+    pub(super) async fn invoke<T: FromRedisValue>(
+        &self,
+        mut conn: impl ConnectionLike,
+        key: &str,
+        args: &[impl ToRedisArgs],
+    ) -> redis::RedisResult<T> {
+        let call = |command: &str, script: &str| {
+            let mut cmd = redis::cmd(command);
+            cmd.arg(script).arg(1).arg(key);
+            for a in args {
+                cmd.arg(a);
+            }
+            cmd
+        };
+        match call("EVALSHA", self.script.get_hash())
+            .query_async(&mut conn)
+            .await
+        {
+            Err(e) if e.kind() == ErrorKind::NoScriptError => {
+                call("EVAL", self.source).query_async(&mut conn).await
+            }
+            reply => reply,
+        }
+    }
+}
+
+/// Every script, loaded on each new connection: after a restart (which empties Redis' script
+/// cache) the first EVALSHA finds its script.
+pub(super) const SOURCES: [&str; 4] = [
+    CHECK_AND_CONSUME,
+    COMPARE_AND_SET,
+    LEASE_ACQUIRE,
+    LEASE_RENEW,
+];
+
+/// The scripts a store runs.
+pub(super) struct Scripts {
+    pub check: Lua,
+    pub cas: Lua,
+    pub lease_acquire: Lua,
+    pub lease_renew: Lua,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Self {
+            check: Lua::new(CHECK_AND_CONSUME),
+            cas: Lua::new(COMPARE_AND_SET),
+            lease_acquire: Lua::new(LEASE_ACQUIRE),
+            lease_renew: Lua::new(LEASE_RENEW),
+        }
+    }
+}
