@@ -5,6 +5,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::ctx::Ctx;
+use crate::limits::headers::rendered;
 use crate::penalties::Marks;
 use crate::queue::SlotPermit;
 
@@ -49,13 +50,10 @@ pub fn write_marks(headers: &mut HeaderMap, marks: &Marks) {
 pub fn label_job(headers: &mut HeaderMap, permit: &SlotPermit, named_account: bool) {
     headers.insert(
         X_QUEUE_WAIT_MS.clone(),
-        HeaderValue::from(permit.waited().as_millis() as u64),
+        rendered(permit.waited().as_millis() as u64),
     );
     if let Some(position) = permit.position_at_entry() {
-        headers.insert(
-            X_QUEUE_POSITION_AT_ENTRY.clone(),
-            HeaderValue::from(position as u64),
-        );
+        headers.insert(X_QUEUE_POSITION_AT_ENTRY.clone(), rendered(position as u64));
     }
     if named_account {
         if let Ok(v) = HeaderValue::from_str(&permit.account().name) {

@@ -8,7 +8,7 @@ use http::{Response, StatusCode};
 use super::ctx::Ctx;
 use super::error::ProxyError;
 use super::response_body::ProxyBody;
-use crate::limits::headers::X_RATELIMIT_TYPE;
+use crate::limits::headers::{rendered, X_RATELIMIT_TYPE};
 use crate::metrics::Metrics;
 use crate::queue::QueueError;
 
@@ -47,7 +47,7 @@ impl ProxyError {
                 QueueError::Closed => SHUTDOWN_RETRY_AFTER_SECS,
             };
             resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+                .insert(RETRY_AFTER, rendered(retry_after));
         }
         resp
     }
