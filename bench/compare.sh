@@ -46,29 +46,19 @@ ROUNDS=5 DURATION=8 WARMUP=2 CONNS="64" THREADS=1 WORKDIR="" BUILD=1 FLOODGATE_T
 H2=0 STREAMS=1
 EXTRA_NAMES=() EXTRA_PORTS=() EXTRA_CMDS=()
 while [ $# -gt 0 ]; do
+  bench_option "$@"
+  if [ "$BENCH_SHIFT" -gt 0 ]; then shift "$BENCH_SHIFT"; continue; fi
   case "$1" in
-    -r) ROUNDS=$2; shift 2 ;;
-    -d) DURATION=$2; shift 2 ;;
-    -w) WARMUP=$2; shift 2 ;;
     -c) CONNS=$2; shift 2 ;;
     -t) THREADS=$2; shift 2 ;;
-    -o) WORKDIR=$2; shift 2 ;;
-    --no-build) BUILD=0; shift ;;
     --no-floodgate) FLOODGATE_TARGET=0; shift ;;
     --nginx) PLAIN_NGINX=1; shift ;;
     --h2) H2=1; shift ;;
     --streams) STREAMS=$2; shift 2 ;;
-    --proxy)
-      [ $# -ge 4 ] || { echo "--proxy needs NAME PORT COMMAND" >&2; exit 2; }
-      EXTRA_NAMES+=("$2"); EXTRA_PORTS+=("$3"); EXTRA_CMDS+=("$4"); shift 4 ;;
-    -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-for n in "$ROUNDS" "$DURATION" "$WARMUP" "$THREADS" "$STREAMS"; do
-  [[ $n =~ ^[0-9]+$ ]] || { echo "not a number: $n" >&2; exit 2; }
-done
-[ "$ROUNDS" -ge 1 ] && [ "$DURATION" -ge 1 ] || { echo "need at least 1 round of 1 s" >&2; exit 2; }
+bench_numbers "$ROUNDS" "$DURATION" "$WARMUP" "$THREADS" "$STREAMS"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 UPSTREAM_PORT=${UPSTREAM_PORT:-18080}

@@ -3,6 +3,31 @@
 # that write only into the work directory, wrk's result line, and the summary of interleaved
 # rounds (medians of per-round ratios to nginx_lr). Source it; nothing runs until called.
 
+# ---- options both scripts take -------------------------------------------------------------------
+# bench_option ARGS...: when $1 is -r, -d, -w, -o, --no-build, --proxy or -h, takes it (setting
+# ROUNDS, DURATION, WARMUP, WORKDIR, BUILD or EXTRA_NAMES/PORTS/CMDS) and sets BENCH_SHIFT to the
+# arguments it used; else BENCH_SHIFT=0.
+bench_option() {
+  BENCH_SHIFT=2
+  case "$1" in
+    -r) ROUNDS=$2 ;;
+    -d) DURATION=$2 ;;
+    -w) WARMUP=$2 ;;
+    -o) WORKDIR=$2 ;;
+    --no-build) BUILD=0; BENCH_SHIFT=1 ;;
+    --proxy)
+      [ $# -ge 4 ] || { echo "--proxy needs NAME PORT COMMAND" >&2; exit 2; }
+      EXTRA_NAMES+=("$2"); EXTRA_PORTS+=("$3"); EXTRA_CMDS+=("$4"); BENCH_SHIFT=4 ;;
+    -h|--help) usage; exit 0 ;;
+    *) BENCH_SHIFT=0 ;;
+  esac
+}
+bench_numbers() { # N...: whole numbers, and at least one round of one second
+  local n
+  for n in "$@"; do [[ $n =~ ^[0-9]+$ ]] || { echo "not a number: $n" >&2; exit 2; }; done
+  [ "$ROUNDS" -ge 1 ] && [ "$DURATION" -ge 1 ] || { echo "need at least 1 round of 1 s" >&2; exit 2; }
+}
+
 # ---- cpus: load generator and upstream on one, proxies on another ------------------------------
 bench_cpus() { # sets LOADGEN_CPU and PROXY_CPU (environment overrides)
   if [ "$(nproc)" -ge 2 ]; then

@@ -50,28 +50,18 @@ EOF
 ROUNDS=5 DURATION=8 WARMUP=2 WORKDIR="" BUILD=1 QUICK=0 COST=0 HAPROXY_WANTED=1 ONLY=""
 EXTRA_NAMES=() EXTRA_PORTS=() EXTRA_CMDS=()
 while [ $# -gt 0 ]; do
+  bench_option "$@"
+  if [ "$BENCH_SHIFT" -gt 0 ]; then shift "$BENCH_SHIFT"; continue; fi
   case "$1" in
-    -r) ROUNDS=$2; shift 2 ;;
-    -d) DURATION=$2; shift 2 ;;
-    -w) WARMUP=$2; shift 2 ;;
-    -o) WORKDIR=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --cost) COST=1; shift ;;
-    --no-build) BUILD=0; shift ;;
     --no-haproxy) HAPROXY_WANTED=0; shift ;;
-    --proxy)
-      [ $# -ge 4 ] || { echo "--proxy needs NAME PORT COMMAND" >&2; exit 2; }
-      EXTRA_NAMES+=("$2"); EXTRA_PORTS+=("$3"); EXTRA_CMDS+=("$4"); shift 4 ;;
-    -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 if [ "$QUICK" = 1 ]; then ROUNDS=1 DURATION=1 WARMUP=0; fi
-for n in "$ROUNDS" "$DURATION" "$WARMUP"; do
-  [[ $n =~ ^[0-9]+$ ]] || { echo "not a number: $n" >&2; exit 2; }
-done
-[ "$ROUNDS" -ge 1 ] && [ "$DURATION" -ge 1 ] || { echo "need at least 1 round of 1 s" >&2; exit 2; }
+bench_numbers "$ROUNDS" "$DURATION" "$WARMUP"
 SCENARIOS=${ONLY//,/ }
 [ -n "$SCENARIOS" ] || SCENARIOS=$ALL_SCENARIOS
 [ "$COST" = 0 ] || [ -n "$ONLY" ] || SCENARIOS="hot real"
@@ -348,22 +338,23 @@ conns_of() { # GROUP
 
 # ---- load generators ------------------------------------------------------------------------------
 percentiles() { # LOG (h2load --log-file: start_us status duration_us) -> "p50 p99 p99.9 max non2xx n"
-  awk -F'\t' '{ print $3; if ($2 < 200 || $2 > 299) bad++ } END { print "BAD", bad + 0 > "/dev/stderr" }' "$1" 2>"$1.bad" |
-    sort -n | awk -v bad="$(awk '{ print $2 }' "$1.bad")" '
+  local bad
+  bad=$(awk -F'\t' '$2 < 200 || $2 > 299 { n++ } END { print n + 0 }' "$1")
+  cut -f3 "$1" | sort -n | awk -v bad="$bad" '
     { v[NR] = $1 }
     function at(q,   i) { i = int(q * NR + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR; return v[i] }
     END { if (NR) printf "%d %d %d %d %d %d\n", at(0.50), at(0.99), at(0.999), v[NR], bad, NR }'
 }
 
 run_h2load() { # URL CONNS SECS [h2load options] -> the RESULT fields (latencies from its log file)
-  local url=$1 conns=$2 secs=$3 log="$WORKDIR/h2load.log" out p
+  local url=$1 conns=$2 secs=$3 log="$WORKDIR/h2load.log" out p50 p99 p999 max bad n
   shift 3
   rm -f "$log"
   out=$(timeout $((secs + 20)) taskset -c "$LOADGEN_CPU" h2load -c"$conns" -D"$secs" \
     -H "x-api-key: bench-key" --log-file="$log" "$@" "$url" 2>&1) || true
   [ -s "$log" ] || return 0
   read -r p50 p99 p999 max bad n <<<"$(percentiles "$log")"
-  rm -f "$log" "$log.bad"
+  rm -f "$log"
   awk -v p50="$p50" -v p99="$p99" -v p999="$p999" -v max="$max" -v bad="$bad" -v n="$n" -v secs="$secs" '
     /^requests:/ { errors = $12 + $14 + $16 }
     END { printf "%.0f %d %d %d %d %d %d 0 0 %d\n", n / secs, p50, p99, bad, errors, p999, max, n }' <<<"$out"
@@ -405,7 +396,7 @@ run_open() { # URL RATE SECS -> the RESULT fields and `held`
   held=$(awk -F'\t' -v gap="$(awk -v r="$rate" -v c="$OPEN_CONNS" 'BEGIN { print 1e6 * c / r }')" \
     '$3 > gap { n++ } END { print n + 0 }' "$log")
   read -r p50 p99 p999 max bad n <<<"$(percentiles "$log")"
-  rm -f "$log" "$log.bad"
+  rm -f "$log"
   awk -v p50="$p50" -v p99="$p99" -v p999="$p999" -v max="$max" -v bad="$bad" -v n="$n" -v secs="$secs" -v held="$held" '
     /^requests:/ { errors = $12 + $14 + $16 }
     END { printf "%.0f %d %d %d %d %d %d 0 0 %d %d\n", n / secs, p50, p99, bad, errors, p999, max, n, held }' <<<"$out"
@@ -500,10 +491,10 @@ run_scenario() { # SCENARIO
   for i in "${!NAMES[@]}"; do wait_listening "${PORTS[$i]}" "$s-${NAMES[$i]}"; done
   for i in "${!NAMES[@]}"; do probe "$s" "${NAMES[$i]}" "${PORTS[$i]}"; done
   STORM_T0=$SECONDS
-  local n=${#NAMES[@]}
+  local ntargets=${#NAMES[@]}
   for round in $(seq 1 "$ROUNDS"); do
-    for k in $(seq 0 $((n - 1))); do
-      i=$(( (k + round - 1) % n ))
+    for k in $(seq 0 $((ntargets - 1))); do
+      i=$(( (k + round - 1) % ntargets ))
       for g in $(groups_of "$s"); do
         if [ "$WARMUP" -gt 0 ]; then run_load "$s" "$g" "${PORTS[$i]}" "$WARMUP" >/dev/null; fi
         held=0
