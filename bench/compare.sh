@@ -9,6 +9,7 @@
 # another. Binds 127.0.0.1 only; every wait is bounded; every process it starts is stopped on
 # exit. See docs/performance.md.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -45,29 +46,19 @@ ROUNDS=5 DURATION=8 WARMUP=2 CONNS="64" THREADS=1 WORKDIR="" BUILD=1 FLOODGATE_T
 H2=0 STREAMS=1
 EXTRA_NAMES=() EXTRA_PORTS=() EXTRA_CMDS=()
 while [ $# -gt 0 ]; do
+  bench_option "$@"
+  if [ "$BENCH_SHIFT" -gt 0 ]; then shift "$BENCH_SHIFT"; continue; fi
   case "$1" in
-    -r) ROUNDS=$2; shift 2 ;;
-    -d) DURATION=$2; shift 2 ;;
-    -w) WARMUP=$2; shift 2 ;;
     -c) CONNS=$2; shift 2 ;;
     -t) THREADS=$2; shift 2 ;;
-    -o) WORKDIR=$2; shift 2 ;;
-    --no-build) BUILD=0; shift ;;
     --no-floodgate) FLOODGATE_TARGET=0; shift ;;
     --nginx) PLAIN_NGINX=1; shift ;;
     --h2) H2=1; shift ;;
     --streams) STREAMS=$2; shift 2 ;;
-    --proxy)
-      [ $# -ge 4 ] || { echo "--proxy needs NAME PORT COMMAND" >&2; exit 2; }
-      EXTRA_NAMES+=("$2"); EXTRA_PORTS+=("$3"); EXTRA_CMDS+=("$4"); shift 4 ;;
-    -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-for n in "$ROUNDS" "$DURATION" "$WARMUP" "$THREADS" "$STREAMS"; do
-  [[ $n =~ ^[0-9]+$ ]] || { echo "not a number: $n" >&2; exit 2; }
-done
-[ "$ROUNDS" -ge 1 ] && [ "$DURATION" -ge 1 ] || { echo "need at least 1 round of 1 s" >&2; exit 2; }
+bench_numbers "$ROUNDS" "$DURATION" "$WARMUP" "$THREADS" "$STREAMS"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 UPSTREAM_PORT=${UPSTREAM_PORT:-18080}
@@ -79,35 +70,17 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 FLOODGATE="$TARGET_DIR/release/floodgate"
 export UPSTREAM FLOODGATE
 
-# ---- cpus: load generator and upstream on one, proxies on another --------------------------------
-if [ "$(nproc)" -ge 2 ]; then
-  LOADGEN_CPU=${LOADGEN_CPU:-0} PROXY_CPU=${PROXY_CPU:-1}
-else
-  LOADGEN_CPU=${LOADGEN_CPU:-0} PROXY_CPU=${PROXY_CPU:-0}
-  echo "# one cpu only: wrk, the upstream and the proxies share it; ratios will mostly show that" >&2
-fi
+bench_cpus
 
 # ---- tools -----------------------------------------------------------------------------------
-missing=()
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-if [ "$H2" = 1 ]; then command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client); fi
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then SUDO=(); elif command -v sudo >/dev/null 2>&1; then SUDO=(sudo); else
-    echo "missing: ${missing[*]}; install them (apt-get install ${missing[*]})" >&2; exit 1
-  fi
-  echo "# installing ${missing[*]}" >&2
-  "${SUDO[@]}" apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
-fi
-NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+needed=(wrk:wrk nginx:nginx taskset:util-linux)
+[ "$H2" = 1 ] && needed+=(h2load:nghttp2-client)
+bench_need "${needed[@]}"
+NGINX_BIN=$(bench_bin nginx)
 
 if [ "$FLOODGATE_TARGET" = 1 ] || [ ${#EXTRA_NAMES[@]} -gt 0 ]; then
   if [ "$BUILD" = 1 ]; then
-    echo "# cargo build --release --locked" >&2
-    (cd "$REPO" && cargo build --release --locked >&2)
+    bench_build "$REPO"
   fi
   if [ "$FLOODGATE_TARGET" = 1 ] && [ ! -x "$FLOODGATE" ]; then
     echo "no $FLOODGATE: build it (cargo build --release --locked) or drop --no-build" >&2; exit 1
@@ -115,36 +88,9 @@ if [ "$FLOODGATE_TARGET" = 1 ] || [ ${#EXTRA_NAMES[@]} -gt 0 ]; then
 fi
 
 # ---- work directory and process bookkeeping --------------------------------------------------
-WORKDIR=${WORKDIR:-$(mktemp -d /tmp/floodgate-bench.XXXXXX)}
-mkdir -p "$WORKDIR"; WORKDIR=$(cd "$WORKDIR" && pwd)
-chmod 755 "$WORKDIR"   # nginx's workers run as another user when started as root
+bench_workdir "$WORKDIR" floodgate-bench
 RESULTS="$WORKDIR/results.tsv"; : >"$RESULTS"
-
-STARTED=()   # process-group leaders started here (setsid), stopped on exit
-stop_all() {
-  local pid i
-  for pid in "${STARTED[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for pid in "${STARTED[@]}"; do
-    for i in $(seq 1 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-  done
-  STARTED=()
-}
-trap stop_all EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start() { # NAME CPU COMMAND...: its own session (so its whole tree stops together), pinned
-  local name=$1 cpu=$2; shift 2
-  setsid taskset -c "$cpu" "$@" >"$WORKDIR/$name.log" 2>&1 </dev/null &
-  STARTED+=("$!")
-}
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_listening() { # PORT NAME: up to 10 s
-  local i
-  for i in $(seq 1 100); do listening "$1" && return 0; sleep 0.1; done
-  echo "$2 is not listening on 127.0.0.1:$1 after 10 s; see $WORKDIR/$2.log" >&2; return 1
-}
+bench_traps
 
 # ---- targets ---------------------------------------------------------------------------------
 NAMES=(nginx_lr) PORTS=("$NGINX_LR_PORT") CMDS=("")
@@ -162,25 +108,8 @@ fi
 for i in "${!EXTRA_NAMES[@]}"; do
   NAMES+=("${EXTRA_NAMES[$i]}"); PORTS+=("${EXTRA_PORTS[$i]}"); CMDS+=("${EXTRA_CMDS[$i]}")
 done
-for port in "$UPSTREAM_PORT" "${PORTS[@]}"; do
-  if listening "$port"; then echo "127.0.0.1:$port is taken; stop what listens there" >&2; exit 1; fi
-done
+ports_free "$UPSTREAM_PORT" "${PORTS[@]}"
 
-nginx_conf() { # FILE BODY: an nginx config that writes only into the work directory
-  cat >"$1" <<EOF
-worker_processes 1;
-pid $1.pid;
-error_log $1.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORKDIR/tmp-body; proxy_temp_path $WORKDIR/tmp-proxy;
-  fastcgi_temp_path $WORKDIR/tmp-fcgi; uwsgi_temp_path $WORKDIR/tmp-uwsgi; scgi_temp_path $WORKDIR/tmp-scgi;
-  keepalive_requests 100000000; keepalive_timeout 120s;
-$2
-}
-EOF
-}
 nginx_conf "$WORKDIR/upstream.conf" "
   server { listen $UPSTREAM backlog=4096; location / { return 200 \"ok\"; } }"
 H2_LISTEN=""; [ "$H2" = 1 ] && H2_LISTEN=" http2"
@@ -203,18 +132,7 @@ for i in "${!NAMES[@]}"; do
 done
 for i in "${!NAMES[@]}"; do wait_listening "${PORTS[$i]}" "${NAMES[$i]}"; done
 
-cat >"$WORKDIR/report.lua" <<'EOF'
-wrk.headers["x-api-key"] = "bench-key"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %.0f %d %d %d %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
-end
-EOF
-run_wrk() { # PORT CONNS SECS -> "req/s p50_us p99_us non2xx socket_errors"
-  timeout $(($3 + 20)) taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$2" -d"$3"s \
-    -s "$WORKDIR/report.lua" "http://127.0.0.1:$1/" 2>&1 | awk '/^RESULT/ { print $2, $3, $4, $5, $6 }' || true
-}
+printf 'wrk.headers["x-api-key"] = "bench-key"\n%s\n' "$WRK_DONE" >"$WORKDIR/report.lua"
 
 # h2load's answer as the same five fields; latency: its mean and max per request, in µs.
 run_h2load() { # PORT CONNS SECS
@@ -227,12 +145,13 @@ run_h2load() { # PORT CONNS SECS
     /^time for request:/ { mean = us($6); max = us($5) }
     END { if (rps != "") printf "%.0f %.0f %.0f %d %d\n", rps, mean, max, non2xx, errors }' || true
 }
-run_load() { if [ "$H2" = 1 ]; then run_h2load "$@"; else run_wrk "$@"; fi; }
+run_load() { # PORT CONNS SECS
+  if [ "$H2" = 1 ]; then run_h2load "$@"; else run_wrk "http://127.0.0.1:$1/" "$2" "$3" "$WORKDIR/report.lua" "$THREADS"; fi
+}
 LAT1=p50_us LAT2=p99_us
 [ "$H2" = 1 ] && LAT1=mean_us LAT2=max_us
 
-echo "# $(nproc) cpus ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r)"
-echo "# $("$NGINX_BIN" -v 2>&1) | $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2) | floodgate $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
+bench_banner "$REPO" "$NGINX_BIN"
 if [ "$H2" = 1 ]; then
   echo "# h2c: h2load -t$THREADS -c{$CONNS} -m$STREAMS -D$DURATION after ${WARMUP}s warm-up, $ROUNDS round(s); h2load + upstream on cpu $LOADGEN_CPU, proxies on cpu $PROXY_CPU; $WORKDIR"
 else
@@ -247,7 +166,7 @@ for round in $(seq 1 "$ROUNDS"); do
     i=$(( (k + round - 1) % N ))
     for c in $CONNS; do
       if [ "$WARMUP" -gt 0 ]; then run_load "${PORTS[$i]}" "$c" "$WARMUP" >/dev/null; fi
-      read -r rps p50 p99 non2xx errors <<<"$(run_load "${PORTS[$i]}" "$c" "$DURATION")" || true
+      read -r rps p50 p99 non2xx errors _ <<<"$(run_load "${PORTS[$i]}" "$c" "$DURATION")" || true
       [ -n "${rps:-}" ] || { echo "no result for ${NAMES[$i]}" >&2; rps=0 p50=0 p99=0 non2xx=0 errors=-1; }
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${NAMES[$i]}" "$c" "$rps" "$p50" "$p99" "$non2xx" "$errors" >>"$RESULTS"
       printf '%-5s %-14s %5s %10s %9s %9s %7s %7s\n' "$round" "${NAMES[$i]}" "$c" "$rps" "$p50" "$p99" "$non2xx" "$errors"
@@ -259,30 +178,5 @@ done
 echo
 echo "medians over $ROUNDS round(s); x_lr = median of per-round ratios to nginx_lr (same round);"
 echo "spread = (max - min) / median of req/s"
-awk -F'\t' -v order="${NAMES[*]}" -v conns="$CONNS" -v lat1="$LAT1" -v lat2="$LAT2" '
-function median(a, n,   i, j, t) {
-  for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j > 0 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-  return n == 0 ? 0 : (n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2)
-}
-{ rounds[$1] = 1; rps[$1, $2, $3] = $4; p50[$1, $2, $3] = $5; p99[$1, $2, $3] = $6; bad[$2, $3] += $7 + ($8 > 0 ? $8 : 0) }
-END {
-  printf "%-14s %5s %10s %6s %9s %6s %9s %6s %7s %6s\n", "target", "conns", "req/s", "x_lr", lat1, "x_lr", lat2, "x_lr", "spread", "errors"
-  nt = split(order, T, " "); nc = split(conns, C, " ")
-  for (ci = 1; ci <= nc; ci++) for (ti = 1; ti <= nt; ti++) {
-    t = T[ti]; c = C[ci]; n = 0; m = 0
-    for (r in rounds) {
-      n++; a[n] = rps[r, t, c] + 0; b[n] = p50[r, t, c] + 0; d[n] = p99[r, t, c] + 0
-      if (n == 1 || a[n] < lo) lo = a[n]; if (n == 1 || a[n] > hi) hi = a[n]
-      ref = rps[r, "nginx_lr", c]
-      if (ref > 0 && p50[r, "nginx_lr", c] > 0 && p99[r, "nginx_lr", c] > 0) {
-        m++; x1[m] = a[n] / ref; x2[m] = b[n] / p50[r, "nginx_lr", c]; x3[m] = d[n] / p99[r, "nginx_lr", c]
-      }
-    }
-    med = median(a, n)
-    r1 = m ? sprintf("%.2f", median(x1, m)) : "-"; r2 = m ? sprintf("%.2f", median(x2, m)) : "-"
-    r3 = m ? sprintf("%.2f", median(x3, m)) : "-"; spread = (med > 0) ? 100 * (hi - lo) / med : 0
-    printf "%-14s %5s %10.0f %6s %9.0f %6s %9.0f %6s %6.0f%% %6d\n", t, c, med, r1, median(b, n), r2,
-      median(d, n), r3, spread, bad[t, c]
-  }
-}' "$RESULTS"
+bench_summary "$RESULTS" "${NAMES[*]}" "$CONNS" conns "4:req/s 5:$LAT1 6:$LAT2"
 echo "(per-run rows: $RESULTS; logs: $WORKDIR)"
