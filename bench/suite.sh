@@ -236,6 +236,9 @@ nginx_lr_conf() { # SCENARIO FILE [MAIN]: nginx + limit_req keyed by x-api-key, 
   upstream up { server $UPSTREAM; keepalive 1024; keepalive_requests 100000000; }
   limit_req_zone \$http_x_api_key zone=perkey:$zone rate=100000000r/s;
   limit_req_status 429;
+  # A refusal is logged at info, below the error log's level: no disk write per 429 (floodgate
+  # logs them at debug), and a long storm does not fill the disk with them.
+  limit_req_log_level info;
   $http
   server { listen 127.0.0.1:$NGINX_LR_PORT backlog=4096$listen; $srv
     location / { limit_req zone=perkey burst=1000000 nodelay; $loc
