@@ -82,7 +82,17 @@ async fn every_request_gets_one_json_line_saying_what_floodgate_decided() {
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let (admitted, limited) = (&json[0], &json[2]);
+    // Each worker writes its own lines, so the file's order is not the requests': each record
+    // is found by what it is.
+    let find = |what: &str, is: &dyn Fn(&serde_json::Value) -> bool| {
+        let found: Vec<&serde_json::Value> = json.iter().filter(|j| is(j)).collect();
+        assert!(!found.is_empty(), "no line for {what}: {lines:#?}");
+        found
+    };
+    let admitted = find("an admitted request", &|j| {
+        j["status"] == 200 && j["class"] == "limited"
+    })[0];
+    let limited = find("the 429", &|j| j["status"] == 429)[0];
     assert_eq!(admitted["path"], "/limited", "normalised");
     assert_eq!(admitted["method"], "GET");
     assert_eq!(admitted["protocol"], "HTTP/1.1");
@@ -104,14 +114,14 @@ async fn every_request_gets_one_json_line_saying_what_floodgate_decided() {
     assert_eq!(limited["bytes"], refusal.body.len(), "the 429's JSON body");
     assert_eq!(limited["account"], account);
 
-    let download = &json[3];
+    let download = find("the download", &|j| j["path"] == "/download")[0];
     assert_eq!(download["bytes"], 5000);
     assert_eq!(download["decision"], "forwarded");
     assert!(
         download["account"].is_string(),
         "anonymous: counted per address"
     );
-    let refused = &json[4];
+    let refused = find("the 400", &|j| j["status"] == 400)[0];
     assert_eq!(
         (refused["status"].as_u64(), refused["decision"].as_str()),
         (Some(400), Some("refused"))
@@ -121,7 +131,8 @@ async fn every_request_gets_one_json_line_saying_what_floodgate_decided() {
         serde_json::Value::Null,
         "never classified"
     );
-    let jobs = [&json[5], &json[6]];
+    let jobs = find("the jobs", &|j| j["path"] == "/slow");
+    assert_eq!(jobs.len(), 2, "{lines:#?}");
     let waits: Vec<u64> = jobs
         .iter()
         .map(|j| j["queue_ms"].as_u64().unwrap())

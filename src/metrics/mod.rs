@@ -15,10 +15,13 @@ mod reload;
 mod requests;
 mod state;
 
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use std::sync::OnceLock;
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder};
 
 use crate::classify::ClassId;
 use crate::identity::TierId;
+use crate::limits::LimitKind;
 pub use jobs::JobMetrics;
 pub use listener::ListenerMetrics;
 pub use penalties::PenaltyMetrics;
@@ -63,6 +66,9 @@ pub struct CutCounters {
     pub client_body: IntCounter,
 }
 
+/// The kinds of limit a refusal can name ([`LimitKind`] as an index).
+const LIMIT_KINDS: usize = LimitKind::Relax as usize + 1;
+
 /// Per-config handles for the counters every request touches.
 #[derive(Debug)]
 pub struct Handles {
@@ -70,6 +76,13 @@ pub struct Handles {
     /// `[tier * classes + class]`
     admitted: Vec<IntCounter>,
     limited: Vec<IntCounter>,
+    /// `floodgate_limited_total` by `[(tier * classes + class) * LIMIT_KINDS + kind]`, each
+    /// resolved at its first refusal (a refusal storm hashes no label values; a combination
+    /// that never refused exports no series).
+    limit_hits: Vec<OnceLock<IntCounter>>,
+    limit_hits_by_label: IntCounterVec,
+    class_names: Vec<String>,
+    tier_names: Vec<String>,
     upstream_seconds: Vec<prometheus::Histogram>,
     /// Indexed by tier.
     tiers: Vec<TierGauges>,
@@ -84,8 +97,20 @@ impl Handles {
         self.admitted[self.idx(class, tier)].inc();
     }
 
-    pub fn limited(&self, class: ClassId, tier: TierId) {
-        self.limited[self.idx(class, tier)].inc();
+    /// Counts a 429, and the kind of limit that refused it.
+    pub fn limited(&self, class: ClassId, tier: TierId, kind: LimitKind) {
+        let i = self.idx(class, tier);
+        self.limited[i].inc();
+        self.limit_hits[i * LIMIT_KINDS + kind as usize]
+            .get_or_init(|| {
+                let (class, tier) = (
+                    &self.class_names[class.0 as usize],
+                    &self.tier_names[tier.0 as usize],
+                );
+                self.limit_hits_by_label
+                    .with_label_values(&[class, tier, kind.name()])
+            })
+            .inc();
     }
 
     /// Queued / in-flight job gauges of a tier.
@@ -136,10 +161,17 @@ impl Metrics {
             .iter()
             .map(|c| self.requests.upstream_seconds.with_label_values(&[c]))
             .collect();
+        let tier_names = tiers.iter().map(|t| t.to_string()).collect();
         let tiers = tiers.iter().map(|t| self.jobs.tier_gauges(t)).collect();
         Handles {
             tiers,
             classes: classes.len(),
+            limit_hits: (0..admitted.len() * LIMIT_KINDS)
+                .map(|_| OnceLock::new())
+                .collect(),
+            limit_hits_by_label: self.requests.limited.clone(),
+            class_names: classes.to_vec(),
+            tier_names,
             admitted,
             limited,
             upstream_seconds,
@@ -178,5 +210,40 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_counts_under_its_class_tier_and_kind_and_no_other_series_appears() {
+        let metrics = Metrics::new();
+        let classes = ["a".to_owned(), "b".to_owned()];
+        let handles = metrics.handles(&classes, &["free", "pro"]);
+        handles.limited(ClassId(1), TierId(1), LimitKind::Minute);
+        handles.limited(ClassId(1), TierId(1), LimitKind::Minute);
+        handles.limited(ClassId(0), TierId(0), LimitKind::Relax);
+        let text = metrics.render();
+        let limited = |labels: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("floodgate_limited_total{{{labels}}} ")))
+                .map(|v| v.to_owned())
+        };
+        assert_eq!(
+            limited(r#"class="b",tier="pro",type="minute""#).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            limited(r#"class="a",tier="free",type="relax""#).as_deref(),
+            Some("1")
+        );
+        assert_eq!(limited(r#"class="a",tier="pro",type="minute""#), None);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("floodgate_limited_total{"))
+            .count();
+        assert_eq!(series, 2, "{text}");
     }
 }

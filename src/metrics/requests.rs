@@ -8,7 +8,8 @@ use super::register::Registrar;
 pub struct RequestMetrics {
     /// By class, tier and decision; resolved per config into [`super::Handles`].
     pub(super) requests: IntCounterVec,
-    limited: IntCounterVec,
+    /// By class, tier and the limit's type; resolved as used into [`super::Handles`].
+    pub(super) limited: IntCounterVec,
     rejected: IntCounterVec,
     pub(super) upstream_errors: IntCounterVec,
     /// By class; resolved per config into [`super::Handles`].
@@ -54,11 +55,6 @@ impl RequestMetrics {
                 &["class", "tier", "type"],
             ),
         }
-    }
-
-    /// Counts a 429 by the kind of limit that refused it.
-    pub fn limit_hit(&self, class: &str, tier: &str, kind: &str) {
-        self.limited.with_label_values(&[class, tier, kind]).inc();
     }
 
     /// Counts a request a shadow limit would have refused.

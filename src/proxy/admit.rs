@@ -171,15 +171,13 @@ impl<'a> Admit<'a> {
     /// The 429 for a request a limit (or penalty) refused, counted.
     fn limited(&self, ctx: &Ctx<'_>, usage: &Usage, refusal: &Refusal, now: u64) -> Refused {
         let (caller, class) = (ctx.caller, ctx.class);
-        ctx.policy.handles.limited(class, caller.tier);
+        ctx.policy.handles.limited(class, caller.tier, refusal.kind);
         self.status.record(caller, class, usage, now);
         tracing::debug!(
             account = %caller.account.short(), class = ctx.class_name(),
             limit = refusal.kind.name(), retry_after_secs = refusal.retry_after_secs,
             "rate limited"
         );
-        self.metrics
-            .limit_hit(ctx.class_name(), ctx.tier_name(), refusal.kind.name());
         too_many_attempts(usage, refusal, ctx.config().headers.ietf)
     }
 }
