@@ -397,32 +397,48 @@ async fn run_case(
     Ok(())
 }
 
-#[test]
-fn the_memory_store_and_the_redis_script_decide_alike() {
-    let server = RedisServer::start();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+/// A fail-closed Redis store on `server` whose breaker never opens within a run; `caller_clock`
+/// as [`RedisStore::use_caller_clock`].
+fn redis_store(server: &RedisServer, caller_clock: bool) -> Arc<FailoverStore> {
     let store =
         RedisStore::new(&server.url(), Duration::from_secs(5), &Default::default()).unwrap();
-    store.use_caller_clock(true);
-    let redis = Store::Redis(Arc::new(FailoverStore::new(
+    store.use_caller_clock(caller_clock);
+    Arc::new(FailoverStore::new(
         store,
         Duration::from_secs(30),
         OnFailure::FailClosed,
         1,
         Duration::from_secs(60),
-    )));
+    ))
+}
+
+/// Runs `n` cases drawn from `cases` through the memory store and `redis`, on `clock`.
+fn run_cases(
+    n: u32,
+    cases_from: impl Strategy<Value = Case>,
+    redis: &Store,
+    clock: &dyn ServerClock,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let case_no = AtomicU64::new(0);
-    let mut runner = TestRunner::new(cases(96));
-    let outcome = runner.run(&case(), |case| {
+    let mut runner = TestRunner::new(cases(n));
+    let outcome = runner.run(&cases_from, |case| {
         let n = case_no.fetch_add(1, Ordering::Relaxed);
-        runtime.block_on(run_case(&case, n, &redis, &CallerClock))
+        runtime.block_on(run_case(&case, n, redis, clock))
     });
     if let Err(e) = outcome {
         panic!("{e}");
     }
+}
+
+#[test]
+fn the_memory_store_and_the_redis_script_decide_alike() {
+    let server = RedisServer::start();
+    let redis = Store::Redis(redis_store(&server, true));
+    run_cases(96, case(), &redis, &CallerClock);
 }
 
 /// The pool entries a case on the server's clock may use: not the intervals, whose short
@@ -490,19 +506,7 @@ impl ServerClock for RedisTime<'_> {
 #[test]
 fn the_memory_store_and_the_redis_script_decide_alike_on_redis_time() {
     let server = RedisServer::start();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let store =
-        RedisStore::new(&server.url(), Duration::from_secs(5), &Default::default()).unwrap();
-    let failover = Arc::new(FailoverStore::new(
-        store,
-        Duration::from_secs(30),
-        OnFailure::FailClosed,
-        1,
-        Duration::from_secs(60),
-    ));
+    let failover = redis_store(&server, false);
     let redis = Store::Redis(failover.clone());
     let clock = RedisTime {
         store: &failover,
@@ -512,13 +516,5 @@ fn the_memory_store_and_the_redis_script_decide_alike_on_redis_time() {
             .into(),
         set_at: 0.into(),
     };
-    let case_no = AtomicU64::new(0);
-    let mut runner = TestRunner::new(cases(32));
-    let outcome = runner.run(&case_on_server_time(), |case| {
-        let n = case_no.fetch_add(1, Ordering::Relaxed);
-        runtime.block_on(run_case(&case, n, &redis, &clock))
-    });
-    if let Err(e) = outcome {
-        panic!("{e}");
-    }
+    run_cases(32, case_on_server_time(), &redis, &clock);
 }
