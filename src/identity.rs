@@ -148,6 +148,21 @@ pub struct IdentityConfig {
 /// Header fields that carry an API key, with their values.
 pub type KeyFields = Vec<(HeaderName, HeaderValue)>;
 
+/// A request head's fields, as identity reads them: a hyper request's map, or the fast path's
+/// fields borrowed from the connection's buffer.
+pub trait HeadFields {
+    /// The values of the field `name`, in order.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]>;
+}
+
+impl HeadFields for HeaderMap {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Who is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
@@ -178,7 +193,11 @@ impl IdentityConfig {
     }
 
     /// Resolves the caller of a request that came from `peer`.
-    pub fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, IdentityError> {
+    pub fn identify(
+        &self,
+        headers: &impl HeadFields,
+        peer: IpAddr,
+    ) -> Result<Caller, IdentityError> {
         match self.read_key(headers)? {
             Some(key) => {
                 let account = AccountId::from_key(key);
@@ -201,14 +220,17 @@ impl IdentityConfig {
 
     /// The key the configured sources name. Every non-empty key found — in any source, in any
     /// repeat of a header — must be the same one.
-    fn read_key<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h [u8]>, IdentityError> {
+    fn read_key<'h>(
+        &'h self,
+        headers: &'h impl HeadFields,
+    ) -> Result<Option<&'h [u8]>, IdentityError> {
         let mut found: Option<&[u8]> = None;
         for source in &self.sources {
             let (name, bearer) = (source.field(), *source == KeySource::Bearer);
-            for value in headers.get_all(name) {
+            for value in headers.values(name) {
                 let key = match bearer {
-                    false => Some(value.as_bytes()),
-                    true => bearer_token(value.as_bytes()),
+                    false => Some(value),
+                    true => bearer_token(value),
                 };
                 let Some(key) = key.map(<[u8]>::trim_ascii).filter(|k| !k.is_empty()) else {
                     continue;
@@ -240,14 +262,13 @@ impl IdentityConfig {
 
     /// The client address: the peer, or, when the peer is a trusted proxy, the right-most
     /// `X-Forwarded-For` entry that is not itself a trusted proxy.
-    pub fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+    pub fn client_ip(&self, headers: &impl HeadFields, peer: IpAddr) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
         }
         let mut hops: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+            .values(&X_FORWARDED_FOR)
+            .filter_map(|v| std::str::from_utf8(v).ok())
             .flat_map(|v| v.split(','))
             .filter_map(|s| s.trim().parse().ok())
             .collect();

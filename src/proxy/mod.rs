@@ -26,6 +26,7 @@ pub mod inspect;
 mod job;
 mod own_headers;
 mod peer;
+pub mod plain;
 mod queue_wait;
 mod record;
 pub mod request_body;

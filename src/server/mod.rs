@@ -12,6 +12,7 @@
 pub mod conn;
 pub mod contain;
 pub mod discard;
+mod fast;
 pub mod framing;
 mod parse_errors;
 mod read_tap;
@@ -21,7 +22,7 @@ mod tunnel;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -37,11 +38,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::access_log;
+use crate::proxy::plain::HeadLimits;
 use crate::proxy::request_checks::AmbiguousFraming;
 use crate::proxy::Tunnel;
 use crate::proxy::{ClientBody, Peer, Proxy, Unread};
 use conn::{Activity, ActivityIo, ClockVerdict, Expiry, HeadWatch, Timeouts, Tracked};
 use discard::{Discard, DiscardLimits};
+use fast::{FastPath, Replay};
 use parse_errors::JsonRefusals;
 use read_tap::ReadTap;
 use send::{Stall, StreamExecutor};
@@ -140,7 +143,7 @@ pub async fn serve(
         let (builder, shutdown) = (builder.clone(), shutdown.clone());
         match &tls {
             None if settings.h2c => tokio::spawn(conn.sniff(stream, builder, shutdown)),
-            None => tokio::spawn(conn.run(stream, builder, shutdown)),
+            None => tokio::spawn(conn.run_plain(stream, builder, shutdown)),
             Some(tls) => tokio::spawn(conn.handshake(stream, tls.load_full(), builder, shutdown)),
         };
     }
@@ -266,6 +269,15 @@ fn send_verdict(activity: &Activity, stall: &mut Stall, send: Duration) -> Optio
     })
 }
 
+/// Why a connection served by the fast path and then hyper ended with an error.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Hyper(#[from] hyper::Error),
+}
+
 /// What a client connection holds until it ends — and a tunnel it turns into, after it
 /// ([`tunnel`]).
 #[derive(Clone)]
@@ -371,7 +383,7 @@ impl Connection {
         match tokio::time::timeout(within, opens_with_h2_preface(&stream)).await {
             Ok(true) => self.run_h2(stream, shutdown).await,
             // HTTP/1.1 (or nothing yet: its own header clock takes over)
-            Ok(false) | Err(_) => self.run(stream, builder, shutdown).await,
+            Ok(false) | Err(_) => self.run_plain(stream, builder, shutdown).await,
         }
     }
 
@@ -417,6 +429,57 @@ impl Connection {
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+        self.drive(conn, graceful, activity, shutdown).await;
+    }
+
+    /// Serves HTTP/1.1 in clear text: plain requests on the fast path ([`fast`]), and from the
+    /// first request it does not serve on, hyper. (With the access log on, every request is
+    /// hyper's: the log's record rides on hyper's response.)
+    async fn run_plain(
+        self,
+        stream: TcpStream,
+        builder: http1::Builder,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        if self.proxy.logs_access() {
+            return self.run(stream, builder, shutdown).await;
+        }
+        let activity = Activity::new();
+        let service = request_handler!(&self, &activity, h2: false);
+        let stream = JsonRefusals::new(stream, activity.clone(), self.proxy.clone());
+        let mut io: ActivityIo<_> = ReadTap::new(stream, HeadWatch::new(activity.clone()));
+        let draining = Arc::new(AtomicBool::new(false));
+        let limits = HeadLimits {
+            max_bytes: self.settings.max_header_bytes,
+            max_fields: self.settings.max_header_count,
+        };
+        let (proxy, peer, fast_activity) =
+            (self.proxy.clone(), self.peer.clone(), activity.clone());
+        let drain_flag = draining.clone();
+        let conn = async move {
+            let mut fast = FastPath::new(&proxy, &peer, &fast_activity, &drain_flag, limits);
+            match fast.serve(&mut io).await {
+                Ok(fast::Ended::Closed) => return Ok(()),
+                Ok(fast::Ended::Hyper) => {}
+                Err(e) => return Err(ConnError::Io(e)),
+            }
+            let replay = Replay::new(std::mem::take(&mut fast.read), io);
+            let conn = builder
+                .serve_connection(TokioIo::new(replay), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let mut asked = false;
+            std::future::poll_fn(|cx| {
+                if !asked && drain_flag.load(Ordering::Acquire) {
+                    asked = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                conn.as_mut().poll(cx)
+            })
+            .await
+            .map_err(ConnError::Hyper)
+        };
+        let graceful = move |_: Pin<&mut _>| draining.store(true, Ordering::Release);
         self.drive(conn, graceful, activity, shutdown).await;
     }
 

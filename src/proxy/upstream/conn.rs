@@ -151,6 +151,19 @@ impl Conn {
         });
     }
 
+    /// Prepares a request written whole by `encode` (head and body: the fast path's, whose
+    /// body is already in memory), so a replay resends all of it.
+    pub fn start_whole(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.write.clear();
+        self.written = 0;
+        self.data = Bytes::new();
+        self.reusable = true;
+        self.armed = None;
+        self.send_wait = None;
+        self.sending = None;
+        encode(&mut self.write);
+    }
+
     /// Takes over the body-less request `stale` (a connection found closed before it
     /// answered) was sending: its encoded head, and its spare field map.
     pub fn replay(&mut self, stale: &mut Conn) {

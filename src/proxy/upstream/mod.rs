@@ -12,7 +12,7 @@
 //! Protocol upgrades (WebSocket) go through hyper's client on a connection of their own, since
 //! the tunnel joins hyper's two upgraded halves.
 
-mod codec;
+pub mod codec;
 mod conn;
 mod io;
 mod wait;
@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -239,7 +239,7 @@ impl UpstreamClient {
                 .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
         let body = (!ended).then_some(body);
         let replayable = body.is_none();
-        let (mut conn, mut reused) = self.connection().await?;
+        let (mut conn, reused) = self.connection().await?;
         conn.start(&parts, body, framing, extra.as_ref(), forwarded_for);
         // The head is in the connection's buffer now (a replay resends it from there): the
         // request's field map goes back for the answer's fields, and the rest of the request
@@ -254,8 +254,35 @@ impl UpstreamClient {
         } = parts;
         conn.recycle_fields(headers);
         drop((uri, extensions));
+        self.exchange(conn, reused, replayable, &method).await
+    }
+
+    /// Sends a request written whole into the connection's buffer by `encode` (the fast
+    /// path's head and body) and returns the response head; the body streams afterwards.
+    /// `bodiless`: the request has no body, so it may go again on a fresh connection.
+    pub async fn send_whole(
+        self: &Arc<Self>,
+        method: &Method,
+        bodiless: bool,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let (mut conn, reused) = self.connection().await?;
+        conn.start_whole(encode);
+        self.exchange(conn, reused, bodiless, method).await
+    }
+
+    /// Waits for the answer to the request `conn` is sending; a reused connection found closed
+    /// before it answered is replaced and the request sent again when it can be (`replayable`:
+    /// the whole request is in the connection's buffer).
+    async fn exchange(
+        self: &Arc<Self>,
+        mut conn: Box<Conn>,
+        mut reused: bool,
+        replayable: bool,
+        method: &Method,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         loop {
-            match poll_fn(|cx| conn.poll_head_in_time(cx, &method, &self.timeouts)).await {
+            match poll_fn(|cx| conn.poll_head_in_time(cx, method, &self.timeouts)).await {
                 Ok(head) => {
                     let body = WireBody::new(head.framing, conn, self.clone());
                     let mut resp = Response::new(UpstreamBody::Wire(body));

@@ -1,0 +1,159 @@
+//! The plain request's path: a request whose head the listener parsed itself ([`head`]) is
+//! decided on slices of the connection's buffer and sent upstream as its own header lines —
+//! no request object, no field map, no second copy of the head.
+//!
+//! The stages are [`super::Proxy::answer`]'s, in the same order and with the same rules:
+//! identify, classify, the declared-size check, admission, forwarding. What this path does not
+//! serve — a job, a route that reads its class from the body, a task poll, a head it cannot
+//! read plainly, a request one of the pure stages would refuse — it hands back untouched
+//! ([`Proxy::plan_plain`] says `None`) before anything was consumed, and hyper serves it the usual way.
+
+pub mod head;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Response};
+use http_body::SizeHint;
+
+pub use head::{field_slots, parse, FieldSlots, HeadLimits, Parsed, PlainHead};
+
+use super::admit::Admit;
+use super::ctx::Ctx;
+use super::header_rewrite::{self, Forwarded};
+use super::own_headers::{X_FLOODGATE_CLASS, X_FLOODGATE_TIER};
+use super::response_body::ProxyBody;
+use super::{respond, upload, Peer, Proxy};
+use crate::classify::ClassId;
+use crate::identity::{Caller, HeadFields};
+use crate::limits::headers as rl_headers;
+use crate::shared::Policy;
+
+/// A plain request this path serves: what its pure stages found.
+pub struct Planned {
+    policy: Arc<Policy>,
+    caller: Caller,
+    class: ClassId,
+}
+
+impl HeadFields for PlainHead<'_, '_> {
+    fn values<'a>(&'a self, name: &'a http::HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        PlainHead::values(self, name.as_str())
+    }
+}
+
+impl Proxy {
+    /// The pure stages (identify, classify, the declared size) for a plain head; `None`: the
+    /// request is not for this path (or one of them would refuse it), nothing was consumed,
+    /// and hyper serves it.
+    pub fn plan_plain(&self, head: &PlainHead<'_, '_>, peer: &Peer) -> Option<Planned> {
+        let policy = self.shared.policy.load_full();
+        let config = &policy.config;
+        if config.jobs.tasks.is_some() {
+            return None; // a task poll may need its task's watcher
+        }
+        let caller = config.identity.identify(head, peer.addr.ip()).ok()?;
+        let path = head.target.split('?').next().unwrap_or(head.target);
+        let class = match config.router.classify_route(&head.method, path) {
+            Ok((class, None)) if config.jobs.class(class).is_none() => class,
+            _ => return None,
+        };
+        let declared = SizeHint::with_exact(head.body_len as u64);
+        upload::check_declared(&declared, config.max_body(class)).ok()?;
+        Some(Planned {
+            policy,
+            caller,
+            class,
+        })
+    }
+
+    /// Admits and forwards a planned request whose body (`body`, exactly its declared length)
+    /// is in memory: the upstream's answer with the usage headers, or floodgate's own.
+    pub async fn answer_plain(
+        &self,
+        plan: Planned,
+        head: &PlainHead<'_, '_>,
+        body: &[u8],
+        peer: &Peer,
+    ) -> Response<ProxyBody> {
+        let config = &plan.policy.config;
+        let ctx = Ctx {
+            policy: &plan.policy,
+            caller: plan.caller,
+            class: plan.class,
+            forwarded: peer.forwarded(&config.identity),
+        };
+        let usage = match Admit::of(&self.shared).request(&ctx).await {
+            Ok(usage) => usage,
+            Err(refused) => return refused,
+        };
+        let annotate = config.headers.annotate_upstream.then_some(&ctx);
+        let started = Instant::now();
+        let sent = self
+            .upstreams
+            .default
+            .send_whole(&head.method, body.is_empty(), |buf| {
+                encode_request(buf, head, body, ctx.forwarded, annotate)
+            })
+            .await;
+        let mut resp = match self.forwarder().arrived(&ctx, sent, started) {
+            Ok(resp) => resp,
+            Err(e) => respond::failed(&self.shared.metrics, &ctx, e),
+        };
+        if let Some(usage) = usage {
+            rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf);
+        }
+        resp
+    }
+}
+
+/// The request as it goes upstream: the client's request line and fields as sent, less
+/// `Connection: keep-alive` (the only hop-by-hop field a plain head has), then floodgate's
+/// annotations and the forwarding fields, then the body.
+fn encode_request(
+    buf: &mut Vec<u8>,
+    head: &PlainHead<'_, '_>,
+    body: &[u8],
+    forwarded: &Forwarded,
+    annotate: Option<&Ctx<'_>>,
+) {
+    buf.extend_from_slice(head.method.as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(head.target.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_length = false;
+    for field in head.fields {
+        if field.name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        has_length |= field.name.eq_ignore_ascii_case("content-length");
+        line(buf, field.name.as_bytes(), field.value);
+    }
+    if !has_length && matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
+        // A method that defines a body says "none" explicitly (as HTTP/1.1 clients do).
+        buf.extend_from_slice(b"content-length: 0\r\n");
+    }
+    if let Some(ctx) = annotate {
+        for (name, value) in [
+            (&X_FLOODGATE_TIER, ctx.tier_name()),
+            (&X_FLOODGATE_CLASS, ctx.class_name()),
+        ] {
+            if value
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+            {
+                line(buf, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+    }
+    header_rewrite::write_forwarded(buf, None, forwarded);
+    buf.extend_from_slice(b"\r\n");
+    buf.extend_from_slice(body);
+}
+
+fn line(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    buf.extend_from_slice(name);
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value);
+    buf.extend_from_slice(b"\r\n");
+}
