@@ -75,6 +75,8 @@ fn is_small(size: usize) -> bool {
 // `advise` only gives the kernel advice about memory a block owns.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        #[cfg(feature = "test-hooks")]
+        counting::note();
         if is_small(layout.size()) {
             return unsafe { MiMalloc.alloc(layout) };
         }
@@ -82,6 +84,8 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        #[cfg(feature = "test-hooks")]
+        counting::note();
         if is_small(layout.size()) {
             return unsafe { MiMalloc.alloc_zeroed(layout) };
         }
@@ -96,6 +100,8 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        #[cfg(feature = "test-hooks")]
+        counting::note();
         if is_small(layout.size()) && is_small(new_size) {
             return unsafe { MiMalloc.realloc(ptr, layout, new_size) };
         }
@@ -117,6 +123,35 @@ unsafe impl GlobalAlloc for Allocator {
         new
     }
 }
+/// Test builds only (`--features test-hooks`): allocations counted on the threads that ask
+/// for it (floodgate's workers), so a test can check a request path allocates nothing.
+#[cfg(feature = "test-hooks")]
+pub mod counting {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    thread_local! {
+        static COUNTED: Cell<bool> = const { Cell::new(false) };
+    }
+    static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+    /// Counts this thread's allocations (and reallocations) from now on.
+    pub fn count_this_thread() {
+        COUNTED.set(true);
+    }
+
+    /// Allocations counted so far, on every counted thread.
+    pub fn allocations() -> u64 {
+        ALLOCATIONS.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn note() {
+        if COUNTED.try_with(Cell::get).unwrap_or(false) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Asks for huge pages over a block that starts and ends on huge-page boundaries. Advice
 /// only: when the kernel declines, the memory keeps its small pages.
 fn advise(p: *mut u8, size: usize) {

@@ -197,6 +197,8 @@ pub fn start(
             format!("floodgate-worker-{i}"),
             async move {
                 proxy.enter_worker();
+                #[cfg(feature = "test-hooks")]
+                crate::allocator::counting::count_this_thread();
                 // The worker's access log lines gather in its own buffer, flushed on a timer.
                 let flusher = access_log.clone().map(|log| {
                     log.enter_worker();

@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE};
-use http::{Method, Response, StatusCode};
+use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::io::poll_read_buf;
@@ -62,6 +62,8 @@ pub struct FastPath<'a> {
     pub read: BytesMut,
     /// The response being written.
     pub out: Vec<u8>,
+    /// The last answer's field map, cleared: the next answer's fields go into its table.
+    spare_fields: HeaderMap,
 }
 
 impl FastPath<'_> {
@@ -80,6 +82,7 @@ impl FastPath<'_> {
             limits,
             read: BytesMut::with_capacity(READ_BUFFER),
             out: Vec::with_capacity(4 * 1024),
+            spare_fields: HeaderMap::new(),
         }
     }
 
@@ -103,7 +106,11 @@ impl FastPath<'_> {
             let guard = self.activity.request_started();
             self.activity.take_ambiguous(); // a plain head declares its length once at most
             let body = &self.read[head.head_len..head.total_len()];
-            let answer = contain::contained(self.proxy.answer_plain(plan, &head, body, self.peer));
+            let fields = std::mem::take(&mut self.spare_fields);
+            let answer = self
+                .proxy
+                .answer_plain(plan, (&head, body), self.peer, fields);
+            let answer = contain::contained(answer);
             let resp = match answer.await {
                 Ok(resp) => resp,
                 Err(panic) => self.proxy.panicked(&panic),
@@ -116,7 +123,8 @@ impl FastPath<'_> {
                 activity: self.activity,
                 progress: 0,
             };
-            let keep = write_response(&mut writer, resp, bodiless).await?;
+            let (keep, fields) = write_response(&mut writer, resp, bodiless).await?;
+            self.spare_fields = fields;
             drop(guard);
             io.flush().await?;
             self.read.advance(served);
@@ -166,14 +174,15 @@ fn head_complete(buf: &[u8]) -> bool {
         .any(|at| matches!(&buf[at + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
-/// Writes `resp` as HTTP/1.1; whether the connection can carry another request. `bodiless`:
-/// the answer to a `HEAD` (its framing fields say what a `GET` would get; no body follows).
+/// Writes `resp` as HTTP/1.1; whether the connection can carry another request, and the
+/// answer's field map, cleared, for the next. `bodiless`: the answer to a `HEAD` (its framing
+/// fields say what a `GET` would get; no body follows).
 async fn write_response<S: AsyncWrite + Unpin>(
     w: &mut Writer<'_, S>,
     resp: Response<ProxyBody>,
     bodiless: bool,
-) -> io::Result<bool> {
-    let (parts, mut body) = resp.into_parts();
+) -> io::Result<(bool, HeaderMap)> {
+    let (mut parts, mut body) = resp.into_parts();
     let status = parts.status;
     let no_body = bodiless
         || status.is_informational()
@@ -211,10 +220,13 @@ async fn write_response<S: AsyncWrite + Unpin>(
         },
     };
     out.extend_from_slice(b"\r\n");
+    // The fields' values share the upstream's read buffer: let go of them before the body.
+    let mut fields = std::mem::take(&mut parts.headers);
+    fields.clear();
     if no_body {
         drop(body);
         w.flush_out().await?;
-        return Ok(keep);
+        return Ok((keep, fields));
     }
     let mut body = Pin::new(&mut body);
     loop {
@@ -237,7 +249,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
         w.out.extend_from_slice(b"0\r\n\r\n");
     }
     w.flush_out().await?;
-    Ok(keep)
+    Ok((keep, fields))
 }
 
 /// A connection's write side: the bytes gathered to write, and the send clock told about every

@@ -13,7 +13,7 @@ pub mod head;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Method, Response};
+use http::{HeaderMap, Method, Response};
 use http_body::SizeHint;
 
 pub use head::{field_slots, parse, FieldSlots, HeadLimits, Parsed, PlainHead};
@@ -69,12 +69,13 @@ impl Proxy {
 
     /// Admits and forwards a planned request whose body (`body`, exactly its declared length)
     /// is in memory: the upstream's answer with the usage headers, or floodgate's own.
+    /// `fields`: an empty map for the answer's fields (the connection's last answer's).
     pub async fn answer_plain(
         &self,
         plan: Planned,
-        head: &PlainHead<'_, '_>,
-        body: &[u8],
+        (head, body): (&PlainHead<'_, '_>, &[u8]),
         peer: &Peer,
+        fields: HeaderMap,
     ) -> Response<ProxyBody> {
         let config = &plan.policy.config;
         let ctx = Ctx {
@@ -92,7 +93,7 @@ impl Proxy {
         let sent = self
             .upstreams
             .default
-            .send_whole(&head.method, body.is_empty(), |buf| {
+            .send_whole(&head.method, body.is_empty(), fields, |buf| {
                 encode_request(buf, head, body, ctx.forwarded, annotate)
             })
             .await;

@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -260,14 +260,20 @@ impl UpstreamClient {
     /// Sends a request written whole into the connection's buffer by `encode` (the fast
     /// path's head and body) and returns the response head; the body streams afterwards.
     /// `bodiless`: the request has no body, so it may go again on a fresh connection.
+    /// `fields`: an empty map whose table the response's fields fill (the caller's last
+    /// answer's, so no answer allocates one).
     pub async fn send_whole(
         self: &Arc<Self>,
         method: &Method,
         bodiless: bool,
+        fields: HeaderMap,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (mut conn, reused) = self.connection().await?;
         conn.start_whole(encode);
+        if fields.capacity() > 0 {
+            conn.recycle_fields(fields);
+        }
         self.exchange(conn, reused, bodiless, method).await
     }
 
