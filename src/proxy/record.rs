@@ -39,6 +39,19 @@ impl Arrived {
     }
 }
 
+impl Arrived {
+    /// A plain request (the fast path's) at `time_ms`: its target parsed for the record.
+    pub fn plain(method: &http::Method, target: &str, time_ms: u64) -> Self {
+        Self {
+            at: Instant::now(),
+            time_ms,
+            method: method.clone(),
+            version: Version::HTTP_11,
+            uri: Uri::try_from(target).unwrap_or_else(|_| Uri::from_static("/")),
+        }
+    }
+}
+
 /// What the access log learns of a request while it is answered.
 #[derive(Debug, Default)]
 pub struct Noted {

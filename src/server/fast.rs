@@ -3,8 +3,8 @@
 //! without a request object, and the answer's head is written in one buffer with its first body
 //! bytes.
 //!
-//! The first head that is not plain — an upgrade, `Expect`, a chunked body, a body not all
-//! here yet, a request a pure stage would refuse, anything ambiguous — hands the connection to
+//! The first head that is not plain — an upgrade, `Expect`, a chunked body, a body that does
+//! not follow its head at once, a request a pure stage would refuse, anything ambiguous — hands the connection to
 //! hyper with the bytes already read put back in front ([`Replay`]), and hyper serves the rest
 //! of the connection exactly as it serves every connection without this path.
 //!
@@ -30,6 +30,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::conn::Activity;
 use super::contain;
+use crate::access_log::Pending;
 use crate::proxy::plain::{self, HeadLimits, Parsed};
 use crate::proxy::upstream::codec::encode_chunk_size;
 use crate::proxy::{Peer, Proxy, ProxyBody};
@@ -38,8 +39,11 @@ use crate::proxy::{Peer, Proxy, ProxyBody};
 const READ_BUFFER: usize = 64 * 1024;
 /// Room a read needs at the buffer's end before the buffer is compacted.
 const MIN_READ_ROOM: usize = 8 * 1024;
-/// Body bytes gathered behind a response head before they are written.
-const WRITE_GATHER: usize = 16 * 1024;
+/// Body bytes gathered behind a response head before they are written: a copy of a body this
+/// size costs less than the system call a second write would.
+const WRITE_GATHER: usize = 64 * 1024;
+/// How long a body whose head came alone may take to follow before hyper takes the request.
+const LATE_BODY_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How the fast path left a connection.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,9 +100,21 @@ impl FastPath<'_> {
                 return Ok(Ended::Closed);
             }
             let mut slots = plain::field_slots();
-            let head = match plain::parse(&self.read, &mut slots, self.limits) {
-                Parsed::Plain(head) if self.read.len() >= head.total_len() => head,
+            let parsed = plain::parse(&self.read, &mut slots, self.limits);
+            let late = match &parsed {
+                Parsed::Plain(head) if self.read.len() < head.total_len() => head.total_len(),
+                Parsed::Plain(_) => 0,
                 _ => return Ok(Ended::Hyper),
+            };
+            if late > 0 {
+                drop(parsed);
+                if !self.late_body(io, late).await? {
+                    return Ok(Ended::Hyper);
+                }
+                continue; // the whole request is in the buffer now
+            }
+            let Parsed::Plain(head) = parsed else {
+                unreachable!("judged plain above")
             };
             let Some(plan) = self.proxy.plan_plain(&head, self.peer) else {
                 return Ok(Ended::Hyper);
@@ -132,6 +148,34 @@ impl FastPath<'_> {
                 return Ok(Ended::Closed);
             }
         }
+    }
+
+    /// Waits a little for the rest of a body whose head came alone (many clients write the two
+    /// apart): whether the buffer now holds `need` bytes. A body that does not come within
+    /// [`LATE_BODY_PATIENCE`], or will not fit, is hyper's to read, with its own clock — nothing
+    /// was consumed yet.
+    async fn late_body<S: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut S,
+        need: usize,
+    ) -> io::Result<bool> {
+        if need > READ_BUFFER {
+            return Ok(false);
+        }
+        let patience = tokio::time::sleep(LATE_BODY_PATIENCE);
+        tokio::pin!(patience);
+        while self.read.len() < need {
+            self.read.reserve(need - self.read.len());
+            let read = &mut self.read;
+            let n = tokio::select! {
+                n = poll_fn(|cx| poll_read_buf(Pin::new(&mut *io), cx, read)) => n?,
+                _ = &mut patience => return Ok(false),
+            };
+            if n == 0 {
+                return Ok(false); // closed mid-body: hyper ends it
+            }
+        }
+        Ok(true)
     }
 
     /// Reads until the buffer holds a whole head (`true`), or something for hyper to judge (a
@@ -183,6 +227,8 @@ async fn write_response<S: AsyncWrite + Unpin>(
     bodiless: bool,
 ) -> io::Result<(bool, HeaderMap)> {
     let (mut parts, mut body) = resp.into_parts();
+    // With the access log on, the record is written when the answer ends, however it ends.
+    let mut logged = Logged(parts.extensions.remove::<Pending>(), 0);
     let status = parts.status;
     let no_body = bodiless
         || status.is_informational()
@@ -242,6 +288,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
         let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| io::Error::other(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
+            logged.1 += data.len() as u64;
             w.data(data, chunked).await?;
         } // trailers: dropped, as hyper drops them for a client that did not ask (TE: trailers)
     }
@@ -250,6 +297,17 @@ async fn write_response<S: AsyncWrite + Unpin>(
     }
     w.flush_out().await?;
     Ok((keep, fields))
+}
+
+/// An answer's access-log record and its body bytes so far, written when dropped.
+struct Logged(Option<Pending>, u64);
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(pending) = self.0.take() {
+            pending.finish(self.1);
+        }
+    }
 }
 
 /// A connection's write side: the bytes gathered to write, and the send clock told about every

@@ -433,17 +433,13 @@ impl Connection {
     }
 
     /// Serves HTTP/1.1 in clear text: plain requests on the fast path ([`fast`]), and from the
-    /// first request it does not serve on, hyper. (With the access log on, every request is
-    /// hyper's: the log's record rides on hyper's response.)
+    /// first request it does not serve on, hyper.
     async fn run_plain(
         self,
         stream: TcpStream,
         builder: http1::Builder,
         shutdown: watch::Receiver<bool>,
     ) {
-        if self.proxy.logs_access() {
-            return self.run(stream, builder, shutdown).await;
-        }
         let activity = Activity::new();
         let service = request_handler!(&self, &activity, h2: false);
         let stream = JsonRefusals::new(stream, activity.clone(), self.proxy.clone());

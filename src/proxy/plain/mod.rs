@@ -22,6 +22,7 @@ use super::admit::Admit;
 use super::ctx::Ctx;
 use super::header_rewrite::{self, Forwarded};
 use super::own_headers::{X_FLOODGATE_CLASS, X_FLOODGATE_TIER};
+use super::record::{self, Arrived, Noted};
 use super::response_body::ProxyBody;
 use super::{respond, upload, Peer, Proxy};
 use crate::classify::ClassId;
@@ -68,11 +69,32 @@ impl Proxy {
     }
 
     /// Admits and forwards a planned request whose body (`body`, exactly its declared length)
-    /// is in memory: the upstream's answer with the usage headers, or floodgate's own.
+    /// is in memory: the upstream's answer with the usage headers, or floodgate's own; with the
+    /// access log on, the answer carries its record ([`crate::access_log::Pending`]).
     /// `fields`: an empty map for the answer's fields (the connection's last answer's).
     pub async fn answer_plain(
         &self,
         plan: Planned,
+        (head, body): (&PlainHead<'_, '_>, &[u8]),
+        peer: &Peer,
+        fields: HeaderMap,
+    ) -> Response<ProxyBody> {
+        let Some(log) = &self.shared.access_log else {
+            return self.forward_plain(&plan, (head, body), peer, fields).await;
+        };
+        let arrived = Arrived::plain(&head.method, head.target, self.shared.clock.now_ms());
+        let resp = self.forward_plain(&plan, (head, body), peer, fields).await;
+        let noted = Noted {
+            caller: Some(plan.caller),
+            class: Some(plan.class),
+        };
+        record::attach(resp, peer, arrived, noted, &plan.policy.config, log)
+    }
+
+    /// Admission and forwarding, for [`Proxy::answer_plain`].
+    async fn forward_plain(
+        &self,
+        plan: &Planned,
         (head, body): (&PlainHead<'_, '_>, &[u8]),
         peer: &Peer,
         fields: HeaderMap,
