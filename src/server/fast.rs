@@ -31,8 +31,9 @@ use tokio_util::io::poll_read_buf;
 use super::conn::Activity;
 use super::contain;
 use crate::access_log::Pending;
-use crate::proxy::plain::{self, HeadLimits, Parsed};
+use crate::proxy::plain::{self, HeadLimits, Parsed, Reuse};
 use crate::proxy::upstream::codec::encode_chunk_size;
+use crate::proxy::upstream::codec::RelayHead;
 use crate::proxy::{Peer, Proxy, ProxyBody};
 
 /// The connection's read buffer: a head and a body up to this size are served here.
@@ -66,8 +67,8 @@ pub struct FastPath<'a> {
     pub read: BytesMut,
     /// The response being written.
     pub out: Vec<u8>,
-    /// The last answer's field map, cleared: the next answer's fields go into its table.
-    spare_fields: HeaderMap,
+    /// What answers reuse: the last one's field map, the relayed fields' list.
+    reuse: Reuse,
 }
 
 impl FastPath<'_> {
@@ -86,7 +87,7 @@ impl FastPath<'_> {
             limits,
             read: BytesMut::with_capacity(READ_BUFFER),
             out: Vec::with_capacity(4 * 1024),
-            spare_fields: HeaderMap::new(),
+            reuse: Reuse::default(),
         }
     }
 
@@ -122,10 +123,9 @@ impl FastPath<'_> {
             let guard = self.activity.request_started();
             self.activity.take_ambiguous(); // a plain head declares its length once at most
             let body = &self.read[head.head_len..head.total_len()];
-            let fields = std::mem::take(&mut self.spare_fields);
             let answer = self
                 .proxy
-                .answer_plain(plan, (&head, body), self.peer, fields);
+                .answer_plain(plan, (&head, body), self.peer, &mut self.reuse);
             let answer = contain::contained(answer);
             let resp = match answer.await {
                 Ok(resp) => resp,
@@ -139,8 +139,9 @@ impl FastPath<'_> {
                 activity: self.activity,
                 progress: 0,
             };
-            let (keep, fields) = write_response(&mut writer, resp, bodiless).await?;
-            self.spare_fields = fields;
+            let written = write_response(&mut writer, resp, bodiless, &mut self.reuse.relay).await;
+            let (keep, fields) = written?;
+            self.reuse.fields = fields;
             drop(guard);
             io.flush().await?;
             self.read.advance(served);
@@ -225,6 +226,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
     w: &mut Writer<'_, S>,
     resp: Response<ProxyBody>,
     bodiless: bool,
+    relay: &mut RelayHead,
 ) -> io::Result<(bool, HeaderMap)> {
     let (mut parts, mut body) = resp.into_parts();
     // With the access log on, the record is written when the answer ends, however it ends.
@@ -237,20 +239,37 @@ async fn write_response<S: AsyncWrite + Unpin>(
     let out = &mut *w.out;
     out.clear();
     status_line(out, status);
-    if !parts.headers.contains_key(DATE) {
-        date_line(out);
+    // An upstream's answer relayed: its fields as they came, less those floodgate sets itself
+    // (its own, in the map, win as an insert into the map would).
+    let relayed = relay.filled;
+    let (mut has_date, mut has_length) = (false, false);
+    if relayed {
+        (has_date, has_length) = (relay.has_date, relay.has_length);
+        for (name, value) in relay.fields() {
+            if parts
+                .headers
+                .keys()
+                .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            field_line(out, name, value);
+        }
     }
+    relay.release();
     let mut keep = true;
     for (name, value) in &parts.headers {
         if name == CONNECTION {
             keep &= !value.as_bytes().eq_ignore_ascii_case(b"close");
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        field_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    let chunked = match (no_body, parts.headers.contains_key(CONTENT_LENGTH)) {
+    has_date |= parts.headers.contains_key(DATE);
+    has_length |= parts.headers.contains_key(CONTENT_LENGTH);
+    if !has_date {
+        date_line(out);
+    }
+    let chunked = match (no_body, has_length) {
         (true, _) | (false, true) => false,
         (false, false) => match body.size_hint().exact() {
             Some(len) => {
@@ -382,6 +401,13 @@ impl<S: AsyncWrite + Unpin> Writer<'_, S> {
         activity.send.asked();
         result
     }
+}
+
+fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn status_line(out: &mut Vec<u8>, status: StatusCode) {

@@ -24,11 +24,20 @@ use super::header_rewrite::{self, Forwarded};
 use super::own_headers::{X_FLOODGATE_CLASS, X_FLOODGATE_TIER};
 use super::record::{self, Arrived, Noted};
 use super::response_body::ProxyBody;
+use super::upstream::codec::RelayHead;
 use super::{respond, upload, Peer, Proxy};
 use crate::classify::ClassId;
 use crate::identity::{Caller, HeadFields};
 use crate::limits::headers as rl_headers;
 use crate::shared::Policy;
+
+/// What a connection keeps from answer to answer so that none allocates: the last answer's
+/// field map (cleared) and the list of the upstream's fields relayed.
+#[derive(Debug, Default)]
+pub struct Reuse {
+    pub fields: HeaderMap,
+    pub relay: RelayHead,
+}
 
 /// A plain request this path serves: what its pure stages found.
 pub struct Planned {
@@ -70,20 +79,21 @@ impl Proxy {
 
     /// Admits and forwards a planned request whose body (`body`, exactly its declared length)
     /// is in memory: the upstream's answer with the usage headers, or floodgate's own; with the
-    /// access log on, the answer carries its record ([`crate::access_log::Pending`]).
-    /// `fields`: an empty map for the answer's fields (the connection's last answer's).
+    /// access log on, the answer carries its record ([`crate::access_log::Pending`]). An
+    /// upstream's answer keeps its fields in `reuse.relay` (the response's map holds
+    /// floodgate's own), for the listener to write as they came.
     pub async fn answer_plain(
         &self,
         plan: Planned,
         (head, body): (&PlainHead<'_, '_>, &[u8]),
         peer: &Peer,
-        fields: HeaderMap,
+        reuse: &mut Reuse,
     ) -> Response<ProxyBody> {
         let Some(log) = &self.shared.access_log else {
-            return self.forward_plain(&plan, (head, body), peer, fields).await;
+            return self.forward_plain(&plan, (head, body), peer, reuse).await;
         };
         let arrived = Arrived::plain(&head.method, head.target, self.shared.clock.now_ms());
-        let resp = self.forward_plain(&plan, (head, body), peer, fields).await;
+        let resp = self.forward_plain(&plan, (head, body), peer, reuse).await;
         let noted = Noted {
             caller: Some(plan.caller),
             class: Some(plan.class),
@@ -97,7 +107,7 @@ impl Proxy {
         plan: &Planned,
         (head, body): (&PlainHead<'_, '_>, &[u8]),
         peer: &Peer,
-        fields: HeaderMap,
+        reuse: &mut Reuse,
     ) -> Response<ProxyBody> {
         let config = &plan.policy.config;
         let ctx = Ctx {
@@ -111,17 +121,25 @@ impl Proxy {
             Err(refused) => return refused,
         };
         let annotate = config.headers.annotate_upstream.then_some(&ctx);
+        let fields = std::mem::take(&mut reuse.fields);
         let started = Instant::now();
         let sent = self
             .upstreams
             .default
-            .send_whole(&head.method, body.is_empty(), fields, |buf| {
-                encode_request(buf, head, body, ctx.forwarded, annotate)
-            })
+            .send_whole(
+                &head.method,
+                body.is_empty(),
+                fields,
+                &mut reuse.relay,
+                |buf| encode_request(buf, head, body, ctx.forwarded, annotate),
+            )
             .await;
         let mut resp = match self.forwarder().arrived(&ctx, sent, started) {
             Ok(resp) => resp,
-            Err(e) => respond::failed(&self.shared.metrics, &ctx, e),
+            Err(e) => {
+                reuse.relay.release(); // a head read before the failure is not this answer's
+                respond::failed(&self.shared.metrics, &ctx, e)
+            }
         };
         if let Some(usage) = usage {
             rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf);

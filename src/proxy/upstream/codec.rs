@@ -245,6 +245,118 @@ pub fn parse_response_head(
     }))
 }
 
+/// A response head as the fast path passes it on: the head's bytes and, for each field
+/// relayed, its name's and value's place in them — no field map, no copy of a value. Reused
+/// from answer to answer (its list keeps its room).
+#[derive(Debug, Default)]
+pub struct RelayHead {
+    head: Bytes,
+    fields: Vec<(Range<u32>, Range<u32>)>,
+    /// The upstream sent a `Date` / a `Content-Length` that is relayed.
+    pub has_date: bool,
+    pub has_length: bool,
+    /// A head was parsed into this and not yet written.
+    pub filled: bool,
+}
+
+impl RelayHead {
+    /// The relayed fields, as (name, value) in the upstream's order and spelling.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let at = |r: &Range<u32>| &self.head[r.start as usize..r.end as usize];
+        self.fields.iter().map(move |(n, v)| (at(n), at(v)))
+    }
+
+    /// Lets go of the head's bytes (they share the upstream connection's read buffer).
+    pub fn release(&mut self) {
+        self.head = Bytes::new();
+        self.fields.clear();
+        self.filled = false;
+    }
+}
+
+/// [`parse_response_head`] for the fast path: the fields stay in the head's bytes, listed in
+/// `relay` (hop-by-hop ones left out), and the returned head's map (`spare`, cleared) is empty
+/// for floodgate's own fields. A head whose `Connection` names other fields (rare) is parsed
+/// into the map instead, and `relay` is left unfilled.
+pub fn parse_response_relay(
+    buf: &mut BytesMut,
+    method: &Method,
+    spare: &mut HeaderMap,
+    relay: &mut RelayHead,
+) -> Result<Option<ResponseHead>, CodecError> {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let used = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots)? {
+        httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => {
+            return Err(CodecError::HeadTooLarge)
+        }
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(used) if used > MAX_HEAD_BYTES => {
+            return Err(CodecError::HeadTooLarge)
+        }
+        httparse::Status::Complete(used) => used,
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(CodecError::Head(httparse::Error::Status))?;
+    let http11 = parsed.version != Some(0);
+    let start = buf.as_ptr() as usize;
+    let mut facts = FramingFacts::default();
+    relay.release();
+    relay.has_date = false;
+    relay.has_length = false;
+    for field in parsed.headers.iter() {
+        let name = field.name;
+        if facts.note_raw(name, field.value)? {
+            continue; // hop-by-hop
+        }
+        relay.has_date |= name.eq_ignore_ascii_case("date");
+        let length = name.eq_ignore_ascii_case("content-length");
+        relay.has_length |= length;
+        let at = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
+        let name_at = at(name.as_bytes());
+        let value_at = match field.value.is_empty() {
+            true => 0,
+            false => at(field.value),
+        };
+        relay.fields.push((
+            name_at..name_at + name.len() as u32,
+            value_at..value_at + field.value.len() as u32,
+        ));
+    }
+    if !facts.named.is_empty() {
+        relay.release();
+        return parse_response_head(buf, method, spare);
+    }
+    let framing = facts.framing(status, method);
+    if facts.transfer_encoding && facts.content_length.is_some() {
+        // RFC 9112 §6.3: Transfer-Encoding wins; the length must not reach the client.
+        relay.has_length = false;
+        let head = &buf[..];
+        relay.fields.retain(|(n, _)| {
+            !head[n.start as usize..n.end as usize].eq_ignore_ascii_case(b"content-length")
+        });
+    }
+    let keep_alive = http11
+        && !facts.close
+        && framing != BodyFraming::UntilClose
+        && !(facts.transfer_encoding && facts.content_length.is_some());
+    relay.head = buf.split_to(used).freeze();
+    relay.filled = true;
+    let mut headers = std::mem::take(spare);
+    if !headers.is_empty() {
+        headers.clear();
+    }
+    Ok(Some(ResponseHead {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
 /// What a response's fields say about its framing and connection.
 #[derive(Default)]
 struct FramingFacts {
@@ -280,6 +392,23 @@ impl FramingFacts {
             }
         }
         Ok(())
+    }
+
+    /// [`FramingFacts::note`] for a field by its name as sent; whether it is hop-by-hop (not
+    /// relayed). A `Connection` naming other fields puts them in `named`.
+    fn note_raw(&mut self, name: &str, value: &[u8]) -> Result<bool, CodecError> {
+        let is = |n: &str| name.len() == n.len() && name.eq_ignore_ascii_case(n);
+        if is("content-length") {
+            self.note(&CONTENT_LENGTH, value)?;
+            return Ok(false);
+        }
+        for fixed in [&CONNECTION, &TRANSFER_ENCODING] {
+            if is(fixed.as_str()) {
+                self.note(fixed, value)?;
+                return Ok(true);
+            }
+        }
+        Ok(is("keep-alive") || is("proxy-connection") || is("te") || is("upgrade"))
     }
 
     /// Whether `Connection` named this field (so it is hop-by-hop too).
@@ -457,6 +586,68 @@ mod tests {
 
     fn framing_of(text: &str) -> BodyFraming {
         head(text).unwrap().unwrap().framing
+    }
+
+    /// The relayed fields of `text` as "name: value" lines, and the head's framing.
+    fn relayed(text: &str) -> (Vec<String>, RelayHead, BodyFraming) {
+        let mut relay = RelayHead::default();
+        let mut buf = BytesMut::from(text);
+        let parsed =
+            parse_response_relay(&mut buf, &Method::GET, &mut HeaderMap::new(), &mut relay);
+        let head = parsed.unwrap().unwrap();
+        let lines = relay
+            .fields()
+            .map(|(n, v)| {
+                format!(
+                    "{}: {}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                )
+            })
+            .collect();
+        (lines, relay, head.framing)
+    }
+
+    #[test]
+    fn a_relayed_head_keeps_fields_as_sent_less_hop_by_hop() {
+        let (lines, relay, framing) = relayed(
+            "HTTP/1.1 200 OK\r\nX-Trace:  a b \r\nConnection: keep-alive\r\nKeep-Alive: 5\r\n\
+             x-empty:\r\nContent-Length: 2\r\nDate: Mon, 07 Dec 2026 00:00:00 GMT\r\n\r\nok",
+        );
+        assert_eq!(
+            lines,
+            [
+                "X-Trace: a b",
+                "x-empty: ",
+                "Content-Length: 2",
+                "Date: Mon, 07 Dec 2026 00:00:00 GMT"
+            ]
+        );
+        assert!(relay.filled && relay.has_length && relay.has_date);
+        assert_eq!(framing, BodyFraming::Length(2));
+    }
+
+    #[test]
+    fn a_relayed_head_framed_both_ways_loses_its_length() {
+        let (lines, relay, framing) =
+            relayed("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(lines.is_empty(), "{lines:?}");
+        assert!(!relay.has_length);
+        assert_eq!(framing, BodyFraming::Chunked);
+    }
+
+    #[test]
+    fn a_head_whose_connection_names_fields_goes_into_the_map() {
+        let mut relay = RelayHead::default();
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\r\nConnection: x-secret\r\nx-secret: s\r\nx-kept: k\r\n\r\n",
+        );
+        let head = parse_response_relay(&mut buf, &Method::GET, &mut HeaderMap::new(), &mut relay)
+            .unwrap()
+            .unwrap();
+        assert!(!relay.filled);
+        assert!(head.headers.get("x-secret").is_none());
+        assert_eq!(head.headers.get("x-kept").unwrap(), "k");
     }
 
     #[test]

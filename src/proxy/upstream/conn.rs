@@ -29,7 +29,7 @@ use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
-use super::codec::{self, CodecError, RequestFraming, ResponseHead, LAST_CHUNK};
+use super::codec::{self, CodecError, RelayHead, RequestFraming, ResponseHead, LAST_CHUNK};
 use super::io::UpstreamIo;
 use super::wait::{ExchangeError, Wait};
 use super::{ExchangeTimeouts, ForwardBody};
@@ -191,8 +191,9 @@ impl Conn {
         cx: &mut Context<'_>,
         method: &Method,
         t: &ExchangeTimeouts,
+        relay: Option<&mut RelayHead>,
     ) -> Poll<Result<ResponseHead, ExchangeError>> {
-        if let Poll::Ready(head) = self.poll_head(cx, method) {
+        if let Poll::Ready(head) = self.poll_head(cx, method, relay) {
             return Poll::Ready(head);
         }
         let wait = self.send_wait.unwrap_or(Wait::Head);
@@ -222,11 +223,13 @@ impl Conn {
     }
 
     /// Waits for the response head, sending the request meanwhile. Informational answers
-    /// (100 Continue, 103) are skipped.
+    /// (100 Continue, 103) are skipped. With `relay` (the fast path's), the head's fields are
+    /// listed there instead of filling a map ([`codec::parse_response_relay`]).
     pub fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
         method: &Method,
+        mut relay: Option<&mut RelayHead>,
     ) -> Poll<Result<ResponseHead, ExchangeError>> {
         let mut send_failed = None;
         loop {
@@ -241,9 +244,12 @@ impl Conn {
                 }
             }
             if !self.read.is_empty() {
-                if let Some(head) =
-                    codec::parse_response_head(&mut self.read, method, &mut self.spare_fields)?
-                {
+                let (read, spare) = (&mut self.read, &mut self.spare_fields);
+                let parsed = match relay.as_deref_mut() {
+                    Some(relay) => codec::parse_response_relay(read, method, spare, relay)?,
+                    None => codec::parse_response_head(read, method, spare)?,
+                };
+                if let Some(head) = parsed {
                     if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
                         return Poll::Ready(Err(ExchangeError::UnaskedSwitch));
                     }

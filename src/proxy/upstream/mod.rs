@@ -43,6 +43,7 @@ use super::upload::{UploadBody, UploadError};
 use crate::config::{ServerConfig, UpstreamTarget};
 pub use crate::metrics::CutCounters;
 use crate::proxy::error::ProxyError;
+use codec::RelayHead;
 use conn::Conn;
 use io::UpstreamIo;
 pub use wait::ExchangeError;
@@ -254,19 +255,20 @@ impl UpstreamClient {
         } = parts;
         conn.recycle_fields(headers);
         drop((uri, extensions));
-        self.exchange(conn, reused, replayable, &method).await
+        self.exchange(conn, reused, replayable, &method, None).await
     }
 
     /// Sends a request written whole into the connection's buffer by `encode` (the fast
     /// path's head and body) and returns the response head; the body streams afterwards.
     /// `bodiless`: the request has no body, so it may go again on a fresh connection.
-    /// `fields`: an empty map whose table the response's fields fill (the caller's last
-    /// answer's, so no answer allocates one).
+    /// `fields`: an empty map for floodgate's own fields of the answer (the caller's last
+    /// answer's, so no answer allocates one); the upstream's fields are listed in `relay`.
     pub async fn send_whole(
         self: &Arc<Self>,
         method: &Method,
         bodiless: bool,
         fields: HeaderMap,
+        relay: &mut RelayHead,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (mut conn, reused) = self.connection().await?;
@@ -274,7 +276,8 @@ impl UpstreamClient {
         if fields.capacity() > 0 {
             conn.recycle_fields(fields);
         }
-        self.exchange(conn, reused, bodiless, method).await
+        self.exchange(conn, reused, bodiless, method, Some(relay))
+            .await
     }
 
     /// Waits for the answer to the request `conn` is sending; a reused connection found closed
@@ -286,9 +289,13 @@ impl UpstreamClient {
         mut reused: bool,
         replayable: bool,
         method: &Method,
+        mut relay: Option<&mut RelayHead>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         loop {
-            match poll_fn(|cx| conn.poll_head_in_time(cx, method, &self.timeouts)).await {
+            let head = poll_fn(|cx| {
+                conn.poll_head_in_time(cx, method, &self.timeouts, relay.as_deref_mut())
+            });
+            match head.await {
                 Ok(head) => {
                     let body = WireBody::new(head.framing, conn, self.clone());
                     let mut resp = Response::new(UpstreamBody::Wire(body));
