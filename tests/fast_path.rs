@@ -476,3 +476,26 @@ async fn the_upstream_gets_the_clients_fields_without_hop_by_hop_and_with_forwar
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-floodgate-tier"), Some("t"));
 }
+
+#[tokio::test]
+async fn a_head_framed_two_ways_after_plain_ones_is_still_refused() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(CONFIG, &up.url(), DAY0_MS);
+    let mut s = connect(gate.addr).await;
+    s.write_all(
+        b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n\
+          POST /smuggle HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0\r\n\r\nGET /hidden HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answers = read_to_close(&mut s).await.unwrap();
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200, 400], "{answers:?}");
+    let targets: Vec<String> = up.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(
+        targets,
+        ["/ok"],
+        "nothing after the ambiguous head reached the upstream"
+    );
+}

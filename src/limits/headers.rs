@@ -97,6 +97,25 @@ pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
     }
 }
 
+/// The usage fields [`write_usage`] writes (IETF ones aside), with their numbers: for a
+/// writer that renders them itself.
+pub fn usage_fields(usage: &Usage) -> [Option<(&'static HeaderName, u32)>; 4] {
+    let mut fields = [None; 4];
+    if let Some(p) = usage.primary {
+        fields[0] = Some((&X_RATELIMIT_LIMIT, p.limit));
+        fields[1] = Some((&X_RATELIMIT_REMAINING, p.remaining));
+    }
+    if let Some(d) = usage.daily {
+        fields[2] = Some((&X_RATELIMIT_DAILY_LIMIT, d.limit));
+        fields[3] = Some((&X_RATELIMIT_DAILY_REMAINING, d.remaining));
+        if usage.primary.is_none() {
+            fields[0] = Some((&X_RATELIMIT_LIMIT, d.limit));
+            fields[1] = Some((&X_RATELIMIT_REMAINING, d.remaining));
+        }
+    }
+    fields
+}
+
 /// Writes the headers a 429 adds to the usage headers.
 pub fn write_refusal(headers: &mut HeaderMap, refusal: &Refusal) {
     headers.insert(

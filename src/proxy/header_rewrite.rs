@@ -31,6 +31,24 @@ pub struct Forwarded {
     pub trusted: bool,
     /// The protocol the request reached floodgate over: [`HTTP`] or [`HTTPS`].
     pub proto: &'static HeaderValue,
+    /// The two head lines for a request that sent no forwarding fields of its own, rendered
+    /// once per connection.
+    lines: Vec<u8>,
+}
+
+impl Forwarded {
+    pub fn new(peer: HeaderValue, trusted: bool, proto: &'static HeaderValue) -> Self {
+        let mut fwd = Self {
+            peer,
+            trusted,
+            proto,
+            lines: Vec::new(),
+        };
+        let mut lines = Vec::with_capacity(64);
+        write_forwarded(&mut lines, None, &fwd);
+        fwd.lines = lines;
+        fwd
+    }
 }
 
 /// Prefix of headers only floodgate may set towards the upstream.
@@ -170,6 +188,10 @@ pub fn is_forwarding_field(name: &HeaderName) -> bool {
 /// `client`: the request's fields, if it sent either.
 pub fn write_forwarded(buf: &mut Vec<u8>, client: Option<&HeaderMap>, fwd: &Forwarded) {
     let kept = client.filter(|_| fwd.trusted);
+    if kept.is_none() && !fwd.lines.is_empty() {
+        buf.extend_from_slice(&fwd.lines);
+        return;
+    }
     write_field(buf, &X_FORWARDED_FOR, kept, Some(&fwd.peer));
     let proto = kept
         .and_then(|h| h.get(&X_FORWARDED_PROTO))
@@ -253,11 +275,7 @@ mod tests {
         h.insert("x-forwarded-proto", "https".parse().unwrap());
         let mut untrusted = h.clone();
         request_headers(&mut h);
-        let fwd = |trusted| Forwarded {
-            peer: HeaderValue::from_static("127.0.0.1"),
-            trusted,
-            proto: &HTTP,
-        };
+        let fwd = |trusted| Forwarded::new(HeaderValue::from_static("127.0.0.1"), trusted, &HTTP);
         append_forwarded(&mut h, &fwd(true));
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert!(
@@ -287,11 +305,7 @@ mod tests {
         client.append("x-forwarded-for", "10.0.0.7".parse().unwrap());
         client.insert("x-forwarded-proto", "https".parse().unwrap());
         let line = |client: Option<&HeaderMap>, trusted| {
-            let fwd = Forwarded {
-                peer: HeaderValue::from_static("10.0.0.9"),
-                trusted,
-                proto: &HTTP,
-            };
+            let fwd = Forwarded::new(HeaderValue::from_static("10.0.0.9"), trusted, &HTTP);
             let mut buf = Vec::new();
             write_forwarded(&mut buf, client, &fwd);
             String::from_utf8(buf).unwrap()

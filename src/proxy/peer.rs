@@ -28,16 +28,8 @@ impl Peer {
         };
         Self {
             addr,
-            untrusted: Forwarded {
-                peer: peer.clone(),
-                trusted: false,
-                proto,
-            },
-            trusted: Forwarded {
-                peer,
-                trusted: true,
-                proto,
-            },
+            untrusted: Forwarded::new(peer.clone(), false, proto),
+            trusted: Forwarded::new(peer, true, proto),
         }
     }
 

@@ -239,6 +239,9 @@ pub struct HeadWatch {
     scanning: bool,
     /// Requests started when the last scan ended.
     scanned_at: u64,
+    /// The fast path reads the heads (and judges their framing itself): no scan until it
+    /// hands the connection to hyper ([`HeadWatch::hand_to_hyper`]).
+    fast: bool,
 }
 
 /// The client socket, reporting every read to its [`Activity`] and scanning request heads.
@@ -251,7 +254,21 @@ impl HeadWatch {
             scan: FramingScan::default(),
             scanning: true,
             scanned_at: 0,
+            fast: false,
         }
+    }
+
+    /// For a connection the fast path serves first: reads report to the clocks only.
+    pub fn on_fast_path(mut self) -> Self {
+        self.fast = true;
+        self
+    }
+
+    /// The fast path hands the connection to hyper with `unread` (bytes read, not served) to
+    /// be parsed again: they are scanned now, as if just read.
+    pub fn hand_to_hyper(&mut self, unread: &[u8]) {
+        self.fast = false;
+        self.scan_head(unread);
     }
 
     /// Bytes read while no request is in progress belong to a head (a body is read only after
@@ -281,7 +298,9 @@ impl HeadWatch {
 impl OnRead for HeadWatch {
     fn on_read(&mut self, bytes: &[u8]) {
         self.activity.bytes_read();
-        self.scan_head(bytes);
+        if !self.fast {
+            self.scan_head(bytes);
+        }
     }
 }
 

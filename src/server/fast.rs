@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE};
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Method, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::io::poll_read_buf;
@@ -31,9 +31,9 @@ use tokio_util::io::poll_read_buf;
 use super::conn::Activity;
 use super::contain;
 use crate::access_log::Pending;
+use crate::limits::headers::usage_fields;
 use crate::proxy::plain::{self, HeadLimits, Parsed, Reuse};
 use crate::proxy::upstream::codec::encode_chunk_size;
-use crate::proxy::upstream::codec::RelayHead;
 use crate::proxy::{Peer, Proxy, ProxyBody};
 
 /// The connection's read buffer: a head and a body up to this size are served here.
@@ -139,7 +139,7 @@ impl FastPath<'_> {
                 activity: self.activity,
                 progress: 0,
             };
-            let written = write_response(&mut writer, resp, bodiless, &mut self.reuse.relay).await;
+            let written = write_response(&mut writer, resp, bodiless, &mut self.reuse).await;
             let (keep, fields) = written?;
             self.reuse.fields = fields;
             drop(guard);
@@ -226,7 +226,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
     w: &mut Writer<'_, S>,
     resp: Response<ProxyBody>,
     bodiless: bool,
-    relay: &mut RelayHead,
+    reuse: &mut Reuse,
 ) -> io::Result<(bool, HeaderMap)> {
     let (mut parts, mut body) = resp.into_parts();
     // With the access log on, the record is written when the answer ends, however it ends.
@@ -241,22 +241,28 @@ async fn write_response<S: AsyncWrite + Unpin>(
     status_line(out, status);
     // An upstream's answer relayed: its fields as they came, less those floodgate sets itself
     // (its own, in the map, win as an insert into the map would).
-    let relayed = relay.filled;
+    let relay = &mut reuse.relay;
+    let usage = reuse.usage.take().map(|u| usage_fields(&u));
+    let usage = usage.iter().flatten().flatten();
     let (mut has_date, mut has_length) = (false, false);
-    if relayed {
+    if relay.filled {
         (has_date, has_length) = (relay.has_date, relay.has_length);
         for (name, value) in relay.fields() {
-            if parts
-                .headers
-                .keys()
-                .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
-            {
+            let own = |n: &HeaderName| n.as_str().as_bytes().eq_ignore_ascii_case(name);
+            if parts.headers.keys().any(own) || usage.clone().any(|(n, _)| own(n)) {
                 continue;
             }
             field_line(out, name, value);
         }
     }
     relay.release();
+    for (name, n) in usage {
+        field_line(
+            out,
+            name.as_str().as_bytes(),
+            itoa::Buffer::new().format(*n).as_bytes(),
+        );
+    }
     let mut keep = true;
     for (name, value) in &parts.headers {
         if name == CONNECTION {

@@ -443,7 +443,8 @@ impl Connection {
         let activity = Activity::new();
         let service = request_handler!(&self, &activity, h2: false);
         let stream = JsonRefusals::new(stream, activity.clone(), self.proxy.clone());
-        let mut io: ActivityIo<_> = ReadTap::new(stream, HeadWatch::new(activity.clone()));
+        let watch = HeadWatch::new(activity.clone()).on_fast_path();
+        let mut io: ActivityIo<_> = ReadTap::new(stream, watch);
         let draining = Arc::new(AtomicBool::new(false));
         let limits = HeadLimits {
             max_bytes: self.settings.max_header_bytes,
@@ -459,6 +460,7 @@ impl Connection {
                 Ok(fast::Ended::Hyper) => {}
                 Err(e) => return Err(ConnError::Io(e)),
             }
+            io.observer_mut().hand_to_hyper(&fast.read);
             let replay = Replay::new(std::mem::take(&mut fast.read), io);
             let conn = builder
                 .serve_connection(TokioIo::new(replay), service)

@@ -23,6 +23,10 @@ impl<T, O> ReadTap<T, O> {
     pub fn new(inner: T, observer: O) -> Self {
         Self { inner, observer }
     }
+
+    pub fn observer_mut(&mut self) -> &mut O {
+        &mut self.observer
+    }
 }
 
 impl<T: AsyncRead + Unpin, O: OnRead + Unpin> AsyncRead for ReadTap<T, O> {

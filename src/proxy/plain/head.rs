@@ -32,6 +32,12 @@ pub struct PlainHead<'h, 'b> {
     pub target: &'b str,
     /// The fields, as sent (names in the client's case).
     pub fields: &'h [httparse::Header<'b>],
+    /// The field lines as sent, each ending in CRLF: what goes upstream, less `dropped`.
+    pub lines: &'b [u8],
+    /// A `Connection: keep-alive` line's place in `lines` (hop-by-hop: not relayed).
+    pub dropped: Option<std::ops::Range<usize>>,
+    /// The head has a `Content-Length`.
+    pub has_length: bool,
     /// The declared body length (0 without `Content-Length`).
     pub body_len: usize,
     /// The head's length in the buffer, the blank line included.
@@ -101,13 +107,53 @@ pub fn parse<'h, 'b>(
     let Some(body_len) = plain_fields(req.headers) else {
         return Parsed::Other;
     };
+    // Lines relayed as they are must end in CRLF (httparse also reads a bare LF).
+    let head = &buf[..head_len];
+    if memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r') {
+        return Parsed::Other;
+    }
+    let Some((lines, dropped)) = field_lines(head, req.headers) else {
+        return Parsed::Other;
+    };
     Parsed::Plain(PlainHead {
         method,
         target,
         fields: req.headers,
+        lines,
+        dropped,
+        has_length: req
+            .headers
+            .iter()
+            .any(|f| f.name.eq_ignore_ascii_case("content-length")),
         body_len,
         head_len,
     })
+}
+
+/// The field lines of `head` (a whole CRLF head), and the place in them of its one
+/// `Connection` line (a second one goes to hyper).
+fn field_lines<'b>(
+    head: &'b [u8],
+    fields: &[httparse::Header<'b>],
+) -> Option<(&'b [u8], Option<std::ops::Range<usize>>)> {
+    let Some(first) = fields.first() else {
+        return Some((&[], None));
+    };
+    let offset = |p: *const u8| p as usize - head.as_ptr() as usize;
+    let start = offset(first.name.as_ptr());
+    let lines = &head[start..head.len() - 2];
+    let mut dropped = None;
+    for field in fields {
+        if field.name.eq_ignore_ascii_case("connection") {
+            if dropped.is_some() {
+                return None;
+            }
+            let from = offset(field.name.as_ptr()) - start;
+            let to = from + memchr::memchr(b'\n', &lines[from..])? + 1;
+            dropped = Some(from..to);
+        }
+    }
+    Some((lines, dropped))
 }
 
 /// The methods the fast path serves (`CONNECT`, `TRACE` and extension methods go to hyper).

@@ -29,14 +29,17 @@ use super::{respond, upload, Peer, Proxy};
 use crate::classify::ClassId;
 use crate::identity::{Caller, HeadFields};
 use crate::limits::headers as rl_headers;
+use crate::limits::Usage;
 use crate::shared::Policy;
 
 /// What a connection keeps from answer to answer so that none allocates: the last answer's
-/// field map (cleared) and the list of the upstream's fields relayed.
+/// field map (cleared), the list of the upstream's fields relayed — and beside a relayed head,
+/// the usage its answer reports, for the listener to render as lines of its own.
 #[derive(Debug, Default)]
 pub struct Reuse {
     pub fields: HeaderMap,
     pub relay: RelayHead,
+    pub usage: Option<Usage>,
 }
 
 /// A plain request this path serves: what its pure stages found.
@@ -63,7 +66,10 @@ impl Proxy {
             return None; // a task poll may need its task's watcher
         }
         let caller = config.identity.identify(head, peer.addr.ip()).ok()?;
-        let path = head.target.split('?').next().unwrap_or(head.target);
+        let path = match memchr::memchr(b'?', head.target.as_bytes()) {
+            Some(at) => &head.target[..at],
+            None => head.target,
+        };
         let class = match config.router.classify_route(&head.method, path) {
             Ok((class, None)) if config.jobs.class(class).is_none() => class,
             _ => return None,
@@ -141,8 +147,10 @@ impl Proxy {
                 respond::failed(&self.shared.metrics, &ctx, e)
             }
         };
-        if let Some(usage) = usage {
-            rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf);
+        match usage {
+            Some(usage) if reuse.relay.filled && !config.headers.ietf => reuse.usage = Some(usage),
+            Some(usage) => rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf),
+            None => {}
         }
         resp
     }
@@ -162,15 +170,14 @@ fn encode_request(
     buf.push(b' ');
     buf.extend_from_slice(head.target.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut has_length = false;
-    for field in head.fields {
-        if field.name.eq_ignore_ascii_case("connection") {
-            continue;
+    match &head.dropped {
+        None => buf.extend_from_slice(head.lines),
+        Some(line) => {
+            buf.extend_from_slice(&head.lines[..line.start]);
+            buf.extend_from_slice(&head.lines[line.end..]);
         }
-        has_length |= field.name.eq_ignore_ascii_case("content-length");
-        line(buf, field.name.as_bytes(), field.value);
     }
-    if !has_length && matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
+    if !head.has_length && matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
         // A method that defines a body says "none" explicitly (as HTTP/1.1 clients do).
         buf.extend_from_slice(b"content-length: 0\r\n");
     }

@@ -675,10 +675,12 @@ mod tests {
         headers.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let uri: http::Uri = "/".parse().unwrap();
-        let fwd = |trusted| Forwarded {
-            peer: HeaderValue::from_static("127.0.0.1"),
-            trusted,
-            proto: &crate::proxy::header_rewrite::HTTP,
+        let fwd = |trusted| {
+            Forwarded::new(
+                HeaderValue::from_static("127.0.0.1"),
+                trusted,
+                &crate::proxy::header_rewrite::HTTP,
+            )
         };
         let mut buf = Vec::new();
         encode_request_head(
