@@ -499,3 +499,97 @@ async fn a_head_framed_two_ways_after_plain_ones_is_still_refused() {
         "nothing after the ambiguous head reached the upstream"
     );
 }
+
+/// An upstream that answers every request on a connection with `answer` (read up to the end
+/// of each head; bodies are not expected), until the client closes.
+async fn fixed_upstream(answer: &'static [u8]) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_relayed_head_keeps_the_upstreams_fields_and_floodgates_usage_wins() {
+    let upstream = fixed_upstream(
+        b"HTTP/1.1 201 Created\r\nX-Upstream: u\r\nX-RateLimit-Limit: 5\r\n\
+          Connection: keep-alive, x-private\r\nx-private: p\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let gate = Gate::start(CONFIG, &upstream, DAY0_MS);
+    let mut s = connect(gate.addr).await;
+    for round in 0..2 {
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut s).await.unwrap();
+        assert_eq!(answer.status, 201, "round {round}: {answer:?}");
+        assert_eq!(answer.body, "ok");
+        assert_eq!(answer.header("x-upstream"), Some("u"));
+        let head = answer.head.to_ascii_lowercase();
+        assert_eq!(
+            head.matches("x-ratelimit-limit:").count(),
+            1,
+            "one limit, floodgate's: {head}"
+        );
+        assert_eq!(answer.header("x-ratelimit-limit"), Some("1000000"));
+        assert_eq!(
+            answer.header("x-private"),
+            None,
+            "named by Connection: hop-by-hop"
+        );
+        assert_eq!(answer.header("connection"), None);
+        assert!(answer.header("date").is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_relayed_head_keeps_the_upstreams_date_and_chunked_framing() {
+    let upstream = fixed_upstream(
+        b"HTTP/1.1 200 OK\r\nDate: Mon, 07 Dec 2026 00:00:00 GMT\r\nTransfer-Encoding: chunked\r\n\r\n\
+          2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let gate = Gate::start(CONFIG, &upstream, DAY0_MS);
+    let mut s = connect(gate.addr).await;
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut wire = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !wire.ends_with(b"0\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the answer in time")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&wire));
+        wire.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&wire).to_ascii_lowercase();
+    assert_eq!(text.matches("date:").count(), 1, "{text}");
+    assert!(
+        text.contains("date: mon, 07 dec 2026 00:00:00 gmt"),
+        "{text}"
+    );
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(text.ends_with("\r\n\r\n2\r\nok\r\n0\r\n\r\n"), "{text}");
+}
