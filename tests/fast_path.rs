@@ -593,3 +593,22 @@ async fn a_relayed_head_keeps_the_upstreams_date_and_chunked_framing() {
     assert!(text.contains("transfer-encoding: chunked"), "{text}");
     assert!(text.ends_with("\r\n\r\n2\r\nok\r\n0\r\n\r\n"), "{text}");
 }
+
+#[tokio::test]
+async fn a_panic_on_the_fast_path_is_that_requests_500_and_the_connection_goes_on() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(CONFIG, &up.url(), DAY0_MS);
+    let mut s = connect(gate.addr).await;
+    s.write_all(b"GET /floodgate-test-panic HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let failed = read_response(&mut s).await.unwrap();
+    assert_eq!(failed.status, 500, "{failed:?}");
+    assert_eq!(failed.header("content-type"), Some("application/json"));
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let after = read_response(&mut s).await.unwrap();
+    assert_eq!(after.status, 200, "{after:?}");
+    assert_eq!(up.count(), 1);
+}

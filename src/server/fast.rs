@@ -129,7 +129,12 @@ impl FastPath<'_> {
             let answer = contain::contained(answer);
             let resp = match answer.await {
                 Ok(resp) => resp,
-                Err(panic) => self.proxy.panicked(&panic),
+                Err(panic) => {
+                    // Whatever the request left behind is not the 500's to relay.
+                    self.reuse.relay.release();
+                    self.reuse.usage = None;
+                    self.proxy.panicked(&panic)
+                }
             };
             let bodiless = head.method == Method::HEAD;
             let served = head.total_len();

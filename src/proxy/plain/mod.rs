@@ -95,6 +95,11 @@ impl Proxy {
         peer: &Peer,
         reuse: &mut Reuse,
     ) -> Response<ProxyBody> {
+        // Test builds only: a panic while a plain request is answered.
+        #[cfg(feature = "test-hooks")]
+        if head.target == "/floodgate-test-panic" {
+            panic!("test hook: a panic on the fast path");
+        }
         let Some(log) = &self.shared.access_log else {
             return self.forward_plain(&plan, (head, body), peer, reuse).await;
         };
