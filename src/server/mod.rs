@@ -269,6 +269,12 @@ fn send_verdict(activity: &Activity, stall: &mut Stall, send: Duration) -> Optio
     })
 }
 
+/// Counts and logs a panic that ended a client connection.
+fn connection_panicked(metrics: &crate::metrics::Metrics, panic: &str) {
+    metrics.listener.panics.inc();
+    tracing::error!(panic = %panic, "a client connection panicked; it was closed");
+}
+
 /// Why a connection served by the fast path and then hyper ended with an error.
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
@@ -453,12 +459,19 @@ impl Connection {
         let (proxy, peer, fast_activity) =
             (self.proxy.clone(), self.peer.clone(), activity.clone());
         let drain_flag = draining.clone();
+        // Each half's panics are caught inside this future, so that its socket is still open
+        // when the panic is counted (a panic unwinding out of an `async` block drops what the
+        // block holds, the socket with it).
         let conn = async move {
             let mut fast = FastPath::new(&proxy, &peer, &fast_activity, &drain_flag, limits);
-            match fast.serve(&mut io).await {
-                Ok(fast::Ended::Closed) => return Ok(()),
-                Ok(fast::Ended::Hyper) => {}
-                Err(e) => return Err(ConnError::Io(e)),
+            match contain::contained(fast.serve(&mut io)).await {
+                Ok(Ok(fast::Ended::Closed)) => return Ok(()),
+                Ok(Ok(fast::Ended::Hyper)) => {}
+                Ok(Err(e)) => return Err(ConnError::Io(e)),
+                Err(panic) => {
+                    connection_panicked(proxy.metrics(), &panic);
+                    return Ok(());
+                }
             }
             io.observer_mut().hand_to_hyper(&fast.read);
             let replay = Replay::new(std::mem::take(&mut fast.read), io);
@@ -467,15 +480,20 @@ impl Connection {
                 .with_upgrades();
             tokio::pin!(conn);
             let mut asked = false;
-            std::future::poll_fn(|cx| {
+            let served = contain::contained(std::future::poll_fn(|cx| {
                 if !asked && drain_flag.load(Ordering::Acquire) {
                     asked = true;
                     conn.as_mut().graceful_shutdown();
                 }
                 conn.as_mut().poll(cx)
-            })
-            .await
-            .map_err(ConnError::Hyper)
+            }));
+            match served.await {
+                Ok(ended) => ended.map_err(ConnError::Hyper),
+                Err(panic) => {
+                    connection_panicked(proxy.metrics(), &panic);
+                    Ok(())
+                }
+            }
         };
         let graceful = move |_: Pin<&mut _>| draining.store(true, Ordering::Release);
         self.drive(conn, graceful, activity, shutdown).await;
@@ -549,10 +567,7 @@ impl Connection {
         match ended {
             Ok(Ok(Err(e))) => tracing::debug!(error = %e, "client connection ended with an error"),
             Ok(Ok(Ok(()))) => {}
-            Ok(Err(panic)) => {
-                metrics.listener.panics.inc();
-                tracing::error!(panic = %panic, "a client connection panicked; it was closed");
-            }
+            Ok(Err(panic)) => connection_panicked(metrics, &panic),
             Err(closed) => {
                 let why = Stop::expiry(closed);
                 tracing::debug!(
