@@ -1,4 +1,4 @@
-//! The fast path for HTTP/1.1 in clear text: the connection's bytes are read into one buffer,
+//! The fast path for HTTP/1.1 (in clear text or over TLS): the connection's bytes are read into one buffer,
 //! each plain request head is parsed there by httparse ([`crate::proxy::plain`]) and answered
 //! without a request object, and the answer's head is written in one buffer with its first body
 //! bytes.

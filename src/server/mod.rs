@@ -143,7 +143,7 @@ pub async fn serve(
         let (builder, shutdown) = (builder.clone(), shutdown.clone());
         match &tls {
             None if settings.h2c => tokio::spawn(conn.sniff(stream, builder, shutdown)),
-            None => tokio::spawn(conn.run_plain(stream, builder, shutdown)),
+            None => tokio::spawn(conn.run(stream, builder, shutdown)),
             Some(tls) => tokio::spawn(conn.handshake(stream, tls.load_full(), builder, shutdown)),
         };
     }
@@ -389,7 +389,7 @@ impl Connection {
         match tokio::time::timeout(within, opens_with_h2_preface(&stream)).await {
             Ok(true) => self.run_h2(stream, shutdown).await,
             // HTTP/1.1 (or nothing yet: its own header clock takes over)
-            Ok(false) | Err(_) => self.run_plain(stream, builder, shutdown).await,
+            Ok(false) | Err(_) => self.run(stream, builder, shutdown).await,
         }
     }
 
@@ -422,30 +422,12 @@ impl Connection {
         }
     }
 
-    /// Serves HTTP/1.1 on the connection.
+    /// Serves HTTP/1.1, in clear text or over TLS: plain requests on the fast path ([`fast`]),
+    /// and from the first request it does not serve on, hyper.
     async fn run<S>(self, stream: S, builder: http1::Builder, shutdown: watch::Receiver<bool>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Activity::new();
-        let service = request_handler!(&self, &activity, h2: false);
-        let stream = JsonRefusals::new(stream, activity.clone(), self.proxy.clone());
-        let io: ActivityIo<_> = ReadTap::new(stream, HeadWatch::new(activity.clone()));
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-        self.drive(conn, graceful, activity, shutdown).await;
-    }
-
-    /// Serves HTTP/1.1 in clear text: plain requests on the fast path ([`fast`]), and from the
-    /// first request it does not serve on, hyper.
-    async fn run_plain(
-        self,
-        stream: TcpStream,
-        builder: http1::Builder,
-        shutdown: watch::Receiver<bool>,
-    ) {
         let activity = Activity::new();
         let service = request_handler!(&self, &activity, h2: false);
         let stream = JsonRefusals::new(stream, activity.clone(), self.proxy.clone());
