@@ -79,17 +79,15 @@ fn limit(n: u32, which: usize) -> HeaderValue {
 
 /// Writes the usage headers every response of a limited class carries.
 pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
-    if let Some(p) = usage.primary {
-        headers.insert(X_RATELIMIT_LIMIT.clone(), limit(p.limit, PRIMARY));
-        headers.insert(X_RATELIMIT_REMAINING.clone(), number(p.remaining));
-    }
-    if let Some(d) = usage.daily {
-        headers.insert(X_RATELIMIT_DAILY_LIMIT.clone(), limit(d.limit, DAILY));
-        headers.insert(X_RATELIMIT_DAILY_REMAINING.clone(), number(d.remaining));
-        if usage.primary.is_none() {
-            // A daily-only quota still answers the two headers every client reads first.
-            headers.insert(X_RATELIMIT_LIMIT.clone(), limit(d.limit, DAILY));
-            headers.insert(X_RATELIMIT_REMAINING.clone(), number(d.remaining));
+    // Limits at even places (the primary window's, then the daily one's), remaining counts at
+    // odd ones.
+    for (at, field) in usage_fields(usage).into_iter().enumerate() {
+        if let Some((name, n)) = field {
+            let value = match at % 2 {
+                0 => limit(n, [PRIMARY, DAILY][at / 2]),
+                _ => number(n),
+            };
+            headers.insert(name.clone(), value);
         }
     }
     if ietf {
@@ -97,8 +95,9 @@ pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
     }
 }
 
-/// The usage fields [`write_usage`] writes (IETF ones aside), with their numbers: for a
-/// writer that renders them itself.
+/// The usage fields [`write_usage`] writes (IETF ones aside), with their numbers: the limit
+/// and remaining count of the primary window, then of the daily one. A daily-only quota still
+/// answers the two fields every client reads first.
 pub fn usage_fields(usage: &Usage) -> [Option<(&'static HeaderName, u32)>; 4] {
     let mut fields = [None; 4];
     if let Some(p) = usage.primary {

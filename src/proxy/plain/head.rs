@@ -104,7 +104,7 @@ pub fn parse<'h, 'b>(
     if !plain_target(target) {
         return Parsed::Other;
     }
-    let Some(body_len) = plain_fields(req.headers) else {
+    let Some((body_len, has_length)) = plain_fields(req.headers) else {
         return Parsed::Other;
     };
     // Lines relayed as they are must end in CRLF (httparse also reads a bare LF).
@@ -121,10 +121,7 @@ pub fn parse<'h, 'b>(
         fields: req.headers,
         lines,
         dropped,
-        has_length: req
-            .headers
-            .iter()
-            .any(|f| f.name.eq_ignore_ascii_case("content-length")),
+        has_length,
         body_len,
         head_len,
     })
@@ -201,9 +198,9 @@ fn plain_target(target: &str) -> bool {
         })
 }
 
-/// The body length, when every field is one the fast path relays as it is (or drops:
+/// The body length (and whether a `Content-Length` said it), when every field is one the fast path relays as it is (or drops:
 /// `Connection: keep-alive`) and there is exactly one `Host`; `None` sends the head to hyper.
-fn plain_fields(fields: &[httparse::Header<'_>]) -> Option<usize> {
+fn plain_fields(fields: &[httparse::Header<'_>]) -> Option<(usize, bool)> {
     let mut body_len = None;
     let mut hosts = 0;
     for field in fields {
@@ -215,7 +212,7 @@ fn plain_fields(fields: &[httparse::Header<'_>]) -> Option<usize> {
             _ => return None,
         }
     }
-    (hosts == 1).then_some(body_len.unwrap_or(0))
+    (hosts == 1).then_some((body_len.unwrap_or(0), body_len.is_some()))
 }
 
 /// How the fast path treats a field, by its name.

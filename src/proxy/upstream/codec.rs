@@ -170,20 +170,22 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
-/// Parses a response head at the start of `buf`, taking it out of `buf` once it is all there
-/// (`Ok(None)` until then). `method` is the request's (a `HEAD` answer has no body).
-///
-/// Hop-by-hop fields (RFC 9110 §7.6.1, and any `Connection` names) are left out, and field
-/// values share the head's bytes instead of each being copied. The fields go into `spare`'s
-/// table (taken, cleared), so a connection that recycles maps allocates none per answer.
-pub fn parse_response_head(
-    buf: &mut BytesMut,
-    method: &Method,
-    spare: &mut HeaderMap,
-) -> Result<Option<ResponseHead>, CodecError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let used = match parsed.parse(buf)? {
+/// Slots for one response head's fields, left uninitialised (httparse writes those it uses).
+type FieldSlots<'b> = [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+
+fn field_slots<'b>() -> FieldSlots<'b> {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// httparse's reading of the response head at the start of `buf`, its length and its status;
+/// `None` until the head is all there.
+fn read_head<'h, 'b>(
+    buf: &'b [u8],
+    slots: &'h mut FieldSlots<'b>,
+) -> Result<Option<(httparse::Response<'h, 'b>, usize, StatusCode)>, CodecError> {
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let used = match config.parse_response_with_uninit_headers(&mut parsed, buf, slots)? {
         httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => {
             return Err(CodecError::HeadTooLarge)
         }
@@ -197,6 +199,24 @@ pub fn parse_response_head(
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(CodecError::Head(httparse::Error::Status))?;
+    Ok(Some((parsed, used, status)))
+}
+
+/// Parses a response head at the start of `buf`, taking it out of `buf` once it is all there
+/// (`Ok(None)` until then). `method` is the request's (a `HEAD` answer has no body).
+///
+/// Hop-by-hop fields (RFC 9110 §7.6.1, and any `Connection` names) are left out, and field
+/// values share the head's bytes instead of each being copied. The fields go into `spare`'s
+/// table (taken, cleared), so a connection that recycles maps allocates none per answer.
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    spare: &mut HeaderMap,
+) -> Result<Option<ResponseHead>, CodecError> {
+    let mut slots = field_slots();
+    let Some((parsed, used, status)) = read_head(buf, &mut slots)? else {
+        return Ok(None);
+    };
     let version = match parsed.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
@@ -284,23 +304,10 @@ pub fn parse_response_relay(
     spare: &mut HeaderMap,
     relay: &mut RelayHead,
 ) -> Result<Option<ResponseHead>, CodecError> {
-    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let config = httparse::ParserConfig::default();
-    let used = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots)? {
-        httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => {
-            return Err(CodecError::HeadTooLarge)
-        }
-        httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(used) if used > MAX_HEAD_BYTES => {
-            return Err(CodecError::HeadTooLarge)
-        }
-        httparse::Status::Complete(used) => used,
+    let mut slots = field_slots();
+    let Some((parsed, used, status)) = read_head(buf, &mut slots)? else {
+        return Ok(None);
     };
-    let status = parsed
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(CodecError::Head(httparse::Error::Status))?;
     let http11 = parsed.version != Some(0);
     let start = buf.as_ptr() as usize;
     let mut facts = FramingFacts::default();

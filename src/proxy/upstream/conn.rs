@@ -127,11 +127,7 @@ impl Conn {
         forwarded_for: Option<&crate::proxy::header_rewrite::Forwarded>,
     ) {
         self.write.clear();
-        self.written = 0;
-        self.data = Bytes::new();
-        self.reusable = true;
-        self.armed = None;
-        self.send_wait = None;
+        self.begin_exchange();
         codec::encode_request_head(
             &mut self.write,
             &parts.method,
@@ -155,13 +151,18 @@ impl Conn {
     /// body is already in memory), so a replay resends all of it.
     pub fn start_whole(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
         self.write.clear();
+        self.begin_exchange();
+        encode(&mut self.write);
+    }
+
+    /// A new exchange's state: nothing of `write` sent yet, no body on its way, no clock set.
+    fn begin_exchange(&mut self) {
         self.written = 0;
         self.data = Bytes::new();
+        self.sending = None;
         self.reusable = true;
         self.armed = None;
         self.send_wait = None;
-        self.sending = None;
-        encode(&mut self.write);
     }
 
     /// Takes over the body-less request `stale` (a connection found closed before it
@@ -169,12 +170,7 @@ impl Conn {
     pub fn replay(&mut self, stale: &mut Conn) {
         std::mem::swap(&mut self.write, &mut stale.write);
         std::mem::swap(&mut self.spare_fields, &mut stale.spare_fields);
-        self.written = 0;
-        self.data = Bytes::new();
-        self.sending = None;
-        self.reusable = true;
-        self.armed = None;
-        self.send_wait = None;
+        self.begin_exchange();
     }
 
     /// Keeps a request's field map (cleared) for the next response head's fields.
