@@ -2,7 +2,8 @@
 //! and consumed in one store step, and the 429 (or 503) when they refuse. The decision itself is
 //! pure ([`crate::limits`], [`crate::penalties`]); the store makes it atomic.
 
-use http::header::{HeaderValue, RETRY_AFTER};
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use super::ctx::Ctx;
@@ -52,6 +53,14 @@ impl<'a> Admit<'a> {
     /// Checks and consumes the caller's limits for its class. `Ok(None)`: the class is not
     /// limited for this tier.
     pub async fn request(&self, ctx: &Ctx<'_>) -> Result<Option<Usage>, Refused> {
+        self.check(ctx)
+            .await
+            .map_err(|denied| denied.answer(HeaderMap::new(), ctx.config().headers.ietf))
+    }
+
+    /// [`Admit::request`]'s decision before its answer is built: a refusal is counted and
+    /// recorded here, and its caller renders it (the plain path into a map it reuses).
+    pub async fn check(&self, ctx: &Ctx<'_>) -> Result<Option<Usage>, Denied> {
         let (policy, caller, class) = (ctx.policy, ctx.caller, ctx.class);
         let rules = policy.config.tier(caller.tier).rules(class);
         let now = self.clock.now_ms();
@@ -71,8 +80,11 @@ impl<'a> Admit<'a> {
                 self.shadow(ctx, now).await;
                 Ok(Some(usage))
             }
-            Ok(Decision::Refused(usage, refusal)) => Err(self.limited(ctx, &usage, &refusal, now)),
-            Err(e) => Err(store_failed(&e)),
+            Ok(Decision::Refused(usage, refusal)) => {
+                self.count_limited(ctx, &usage, &refusal, now);
+                Err(Denied::Limited(usage, refusal))
+            }
+            Err(e) => Err(Denied::StoreFailed(e)),
         }
     }
 
@@ -170,6 +182,12 @@ impl<'a> Admit<'a> {
 
     /// The 429 for a request a limit (or penalty) refused, counted.
     fn limited(&self, ctx: &Ctx<'_>, usage: &Usage, refusal: &Refusal, now: u64) -> Refused {
+        self.count_limited(ctx, usage, refusal, now);
+        too_many_attempts(HeaderMap::new(), Some(usage), refusal, ctx.config().headers.ietf)
+    }
+
+    /// A refusal by a limit (or penalty) counted, on the status board and logged.
+    fn count_limited(&self, ctx: &Ctx<'_>, usage: &Usage, refusal: &Refusal, now: u64) {
         let (caller, class) = (ctx.caller, ctx.class);
         ctx.policy.handles.limited(class, caller.tier, refusal.kind);
         self.status.record(caller, class, usage, now);
@@ -178,7 +196,24 @@ impl<'a> Admit<'a> {
             limit = refusal.kind.name(), retry_after_secs = refusal.retry_after_secs,
             "rate limited"
         );
-        too_many_attempts(usage, refusal, ctx.config().headers.ietf)
+    }
+}
+
+/// A request [`Admit::check`] did not admit.
+pub enum Denied {
+    /// A limit refused it: the usage and the refusal its 429 reports.
+    Limited(Usage, Refusal),
+    /// The limit state could not be read.
+    StoreFailed(StoreError),
+}
+
+impl Denied {
+    /// The answer: a 429 (its fields in `fields`, an empty map that may have room) or a 503.
+    pub fn answer(self, fields: HeaderMap, ietf: bool) -> Refused {
+        match self {
+            Denied::Limited(usage, refusal) => too_many_attempts(fields, Some(&usage), &refusal, ietf),
+            Denied::StoreFailed(e) => store_failed(&e),
+        }
     }
 }
 
@@ -195,11 +230,23 @@ fn store_failed(e: &StoreError) -> Refused {
     resp
 }
 
-/// The 429 answer: the seed's body, the usage headers, the limit type and an exact Retry-After.
-fn too_many_attempts(usage: &Usage, refusal: &Refusal, ietf: bool) -> Refused {
-    let mut resp = json_response(StatusCode::TOO_MANY_REQUESTS, TOO_MANY_ATTEMPTS);
-    rl_headers::write_usage(resp.headers_mut(), usage, ietf);
-    rl_headers::write_refusal(resp.headers_mut(), refusal);
+/// The 429 answer: the seed's body, the usage headers (unless its writer renders them itself:
+/// `usage` is `None`), the limit type and an exact Retry-After — its fields in `fields`.
+pub fn too_many_attempts(
+    fields: HeaderMap,
+    usage: Option<&Usage>,
+    refusal: &Refusal,
+    ietf: bool,
+) -> Refused {
+    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(TOO_MANY_ATTEMPTS.as_bytes())));
+    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    *resp.headers_mut() = fields;
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(usage) = usage {
+        rl_headers::write_usage(headers, usage, ietf);
+    }
+    rl_headers::write_refusal(headers, refusal);
     resp
 }
 

@@ -18,7 +18,7 @@ use http_body::SizeHint;
 
 pub use head::{field_slots, parse, FieldSlots, HeadLimits, Parsed, PlainHead};
 
-use super::admit::Admit;
+use super::admit::{self, Admit, Denied};
 use super::ctx::Ctx;
 use super::header_rewrite::{self, Forwarded};
 use super::own_headers::{X_FLOODGATE_CLASS, X_FLOODGATE_TIER};
@@ -127,9 +127,16 @@ impl Proxy {
             class: plan.class,
             forwarded: peer.forwarded(&config.identity),
         };
-        let usage = match Admit::of(&self.shared).request(&ctx).await {
+        let usage = match Admit::of(&self.shared).check(&ctx).await {
             Ok(usage) => usage,
-            Err(refused) => return refused,
+            // The usage lines are the listener's to render, the 429's fields go into the
+            // connection's map: a refusal allocates nothing either.
+            Err(Denied::Limited(usage, refusal)) if !config.headers.ietf => {
+                reuse.usage = Some(usage);
+                let fields = std::mem::take(&mut reuse.fields);
+                return admit::too_many_attempts(fields, None, &refusal, false);
+            }
+            Err(denied) => return denied.answer(HeaderMap::new(), config.headers.ietf),
         };
         let annotate = config.headers.annotate_upstream.then_some(&ctx);
         let fields = std::mem::take(&mut reuse.fields);
