@@ -249,8 +249,9 @@ pub struct Record {
     pub path: String,
     pub class: Option<String>,
     pub tier: Option<String>,
-    /// The account's hash prefix.
-    pub account: Option<String>,
+    /// The account's hash prefix ([`crate::identity::AccountId::prefix`]), written as eight
+    /// hex digits.
+    pub account: Option<u32>,
     pub status: u16,
     pub decision: Outcome,
     /// The limit a 429 was for (`X-RateLimit-Type`).
@@ -263,26 +264,6 @@ pub struct Record {
     pub bytes: u64,
     /// From the request's arrival to the end of its response body.
     pub duration: Duration,
-}
-
-/// A JSON line's fields, borrowed from a [`Record`].
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    time: &'a str,
-    peer: IpAddr,
-    method: &'a str,
-    path: &'a str,
-    protocol: &'a str,
-    status: u16,
-    bytes: u64,
-    class: Option<&'a str>,
-    tier: Option<&'a str>,
-    account: Option<&'a str>,
-    decision: Outcome,
-    limit: Option<&'a str>,
-    upstream_ms: Option<f64>,
-    queue_ms: Option<u64>,
-    duration_ms: f64,
 }
 
 /// Milliseconds to the microsecond.
@@ -300,9 +281,93 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
-fn rfc3339_millis(ms: u64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(at).to_string()
+/// `2026-12-05T16:20:00.123Z`: the second's text is kept per thread (a log's lines come many
+/// to a second), the milliseconds written after it.
+fn write_rfc3339_millis(out: &mut Vec<u8>, ms: u64) {
+    thread_local! {
+        static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+    }
+    let secs = ms / 1000;
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != secs {
+            let at = UNIX_EPOCH + Duration::from_secs(secs);
+            let text = humantime::format_rfc3339_seconds(at).to_string(); // ...T16:20:00Z
+            match text.as_bytes().get(..19) {
+                Some(head) => second.1.copy_from_slice(head),
+                None => second.1 = *b"1970-01-01T00:00:00",
+            }
+            second.0 = secs;
+        }
+        out.extend_from_slice(&second.1);
+    });
+    let frac = (ms % 1000) as u16;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+        b'Z',
+    ]);
+}
+
+/// An address as `Display` writes it; an IPv4 one (most peers) without the formatter.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (at, octet) in v4.octets().into_iter().enumerate() {
+                if at > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+/// `{:08x}` without the formatter.
+fn hex8(n: u32) -> [u8; 8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    std::array::from_fn(|at| HEX[(n >> (28 - 4 * at) & 0xf) as usize])
+}
+
+/// A JSON string: copied as it is when nothing in it needs escaping (names, paths, labels
+/// nearly always), escaped by serde_json otherwise.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, s).expect("a string always serializes");
+    }
+}
+
+/// Milliseconds to the microsecond as a JSON number, as serde_json writes that `f64` (the
+/// shortest text that reads back as it: `0.412`, `1.5`, `2.0`), without the float.
+fn write_json_millis(out: &mut Vec<u8>, d: Duration) {
+    let micros = d.as_micros();
+    if micros >= 1_000_000_000_000_000 {
+        // Past 31 years: a float's own text (never on a live request).
+        serde_json::to_writer(out, &millis(d)).expect("a number always serializes");
+        return;
+    }
+    let micros = micros as u64;
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(micros / 1000).as_bytes());
+    out.push(b'.');
+    let frac = (micros % 1000) as u16;
+    let frac = [
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let keep = frac.iter().rposition(|&d| d != b'0').map_or(1, |at| at + 1);
+    out.extend_from_slice(&frac[..keep]);
 }
 
 /// `05/Dec/2026:16:20:00 +0000`, the Common Log Format's time.
@@ -324,37 +389,79 @@ fn clf_time(ms: u64) -> String {
 }
 
 impl Record {
+    /// One JSON object, its fields in a fixed order; written directly, as serde_json would
+    /// write them (a test holds the two to the same text).
     fn write_json(&self, out: &mut Vec<u8>) {
-        let time = rfc3339_millis(self.time_ms);
-        let line = JsonLine {
-            time: &time,
-            peer: self.peer,
-            method: self.method.as_str(),
-            path: &self.path,
-            protocol: protocol(self.version),
-            status: self.status,
-            bytes: self.bytes,
-            class: self.class.as_deref(),
-            tier: self.tier.as_deref(),
-            account: self.account.as_deref(),
-            decision: self.decision,
-            limit: self.limit.as_deref(),
-            upstream_ms: self.upstream.map(millis),
-            queue_ms: self.queue_wait.map(|d| d.as_millis() as u64),
-            duration_ms: millis(self.duration),
-        };
-        serde_json::to_writer(out, &line).expect("a record always serializes");
+        /// A string that needs no escaping: a token (the method), a name of floodgate's own.
+        fn plain(out: &mut Vec<u8>, s: &str) {
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        }
+        fn str_or_null(out: &mut Vec<u8>, v: Option<&str>) {
+            match v {
+                Some(v) => write_json_str(out, v),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.reserve(320);
+        let mut digits = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"time\":\"");
+        write_rfc3339_millis(out, self.time_ms);
+        out.extend_from_slice(b"\",\"peer\":\"");
+        write_ip(out, self.peer);
+        out.extend_from_slice(b"\",\"method\":");
+        plain(out, self.method.as_str());
+        out.extend_from_slice(b",\"path\":");
+        write_json_str(out, &self.path);
+        out.extend_from_slice(b",\"protocol\":");
+        plain(out, protocol(self.version));
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(digits.format(self.status).as_bytes());
+        out.extend_from_slice(b",\"bytes\":");
+        out.extend_from_slice(digits.format(self.bytes).as_bytes());
+        out.extend_from_slice(b",\"class\":");
+        str_or_null(out, self.class.as_deref());
+        out.extend_from_slice(b",\"tier\":");
+        str_or_null(out, self.tier.as_deref());
+        out.extend_from_slice(b",\"account\":");
+        match self.account {
+            Some(prefix) => {
+                out.push(b'"');
+                out.extend_from_slice(&hex8(prefix));
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"decision\":");
+        plain(out, self.decision.name());
+        out.extend_from_slice(b",\"limit\":");
+        str_or_null(out, self.limit.as_deref());
+        out.extend_from_slice(b",\"upstream_ms\":");
+        match self.upstream {
+            Some(d) => write_json_millis(out, d),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"queue_ms\":");
+        match self.queue_wait {
+            Some(d) => out.extend_from_slice(digits.format(d.as_millis() as u64).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"duration_ms\":");
+        write_json_millis(out, self.duration);
+        out.push(b'}');
     }
 
     fn write_common(&self, out: &mut Vec<u8>) {
         let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let account = self.account.map_or_else(|| "-".into(), |a| format!("{a:08x}"));
         let ms = |d: Option<Duration>| d.map_or("-".into(), |d| millis(d).to_string());
         let _ = write!(
             out,
             "{} - {} [{}] \"{} {} {}\" {} {} class={} tier={} decision={} limit={} \
              upstream_ms={} queue_ms={} duration_ms={}",
             self.peer,
-            dash(&self.account),
+            account,
             clf_time(self.time_ms),
             self.method,
             self.path,
@@ -386,7 +493,7 @@ mod tests {
             path: "/api/v1/txt2img".into(),
             class: Some("txt2img".into()),
             tier: Some("basic".into()),
-            account: Some("1a2b3c4d".into()),
+            account: Some(0x1a2b_3c4d),
             status: 429,
             decision: Outcome::Limited,
             limit: Some("minute".into()),
@@ -412,6 +519,99 @@ mod tests {
                 "queue_ms": null, "duration_ms": 0.412
             })
         );
+    }
+
+    /// The fields as serde_json wrote them before the line was written by hand: the
+    /// reference the hand-written line must match byte for byte.
+    #[derive(Serialize)]
+    struct SerdeLine<'a> {
+        time: &'a str,
+        peer: IpAddr,
+        method: &'a str,
+        path: &'a str,
+        protocol: &'a str,
+        status: u16,
+        bytes: u64,
+        class: Option<&'a str>,
+        tier: Option<&'a str>,
+        account: Option<String>,
+        decision: Outcome,
+        limit: Option<&'a str>,
+        upstream_ms: Option<f64>,
+        queue_ms: Option<u64>,
+        duration_ms: f64,
+    }
+
+    fn serde_line(r: &Record) -> Vec<u8> {
+        let at = UNIX_EPOCH + Duration::from_millis(r.time_ms);
+        let time = humantime::format_rfc3339_millis(at).to_string();
+        let line = SerdeLine {
+            time: &time,
+            peer: r.peer,
+            method: r.method.as_str(),
+            path: &r.path,
+            protocol: protocol(r.version),
+            status: r.status,
+            bytes: r.bytes,
+            class: r.class.as_deref(),
+            tier: r.tier.as_deref(),
+            account: r.account.map(|a| format!("{a:08x}")),
+            decision: r.decision,
+            limit: r.limit.as_deref(),
+            upstream_ms: r.upstream.map(millis),
+            queue_ms: r.queue_wait.map(|d| d.as_millis() as u64),
+            duration_ms: millis(r.duration),
+        };
+        serde_json::to_vec(&line).unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn a_json_line_is_what_serde_json_writes(
+            time_ms in proptest::prop_oneof![0u64..4_102_444_800_000, proptest::prelude::Just(1_796_487_600_000)],
+            v6 in proptest::prelude::any::<bool>(),
+            addr in proptest::prelude::any::<u128>(),
+            path in "[ -~\\u{80}-\\u{10ffff}\\x00-\\x1f]{0,24}",
+            class in proptest::option::of("[a-z0-9_\"\\\\]{1,12}"),
+            tier in proptest::option::of("[ -~]{1,12}"),
+            account in proptest::option::of(proptest::prelude::any::<u32>()),
+            status in 100u16..600,
+            bytes in proptest::prelude::any::<u64>(),
+            limit in proptest::option::of("[a-z]{3,8}"),
+            upstream in proptest::option::of(proptest::prop_oneof![0u64..5_000, 0u64..100_000_000_000, proptest::prelude::any::<u64>()]),
+            queue in proptest::option::of(0u64..10_000_000),
+            duration in proptest::prop_oneof![0u64..5_000, 0u64..100_000_000_000, proptest::prelude::any::<u64>()],
+        ) {
+            let peer: IpAddr = if v6 {
+                std::net::Ipv6Addr::from(addr).into()
+            } else {
+                std::net::Ipv4Addr::from(addr as u32).into()
+            };
+            let r = Record {
+                time_ms,
+                peer,
+                method: Method::GET,
+                version: Version::HTTP_11,
+                path,
+                class,
+                tier,
+                account,
+                status,
+                decision: Outcome::of(status % 2 == 0, status),
+                limit,
+                upstream: upstream.map(Duration::from_micros),
+                queue_wait: queue.map(Duration::from_millis),
+                bytes,
+                duration: Duration::from_micros(duration),
+            };
+            let mut line = Vec::new();
+            r.write_json(&mut line);
+            proptest::prop_assert_eq!(
+                String::from_utf8(line).unwrap(),
+                String::from_utf8(serde_line(&r)).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -31,7 +31,12 @@ impl AccountId {
 
     /// A short, non-reversible label for logs (never the key itself).
     pub fn short(&self) -> String {
-        format!("{:08x}", (self.0 >> 96) as u32)
+        format!("{:08x}", self.prefix())
+    }
+
+    /// The hash's top 32 bits: [`short`](Self::short)'s label as a number.
+    pub fn prefix(&self) -> u32 {
+        (self.0 >> 96) as u32
     }
 }
 

@@ -2,11 +2,12 @@
 //! joined into the record that rides with the response ([`access_log::Pending`]) for the
 //! listener to finish at the body's end.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::Uri;
-use http::{Request, Response, Version};
+use http::{HeaderName, Request, Response, Version};
 
 use super::own_headers::X_QUEUE_WAIT_MS;
 use super::peer::Peer;
@@ -15,6 +16,7 @@ use crate::access_log::{self, AccessLog};
 use crate::classify::{normalize_path, ClassId};
 use crate::config::Config;
 use crate::identity::Caller;
+use crate::limits::headers::X_RATELIMIT_TYPE;
 
 /// What the access log keeps of a request as it arrives.
 #[derive(Debug)]
@@ -23,7 +25,15 @@ pub struct Arrived {
     time_ms: u64,
     method: http::Method,
     version: Version,
-    uri: Uri,
+    target: Target,
+}
+
+/// The request's target as the record keeps it: hyper's (sharing the request's bytes), or the
+/// path of a plain request's, copied once.
+#[derive(Debug)]
+enum Target {
+    Uri(Uri),
+    Path(String),
 }
 
 impl Arrived {
@@ -34,20 +44,21 @@ impl Arrived {
             time_ms,
             method: req.method().clone(),
             version: req.version(),
-            uri: req.uri().clone(), // shares the request's bytes
+            target: Target::Uri(req.uri().clone()), // shares the request's bytes
         }
     }
 }
 
 impl Arrived {
-    /// A plain request (the fast path's) at `time_ms`: its target parsed for the record.
+    /// A plain request (the fast path's) at `time_ms`: the path of its target (origin form).
     pub fn plain(method: &http::Method, target: &str, time_ms: u64) -> Self {
+        let path = target.split_once('?').map_or(target, |(path, _)| path);
         Self {
             at: Instant::now(),
             time_ms,
             method: method.clone(),
             version: Version::HTTP_11,
-            uri: Uri::try_from(target).unwrap_or_else(|_| Uri::from_static("/")),
+            target: Target::Path(path.to_owned()),
         }
     }
 }
@@ -75,21 +86,31 @@ pub fn attach(
     let upstream = resp.extensions_mut().remove::<UpstreamTime>().map(|t| t.0);
     let status = resp.status().as_u16();
     let decision = access_log::Outcome::of(upstream.is_some(), status);
-    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+    let header = |name: &HeaderName| resp.headers().get(name).and_then(|v| v.to_str().ok());
     let limited = decision == access_log::Outcome::Limited;
-    let limit = header("x-ratelimit-type").filter(|_| limited);
-    let queue_wait = header(X_QUEUE_WAIT_MS.as_str()).and_then(|v| v.parse().ok());
-    let raw_path = arrived.uri.path();
+    let limit = limited.then(|| header(&X_RATELIMIT_TYPE)).flatten();
+    let queue_wait = header(&X_QUEUE_WAIT_MS).and_then(|v| v.parse().ok());
+    let rules = config.router.rules();
+    // The path as routes matched it; as sent when it could not be normalised.
+    let path = match arrived.target {
+        Target::Uri(uri) => {
+            let raw = uri.path();
+            normalize_path(raw, rules).map_or_else(|_| raw.to_owned(), Cow::into_owned)
+        }
+        Target::Path(raw) => match normalize_path(&raw, rules) {
+            Ok(Cow::Owned(normal)) => normal,
+            Ok(Cow::Borrowed(_)) | Err(_) => raw, // already normal: the whole path
+        },
+    };
     let record = access_log::Record {
         time_ms: arrived.time_ms,
         peer: peer.addr.ip(),
         method: arrived.method,
         version: arrived.version,
-        path: normalize_path(raw_path, config.router.rules())
-            .map_or_else(|_| raw_path.to_owned(), std::borrow::Cow::into_owned),
+        path,
         class: noted.class.map(|c| config.class_name(c).to_owned()),
         tier: noted.caller.map(|c| config.tier(c.tier).name.clone()),
-        account: noted.caller.map(|c| c.account.short()),
+        account: noted.caller.map(|c| c.account.prefix()),
         status,
         decision,
         limit: limit.map(str::to_owned),
