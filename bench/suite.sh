@@ -6,8 +6,8 @@
 # (every target once per round, the order rotating) and takes ratios to nginx_lr within a round.
 # Every answer is checked: unexpected statuses, socket errors and, in the refusal storm, each
 # 429 against the key it refused. --quick runs each scenario for about a second per target and
-# exits non-zero on a wrong answer (CI runs it); --cost counts instructions (callgrind) and
-# system calls (strace) per request. Binds 127.0.0.1 only; every wait is bounded; every process
+# exits non-zero on a wrong answer (CI runs it); --cost counts instructions (callgrind), CPU
+# time (/proc) and system calls (strace) per request. Binds 127.0.0.1 only; every wait is bounded; every process
 # it starts is stopped on exit. See docs/performance.md.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -19,8 +19,9 @@ Usage: bench/suite.sh [options] [--proxy NAME PORT 'COMMAND']...
 
   --quick       about a second per target and scenario, one round: checks the answers, not
                 the speed, and exits non-zero on a wrong one
-  --cost        instructions (callgrind) and system calls (strace) per request, floodgate and
-                nginx_lr, for the scenarios hot and real (or those of --only: hot, zipf, real)
+  --cost        instructions (callgrind), CPU time (user + system) and system calls (strace)
+                per request, floodgate and nginx_lr, for the scenarios hot and real (or those
+                of --only: hot, zipf, real, log)
   -r N          rounds (default 5)
   -d SECS       measured seconds per run (default 8)
   -w SECS       warm-up seconds before each run (default 2)
@@ -553,10 +554,12 @@ open_base() {
   echo "# open loop: nginx_lr's hot-key maximum $OPEN_BASE req/s; offered 50%, 75%, 90% of it"
 }
 
-# ---- --cost: instructions and system calls per request ---------------------------------------------
+# ---- --cost: instructions, CPU time and system calls per request ------------------------------------
 # floodgate with one worker and nginx_lr as one process (master_process off), each alone on the
 # proxy cpu. Instructions: under valgrind's callgrind, counters zeroed after a warm-up and dumped
-# after a run of the scenario's load. System calls: `strace -c -f` attached to the running
+# after a run of the scenario's load. CPU time: the process's user + system time (/proc/PID/stat,
+# every thread) over a run of the load, without valgrind — the kernel's share included, which is
+# most of a proxied request's cost on loopback. System calls: `strace -c -f` attached to the running
 # process (every thread) over such a run. Both divided by the requests wrk counted in the run.
 cost_start() { # SCENARIO NAME [WRAPPER...]: sets COST_PID and COST_PORT
   local s=$1 name=$2
@@ -612,17 +615,38 @@ cost_syscalls() { # SCENARIO NAME -> "requests calls top-calls-per-request"
     END { printf "%d %d%s\n", n, total, top }' "$WORKDIR/strace-$s-$name.txt"
 }
 
+cost_cpu() { # SCENARIO NAME -> "requests cpu-microseconds": user + system time of the proxy's threads over a run
+  local s=$1 name=$2 out t0 t1
+  cost_start "$s" "$name"
+  run_load "$s" "$s" "$COST_PORT" 2 >/dev/null
+  t0=$(cpu_ticks "$COST_PID")
+  out=$(run_load "$s" "$s" "$COST_PORT" "$DURATION")
+  t1=$(cpu_ticks "$COST_PID")
+  stop_groups "$COST_PID"
+  echo "$(requests_of "$out") $(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) ))"
+}
+cpu_ticks() { # PID: utime + stime in clock ticks of PID and its descendants (every thread of each)
+  local pid total=0 p
+  for p in $1 $(pgrep -P "$1") $(for c in $(pgrep -P "$1"); do pgrep -P "$c"; done); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$(( total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") ))
+  done
+  echo "$total"
+}
+
 run_cost() {
   local s name ins sys
   echo "# cost: wrk -c$(conns_of hot) for ${DURATION}s after a 2 s warm-up; floodgate --workers 1, nginx_lr master_process off; proxy cpu $PROXY_CPU"
-  printf '%-8s %-10s %10s %12s %10s %10s  %s\n' scenario target requests instructions instr/req syscalls/req "top system calls per request"
+  printf '%-8s %-10s %10s %12s %10s %10s %10s  %s\n' scenario target requests instructions instr/req cpu_us/req syscalls/req "top system calls per request"
   for s in $SCENARIOS; do
-    case $s in hot|zipf|real) ;; *) echo "# --cost measures the scenarios hot, zipf and real; $s skipped" >&2; continue ;; esac
+    case $s in hot|zipf|real|log) ;; *) echo "# --cost measures the scenarios hot, zipf, real and log; $s skipped" >&2; continue ;; esac
     for name in floodgate nginx_lr; do
       read -r ireq instructions <<<"$(cost_instructions "$s" "$name")"
+      read -r creq micros <<<"$(cost_cpu "$s" "$name")"
       read -r sreq calls top <<<"$(cost_syscalls "$s" "$name")"
-      printf '%-8s %-10s %10s %12s %10s %10s  %s\n' "$s" "$name" "$ireq" "$instructions" \
+      printf '%-8s %-10s %10s %12s %10s %10s %10s  %s\n' "$s" "$name" "$ireq" "$instructions" \
         "$(awk -v i="$instructions" -v n="$ireq" 'BEGIN { printf "%.0f", n ? i / n : 0 }')" \
+        "$(awk -v c="$micros" -v n="$creq" 'BEGIN { printf "%.2f", n ? c / n : 0 }')" \
         "$(awk -v c="$calls" -v n="$sreq" 'BEGIN { printf "%.2f", n ? c / n : 0 }')" "$top"
     done
   done
