@@ -537,21 +537,35 @@ run_scenario() { # SCENARIO
   fi
 }
 
-# The open loop's rates: shares of nginx_lr's hot-key req/s in this run (measured here when the
-# scenario hot was not run).
+# The open loop's rates: shares of nginx_lr's hot-key maximum in this run. With oha that maximum
+# is oha's own, closed loop at 64 connections (oha costs more per request than wrk, and shares
+# the load generator's cpu with the upstream: wrk's maximum is a rate oha cannot offer, and every
+# target would fall behind the schedule for the generator's sake); with h2load, wrk's hot-key
+# req/s (measured here when the scenario hot was not run).
 OPEN_BASE=""
 open_rate() { awk -v b="$OPEN_BASE" -v p="$1" 'BEGIN { printf "%d", b * p / 100 }'; }
 open_base() {
-  OPEN_BASE=$(awk -F'\t' '$2 == "nginx_lr" && $3 == "hot" { print $4 }' "$RESULTS" | sort -n |
+  [ -n "$OHA" ] || OPEN_BASE=$(awk -F'\t' '$2 == "nginx_lr" && $3 == "hot" { print $4 }' "$RESULTS" | sort -n |
     awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }')
   if [ -z "$OPEN_BASE" ]; then
     targets open
     start open-base "$PROXY_CPU" bash -c "${CMDS[0]}"; local pid=${STARTED[-1]}
     wait_listening "$NGINX_LR_PORT" open-base
-    OPEN_BASE=$(run_wrk "http://127.0.0.1:$NGINX_LR_PORT/" 64 "$DURATION" "$WORKDIR/hot.lua" | awk '{ print $1 }')
+    if [ -n "$OHA" ]; then
+      OPEN_BASE=$(oha_max "http://127.0.0.1:$NGINX_LR_PORT/" "$DURATION")
+    else
+      OPEN_BASE=$(run_wrk "http://127.0.0.1:$NGINX_LR_PORT/" 64 "$DURATION" "$WORKDIR/hot.lua" | awk '{ print $1 }')
+    fi
     stop_groups "$pid"
   fi
-  echo "# open loop: nginx_lr's hot-key maximum $OPEN_BASE req/s; offered 50%, 75%, 90% of it"
+  echo "# open loop: nginx_lr's hot-key maximum $OPEN_BASE req/s ($([ -n "$OHA" ] && echo "oha, closed loop" || echo wrk)); offered 50%, 75%, 90% of it"
+}
+oha_max() { # URL SECS -> req/s: oha closed loop, 64 connections, after a second's warm-up
+  timeout 30 taskset -c "$LOADGEN_CPU" "$OHA" -z 1s -c 64 --no-tui -H "x-api-key: bench-key" "$1" >/dev/null 2>&1 || true
+  timeout $(($2 + 20)) taskset -c "$LOADGEN_CPU" "$OHA" -z "$2s" -c 64 --no-tui --output-format json \
+    -H "x-api-key: bench-key" "$1" 2>/dev/null | python3 -c '
+import json, sys
+print(round(json.load(sys.stdin)["summary"]["requestsPerSec"]))'
 }
 
 # ---- --cost: instructions, CPU time and system calls per request ------------------------------------
