@@ -454,7 +454,9 @@ impl Record {
 
     fn write_common(&self, out: &mut Vec<u8>) {
         let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-        let account = self.account.map_or_else(|| "-".into(), |a| format!("{a:08x}"));
+        let account = self
+            .account
+            .map_or_else(|| "-".into(), |a| format!("{a:08x}"));
         let ms = |d: Option<Duration>| d.map_or("-".into(), |d| millis(d).to_string());
         let _ = write!(
             out,

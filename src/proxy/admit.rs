@@ -183,7 +183,12 @@ impl<'a> Admit<'a> {
     /// The 429 for a request a limit (or penalty) refused, counted.
     fn limited(&self, ctx: &Ctx<'_>, usage: &Usage, refusal: &Refusal, now: u64) -> Refused {
         self.count_limited(ctx, usage, refusal, now);
-        too_many_attempts(HeaderMap::new(), Some(usage), refusal, ctx.config().headers.ietf)
+        too_many_attempts(
+            HeaderMap::new(),
+            Some(usage),
+            refusal,
+            ctx.config().headers.ietf,
+        )
     }
 
     /// A refusal by a limit (or penalty) counted, on the status board and logged.
@@ -211,7 +216,9 @@ impl Denied {
     /// The answer: a 429 (its fields in `fields`, an empty map that may have room) or a 503.
     pub fn answer(self, fields: HeaderMap, ietf: bool) -> Refused {
         match self {
-            Denied::Limited(usage, refusal) => too_many_attempts(fields, Some(&usage), &refusal, ietf),
+            Denied::Limited(usage, refusal) => {
+                too_many_attempts(fields, Some(&usage), &refusal, ietf)
+            }
             Denied::StoreFailed(e) => store_failed(&e),
         }
     }
@@ -238,7 +245,9 @@ pub fn too_many_attempts(
     refusal: &Refusal,
     ietf: bool,
 ) -> Refused {
-    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(TOO_MANY_ATTEMPTS.as_bytes())));
+    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(
+        TOO_MANY_ATTEMPTS.as_bytes(),
+    )));
     *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     *resp.headers_mut() = fields;
     let headers = resp.headers_mut();
