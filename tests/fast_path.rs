@@ -434,6 +434,19 @@ async fn a_refusal_on_the_fast_path_is_a_json_429_and_the_connection_stays() {
         assert_eq!(refused.status, 429, "{refused:?}");
         assert_eq!(refused.header("content-type"), Some("application/json"));
         assert_eq!(refused.header("retry-after"), Some("60"));
+        assert_eq!(refused.header("x-ratelimit-type"), Some("minute"));
+        assert_eq!(refused.header("x-ratelimit-limit"), Some("1"));
+        assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
+        // Each field once: the listener writes the 429's own lines, nothing writes them twice.
+        for name in [
+            "content-type:",
+            "retry-after:",
+            "x-ratelimit-type:",
+            "content-length:",
+        ] {
+            let lines = refused.head.to_ascii_lowercase().matches(name).count();
+            assert_eq!(lines, 1, "{name} {lines} times in {}", refused.head);
+        }
         let body: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
         assert!(body.get("message").is_some(), "{body}");
     }

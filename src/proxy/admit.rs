@@ -237,6 +237,16 @@ fn store_failed(e: &StoreError) -> Refused {
     resp
 }
 
+/// The 429's status and body alone, for a writer that renders its fields itself (the
+/// usage, the content type, the limit type and Retry-After).
+pub fn too_many_attempts_body() -> Refused {
+    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(
+        TOO_MANY_ATTEMPTS.as_bytes(),
+    )));
+    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    resp
+}
+
 /// The 429 answer: the seed's body, the usage headers (unless its writer renders them itself:
 /// `usage` is `None`), the limit type and an exact Retry-After — its fields in `fields`.
 pub fn too_many_attempts(
@@ -245,10 +255,7 @@ pub fn too_many_attempts(
     refusal: &Refusal,
     ietf: bool,
 ) -> Refused {
-    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(
-        TOO_MANY_ATTEMPTS.as_bytes(),
-    )));
-    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let mut resp = too_many_attempts_body();
     *resp.headers_mut() = fields;
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -31,7 +31,7 @@ use tokio_util::io::poll_read_buf;
 use super::conn::Activity;
 use super::contain;
 use crate::access_log::Pending;
-use crate::limits::headers::usage_fields;
+use crate::limits::headers::{usage_fields, X_RATELIMIT_TYPE};
 use crate::proxy::plain::{self, HeadLimits, Parsed, Reuse};
 use crate::proxy::upstream::codec::encode_chunk_size;
 use crate::proxy::{Peer, Proxy, ProxyBody};
@@ -133,6 +133,7 @@ impl FastPath<'_> {
                     // Whatever the request left behind is not the 500's to relay.
                     self.reuse.relay.release();
                     self.reuse.usage = None;
+                    self.reuse.refusal = None;
                     self.proxy.panicked(&panic)
                 }
             };
@@ -266,6 +267,21 @@ async fn write_response<S: AsyncWrite + Unpin>(
             out,
             name.as_str().as_bytes(),
             itoa::Buffer::new().format(*n).as_bytes(),
+        );
+    }
+    if let Some(refusal) = reuse.refusal.take() {
+        field_line(out, b"content-type", b"application/json");
+        field_line(
+            out,
+            X_RATELIMIT_TYPE.as_str().as_bytes(),
+            refusal.kind.name().as_bytes(),
+        );
+        field_line(
+            out,
+            b"retry-after",
+            itoa::Buffer::new()
+                .format(refusal.retry_after_secs)
+                .as_bytes(),
         );
     }
     let mut keep = true;

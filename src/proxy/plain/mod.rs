@@ -29,17 +29,21 @@ use super::{respond, upload, Peer, Proxy};
 use crate::classify::ClassId;
 use crate::identity::{Caller, HeadFields};
 use crate::limits::headers as rl_headers;
-use crate::limits::Usage;
+use crate::limits::{Refusal, Usage};
 use crate::shared::Policy;
 
 /// What a connection keeps from answer to answer so that none allocates: the last answer's
-/// field map (cleared), the list of the upstream's fields relayed — and beside a relayed head,
-/// the usage its answer reports, for the listener to render as lines of its own.
+/// field map (cleared), the list of the upstream's fields relayed — and beside a relayed head
+/// or floodgate's own 429, the usage its answer reports and the refusal, for the listener to
+/// render as lines of its own.
 #[derive(Debug, Default)]
 pub struct Reuse {
     pub fields: HeaderMap,
     pub relay: RelayHead,
     pub usage: Option<Usage>,
+    /// A 429's own fields (content type, limit type, Retry-After), written as lines: set with
+    /// an answer whose field map is empty.
+    pub refusal: Option<Refusal>,
 }
 
 /// A plain request this path serves: what its pure stages found.
@@ -129,10 +133,14 @@ impl Proxy {
         };
         let usage = match Admit::of(&self.shared).check(&ctx).await {
             Ok(usage) => usage,
-            // The usage lines are the listener's to render, the 429's fields go into the
-            // connection's map: a refusal allocates nothing either.
+            // The usage lines are the listener's to render, and the 429's own fields too unless
+            // the access log reads them from the map: a refusal allocates nothing either.
             Err(Denied::Limited(usage, refusal)) if !config.headers.ietf => {
                 reuse.usage = Some(usage);
+                if self.shared.access_log.is_none() {
+                    reuse.refusal = Some(refusal);
+                    return admit::too_many_attempts_body();
+                }
                 let fields = std::mem::take(&mut reuse.fields);
                 return admit::too_many_attempts(fields, None, &refusal, false);
             }
