@@ -3,7 +3,7 @@
 //! pure ([`crate::limits`], [`crate::penalties`]); the store makes it atomic.
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use super::ctx::Ctx;
@@ -55,7 +55,7 @@ impl<'a> Admit<'a> {
     pub async fn request(&self, ctx: &Ctx<'_>) -> Result<Option<Usage>, Refused> {
         self.check(ctx)
             .await
-            .map_err(|denied| denied.answer(HeaderMap::new(), ctx.config().headers.ietf))
+            .map_err(|denied| denied.answer(ctx.config().headers.ietf))
     }
 
     /// [`Admit::request`]'s decision before its answer is built: a refusal is counted and
@@ -183,12 +183,7 @@ impl<'a> Admit<'a> {
     /// The 429 for a request a limit (or penalty) refused, counted.
     fn limited(&self, ctx: &Ctx<'_>, usage: &Usage, refusal: &Refusal, now: u64) -> Refused {
         self.count_limited(ctx, usage, refusal, now);
-        too_many_attempts(
-            HeaderMap::new(),
-            Some(usage),
-            refusal,
-            ctx.config().headers.ietf,
-        )
+        too_many_attempts(usage, refusal, ctx.config().headers.ietf)
     }
 
     /// A refusal by a limit (or penalty) counted, on the status board and logged.
@@ -213,12 +208,10 @@ pub enum Denied {
 }
 
 impl Denied {
-    /// The answer: a 429 (its fields in `fields`, an empty map that may have room) or a 503.
-    pub fn answer(self, fields: HeaderMap, ietf: bool) -> Refused {
+    /// The answer: a 429 or a 503.
+    pub fn answer(self, ietf: bool) -> Refused {
         match self {
-            Denied::Limited(usage, refusal) => {
-                too_many_attempts(fields, Some(&usage), &refusal, ietf)
-            }
+            Denied::Limited(usage, refusal) => too_many_attempts(&usage, &refusal, ietf),
             Denied::StoreFailed(e) => store_failed(&e),
         }
     }
@@ -247,21 +240,12 @@ pub fn too_many_attempts_body() -> Refused {
     resp
 }
 
-/// The 429 answer: the seed's body, the usage headers (unless its writer renders them itself:
-/// `usage` is `None`), the limit type and an exact Retry-After — its fields in `fields`.
-pub fn too_many_attempts(
-    fields: HeaderMap,
-    usage: Option<&Usage>,
-    refusal: &Refusal,
-    ietf: bool,
-) -> Refused {
+/// The 429 answer: the seed's body, the usage headers, the limit type and an exact Retry-After.
+fn too_many_attempts(usage: &Usage, refusal: &Refusal, ietf: bool) -> Refused {
     let mut resp = too_many_attempts_body();
-    *resp.headers_mut() = fields;
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(usage) = usage {
-        rl_headers::write_usage(headers, usage, ietf);
-    }
+    rl_headers::write_usage(headers, usage, ietf);
     rl_headers::write_refusal(headers, refusal);
     resp
 }

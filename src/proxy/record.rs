@@ -68,6 +68,9 @@ impl Arrived {
 pub struct Noted {
     pub caller: Option<Caller>,
     pub class: Option<ClassId>,
+    /// The limit that refused the request, when the answer does not say it in its fields (a
+    /// plain 429's fields are written by the listener, not put in its map).
+    pub limit: Option<&'static str>,
 }
 
 /// How long the upstream took to answer, carried in the response's extensions.
@@ -88,7 +91,9 @@ pub fn attach(
     let decision = access_log::Outcome::of(upstream.is_some(), status);
     let header = |name: &HeaderName| resp.headers().get(name).and_then(|v| v.to_str().ok());
     let limited = decision == access_log::Outcome::Limited;
-    let limit = limited.then(|| header(&X_RATELIMIT_TYPE)).flatten();
+    let limit = limited
+        .then(|| noted.limit.or_else(|| header(&X_RATELIMIT_TYPE)))
+        .flatten();
     let queue_wait = header(&X_QUEUE_WAIT_MS).and_then(|v| v.parse().ok());
     let rules = config.router.rules();
     // The path as routes matched it; as sent when it could not be normalised.

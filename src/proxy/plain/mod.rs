@@ -112,6 +112,7 @@ impl Proxy {
         let noted = Noted {
             caller: Some(plan.caller),
             class: Some(plan.class),
+            limit: reuse.refusal.map(|r| r.kind.name()),
         };
         record::attach(resp, peer, arrived, noted, &plan.policy.config, log)
     }
@@ -133,18 +134,14 @@ impl Proxy {
         };
         let usage = match Admit::of(&self.shared).check(&ctx).await {
             Ok(usage) => usage,
-            // The usage lines are the listener's to render, and the 429's own fields too unless
-            // the access log reads them from the map: a refusal allocates nothing either.
+            // The usage lines and the 429's own fields are the listener's to render: a refusal
+            // allocates nothing either.
             Err(Denied::Limited(usage, refusal)) if !config.headers.ietf => {
                 reuse.usage = Some(usage);
-                if self.shared.access_log.is_none() {
-                    reuse.refusal = Some(refusal);
-                    return admit::too_many_attempts_body();
-                }
-                let fields = std::mem::take(&mut reuse.fields);
-                return admit::too_many_attempts(fields, None, &refusal, false);
+                reuse.refusal = Some(refusal);
+                return admit::too_many_attempts_body();
             }
-            Err(denied) => return denied.answer(HeaderMap::new(), config.headers.ietf),
+            Err(denied) => return denied.answer(config.headers.ietf),
         };
         let annotate = config.headers.annotate_upstream.then_some(&ctx);
         let fields = std::mem::take(&mut reuse.fields);
