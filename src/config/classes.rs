@@ -1,4 +1,5 @@
-//! Per-class settings, `[classes.NAME]`: today the upload limit (`max_body`, SPEC §7).
+//! Per-class settings, `[classes.NAME]`: the upload limit (`max_body`, SPEC §7) and upstream
+//! pipelining (`pipeline`).
 
 use std::collections::BTreeMap;
 
@@ -23,13 +24,25 @@ const UNITS: &[(&str, u64)] = &[
     ("gib", 1 << 30),
 ];
 
-/// The upload limit of every class (indexed by class id); `None` = no limit.
-pub(super) fn max_body_by_class(
+/// Each class's settings, indexed by class id.
+#[derive(Debug, Clone, Default)]
+pub struct ClassSettings {
+    /// The upload limit; `None` = no limit.
+    pub max_body: Vec<Option<u64>>,
+    /// Whether body-less GET and HEAD requests go pipelined upstream.
+    pub pipelined: Vec<bool>,
+}
+
+/// The settings of every class.
+pub(super) fn class_settings(
     src: &Source<'_>,
     raw: &BTreeMap<String, Spanned<RawClass>>,
     classes: &[String],
-) -> Result<Vec<Option<u64>>, ConfigError> {
-    let mut out = vec![None; classes.len()];
+) -> Result<ClassSettings, ConfigError> {
+    let mut out = ClassSettings {
+        max_body: vec![None; classes.len()],
+        pipelined: vec![false; classes.len()],
+    };
     for (name, entry) in raw {
         let Some(id) = classes.iter().position(|c| c == name) else {
             return Err(src.at(
@@ -41,8 +54,9 @@ pub(super) fn max_body_by_class(
                 ),
             ));
         };
+        out.pipelined[id] = entry.get_ref().pipeline;
         if let Some(size) = &entry.get_ref().max_body {
-            out[id] = Some(
+            out.max_body[id] = Some(
                 parse_size(size.get_ref())
                     .map_err(|m| src.at(format!("classes.{name:?}.max_body"), size.span(), m))?,
             );

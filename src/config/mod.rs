@@ -30,7 +30,7 @@ use toml::Spanned;
 
 pub use access_log::{AccessLogConfig, LogDestination, LogFormat};
 pub use admin_token::AdminToken;
-pub use classes::format_size;
+pub use classes::{format_size, ClassSettings};
 use error::{invalid, Source};
 pub use error::{ConfigError, Located};
 use identity::build_identity;
@@ -68,8 +68,8 @@ pub struct Config {
     pub tiers: Vec<Tier>,
     pub headers: HeaderOptions,
     pub jobs: JobsConfig,
-    /// Largest request body per class, indexed by [`ClassId`]; `None` = no limit.
-    pub max_body: Vec<Option<u64>>,
+    /// Per-class settings (`[classes.NAME]`), indexed by [`ClassId`].
+    pub class_settings: ClassSettings,
     /// The memory store's state file; `None` = state is not kept across restarts.
     pub state: Option<StateConfig>,
     /// Where limit counters live.
@@ -131,7 +131,20 @@ impl Config {
 
     /// The largest request body `class` accepts, if it has a limit.
     pub fn max_body(&self, class: ClassId) -> Option<u64> {
-        self.max_body.get(class.0 as usize).copied().flatten()
+        self.class_settings
+            .max_body
+            .get(class.0 as usize)
+            .copied()
+            .flatten()
+    }
+
+    /// Whether `class`'s body-less GET and HEAD requests go pipelined upstream.
+    pub fn pipelined(&self, class: ClassId) -> bool {
+        self.class_settings
+            .pipelined
+            .get(class.0 as usize)
+            .copied()
+            .unwrap_or(false)
     }
 }
 
@@ -219,7 +232,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let identity = build_identity(src, &raw, &mut tiers, &classes)?;
     let jobs = jobs::build_jobs(src, &raw, &classes, &tiers)?;
-    let max_body = classes::max_body_by_class(src, &raw.classes, &classes)?;
+    let class_settings = classes::class_settings(src, &raw.classes, &classes)?;
     let penalties =
         penalties::build_penalties(src, &raw, &classes, &jobs, tiers.len(), &counter_owner)?;
     Ok(Config {
@@ -233,7 +246,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             annotate_upstream: raw.headers.annotate_upstream,
         },
         jobs,
-        max_body,
+        class_settings,
         state: state::build_state(src, raw.state.as_ref())?,
         store: store::build_store(src, raw.store.as_ref())?,
         penalties,

@@ -411,6 +411,10 @@ pub struct RawHeaders {
 pub struct RawClass {
     /// Largest request body, e.g. "10MB" (units are powers of 1024).
     pub max_body: Option<Spanned<String>>,
+    /// Send this class's body-less GET and HEAD requests pipelined on the worker's shared
+    /// upstream connection.
+    #[serde(default)]
+    pub pipeline: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -153,6 +153,14 @@ impl Config {
         if !uploads.is_empty() {
             out += &format!("  max body: {}\n", uploads.join(" "));
         }
+        let pipelined: Vec<&str> = (0..self.classes.len())
+            .map(|i| ClassId(i as u16))
+            .filter(|&class| self.pipelined(class))
+            .map(|class| self.class_name(class))
+            .collect();
+        if !pipelined.is_empty() {
+            out += &format!("  pipelined upstream: {}\n", pipelined.join(" "));
+        }
         out += &format!("  accounts with a tier: {}", self.identity.accounts.len());
         match &self.identity.accounts_file {
             Some(file) => out += &format!(" (with {}, reloaded with the config)\n", file.display()),

@@ -146,17 +146,22 @@ impl Proxy {
         let annotate = config.headers.annotate_upstream.then_some(&ctx);
         let fields = std::mem::take(&mut reuse.fields);
         let started = Instant::now();
-        let sent = self
-            .upstreams
-            .default
-            .send_whole(
-                &head.method,
-                body.is_empty(),
-                fields,
-                &mut reuse.relay,
-                |buf| encode_request(buf, head, body, ctx.forwarded, annotate),
-            )
-            .await;
+        let upstream = &self.upstreams.default;
+        let encode = |buf: &mut Vec<u8>| encode_request(buf, head, body, ctx.forwarded, annotate);
+        let pipelined = config.pipelined(plan.class)
+            && body.is_empty()
+            && matches!(head.method, Method::GET | Method::HEAD);
+        let sent = match pipelined {
+            true => {
+                let relay = &mut reuse.relay;
+                upstream.send_pipelined(&head.method, fields, relay, encode).await
+            }
+            false => {
+                let bodiless = body.is_empty();
+                let relay = &mut reuse.relay;
+                upstream.send_whole(&head.method, bodiless, fields, relay, encode).await
+            }
+        };
         let mut resp = match self.forwarder().arrived(&ctx, sent, started) {
             Ok(resp) => resp,
             Err(e) => {

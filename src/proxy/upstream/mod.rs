@@ -15,6 +15,7 @@
 pub mod codec;
 mod conn;
 mod io;
+mod pipeline;
 mod wait;
 mod wire_body;
 
@@ -167,6 +168,8 @@ pub struct UpstreamClient {
     /// Boxed: a connection moves into each exchange and its response body by pointer.
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<Conn>>>,
+    /// Pipelined requests for the worker's shared connection ([`pipeline`]).
+    lane: Mutex<pipeline::Lane>,
 }
 
 impl UpstreamClient {
@@ -195,6 +198,7 @@ impl UpstreamClient {
             cuts,
             max_idle,
             idle: Mutex::new(Vec::new()),
+            lane: Mutex::default(),
         })
     }
 

@@ -61,6 +61,14 @@ impl WireBody {
         body
     }
 
+    /// A body read whole already (a pipelined answer's): no connection behind it.
+    pub fn whole(body: Bytes) -> Self {
+        Self {
+            state: WireState::Ready((!body.is_empty()).then_some(body)),
+            conn: None,
+        }
+    }
+
     /// The body has ended: its connection goes back to the pool if it can take another request.
     fn release(&mut self) {
         if let Some((mut conn, client)) = self.conn.take() {
