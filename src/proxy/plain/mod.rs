@@ -154,12 +154,16 @@ impl Proxy {
         let sent = match pipelined {
             true => {
                 let relay = &mut reuse.relay;
-                upstream.send_pipelined(&head.method, fields, relay, encode).await
+                upstream
+                    .send_pipelined(&head.method, fields, relay, encode)
+                    .await
             }
             false => {
                 let bodiless = body.is_empty();
                 let relay = &mut reuse.relay;
-                upstream.send_whole(&head.method, bodiless, fields, relay, encode).await
+                upstream
+                    .send_whole(&head.method, bodiless, fields, relay, encode)
+                    .await
             }
         };
         let mut resp = match self.forwarder().arrived(&ctx, sent, started) {

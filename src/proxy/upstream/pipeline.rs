@@ -17,7 +17,8 @@
 //!   (chunked, close-delimited, over [`WHOLE_BODY_LIMIT`]) takes the connection with it to its
 //!   client, and the requests behind it go again on a fresh connection;
 //! - an answer that says `Connection: close` ends the connection the same way;
-//! - a connection that breaks sends its unanswered requests again once, then fails them (502);
+//! - when a connection breaks, its unanswered requests go again on a fresh one; the first of
+//!   them, whose answer was due, goes again once and then fails (502);
 //! - the usual clocks run over the whole flight: the upstream must keep taking requests
 //!   (`upstream_send_timeout`) and keep answering (`upstream_timeout`), else every request in
 //!   flight fails (504).
@@ -76,7 +77,7 @@ struct Waiter {
     method: Method,
     /// Bytes of its encoded request.
     len: usize,
-    /// Whether it is on its second connection already, after the first broke.
+    /// Whether it goes again already, after a connection broke while its answer was due.
     replayed: bool,
     relay: RelayHead,
     fields: HeaderMap,
@@ -256,18 +257,22 @@ impl UpstreamClient {
     }
 
     /// Puts the flight's unanswered requests back at the front of the lane, for a fresh
-    /// connection. After a failure (`broken`), a request that went twice already fails instead.
+    /// connection. After a failure (`broken`) the first of them, whose answer was due, fails
+    /// instead if it went again once already.
     fn send_again(&self, flight: &mut Flight, broken: Option<ExchangeError>) {
-        let mut outbox = Vec::with_capacity(flight.sent.len() - flight.answered.min(flight.sent.len()));
+        let mut outbox =
+            Vec::with_capacity(flight.sent.len() - flight.answered.min(flight.sent.len()));
         let mut again = VecDeque::with_capacity(flight.waiting.len());
         let mut at = flight.answered;
-        for mut waiter in flight.waiting.drain(..) {
+        for (i, mut waiter) in flight.waiting.drain(..).enumerate() {
             let bytes = &flight.sent[at..at + waiter.len];
             at += waiter.len;
+            // The break is the first request's: the ones behind it were not being answered yet.
+            let blamed = i == 0 && broken.is_some();
             match &broken {
-                Some(e) if waiter.replayed => waiter.answer(Err(failure(e))),
+                Some(e) if blamed && waiter.replayed => waiter.answer(Err(failure(e))),
                 _ => {
-                    waiter.replayed |= broken.is_some();
+                    waiter.replayed |= blamed;
                     waiter.relay.release();
                     outbox.extend_from_slice(bytes);
                     again.push_back(waiter);
@@ -323,13 +328,19 @@ impl UpstreamClient {
                     lane.waker = Some(cx.waker().clone());
                 }
             }
-            if let Poll::Ready(Err(e)) = poll_write_flight(cx, conn, flight) {
-                return Poll::Ready(Landed::Broken(e));
-            }
+            // A failed write may mean the upstream answered and closed: what it said is read
+            // first, so the break is blamed on the request it stopped at.
+            let write_failed = match poll_write_flight(cx, conn, flight) {
+                Poll::Ready(Err(e)) => Some(e),
+                _ => None,
+            };
             match poll_answers(cx, conn, flight) {
                 Poll::Ready(Some(landed)) => return Poll::Ready(landed),
                 Poll::Ready(None) => continue, // all answered: take what came meanwhile
                 Poll::Pending => {}
+            }
+            if let Some(e) = write_failed {
+                return Poll::Ready(Landed::Broken(e));
             }
             let wait = match () {
                 _ if flight.written < flight.sent.len() => Wait::Send,
@@ -351,7 +362,9 @@ fn poll_write_flight(
     while flight.written < flight.sent.len() {
         let n = ready!(Pin::new(&mut conn.io).poll_write(cx, &flight.sent[flight.written..]))?;
         if n == 0 {
-            return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()));
+            return Poll::Ready(Err(
+                std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+            ));
         }
         flight.written += n;
         conn.armed = None;
@@ -364,7 +377,11 @@ fn poll_write_flight(
 
 /// Reads answers and hands each to its request, in order: `Ready(None)` once every request
 /// in flight is answered, `Ready(Some)` when the connection's flight ends otherwise.
-fn poll_answers(cx: &mut Context<'_>, conn: &mut Conn, flight: &mut Flight) -> Poll<Option<Landed>> {
+fn poll_answers(
+    cx: &mut Context<'_>,
+    conn: &mut Conn,
+    flight: &mut Flight,
+) -> Poll<Option<Landed>> {
     loop {
         while let Some(front) = flight.waiting.front_mut() {
             let head = match flight.head.take() {
