@@ -12,7 +12,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-ALL_SCENARIOS="hot zipf conns real storm open h2c h2tls https redis log"
+ALL_SCENARIOS="hot piped zipf conns real storm open h2c h2tls https redis log"
 usage() {
   cat <<EOF
 Usage: bench/suite.sh [options] [--proxy NAME PORT 'COMMAND']...
@@ -21,7 +21,7 @@ Usage: bench/suite.sh [options] [--proxy NAME PORT 'COMMAND']...
                 the speed, and exits non-zero on a wrong one
   --cost        instructions (callgrind), CPU time (user + system) and system calls (strace)
                 per request, floodgate and nginx_lr, for the scenarios hot and real (or those
-                of --only: hot, zipf, real, log)
+                of --only: hot, piped, zipf, real, log)
   -r N          rounds (default 5)
   -d SECS       measured seconds per run (default 8)
   -w SECS       warm-up seconds before each run (default 2)
@@ -36,11 +36,12 @@ Usage: bench/suite.sh [options] [--proxy NAME PORT 'COMMAND']...
                 '../base/target/release/floodgate --config "\$CONFIG" --listen 127.0.0.1:18095 --admin 127.0.0.1:18096'
   -h            this help
 
-Scenarios: hot (one key, c=64), zipf (100k keys, Zipf s=1, c=256), conns (c=8 and c=1000), real
-(600-byte head, 2 KiB JSON POST, 16 KiB answer), storm (9 of 10 requests refused), open
-(h2load open loop at 50/75/90% of nginx_lr's hot req/s), h2c and h2tls (h2load -c64 -m10),
-https (HTTP/1.1 over TLS: keep-alive, and a new connection per request resuming its session),
-redis (the Redis store beside the memory store), log (the access log on in every proxy).
+Scenarios: hot (one key, c=64), piped (hot, floodgate's upstream pipelining on), zipf (100k
+keys, Zipf s=1, c=256), conns (c=8 and c=1000), real (600-byte head, 2 KiB JSON POST, 16 KiB
+answer), storm (9 of 10 requests refused), open (h2load open loop at 50/75/90% of nginx_lr's
+hot req/s), h2c and h2tls (h2load -c64 -m10), https (HTTP/1.1 over TLS: keep-alive, and a new
+connection per request resuming its session), redis (the Redis store beside the memory store),
+log (the access log on in every proxy).
 
 Environment: LOADGEN_CPU (0: wrk, h2load, the upstream, redis-server), PROXY_CPU (1: the
 proxies), CARGO_TARGET_DIR. Ports 18080 (upstream), 18085-18088 (floodgate, its Redis twin and
@@ -297,6 +298,7 @@ floodgate_conf() { # SCENARIO FILE: config/bench.toml (a per-key limit never rea
       printf '\n[[tiers.spent.limits]]\nclasses = ["*"]\nshared = true\nper_day = 1\n\n[accounts]\n'
       for j in $(seq 1 $NSPENT); do printf '"spent-%d" = "spent"\n' "$j"; done ;;
     log) printf '\n[access_log]\npath = "%s"\nformat = "json"\n' "$WORKDIR/log-floodgate-access.log" ;;
+    piped) printf '\n[classes.default]\npipeline = true\n' ;;
     redis) ;;
   esac >>"$2"
 }
@@ -410,7 +412,7 @@ run_load() { # SCENARIO GROUP PORT SECS -> the RESULT fields
   local s=$1 g=$2 port=$3 secs=$4 url
   url="$(scheme_of "$s")://127.0.0.1:$port"
   case $g in
-    hot|c8|c1000|redis|log|https) run_wrk "$url/" "$(conns_of "$g")" "$secs" "$WORKDIR/hot.lua" ;;
+    hot|piped|c8|c1000|redis|log|https) run_wrk "$url/" "$(conns_of "$g")" "$secs" "$WORKDIR/hot.lua" ;;
     httpsnew) run_wrk "$url/" 64 "$secs" "$WORKDIR/close.lua" ;;
     zipf) run_wrk "$url/" 256 "$secs" "$WORKDIR/zipf.lua" ;;
     real) run_wrk "$url/api/v1/generate" 64 "$secs" "$WORKDIR/real.lua" ;;
@@ -653,7 +655,7 @@ run_cost() {
   echo "# cost: wrk -c$(conns_of hot) for ${DURATION}s after a 2 s warm-up; floodgate --workers 1, nginx_lr master_process off; proxy cpu $PROXY_CPU"
   printf '%-8s %-10s %10s %12s %10s %10s %10s  %s\n' scenario target requests instructions instr/req cpu_us/req syscalls/req "top system calls per request"
   for s in $SCENARIOS; do
-    case $s in hot|zipf|real|log) ;; *) echo "# --cost measures the scenarios hot, zipf, real and log; $s skipped" >&2; continue ;; esac
+    case $s in hot|piped|zipf|real|log) ;; *) echo "# --cost measures the scenarios hot, piped, zipf, real and log; $s skipped" >&2; continue ;; esac
     for name in floodgate nginx_lr; do
       read -r ireq instructions <<<"$(cost_instructions "$s" "$name")"
       read -r creq micros <<<"$(cost_cpu "$s" "$name")"

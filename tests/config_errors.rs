@@ -138,7 +138,9 @@ bad_fixtures! {
         "line 10: classes.\"img2imgg\": unknown class \"img2imgg\" (classes come from [[route]] \
          entries and routing.default_class)",
     unknown_class_field =>
-        "line 11: classes.img2img.max_size: unknown field `max_size`, expected `max_body`",
+        "line 11: classes.img2img.max_size: unknown field `max_size`, expected `max_body` or `pipeline`",
+    bad_pipeline =>
+        "line 11: classes.img2img.pipeline: invalid type: string \"yes\", expected a boolean",
     bad_save_interval =>
         "line 7: state.save_interval: \"5\" is not a duration like \"2s\" or \"500ms\": time unit \
          needed, for example 5sec or 5ms",
