@@ -329,6 +329,38 @@ async fn a_stalled_upstream_fails_the_flight_in_time_and_the_next_request_gets_t
     );
     let a = client.get(&gate.url("/echo/next")).await;
     assert_eq!(a.body, "next");
+
+    // Requests joining behind a stalled answer do not hold its clock back: with a new one
+    // every 100 ms for 3 s (on fresh connections, so on both workers), the stall still ends
+    // after upstream_timeout, not after the last of them.
+    let stall_url = gate.url("/stall");
+    let started = Instant::now();
+    let stalled = tokio::spawn(async move {
+        let a = TestClient::new().get(&stall_url).await;
+        (a, Instant::now())
+    });
+    let mut joining = Vec::new();
+    for i in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let url = gate.url(&format!("/echo/j{i}"));
+        joining.push(tokio::spawn(
+            async move { TestClient::new().get(&url).await },
+        ));
+    }
+    let (a, answered) = tokio::time::timeout(Duration::from_secs(8), stalled)
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(a.status, 504, "{:?}", a.body);
+    let took = answered - started;
+    assert!(
+        took < Duration::from_millis(2500),
+        "the stall answered after {took:?}"
+    );
+    for j in joining {
+        let a = j.await.unwrap();
+        assert!(a.status == 200 || a.status == 504, "{}", a.status);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -367,7 +367,11 @@ fn poll_write_flight(
             ));
         }
         flight.written += n;
-        conn.armed = None;
+        // Writing moves the send clock on, not the answer's: requests joining behind a stalled
+        // answer must not keep it from timing out.
+        if conn.armed == Some(Wait::Send) {
+            conn.armed = None;
+        }
     }
     if matches!(conn.io, UpstreamIo::Tls(_)) {
         ready!(Pin::new(&mut conn.io).poll_flush(cx))?;
