@@ -17,6 +17,50 @@ use tokio::sync::Notify;
 /// Milliseconds in one UTC day.
 pub const DAY_MS: u64 = 86_400_000;
 
+/// 00:00 UTC on the 1st of the month after the one `now_ms` falls in: where a monthly quota's
+/// window ends. The proleptic Gregorian calendar (leap years every 4 years except centuries not
+/// divisible by 400), by Howard Hinnant's `civil_from_days` / `days_from_civil`; the Redis
+/// store's script computes the same in Lua (`src/store/redis/scripts.rs`).
+pub fn next_month_start_ms(now_ms: u64) -> u64 {
+    let (year, month) = year_month_of_day((now_ms / DAY_MS) as i64);
+    let (year, month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    first_day_of(year, month) as u64 * DAY_MS
+}
+
+/// 00:00 UTC on the 1st of the month `now_ms` falls in.
+pub fn month_start_ms(now_ms: u64) -> u64 {
+    let (year, month) = year_month_of_day((now_ms / DAY_MS) as i64);
+    first_day_of(year, month) as u64 * DAY_MS
+}
+
+/// The (year, month 1–12) of a day counted from 1970-01-01.
+fn year_month_of_day(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month)
+}
+
+/// The day, counted from 1970-01-01, of the 1st of `month` in `year`.
+fn first_day_of(year: i64, month: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// A wait on a [`Clock`]: resolves once the time asked for has passed on it.
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
@@ -102,6 +146,77 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `YYYY-MM-DDTHH:MM:SS` of a time, by humantime's formatter (an independent calendar).
+    fn civil(ms: u64) -> String {
+        let at = UNIX_EPOCH + Duration::from_millis(ms);
+        humantime::format_rfc3339_seconds(at).to_string()[..19].to_owned()
+    }
+
+    #[test]
+    fn months_end_on_the_first_at_midnight_utc_across_years_and_leap_days() {
+        let ms = |text: &str| {
+            let t = humantime::parse_rfc3339(text).unwrap();
+            t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+        };
+        for (now, start, next) in [
+            (
+                "2026-11-30T23:59:59.999Z",
+                "2026-11-01T00:00:00",
+                "2026-12-01T00:00:00",
+            ),
+            (
+                "2026-12-31T23:59:59.999Z",
+                "2026-12-01T00:00:00",
+                "2027-01-01T00:00:00",
+            ),
+            (
+                "2027-01-01T00:00:00Z",
+                "2027-01-01T00:00:00",
+                "2027-02-01T00:00:00",
+            ),
+            (
+                "2028-02-29T12:00:00Z",
+                "2028-02-01T00:00:00",
+                "2028-03-01T00:00:00",
+            ),
+            (
+                "2027-02-28T23:00:00Z",
+                "2027-02-01T00:00:00",
+                "2027-03-01T00:00:00",
+            ),
+            (
+                "2100-02-28T00:00:00Z",
+                "2100-02-01T00:00:00",
+                "2100-03-01T00:00:00",
+            ),
+            (
+                "2000-02-29T00:00:00Z",
+                "2000-02-01T00:00:00",
+                "2000-03-01T00:00:00",
+            ),
+            (
+                "1970-01-15T00:00:00Z",
+                "1970-01-01T00:00:00",
+                "1970-02-01T00:00:00",
+            ),
+        ] {
+            assert_eq!(civil(month_start_ms(ms(now))), start, "start of {now}");
+            assert_eq!(civil(next_month_start_ms(ms(now))), next, "end of {now}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_instant_lies_in_its_calendar_month(now in 0u64..8_000_000_000_000) {
+            let (start, next) = (month_start_ms(now), next_month_start_ms(now));
+            proptest::prop_assert!(start <= now && now < next);
+            proptest::prop_assert!((28 * DAY_MS..=31 * DAY_MS).contains(&(next - start)));
+            proptest::prop_assert_eq!(&civil(now)[..7], &civil(start)[..7]);
+            proptest::prop_assert_eq!(&civil(next - 1)[..7], &civil(now)[..7]);
+            proptest::prop_assert!(civil(next).ends_with("-01T00:00:00"));
+        }
+    }
 
     #[tokio::test]
     async fn a_manual_sleep_ends_when_the_clock_passes_it_and_not_before() {

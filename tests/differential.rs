@@ -56,7 +56,7 @@ const DAY0_MS: u64 = 1_767_225_600_000;
 const DAY_MS: u64 = 86_400_000;
 
 /// The windows a request's rules are drawn from: each its own counter.
-const POOL: [(LimitKind, Window); 8] = [
+const POOL: [(LimitKind, Window); 9] = [
     (LimitKind::Second, Window::Fixed { period_ms: 1_000 }),
     (LimitKind::Minute, Window::Fixed { period_ms: 60_000 }),
     (
@@ -73,11 +73,13 @@ const POOL: [(LimitKind, Window); 8] = [
     (LimitKind::Interval, Window::Fixed { period_ms: 1_000 }),
     // A second minute counter, as a shared limit next to a class's own.
     (LimitKind::Minute, Window::Fixed { period_ms: 60_000 }),
+    // The calendar month: its end computed by each store on its own.
+    (LimitKind::Monthly, Window::UtcMonth),
 ];
 
 /// The rules of pool entries `mask` (bit i = entry i), with the case's limits; `tighter`
 /// lowers every limit by one (a reload, or another tier sharing the counter).
-fn rules(mask: u8, limits: &[u32; 8], tighter: bool) -> Vec<Rule> {
+fn rules(mask: u16, limits: &[u32; 9], tighter: bool) -> Vec<Rule> {
     (0..POOL.len())
         .filter(|i| mask & (1 << i) != 0)
         .map(|i| {
@@ -101,13 +103,13 @@ enum Op {
     /// A plain request: `Store::check_and_consume`.
     Request {
         account: usize,
-        mask: u8,
+        mask: u16,
         tighter: bool,
     },
     /// A job submission: `Store::admit_job`.
     Job {
         account: usize,
-        mask: u8,
+        mask: u16,
         relax: bool,
     },
     /// An incorrect task or an earned relax job: `Store::record`.
@@ -119,10 +121,15 @@ enum Op {
 #[derive(Debug, Clone)]
 struct Case {
     start_ms: u64,
-    limits: [u32; 8],
+    limits: [u32; 9],
     penalties: TierPenalties,
     /// Milliseconds to move the clock by, then the operation.
     steps: Vec<(u64, Op)>,
+}
+
+/// 00:00 UTC on the 1st of the month `m` months after January 2026 ends.
+fn month_end(m: usize) -> u64 {
+    (0..=m).fold(DAY0_MS, |at, _| floodgate::clock::next_month_start_ms(at))
 }
 
 fn start_ms() -> impl Strategy<Value = u64> {
@@ -135,6 +142,9 @@ fn start_ms() -> impl Strategy<Value = u64> {
         2 => (day.clone(), prop::sample::select(vec![1u64, 1_000, 60_000, 3_600_000]))
             .prop_map(|(d, before)| d + DAY_MS - before),
         1 => (day, 0..DAY_MS).prop_map(|(d, t)| d + t),
+        // The last three minutes of a calendar month (of 2026 and 2027, February and
+        // December among them): the month boundary is crossed.
+        2 => (0..24usize, 1..=180_000u64).prop_map(|(m, before)| month_end(m) - before),
     ]
 }
 
@@ -181,9 +191,9 @@ fn op() -> impl Strategy<Value = Op> {
     let account = 0..3usize;
     // One rule, or any several (none: a class without limits).
     let mask = prop_oneof![
-        1 => Just(0u8),
-        8 => (0..POOL.len()).prop_map(|i| 1u8 << i),
-        16 => 1..=u8::MAX,
+        1 => Just(0u16),
+        8 => (0..POOL.len()).prop_map(|i| 1u16 << i),
+        16 => 1..(1u16 << POOL.len()),
     ];
     prop_oneof![
         8 => (account.clone(), mask.clone(), prop::bool::weighted(0.1))
@@ -197,9 +207,14 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    // Short windows allow 1–4, the hour and the day a few more; an interval allows 1.
-    let limits = (prop::array::uniform3(1..=4u32), 1..=6u32, 1..=8u32)
-        .prop_map(|([s, m, m2], h, d)| [s, m, h, d, 1, 1, 1, m2]);
+    // Short windows allow 1–4, the hour, the day and the month a few more; an interval 1.
+    let limits = (
+        prop::array::uniform3(1..=4u32),
+        1..=6u32,
+        1..=8u32,
+        1..=10u32,
+    )
+        .prop_map(|([s, m, m2], h, d, mo)| [s, m, h, d, 1, 1, 1, m2, mo]);
     (
         start_ms(),
         limits,
@@ -443,7 +458,7 @@ fn the_memory_store_and_the_redis_script_decide_alike() {
 
 /// The pool entries a case on the server's clock may use: not the intervals, whose short
 /// periods would bring window ends back near the instants.
-const ALIGNED: u8 = 0b1000_1111;
+const ALIGNED: u16 = 0b1_1000_1111;
 
 /// A case on the server's clock: operation `k` at whole seconds plus `12 + 25 k` ms, so two
 /// instants are never within 25 ms of a whole number of seconds apart, nor within 12 ms of a

@@ -135,6 +135,12 @@ fn windows(
         ("per_minute", l.per_minute, LimitKind::Minute, fixed(60)),
         ("per_hour", l.per_hour, LimitKind::Hour, fixed(3600)),
         ("per_day", l.per_day, LimitKind::Daily, Window::UtcDay),
+        (
+            "per_month",
+            l.per_month,
+            LimitKind::Monthly,
+            Window::UtcMonth,
+        ),
     ] {
         if let Some(v) = value {
             if v == 0 {
@@ -169,7 +175,7 @@ fn windows(
         return Err(src.at(
             field,
             entry.span(),
-            "sets no limit: give per_second, per_minute, per_hour, per_day or interval",
+            "sets no limit: give per_second, per_minute, per_hour, per_day, per_month or interval",
         ));
     }
     Ok(out)
@@ -197,7 +203,7 @@ fn scope_key(limit: &RawLimit, class: &str) -> String {
 fn counter_id(scope: &str, kind: LimitKind, window: Window) -> CounterId {
     let period = match window {
         Window::Fixed { period_ms } => period_ms,
-        Window::UtcDay => 0,
+        Window::UtcDay | Window::UtcMonth => 0,
     };
     let text = format!("{scope}|{}|{period}", kind.name());
     CounterId(xxhash_rust::xxh3::xxh3_64(text.as_bytes()) as u32)

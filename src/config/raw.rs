@@ -387,6 +387,8 @@ pub struct RawLimit {
     pub per_minute: Option<u32>,
     pub per_hour: Option<u32>,
     pub per_day: Option<u32>,
+    /// Requests per UTC calendar month (resets at 00:00 UTC on the 1st).
+    pub per_month: Option<u32>,
     /// At most one request per this interval, e.g. "3s".
     pub interval: Option<Spanned<String>>,
     /// Decide and count (`floodgate_would_limit_total`) but do not refuse: how a new limit is

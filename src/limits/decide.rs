@@ -158,18 +158,20 @@ pub struct WindowUsage {
 }
 
 /// What the `X-RateLimit-*` headers report: the short window closest to its limit, and the daily
-/// quota when one applies.
+/// and monthly quotas when they apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub primary: Option<WindowUsage>,
     pub daily: Option<WindowUsage>,
+    pub monthly: Option<WindowUsage>,
 }
 
 impl Usage {
     /// The figures once the request they were taken after is given back: one more remaining
     /// in each window.
     pub fn given_back(mut self) -> Self {
-        for window in [&mut self.primary, &mut self.daily].into_iter().flatten() {
+        let windows = [&mut self.primary, &mut self.daily, &mut self.monthly];
+        for window in windows.into_iter().flatten() {
             window.remaining = window.remaining.saturating_add(1).min(window.limit);
         }
         self
@@ -247,13 +249,13 @@ pub fn usage_of(rules: &[Rule], counters: &Counters, now_ms: u64) -> Usage {
             limit: rule.limit,
             remaining: rule.limit.saturating_sub(used),
             reset_secs: ceil_secs(end_ms - now_ms),
-            window_secs: rule.window.seconds(),
+            window_secs: rule.window.seconds_at(now_ms),
             kind: rule.kind,
         };
-        let slot = if rule.kind == LimitKind::Daily {
-            &mut usage.daily
-        } else {
-            &mut usage.primary
+        let slot = match rule.kind {
+            LimitKind::Daily => &mut usage.daily,
+            LimitKind::Monthly => &mut usage.monthly,
+            _ => &mut usage.primary,
         };
         if slot.is_none_or(|s| window.remaining < s.remaining) {
             *slot = Some(window);
@@ -364,6 +366,45 @@ mod tests {
         let d = decide(&rules, &mut c, DAY0 + DAY_MS);
         assert!(d.is_admitted(), "a new UTC day resets the quota");
         assert_eq!(d.usage().daily.unwrap().remaining, 1);
+    }
+
+    #[test]
+    fn monthly_quota_resets_on_the_first_at_utc_midnight_whatever_the_month_length() {
+        let monthly = Rule {
+            counter: CounterId(3),
+            limit: 2,
+            window: Window::UtcMonth,
+            kind: LimitKind::Monthly,
+        };
+        let rules = [minute(1, 100), daily(2, 100), monthly];
+        // DAY0 is 2026-11-23; November has 30 days: the month ends 2026-12-01T00:00:00Z.
+        let december = DAY0 + 8 * DAY_MS;
+        let mut c = Counters::default();
+        let d = decide(&rules, &mut c, DAY0);
+        let m = d.usage().monthly.unwrap();
+        assert_eq!((m.limit, m.remaining), (2, 1));
+        assert_eq!(m.reset_secs, 8 * 86_400, "until December 1st");
+        assert_eq!(m.window_secs, 30 * 86_400, "November's length");
+        assert!(
+            decide(&rules, &mut c, DAY0 + DAY_MS).is_admitted(),
+            "another day, same month"
+        );
+        let r = refusal(decide(&rules, &mut c, december - 1_500));
+        assert_eq!(r.kind, LimitKind::Monthly);
+        assert_eq!(
+            r.retry_after_secs, 2,
+            "until 00:00 UTC on the 1st, rounded up"
+        );
+        let d = decide(&rules, &mut c, december);
+        assert!(d.is_admitted(), "a new month resets the quota");
+        let m = d.usage().monthly.unwrap();
+        assert_eq!(m.remaining, 1);
+        assert_eq!(m.window_secs, 31 * 86_400, "December's length");
+        assert_eq!(
+            d.usage().daily.unwrap().remaining,
+            99,
+            "the daily quota counts on its own"
+        );
     }
 
     #[test]

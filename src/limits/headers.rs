@@ -14,6 +14,12 @@ pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-rateli
 pub static X_RATELIMIT_DAILY_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-daily-limit");
 pub static X_RATELIMIT_DAILY_REMAINING: HeaderName =
     HeaderName::from_static("x-ratelimit-daily-remaining");
+pub static X_RATELIMIT_MONTHLY_LIMIT: HeaderName =
+    HeaderName::from_static("x-ratelimit-monthly-limit");
+pub static X_RATELIMIT_MONTHLY_REMAINING: HeaderName =
+    HeaderName::from_static("x-ratelimit-monthly-remaining");
+pub static X_RATELIMIT_MONTHLY_RESET: HeaderName =
+    HeaderName::from_static("x-ratelimit-monthly-reset");
 pub static X_RATELIMIT_TYPE: HeaderName = HeaderName::from_static("x-ratelimit-type");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -53,12 +59,14 @@ pub fn rendered(n: u64) -> HeaderValue {
 /// Which limit a header reports, for [`limit`]'s cache.
 const PRIMARY: usize = 0;
 const DAILY: usize = 1;
+const MONTHLY: usize = 2;
 
 /// A limit past the prepared table: limits repeat from request to request (they come from the
-/// config), so each thread keeps the last primary and daily limit it rendered.
+/// config), so each thread keeps the last primary, daily and monthly limit it rendered.
 fn limit(n: u32, which: usize) -> HeaderValue {
     thread_local! {
-        static LAST: RefCell<[Option<(u32, HeaderValue)>; 2]> = const { RefCell::new([None, None]) };
+        static LAST: RefCell<[Option<(u32, HeaderValue)>; 3]> =
+            const { RefCell::new([None, None, None]) };
     }
     if n <= 1024 {
         return number(n);
@@ -79,12 +87,12 @@ fn limit(n: u32, which: usize) -> HeaderValue {
 
 /// Writes the usage headers every response of a limited class carries.
 pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
-    // Limits at even places (the primary window's, then the daily one's), remaining counts at
-    // odd ones.
+    // Limits at places 0, 2 and 4 (the primary window's, the daily and the monthly one's);
+    // remaining counts and the month's reset elsewhere.
     for (at, field) in usage_fields(usage).into_iter().enumerate() {
         if let Some((name, n)) = field {
-            let value = match at % 2 {
-                0 => limit(n, [PRIMARY, DAILY][at / 2]),
+            let value = match at {
+                0 | 2 | 4 => limit(n, [PRIMARY, DAILY, MONTHLY][at / 2]),
                 _ => number(n),
             };
             headers.insert(name.clone(), value);
@@ -96,21 +104,24 @@ pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
 }
 
 /// The usage fields [`write_usage`] writes (IETF ones aside), with their numbers: the limit
-/// and remaining count of the primary window, then of the daily one. A daily-only quota still
-/// answers the two fields every client reads first.
-pub fn usage_fields(usage: &Usage) -> [Option<(&'static HeaderName, u32)>; 4] {
-    let mut fields = [None; 4];
-    if let Some(p) = usage.primary {
-        fields[0] = Some((&X_RATELIMIT_LIMIT, p.limit));
-        fields[1] = Some((&X_RATELIMIT_REMAINING, p.remaining));
-    }
+/// and remaining count of the primary window, then of the daily one, then of the monthly one
+/// and the seconds until it resets. A quota alone (daily or monthly) still answers the two
+/// fields every client reads first.
+pub fn usage_fields(usage: &Usage) -> [Option<(&'static HeaderName, u32)>; 7] {
+    let mut fields = [None; 7];
     if let Some(d) = usage.daily {
         fields[2] = Some((&X_RATELIMIT_DAILY_LIMIT, d.limit));
         fields[3] = Some((&X_RATELIMIT_DAILY_REMAINING, d.remaining));
-        if usage.primary.is_none() {
-            fields[0] = Some((&X_RATELIMIT_LIMIT, d.limit));
-            fields[1] = Some((&X_RATELIMIT_REMAINING, d.remaining));
-        }
+    }
+    if let Some(m) = usage.monthly {
+        fields[4] = Some((&X_RATELIMIT_MONTHLY_LIMIT, m.limit));
+        fields[5] = Some((&X_RATELIMIT_MONTHLY_REMAINING, m.remaining));
+        let reset = u32::try_from(m.reset_secs).unwrap_or(u32::MAX);
+        fields[6] = Some((&X_RATELIMIT_MONTHLY_RESET, reset));
+    }
+    if let Some(first) = usage.primary.or(usage.daily).or(usage.monthly) {
+        fields[0] = Some((&X_RATELIMIT_LIMIT, first.limit));
+        fields[1] = Some((&X_RATELIMIT_REMAINING, first.remaining));
     }
     fields
 }
@@ -127,7 +138,10 @@ pub fn write_refusal(headers: &mut HeaderMap, refusal: &Refusal) {
 /// IETF draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy: "minute";q=3;w=60` and
 /// `RateLimit: "minute";r=2;t=41`, one item per window.
 fn write_ietf(headers: &mut HeaderMap, usage: &Usage) {
-    let windows: Vec<&WindowUsage> = usage.primary.iter().chain(usage.daily.iter()).collect();
+    let windows: Vec<&WindowUsage> = [&usage.primary, &usage.daily, &usage.monthly]
+        .into_iter()
+        .flatten()
+        .collect();
     if windows.is_empty() {
         return;
     }
@@ -172,7 +186,7 @@ mod tests {
     fn numbers_and_limits_render_as_their_digits_in_and_past_the_table() {
         for n in [0, 7, 1024, 1025, 60_000, 1_000_000_000, u32::MAX] {
             assert_eq!(number(n).to_str().unwrap(), n.to_string());
-            for which in [PRIMARY, DAILY] {
+            for which in [PRIMARY, DAILY, MONTHLY] {
                 assert_eq!(limit(n, which).to_str().unwrap(), n.to_string());
                 assert_eq!(
                     limit(n, which).to_str().unwrap(),

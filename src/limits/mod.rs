@@ -7,7 +7,8 @@
 //!
 //! Windows are fixed windows that open at the first admitted request (the semantics of the seed's
 //! API: `Retry-After` is the time until the window that refused you closes), except the daily
-//! quota, which is the UTC calendar day and resets at 00:00 UTC.
+//! quota, which is the UTC calendar day and resets at 00:00 UTC, and the monthly quota, the UTC
+//! calendar month (28–31 days), which resets at 00:00 UTC on the 1st.
 //!
 //! governor is not used here: it implements GCRA for one key at a time, while floodgate needs
 //! several limits of one request checked and consumed atomically, calendar-day quotas, and the exact
@@ -34,6 +35,8 @@ pub enum LimitKind {
     Minute,
     Hour,
     Daily,
+    /// The UTC calendar month.
+    Monthly,
     /// At most one request per fixed interval ("1 request per 3 seconds").
     Interval,
     /// Job submissions blocked for the rest of the UTC day after too many incorrect tasks.
@@ -50,6 +53,7 @@ impl LimitKind {
             LimitKind::Minute => "minute",
             LimitKind::Hour => "hour",
             LimitKind::Daily => "daily",
+            LimitKind::Monthly => "monthly",
             LimitKind::Interval => "interval",
             LimitKind::Penalty => "penalty",
             LimitKind::Relax => "relax",
@@ -64,11 +68,13 @@ pub enum Window {
     Fixed { period_ms: u64 },
     /// The UTC calendar day.
     UtcDay,
+    /// The UTC calendar month.
+    UtcMonth,
 }
 
 /// A window as the two numbers its end is computed from: a window opened at `now_ms` starts at
-/// the last multiple of `align_ms` (1 = at `now_ms` itself) and lasts `length_ms`. See
-/// [`Window::end_for`].
+/// the last multiple of `align_ms` (1 = at `now_ms` itself) and lasts `length_ms`; `align_ms`
+/// 0 is the calendar month, whose length varies. See [`Window::end_for`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
     pub align_ms: u64,
@@ -76,9 +82,13 @@ pub struct Span {
 }
 
 impl Span {
-    /// `now_ms - now_ms % align_ms + length_ms`: the one formula for a window's end.
+    /// `now_ms - now_ms % align_ms + length_ms`: the one formula for a window's end; for
+    /// `align_ms` 0, the next 1st of a month at 00:00 UTC.
     pub fn end_for(self, now_ms: u64) -> u64 {
-        now_ms - now_ms % self.align_ms + self.length_ms
+        match self.align_ms {
+            0 => crate::clock::next_month_start_ms(now_ms),
+            align => now_ms - now_ms % align + self.length_ms,
+        }
     }
 }
 
@@ -95,6 +105,10 @@ impl Window {
                 align_ms: crate::clock::DAY_MS,
                 length_ms: crate::clock::DAY_MS,
             },
+            Window::UtcMonth => Span {
+                align_ms: 0,
+                length_ms: 0,
+            },
         }
     }
 
@@ -109,11 +123,16 @@ impl Window {
         self.span().end_for(now_ms)
     }
 
-    /// The window length in whole seconds (for the IETF `RateLimit-Policy` `w` parameter).
-    pub fn seconds(self) -> u64 {
+    /// The length in whole seconds of the window open at `now_ms` (for the IETF
+    /// `RateLimit-Policy` `w` parameter): a month's is that month's.
+    pub fn seconds_at(self, now_ms: u64) -> u64 {
         match self {
             Window::Fixed { period_ms } => period_ms.div_ceil(1000),
             Window::UtcDay => 86_400,
+            Window::UtcMonth => {
+                let start = crate::clock::month_start_ms(now_ms);
+                (crate::clock::next_month_start_ms(now_ms) - start) / 1000
+            }
         }
     }
 }

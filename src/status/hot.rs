@@ -38,7 +38,7 @@ impl TightestWindow {
         usage: &Usage,
         now_ms: u64,
     ) -> Option<Self> {
-        let window = [usage.primary, usage.daily]
+        let window = [usage.primary, usage.daily, usage.monthly]
             .into_iter()
             .flatten()
             .max_by(|a, b| fraction(a).total_cmp(&fraction(b)))?;
@@ -164,6 +164,7 @@ mod tests {
         let usage = Usage {
             primary: Some(minute),
             daily: Some(daily),
+            monthly: None,
         };
         let s = TightestWindow::of(AccountId(7), TierId(1), ClassId(2), &usage, 1_000).unwrap();
         assert_eq!((s.kind, s.used, s.limit), (LimitKind::Daily, 90, 100));

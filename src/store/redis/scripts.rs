@@ -10,9 +10,31 @@ use redis::{ErrorKind, FromRedisValue, Script, ToRedisArgs};
 /// expiry following it; `1, now_ms` = exactly that time, no expiry), n, then per rule: counter
 /// id, limit, and its window's [`Span`](crate::limits::Span) `align_ms`, `length_ms`. A new
 /// window ends at `now - now % align + length`, the formula of
-/// [`Window::end_for`](crate::limits::Window::end_for).
+/// [`Window::end_for`](crate::limits::Window::end_for); `align` 0 is the calendar month, which
+/// ends at the next 1st, 00:00 UTC (`next_month`: the same calendar arithmetic as
+/// [`next_month_start_ms`](crate::clock::next_month_start_ms), in Lua's doubles, exact below
+/// 2^53 ms).
 /// Returns {admitted, now_ms, refused_rule, count1, end1, ...}.
 const CHECK_AND_CONSUME: &str = r#"
+local function next_month(now)
+  local fl = math.floor
+  local z = fl(now / 86400000) + 719468
+  local era = fl(z / 146097)
+  local doe = z - era * 146097
+  local yoe = fl((doe - fl(doe / 1460) + fl(doe / 36524) - fl(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + fl(yoe / 4) - fl(yoe / 100))
+  local mp = fl((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  if m == 12 then y, m = y + 1, 1 else m = m + 1 end
+  if m <= 2 then y = y - 1 end
+  era = fl(y / 400)
+  yoe = y - era * 400
+  mp = m > 2 and m - 3 or m + 9
+  doe = yoe * 365 + fl(yoe / 4) - fl(yoe / 100) + fl((153 * mp + 2) / 5)
+  return (era * 146097 + doe - 719468) * 86400000
+end
 local key = KEYS[1]
 local server_clock = ARGV[1] == '0'
 local now = tonumber(ARGV[2])
@@ -45,7 +67,11 @@ if refused == 0 then
     local base = 3 + (i - 1) * 4
     if ends[i] == 0 then
       local align = tonumber(ARGV[base + 3])
-      ends[i] = now - (now % align) + tonumber(ARGV[base + 4])
+      if align == 0 then
+        ends[i] = next_month(now)
+      else
+        ends[i] = now - (now % align) + tonumber(ARGV[base + 4])
+      end
     end
     counts[i] = counts[i] + 1
     redis.call('HSET', key, ARGV[base + 1], counts[i] .. ':' .. ends[i])
