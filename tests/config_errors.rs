@@ -57,7 +57,7 @@ bad_fixtures! {
     unknown_limit_field =>
         "line 11: tiers.basic.limits[1].per_minutes: unknown field `per_minutes`, expected one \
          of `classes`, `except`, `shared`, `per_second`, `per_minute`, `per_hour`, `per_day`, \
-         `interval`, `shadow`",
+         `per_month`, `interval`, `shadow`",
     wrong_type =>
         "line 12: tiers.basic.limits[0].per_minute: invalid type: string \"three\", expected u32",
     unknown_class =>
@@ -70,7 +70,7 @@ bad_fixtures! {
         "line 9: tiers.basic.limits[1].classes: must name at least one class, or \"*\"",
     limit_without_window =>
         "line 14: tiers.basic.limits[1]: sets no limit: give per_second, per_minute, per_hour, \
-         per_day or interval",
+         per_day, per_month or interval",
     zero_per_minute =>
         "line 10: tiers.basic.limits[0].per_minute: must be at least 1",
     bad_interval =>

@@ -149,6 +149,59 @@ async fn daily_quota_refuses_until_midnight_utc_then_resets(backend: Backend) {
     assert_eq!(up.count(), 16);
 }
 
+const MONTHLY: &str = "[identity]\nsources = [\"x-api-key\"]\ndefault_tier = \"paid\"\n\
+                       [[tiers.paid.limits]]\nclasses = [\"*\"]\nper_day = 100\nper_month = 3\n";
+
+async fn monthly_quota_refuses_until_the_first_at_midnight_utc_then_resets(backend: Backend) {
+    // 2028-02-27T23:00:00Z: a leap year's February, 29 days.
+    const FEB27_23H: u64 = 1_835_305_200_000;
+    const MARCH1: u64 = FEB27_23H + 2 * 86_400_000 + 3_600_000;
+    let up = Upstream::start().await;
+    let gate = Gate::start_on(backend, MONTHLY, &up.url(), FEB27_23H);
+    let c = gate.client();
+    let url = gate.url("/anything");
+    let get = || c.send("GET", &url, &[("x-api-key", "k-month")], "");
+    for i in 0..3u64 {
+        let a = get().await;
+        assert_eq!(a.status, 200, "request {i}");
+        assert_eq!(a.num("x-ratelimit-monthly-limit"), 3);
+        assert_eq!(a.num("x-ratelimit-monthly-remaining"), 2 - i);
+        let until_march = (MARCH1 - gate.clock_now()).div_ceil(1000);
+        assert_eq!(
+            a.num("x-ratelimit-monthly-reset"),
+            until_march,
+            "request {i}"
+        );
+        assert_eq!(a.num("x-ratelimit-daily-remaining"), 99, "one a day");
+        gate.clock.advance_ms(86_400_000);
+    }
+    // February 29th, 23:00 and a second before midnight: the month is spent.
+    gate.clock.set_ms(MARCH1 - 1_000);
+    let a = get().await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.header("x-ratelimit-type"), Some("monthly"));
+    assert_eq!(a.num("retry-after"), 1);
+    assert_eq!(a.num("x-ratelimit-monthly-remaining"), 0);
+    assert_eq!(a.json()["message"], "Too Many Attempts.");
+    gate.clock.set_ms(MARCH1);
+    let a = get().await;
+    assert_eq!(
+        a.status, 200,
+        "00:00 UTC on the 1st resets the monthly quota"
+    );
+    assert_eq!(a.num("x-ratelimit-monthly-remaining"), 2);
+    assert_eq!(
+        a.num("x-ratelimit-monthly-reset"),
+        31 * 86_400,
+        "March has 31 days"
+    );
+    assert_eq!(
+        up.count(),
+        4,
+        "the refused request never reached the upstream"
+    );
+}
+
 async fn premium_key_gets_300_per_minute_and_no_daily_limit(backend: Backend) {
     let up = Upstream::start().await;
     let gate = Gate::shipped_on(backend, "floodgate.toml", &up.url(), DAY0_MS + 5_000);
@@ -430,6 +483,7 @@ on_every_setup!(
     basic_txt2img_three_per_minute_with_headers_and_exact_429,
     every_basic_endpoint_has_its_seed_limits,
     daily_quota_refuses_until_midnight_utc_then_resets,
+    monthly_quota_refuses_until_the_first_at_midnight_utc_then_resets,
     premium_key_gets_300_per_minute_and_no_daily_limit,
     midjourney_progress_ten_per_second_and_others_one_per_three_seconds,
     a_json_body_field_picks_the_class_of_a_unified_endpoint,

@@ -295,7 +295,7 @@ fn gauge(families: &[MetricFamily], name: &str, label: &str, value: &str) -> i64
 /// The totals behind the charts and the refusal counts, named `group|key`:
 /// `admitted|all`, `admitted|class:NAME`, `admitted|tier:NAME`, the same for `refused`
 /// (429s from limits and penalties, and jobs a full queue or a long wait turned away),
-/// `limit|TYPE` (refusals by the limit that refused: minute, daily, interval, penalty, relax,
+/// `limit|TYPE` (refusals by the limit that refused: minute, daily, monthly, interval, penalty, relax,
 /// …, concurrency for the queue's 429s, payload for 413s) and `dropped|REASON` (jobs).
 pub fn chart_totals(families: &[MetricFamily]) -> Vec<(String, f64)> {
     let mut totals: BTreeMap<String, f64> = BTreeMap::new();

@@ -359,4 +359,36 @@ mod tests {
         assert_eq!(next_day.restore(snapshot, t0 + 86_400_000), 0);
         assert!(next_day.is_empty(), "yesterday's counters are not restored");
     }
+
+    #[test]
+    fn a_monthly_count_survives_a_restart_within_its_month_and_not_past_it() {
+        let month = Rule {
+            counter: CounterId(4),
+            limit: 10,
+            window: Window::UtcMonth,
+            kind: LimitKind::Monthly,
+        };
+        let nov23 = 1_795_392_000_000; // 2026-11-23T00:00:00Z
+        let dec1 = nov23 + 8 * 86_400_000;
+        let before = MemoryStore::default();
+        let alice = AccountId::from_key(b"alice");
+        for _ in 0..4 {
+            assert!(check(&before, alice, &[month], nov23).is_admitted());
+        }
+        let snapshot = before.snapshot(nov23 + 1);
+        let after = MemoryStore::default();
+        assert_eq!(after.restore(snapshot.clone(), nov23 + 7 * 86_400_000), 1);
+        let usage = *check(&after, alice, &[month], dec1 - 1).usage();
+        assert_eq!(
+            usage.monthly.map(|m| m.remaining),
+            Some(5),
+            "4 + 1 of 10 used"
+        );
+        let next_month = MemoryStore::default();
+        assert_eq!(next_month.restore(snapshot, dec1), 0);
+        assert!(
+            next_month.is_empty(),
+            "last month's counters are not restored"
+        );
+    }
 }
