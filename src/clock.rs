@@ -21,6 +21,10 @@ pub const DAY_MS: u64 = 86_400_000;
 /// window ends. The proleptic Gregorian calendar (leap years every 4 years except centuries not
 /// divisible by 400), by Howard Hinnant's `civil_from_days` / `days_from_civil`; the Redis
 /// store's script computes the same in Lua (`src/store/redis/scripts.rs`).
+///
+/// Never inlined: depending on `now_ms` alone, inlined it was hoisted out of the rule loops
+/// and computed for every request, with a monthly rule or not (~190 instructions).
+#[inline(never)]
 pub fn next_month_start_ms(now_ms: u64) -> u64 {
     let (year, month) = year_month_of_day((now_ms / DAY_MS) as i64);
     let (year, month) = if month == 12 {
@@ -31,7 +35,8 @@ pub fn next_month_start_ms(now_ms: u64) -> u64 {
     first_day_of(year, month) as u64 * DAY_MS
 }
 
-/// 00:00 UTC on the 1st of the month `now_ms` falls in.
+/// 00:00 UTC on the 1st of the month `now_ms` falls in (never inlined, as above).
+#[inline(never)]
 pub fn month_start_ms(now_ms: u64) -> u64 {
     let (year, month) = year_month_of_day((now_ms / DAY_MS) as i64);
     first_day_of(year, month) as u64 * DAY_MS

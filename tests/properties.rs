@@ -423,6 +423,7 @@ fn kinds() -> impl Strategy<Value = LimitKind> {
         LimitKind::Minute,
         LimitKind::Hour,
         LimitKind::Daily,
+        LimitKind::Monthly,
         LimitKind::Interval,
     ])
 }
@@ -431,8 +432,8 @@ fn window_usage() -> impl Strategy<Value = WindowUsage> {
     (
         any::<u32>(),
         any::<u32>(),
-        any::<u64>(),
-        any::<u64>(),
+        any::<u32>(),
+        any::<u32>(),
         kinds(),
     )
         .prop_map(
@@ -457,17 +458,18 @@ proptest! {
     fn rendered_headers_parse_back_to_the_decision(
         primary in prop::option::of(window_usage()),
         daily in prop::option::of(window_usage()),
+        monthly in prop::option::of(window_usage()),
         refusal in prop::option::of((kinds(), any::<u64>())),
         ietf in any::<bool>(),
     ) {
         let mut h = HeaderMap::new();
-        write_usage(&mut h, &Usage { primary, daily }, ietf);
+        write_usage(&mut h, &Usage { primary, daily, monthly }, ietf);
         if let Some((kind, retry_after_secs)) = refusal {
             write_refusal(&mut h, &Refusal { kind, retry_after_secs });
             prop_assert_eq!(num(&h, "retry-after"), Some(retry_after_secs));
             prop_assert_eq!(h["x-ratelimit-type"].to_str().unwrap(), kind.name());
         }
-        let shown = primary.or(daily);
+        let shown = primary.or(daily).or(monthly);
         prop_assert_eq!(num(&h, "x-ratelimit-limit"), shown.map(|w| u64::from(w.limit)));
         prop_assert_eq!(num(&h, "x-ratelimit-remaining"), shown.map(|w| u64::from(w.remaining)));
         prop_assert_eq!(num(&h, "x-ratelimit-daily-limit"), daily.map(|w| u64::from(w.limit)));
@@ -475,7 +477,16 @@ proptest! {
             num(&h, "x-ratelimit-daily-remaining"),
             daily.map(|w| u64::from(w.remaining))
         );
-        let windows: Vec<WindowUsage> = primary.into_iter().chain(daily).collect();
+        prop_assert_eq!(num(&h, "x-ratelimit-monthly-limit"), monthly.map(|w| u64::from(w.limit)));
+        prop_assert_eq!(
+            num(&h, "x-ratelimit-monthly-remaining"),
+            monthly.map(|w| u64::from(w.remaining))
+        );
+        prop_assert_eq!(
+            num(&h, "x-ratelimit-monthly-reset"),
+            monthly.map(|w| u64::from(w.reset_secs))
+        );
+        let windows: Vec<WindowUsage> = primary.into_iter().chain(daily).chain(monthly).collect();
         if ietf && !windows.is_empty() {
             let policy = h["ratelimit-policy"].to_str().unwrap();
             let state = h["ratelimit"].to_str().unwrap();

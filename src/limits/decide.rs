@@ -145,15 +145,17 @@ impl Receipt {
     }
 }
 
-/// One window's figures for the response headers.
+/// One window's figures for the response headers. Seconds are `u32` (136 years): a request's
+/// usage is copied from the decision to its answer several times, and three of these are 60
+/// bytes where `u64`s made them 120.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowUsage {
     pub limit: u32,
     pub remaining: u32,
     /// Whole seconds until this window closes (rounded up).
-    pub reset_secs: u64,
+    pub reset_secs: u32,
     /// Window length in seconds.
-    pub window_secs: u64,
+    pub window_secs: u32,
     pub kind: LimitKind,
 }
 
@@ -210,6 +212,10 @@ fn ceil_secs(ms: u64) -> u64 {
     ms.div_ceil(1000)
 }
 
+fn saturating_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Checks every rule against `counters` at `now_ms`; when all pass, counts the request in each.
 /// A refused request leaves `counters` untouched.
 pub fn decide(rules: &[Rule], counters: &mut Counters, now_ms: u64) -> Decision {
@@ -248,8 +254,8 @@ pub fn usage_of(rules: &[Rule], counters: &Counters, now_ms: u64) -> Usage {
         let window = WindowUsage {
             limit: rule.limit,
             remaining: rule.limit.saturating_sub(used),
-            reset_secs: ceil_secs(end_ms - now_ms),
-            window_secs: rule.window.seconds_at(now_ms),
+            reset_secs: saturating_u32(ceil_secs(end_ms - now_ms)),
+            window_secs: saturating_u32(rule.window.seconds_at(now_ms)),
             kind: rule.kind,
         };
         let slot = match rule.kind {

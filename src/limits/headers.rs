@@ -116,8 +116,7 @@ pub fn usage_fields(usage: &Usage) -> [Option<(&'static HeaderName, u32)>; 7] {
     if let Some(m) = usage.monthly {
         fields[4] = Some((&X_RATELIMIT_MONTHLY_LIMIT, m.limit));
         fields[5] = Some((&X_RATELIMIT_MONTHLY_REMAINING, m.remaining));
-        let reset = u32::try_from(m.reset_secs).unwrap_or(u32::MAX);
-        fields[6] = Some((&X_RATELIMIT_MONTHLY_RESET, reset));
+        fields[6] = Some((&X_RATELIMIT_MONTHLY_RESET, m.reset_secs));
     }
     if let Some(first) = usage.primary.or(usage.daily).or(usage.monthly) {
         fields[0] = Some((&X_RATELIMIT_LIMIT, first.limit));

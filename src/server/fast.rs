@@ -255,7 +255,11 @@ async fn write_response<S: AsyncWrite + Unpin>(
         (has_date, has_length) = (relay.has_date, relay.has_length);
         for (name, value) in relay.fields() {
             let own = |n: &HeaderName| n.as_str().as_bytes().eq_ignore_ascii_case(name);
-            if parts.headers.keys().any(own) || usage.clone().any(|(n, _)| own(n)) {
+            // Every usage field is an `x-ratelimit-` one: most upstream fields are passed by
+            // that prefix alone, without a look at each usage field.
+            let usage_like = name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-ratelimit-");
+            let usage_set = usage_like && usage.clone().any(|(n, _)| own(n));
+            if usage_set || parts.headers.keys().any(own) {
                 continue;
             }
             field_line(out, name, value);

@@ -38,10 +38,17 @@ impl TightestWindow {
         usage: &Usage,
         now_ms: u64,
     ) -> Option<Self> {
-        let window = [usage.primary, usage.daily, usage.monthly]
+        let mut window: Option<&WindowUsage> = None;
+        for w in [&usage.primary, &usage.daily, &usage.monthly]
             .into_iter()
             .flatten()
-            .max_by(|a, b| fraction(a).total_cmp(&fraction(b)))?;
+        {
+            // The later of two equally tight windows, as `max_by` would pick.
+            if window.is_none_or(|best| !looser(w, best)) {
+                window = Some(w);
+            }
+        }
+        let window = window?;
         Some(Self {
             account,
             tier,
@@ -49,7 +56,7 @@ impl TightestWindow {
             kind: window.kind,
             used: window.limit.saturating_sub(window.remaining),
             limit: window.limit,
-            resets_at_ms: now_ms + window.reset_secs * 1_000,
+            resets_at_ms: now_ms + u64::from(window.reset_secs) * 1_000,
         })
     }
 
@@ -66,11 +73,18 @@ impl TightestWindow {
     }
 }
 
-fn fraction(w: &WindowUsage) -> f64 {
-    if w.limit == 0 {
-        return 1.0;
-    }
-    f64::from(w.limit.saturating_sub(w.remaining)) / f64::from(w.limit)
+/// Whether `a` has used a smaller fraction of its window than `b`: the fractions compared by
+/// cross-multiplying, without a division (a limit of 0 counts as all used).
+fn looser(a: &WindowUsage, b: &WindowUsage) -> bool {
+    let used = |w: &WindowUsage| match w.limit {
+        0 => (1, 1),
+        limit => (
+            u64::from(limit.saturating_sub(w.remaining)),
+            u64::from(limit),
+        ),
+    };
+    let ((ua, la), (ub, lb)) = (used(a), used(b));
+    ua * lb < ub * la
 }
 
 /// A lossy table of the latest standing of recently seen accounts.
