@@ -335,6 +335,57 @@ async fn a_strict_journal_loses_nothing_answered_on_sigkill() {
     }
 }
 
+/// When the wall clock's UTC month began: a test that ran across 00:00 UTC on the 1st sees its
+/// monthly quota start over.
+fn utc_month() -> u64 {
+    #[allow(clippy::disallowed_methods)] // the same wall clock as the binary
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    floodgate::clock::month_start_ms(now_ms)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monthly_quota_survives_a_sigkill_with_the_strict_journal() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nupstream = \"http://127.0.0.1:9\"\n\n\
+         [identity]\nsources = [\"x-api-key\"]\n\n\
+         [[tiers.paid.limits]]\nclasses = [\"*\"]\nper_month = 5\n\n\
+         [state]\nfile = '{}'\nsave_interval = \"1h\"\njournal = \"strict\"\n",
+        dir.path().join("state.bin").display()
+    );
+    let config = dir.path().join("monthly.toml");
+    std::fs::write(&config, text).unwrap();
+    let month = utc_month();
+    let mut first = Process::start(&config, &up.url()).await;
+    for used in 1..=3 {
+        let a = spend(&first, "k-month").await;
+        assert_eq!(a.num("x-ratelimit-monthly-remaining"), 5 - used);
+    }
+    // No shutdown save: only the journal can carry the month's count.
+    first.kill_hard().await;
+    let second = Process::start(&config, &up.url()).await;
+    let a = spend(&second, "k-month").await;
+    if utc_month() != month {
+        return; // crossed into a new month: the quota rightly started over
+    }
+    assert_eq!(
+        a.num("x-ratelimit-monthly-remaining"),
+        1,
+        "the month's count continued"
+    );
+    let c = TestClient::new();
+    let a = c.post(&second.url(ENDPOINT), "k-month").await;
+    assert_eq!(a.status, 200);
+    let refused = c.post(&second.url(ENDPOINT), "k-month").await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("x-ratelimit-type"), Some("monthly"));
+    assert_eq!(up.count(), 5);
+}
+
 /// A state file as floodgate wrote it before the journal (version 1: no generation).
 fn version_1(state: &snapshot::Snapshot) -> Vec<u8> {
     let mut payload = state.saved_at_ms.to_le_bytes().to_vec();
