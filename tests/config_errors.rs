@@ -138,7 +138,12 @@ bad_fixtures! {
         "line 10: classes.\"img2imgg\": unknown class \"img2imgg\" (classes come from [[route]] \
          entries and routing.default_class)",
     unknown_class_field =>
-        "line 11: classes.img2img.max_size: unknown field `max_size`, expected `max_body` or `pipeline`",
+        "line 11: classes.img2img.max_size: unknown field `max_size`, expected one of `max_body`, `pipeline`, `cost`",
+    cost_above_limit =>
+        "line 15: classes.\"img2video\".cost: 5 is more than tier basic's minute limit of 4: no \
+         request of the class could be admitted",
+    zero_cost =>
+        "line 11: classes.\"img2video\".cost: must be at least 1",
     bad_pipeline =>
         "line 11: classes.img2img.pipeline: invalid type: string \"yes\", expected a boolean",
     bad_save_interval =>

@@ -100,17 +100,19 @@ fn rules(mask: u16, limits: &[u32; 9], tighter: bool) -> Vec<Rule> {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// A plain request: `Store::check_and_consume`.
+    /// A plain request costing `units`: `Store::check_and_consume_units`.
     Request {
         account: usize,
         mask: u16,
         tighter: bool,
+        units: u32,
     },
-    /// A job submission: `Store::admit_job`.
+    /// A job submission costing `units`: `Store::admit_job`.
     Job {
         account: usize,
         mask: u16,
         relax: bool,
+        units: u32,
     },
     /// An incorrect task or an earned relax job: `Store::record`.
     Record { account: usize, incorrect: bool },
@@ -195,11 +197,13 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0..POOL.len()).prop_map(|i| 1u16 << i),
         16 => 1..(1u16 << POOL.len()),
     ];
+    // Most requests cost one unit; some several, now and then more than a limit allows.
+    let units = prop_oneof![6 => Just(1u32), 3 => 2..=3u32, 1 => 4..=12u32];
     prop_oneof![
-        8 => (account.clone(), mask.clone(), prop::bool::weighted(0.1))
-            .prop_map(|(account, mask, tighter)| Op::Request { account, mask, tighter }),
-        3 => (account.clone(), mask, any::<bool>())
-            .prop_map(|(account, mask, relax)| Op::Job { account, mask, relax }),
+        8 => (account.clone(), mask.clone(), prop::bool::weighted(0.1), units.clone())
+            .prop_map(|(account, mask, tighter, units)| Op::Request { account, mask, tighter, units }),
+        3 => (account.clone(), mask, any::<bool>(), units)
+            .prop_map(|(account, mask, relax, units)| Op::Job { account, mask, relax, units }),
         1 => (account, any::<bool>())
             .prop_map(|(account, incorrect)| Op::Record { account, incorrect }),
         1 => any::<usize>().prop_map(|pick| Op::GiveBack { pick }),
@@ -279,12 +283,16 @@ async fn run_case(
                 account,
                 mask,
                 tighter,
+                units,
             } => {
                 let rules = rules(*mask, &case.limits, *tighter);
                 let acct = accounts[*account];
-                let mem = memory.check_and_consume(acct, &rules, now).await.unwrap();
+                let mem = memory
+                    .check_and_consume_units(acct, &rules, *units, now)
+                    .await
+                    .unwrap();
                 let red = redis
-                    .check_and_consume(acct, &rules, now)
+                    .check_and_consume_units(acct, &rules, *units, now)
                     .await
                     .map_err(|e| failed("check_and_consume", e))?;
                 if !clock.kept_up() {
@@ -297,6 +305,7 @@ async fn run_case(
                 account,
                 mask,
                 relax,
+                units,
             } => {
                 let rules = rules(*mask, &case.limits, false);
                 let acct = accounts[*account];
@@ -307,6 +316,7 @@ async fn run_case(
                         mode: if *relax { Mode::Relax } else { Mode::Fast },
                         relax_counted: true,
                     },
+                    units: *units,
                 };
                 let mem = memory.admit_job(acct, &rules, &job, now).await.unwrap();
                 let red = redis

@@ -202,6 +202,38 @@ async fn monthly_quota_refuses_until_the_first_at_midnight_utc_then_resets(backe
     );
 }
 
+const WEIGHTED: &str = "[identity]\nsources = [\"x-api-key\"]\ndefault_tier = \"paid\"\n\
+                        [[tiers.paid.limits]]\nclasses = [\"*\"]\nper_minute = 10\nper_day = 20\n\
+                        [classes.default]\ncost = 3\n";
+
+async fn a_class_costing_three_units_takes_them_from_every_window(backend: Backend) {
+    let up = Upstream::start().await;
+    let gate = Gate::start_on(backend, WEIGHTED, &up.url(), DAY0_MS);
+    let c = gate.client();
+    let url = gate.url("/render");
+    let get = || c.send("GET", &url, &[("x-api-key", "k-weighted")], "");
+    for (minute_left, day_left) in [(7, 17), (4, 14), (1, 11)] {
+        let a = get().await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.num("x-ratelimit-cost"), 3, "what the request was charged");
+        assert_eq!(a.num("x-ratelimit-remaining"), minute_left);
+        assert_eq!(a.num("x-ratelimit-daily-remaining"), day_left);
+    }
+    // One unit left this minute: the next request (3 units) is refused and takes nothing.
+    let a = get().await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.header("x-ratelimit-type"), Some("minute"));
+    assert_eq!(a.num("retry-after"), 60);
+    assert_eq!(a.num("x-ratelimit-remaining"), 1);
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 11);
+    gate.clock.advance_ms(60_000);
+    let a = get().await;
+    assert_eq!(a.status, 200, "a new minute has room for 3 again");
+    assert_eq!(a.num("x-ratelimit-remaining"), 7);
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 8);
+    assert_eq!(up.count(), 4);
+}
+
 async fn premium_key_gets_300_per_minute_and_no_daily_limit(backend: Backend) {
     let up = Upstream::start().await;
     let gate = Gate::shipped_on(backend, "floodgate.toml", &up.url(), DAY0_MS + 5_000);
@@ -484,6 +516,7 @@ on_every_setup!(
     every_basic_endpoint_has_its_seed_limits,
     daily_quota_refuses_until_midnight_utc_then_resets,
     monthly_quota_refuses_until_the_first_at_midnight_utc_then_resets,
+    a_class_costing_three_units_takes_them_from_every_window,
     premium_key_gets_300_per_minute_and_no_daily_limit,
     midjourney_progress_ten_per_second_and_others_one_per_three_seconds,
     a_json_body_field_picks_the_class_of_a_unified_endpoint,

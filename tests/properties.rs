@@ -459,11 +459,13 @@ proptest! {
         primary in prop::option::of(window_usage()),
         daily in prop::option::of(window_usage()),
         monthly in prop::option::of(window_usage()),
+        cost in prop_oneof![Just(0u32), Just(1), 2..100u32],
         refusal in prop::option::of((kinds(), any::<u64>())),
         ietf in any::<bool>(),
     ) {
         let mut h = HeaderMap::new();
-        write_usage(&mut h, &Usage { primary, daily, monthly }, ietf);
+        write_usage(&mut h, &Usage { primary, daily, monthly, cost }, ietf);
+        prop_assert_eq!(num(&h, "x-ratelimit-cost"), (cost > 1).then_some(u64::from(cost)));
         if let Some((kind, retry_after_secs)) = refusal {
             write_refusal(&mut h, &Refusal { kind, retry_after_secs });
             prop_assert_eq!(num(&h, "retry-after"), Some(retry_after_secs));

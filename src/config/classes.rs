@@ -7,6 +7,8 @@ use toml::Spanned;
 
 use super::error::{ConfigError, Source};
 use super::raw::RawClass;
+use crate::classify::ClassId;
+use crate::limits::Tier;
 
 /// Units a size may carry. Powers of 1024, like nginx's `client_max_body_size`: a limit written
 /// "10MB" admits every file a client or an upstream would call 10 MB, whichever meaning they use.
@@ -31,6 +33,8 @@ pub struct ClassSettings {
     pub max_body: Vec<Option<u64>>,
     /// Whether body-less GET and HEAD requests go pipelined upstream.
     pub pipelined: Vec<bool>,
+    /// Units a request takes from every window of its limits (1 unless `cost` says).
+    pub cost: Vec<u32>,
 }
 
 /// The settings of every class.
@@ -42,6 +46,7 @@ pub(super) fn class_settings(
     let mut out = ClassSettings {
         max_body: vec![None; classes.len()],
         pipelined: vec![false; classes.len()],
+        cost: vec![1; classes.len()],
     };
     for (name, entry) in raw {
         let Some(id) = classes.iter().position(|c| c == name) else {
@@ -55,6 +60,13 @@ pub(super) fn class_settings(
             ));
         };
         out.pipelined[id] = entry.get_ref().pipeline;
+        if let Some(cost) = &entry.get_ref().cost {
+            if *cost.get_ref() == 0 {
+                let field = format!("classes.{name:?}.cost");
+                return Err(src.at(field, cost.span(), "must be at least 1"));
+            }
+            out.cost[id] = *cost.get_ref();
+        }
         if let Some(size) = &entry.get_ref().max_body {
             out.max_body[id] = Some(
                 parse_size(size.get_ref())
@@ -63,6 +75,37 @@ pub(super) fn class_settings(
         }
     }
     Ok(out)
+}
+
+/// Refuses a class `cost` larger than a limit one of its tiers sets on it: no request of the
+/// class could ever be admitted there.
+pub(super) fn check_costs(
+    src: &Source<'_>,
+    raw: &BTreeMap<String, Spanned<RawClass>>,
+    classes: &[String],
+    tiers: &[Tier],
+) -> Result<(), ConfigError> {
+    for (name, entry) in raw {
+        let id = classes.iter().position(|c| c == name);
+        let (Some(cost), Some(id)) = (&entry.get_ref().cost, id) else {
+            continue;
+        };
+        for tier in tiers {
+            let rules = tier.rules(ClassId(id as u16));
+            if let Some(rule) = rules.iter().find(|r| r.limit < *cost.get_ref()) {
+                let message = format!(
+                    "{} is more than tier {}'s {} limit of {}: no request of the class could \
+                     be admitted",
+                    cost.get_ref(),
+                    tier.name,
+                    rule.kind.name(),
+                    rule.limit
+                );
+                return Err(src.at(format!("classes.{name:?}.cost"), cost.span(), message));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `"10MB"`, `"512KB"`, `"1GiB"`, `"1048576"` -> bytes.

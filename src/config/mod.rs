@@ -138,6 +138,15 @@ impl Config {
             .flatten()
     }
 
+    /// Units a request of `class` takes from every window of its limits.
+    pub fn cost(&self, class: ClassId) -> u32 {
+        self.class_settings
+            .cost
+            .get(class.0 as usize)
+            .copied()
+            .unwrap_or(1)
+    }
+
     /// Whether `class`'s body-less GET and HEAD requests go pipelined upstream.
     pub fn pipelined(&self, class: ClassId) -> bool {
         self.class_settings
@@ -233,6 +242,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let identity = build_identity(src, &raw, &mut tiers, &classes)?;
     let jobs = jobs::build_jobs(src, &raw, &classes, &tiers)?;
     let class_settings = classes::class_settings(src, &raw.classes, &classes)?;
+    classes::check_costs(src, &raw.classes, &classes, &tiers)?;
     let penalties =
         penalties::build_penalties(src, &raw, &classes, &jobs, tiers.len(), &counter_owner)?;
     Ok(Config {

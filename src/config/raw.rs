@@ -417,6 +417,8 @@ pub struct RawClass {
     /// upstream connection.
     #[serde(default)]
     pub pipeline: bool,
+    /// Units a request of this class takes from every window of its limits (default 1).
+    pub cost: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

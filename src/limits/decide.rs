@@ -57,29 +57,36 @@ impl Counters {
         }
     }
 
-    /// The windows `ids` are counting in now: what an admission took, to give back should the
-    /// request be turned away after all ([`Counters::give_back`]).
-    pub fn receipt(&self, ids: impl IntoIterator<Item = CounterId>, now_ms: u64) -> Receipt {
+    /// The windows `taken` (each counter with the units it took) are counting in now: what an
+    /// admission took, to give back should the request be turned away after all
+    /// ([`Counters::give_back`]).
+    pub fn receipt(
+        &self,
+        taken: impl IntoIterator<Item = (CounterId, u32)>,
+        now_ms: u64,
+    ) -> Receipt {
         Receipt(
-            ids.into_iter()
-                .filter_map(|id| self.current(id, now_ms))
-                .map(|c| (c.id, c.end_ms))
+            taken
+                .into_iter()
+                .filter_map(|(id, units)| Some((self.current(id, now_ms)?, units)))
+                .map(|(c, units)| (c.id, c.end_ms, units))
                 .collect(),
         )
     }
 
-    /// Uncounts one request from each window on `receipt` that is still the one it was counted
-    /// in. A window that has closed since is left alone (its count no longer limits anyone), and
-    /// so is a newer window of the same counter. Returns how many counters were given back.
+    /// Uncounts what each window on `receipt` took, where it is still the window it was
+    /// counted in (never below zero). A window that has closed since is left alone (its count
+    /// no longer limits anyone), and so is a newer window of the same counter. Returns how many
+    /// counters were given back.
     pub fn give_back(&mut self, receipt: &Receipt, now_ms: u64) -> usize {
         let mut given = 0;
-        for &(id, end_ms) in &receipt.0 {
+        for &(id, end_ms, units) in &receipt.0 {
             let same_window = self
                 .0
                 .iter_mut()
                 .find(|c| c.id == id && c.end_ms == end_ms && c.is_current(now_ms));
             if let Some(c) = same_window.filter(|c| c.count > 0) {
-                c.count -= 1;
+                c.count -= units.min(c.count);
                 given += 1;
             }
         }
@@ -94,26 +101,27 @@ impl Counters {
     /// returns the count in the current window. For counters that are tallies rather than
     /// limits (penalty accounting): no check, just the increment.
     pub fn add(&mut self, id: CounterId, window: Window, now_ms: u64) -> u32 {
-        self.bump(id, window, now_ms).count
+        self.bump(id, window, 1, now_ms).count
     }
 
-    /// Counts one admitted request for `rule`, opening a new window when the old one closed.
-    fn consume(&mut self, rule: &Rule, now_ms: u64) -> &Counter {
-        self.bump(rule.counter, rule.window, now_ms)
+    /// Counts an admitted request's `units` for `rule`, opening a new window when the old one
+    /// closed.
+    fn consume(&mut self, rule: &Rule, units: u32, now_ms: u64) -> &Counter {
+        self.bump(rule.counter, rule.window, units, now_ms)
     }
 
-    /// One more in `id`'s current window (a fresh window when it closed). Expired counters of
-    /// other ids are reused before the list grows.
-    fn bump(&mut self, id: CounterId, window: Window, now_ms: u64) -> &Counter {
+    /// `units` more in `id`'s current window (a fresh window when it closed). Expired counters
+    /// of other ids are reused before the list grows.
+    fn bump(&mut self, id: CounterId, window: Window, units: u32, now_ms: u64) -> &Counter {
         let fresh = Counter {
             id,
-            count: 1,
+            count: units,
             end_ms: window.end_for(now_ms),
         };
         let pos = self.0.iter().position(|c| c.id == id);
         let idx = match pos {
             Some(i) if self.0[i].is_current(now_ms) => {
-                self.0[i].count = self.0[i].count.saturating_add(1);
+                self.0[i].count = self.0[i].count.saturating_add(units);
                 i
             }
             Some(i) => {
@@ -135,9 +143,10 @@ impl Counters {
     }
 }
 
-/// The windows one admitted request was counted in: each counter and the end of its window.
+/// The windows one admitted request was counted in: each counter, the end of its window and
+/// the units it took there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Receipt(SmallVec<[(CounterId, u64); 3]>);
+pub struct Receipt(SmallVec<[(CounterId, u64, u32); 3]>);
 
 impl Receipt {
     pub fn is_empty(&self) -> bool {
@@ -166,15 +175,19 @@ pub struct Usage {
     pub primary: Option<WindowUsage>,
     pub daily: Option<WindowUsage>,
     pub monthly: Option<WindowUsage>,
+    /// Units the request costs in each window (`X-RateLimit-Cost` when more than one); 0 or 1:
+    /// one.
+    pub cost: u32,
 }
 
 impl Usage {
-    /// The figures once the request they were taken after is given back: one more remaining
-    /// in each window.
+    /// The figures once the request they were taken after is given back: its cost more
+    /// remaining in each window.
     pub fn given_back(mut self) -> Self {
+        let units = self.cost.max(1);
         let windows = [&mut self.primary, &mut self.daily, &mut self.monthly];
         for window in windows.into_iter().flatten() {
-            window.remaining = window.remaining.saturating_add(1).min(window.limit);
+            window.remaining = window.remaining.saturating_add(units).min(window.limit);
         }
         self
     }
@@ -216,19 +229,30 @@ fn saturating_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Checks every rule against `counters` at `now_ms`; when all pass, counts the request in each.
-/// A refused request leaves `counters` untouched.
+/// [`decide_units`] for a request of one unit.
 pub fn decide(rules: &[Rule], counters: &mut Counters, now_ms: u64) -> Decision {
+    decide_units(rules, 1, counters, now_ms)
+}
+
+/// Checks every rule against `counters` at `now_ms` for a request costing `units`; when every
+/// window has that many left, counts them in each. A refused request leaves `counters`
+/// untouched. A request costing more than a window's whole limit is refused until that
+/// window's end (and again after it: the configuration keeps such costs out).
+pub fn decide_units(rules: &[Rule], units: u32, counters: &mut Counters, now_ms: u64) -> Decision {
     let mut refusal: Option<(u64, LimitKind)> = None;
     for rule in rules {
-        if let Some(c) = counters.current(rule.counter, now_ms) {
-            if c.count >= rule.limit && refusal.is_none_or(|(end, _)| c.end_ms > end) {
-                refusal = Some((c.end_ms, rule.kind));
-            }
+        let (used, end_ms) = match counters.current(rule.counter, now_ms) {
+            Some(c) => (c.count, c.end_ms),
+            None if units <= rule.limit => continue,
+            None => (0, rule.window.end_for(now_ms)),
+        };
+        if used.saturating_add(units) > rule.limit && refusal.is_none_or(|(end, _)| end_ms > end) {
+            refusal = Some((end_ms, rule.kind));
         }
     }
     if let Some((end_ms, kind)) = refusal {
-        let usage = usage_of(rules, counters, now_ms);
+        let mut usage = usage_of(rules, counters, now_ms);
+        usage.cost = units;
         let retry_after_secs = ceil_secs(end_ms - now_ms).max(1);
         return Decision::Refused(
             usage,
@@ -239,9 +263,11 @@ pub fn decide(rules: &[Rule], counters: &mut Counters, now_ms: u64) -> Decision 
         );
     }
     for rule in rules {
-        counters.consume(rule, now_ms);
+        counters.consume(rule, units, now_ms);
     }
-    Decision::Admitted(usage_of(rules, counters, now_ms))
+    let mut usage = usage_of(rules, counters, now_ms);
+    usage.cost = units;
+    Decision::Admitted(usage)
 }
 
 /// The header figures for `rules` as `counters` stand now.
@@ -414,6 +440,41 @@ mod tests {
     }
 
     #[test]
+    fn a_request_costing_units_takes_them_from_every_window_or_none() {
+        let rules = [minute(1, 10), daily(2, 7)];
+        let mut c = Counters::default();
+        let d = decide_units(&rules, 3, &mut c, DAY0);
+        assert!(d.is_admitted());
+        assert_eq!(d.usage().primary.unwrap().remaining, 7);
+        assert_eq!(d.usage().daily.unwrap().remaining, 4);
+        assert_eq!(d.usage().cost, 3);
+        assert!(decide_units(&rules, 3, &mut c, DAY0 + 1).is_admitted());
+        // One unit left today: a request of 3 is refused by the day, one of 1 admitted.
+        let r = refusal(decide_units(&rules, 3, &mut c, DAY0 + 2));
+        assert_eq!(r.kind, LimitKind::Daily);
+        assert_eq!(c.used(CounterId(1), DAY0 + 2), 6, "a refusal takes nothing");
+        assert!(decide_units(&rules, 1, &mut c, DAY0 + 3).is_admitted());
+        // A cost above a window's whole limit is never admitted, even on fresh counters.
+        let mut fresh = Counters::default();
+        let r = refusal(decide_units(&rules, 11, &mut fresh, DAY0));
+        assert_eq!((r.kind, r.retry_after_secs), (LimitKind::Daily, 86_400));
+        assert_eq!(fresh.iter().count(), 0);
+    }
+
+    #[test]
+    fn a_receipt_gives_back_the_units_it_took() {
+        let rules = [minute(1, 10)];
+        let mut c = Counters::default();
+        assert!(decide_units(&rules, 4, &mut c, DAY0).is_admitted());
+        let receipt = c.receipt([(CounterId(1), 4)], DAY0);
+        assert!(decide_units(&rules, 2, &mut c, DAY0).is_admitted());
+        assert_eq!(c.give_back(&receipt, DAY0 + 1), 1);
+        assert_eq!(c.used(CounterId(1), DAY0 + 1), 2);
+        assert_eq!(c.give_back(&receipt, DAY0 + 1), 1);
+        assert_eq!(c.used(CounterId(1), DAY0 + 1), 0, "never below zero");
+    }
+
+    #[test]
     fn refused_request_consumes_nothing_from_any_limit() {
         let rules = [minute(1, 5), daily(2, 1)];
         let mut c = Counters::default();
@@ -500,7 +561,7 @@ mod tests {
     }
 
     fn receipt_of(rules: &[Rule], c: &Counters, now_ms: u64) -> Receipt {
-        c.receipt(rules.iter().map(|r| r.counter), now_ms)
+        c.receipt(rules.iter().map(|r| (r.counter, 1)), now_ms)
     }
 
     #[test]

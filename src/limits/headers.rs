@@ -20,6 +20,7 @@ pub static X_RATELIMIT_MONTHLY_REMAINING: HeaderName =
     HeaderName::from_static("x-ratelimit-monthly-remaining");
 pub static X_RATELIMIT_MONTHLY_RESET: HeaderName =
     HeaderName::from_static("x-ratelimit-monthly-reset");
+pub static X_RATELIMIT_COST: HeaderName = HeaderName::from_static("x-ratelimit-cost");
 pub static X_RATELIMIT_TYPE: HeaderName = HeaderName::from_static("x-ratelimit-type");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -105,10 +106,13 @@ pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
 
 /// The usage fields [`write_usage`] writes (IETF ones aside), with their numbers: the limit
 /// and remaining count of the primary window, then of the daily one, then of the monthly one
-/// and the seconds until it resets. A quota alone (daily or monthly) still answers the two
-/// fields every client reads first.
-pub fn usage_fields(usage: &Usage) -> [Option<(&'static HeaderName, u32)>; 7] {
-    let mut fields = [None; 7];
+/// and the seconds until it resets, then what the request cost when more than one unit. A
+/// quota alone (daily or monthly) still answers the two fields every client reads first.
+pub fn usage_fields(usage: &Usage) -> [Option<(&'static HeaderName, u32)>; 8] {
+    let mut fields = [None; 8];
+    if usage.cost > 1 {
+        fields[7] = Some((&X_RATELIMIT_COST, usage.cost));
+    }
     if let Some(d) = usage.daily {
         fields[2] = Some((&X_RATELIMIT_DAILY_LIMIT, d.limit));
         fields[3] = Some((&X_RATELIMIT_DAILY_REMAINING, d.remaining));

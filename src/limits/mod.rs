@@ -19,7 +19,8 @@ pub mod headers;
 mod policy;
 
 pub use decide::{
-    decide, usage_of, Counter, Counters, Decision, Receipt, Refusal, Usage, WindowUsage,
+    decide, decide_units, usage_of, Counter, Counters, Decision, Receipt, Refusal, Usage,
+    WindowUsage,
 };
 pub use policy::{OnFailure, Tier};
 

@@ -8,7 +8,7 @@
 
 use super::{IncorrectAction, Mode, PenaltyIds, RelaxAction, TierPenalties};
 use crate::limits::{
-    decide, usage_of, Counters, Decision, LimitKind, Receipt, Refusal, Rule, Usage, Window,
+    decide_units, usage_of, Counters, Decision, LimitKind, Receipt, Refusal, Rule, Usage, Window,
 };
 
 /// What a job's request says, as far as penalties care.
@@ -32,6 +32,8 @@ pub struct JobCheck {
     pub policy: TierPenalties,
     pub ids: PenaltyIds,
     pub facts: JobFacts,
+    /// What the job costs in every window of its rules (its class's `cost`).
+    pub units: u32,
 }
 
 /// What an admitted job carries to the upstream and back to the client.
@@ -148,12 +150,13 @@ pub fn commit(marks: &Marks, ids: &PenaltyIds, counters: &mut Counters, now_ms: 
 pub fn admit(rules: &[Rule], job: &JobCheck, counters: &mut Counters, now_ms: u64) -> Admission {
     match check(job, counters, now_ms) {
         PenaltyCheck::Refuse(r) => Admission::Penalised(usage_of(rules, counters, now_ms), r),
-        PenaltyCheck::Pass(marks) => match decide(rules, counters, now_ms) {
+        PenaltyCheck::Pass(marks) => match decide_units(rules, job.units, counters, now_ms) {
             Decision::Refused(usage, refusal) => Admission::Limited(usage, refusal),
             Decision::Admitted(usage) => {
                 commit(&marks, &job.ids, counters, now_ms);
                 let relax = marks.relax.then_some(job.ids.relax_used);
-                let taken = rules.iter().map(|r| r.counter).chain(relax);
+                let taken = rules.iter().map(|r| (r.counter, job.units));
+                let taken = taken.chain(relax.map(|id| (id, 1)));
                 Admission::Admitted(usage, marks, counters.receipt(taken, now_ms))
             }
         },
@@ -293,6 +296,7 @@ mod tests {
                 mode,
                 relax_counted: true,
             },
+            units: 1,
         }
     }
 

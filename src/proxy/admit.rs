@@ -69,9 +69,10 @@ impl<'a> Admit<'a> {
             self.shadow(ctx, now).await;
             return Ok(None);
         }
+        let units = policy.config.cost(class);
         match self
             .store
-            .check_and_consume(caller.account, rules, now)
+            .check_and_consume_units(caller.account, rules, units, now)
             .await
         {
             Ok(Decision::Admitted(usage)) => {
@@ -98,6 +99,7 @@ impl<'a> Admit<'a> {
             policy: config.penalties.tier(caller.tier),
             ids: config.penalties.ids,
             facts,
+            units: config.cost(class),
         };
         if rules.is_empty() && check.policy.is_empty() && !facts.is_relax() {
             policy.handles.admitted(class, caller.tier);
@@ -161,9 +163,10 @@ impl<'a> Admit<'a> {
         if shadow.is_empty() {
             return;
         }
+        let units = ctx.config().cost(ctx.class);
         match self
             .store
-            .check_and_consume(ctx.caller.account, shadow, now)
+            .check_and_consume_units(ctx.caller.account, shadow, units, now)
             .await
         {
             Ok(Decision::Refused(_, refusal)) => {

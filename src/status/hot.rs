@@ -179,6 +179,7 @@ mod tests {
             primary: Some(minute),
             daily: Some(daily),
             monthly: None,
+            cost: 1,
         };
         let s = TightestWindow::of(AccountId(7), TierId(1), ClassId(2), &usage, 1_000).unwrap();
         assert_eq!((s.kind, s.used, s.limit), (LimitKind::Daily, 90, 100));

@@ -9,7 +9,7 @@ use std::future::Future;
 
 use super::StoreError;
 use crate::identity::AccountId;
-use crate::limits::{decide, Counter, Counters, Decision, Rule};
+use crate::limits::{decide_units, Counter, Counters, Decision, Rule};
 
 /// A change to one account: a pure function of its counters and the time, returning its answer
 /// and whether it changed them.
@@ -39,17 +39,24 @@ pub trait Backend: Sync {
         &self,
         account: AccountId,
         rules: &[Rule],
+        units: u32,
         now_ms: u64,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send {
-        self.update(account, now_ms, consume(rules))
+        self.update(account, now_ms, consume_units(rules, units))
     }
 }
 
-/// [`decide`] as an update: admitted, the request changed the counters; refused, it did not.
+/// [`decide`](crate::limits::decide) as an update: admitted, the request changed the counters; refused, it did not.
 #[inline]
 pub fn consume(rules: &[Rule]) -> impl Update<Decision> + '_ {
+    consume_units(rules, 1)
+}
+
+/// [`decide_units`] as an update, for a request costing `units`.
+#[inline]
+pub fn consume_units(rules: &[Rule], units: u32) -> impl Update<Decision> + '_ {
     move |counters: &mut Counters, now_ms: u64| {
-        let decision = decide(rules, counters, now_ms);
+        let decision = decide_units(rules, units, counters, now_ms);
         let changed = decision.is_admitted();
         (decision, changed)
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 
-use super::{consume, Backend, MemoryStore, Purpose, RedisStore, StoreError, Update};
+use super::{consume_units, Backend, MemoryStore, Purpose, RedisStore, StoreError, Update};
 use crate::identity::AccountId;
 use crate::limits::{Decision, OnFailure, Rule, Usage};
 use crate::queue::leases::{BoxFuture, SlotLeases};
@@ -204,13 +204,17 @@ impl FailoverStore {
         &self,
         account: AccountId,
         rules: &[Rule],
+        units: u32,
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
-        let shared = self.redis.check_and_consume(account, rules, now_ms);
+        let shared = self.redis.check_and_consume(account, rules, units, now_ms);
         if let Some(decision) = self.attempt(shared).await {
             return Ok(decision);
         }
-        let local = |rules: &[Rule]| self.local.apply(account, now_ms, consume(rules)).0;
+        let local = |rules: &[Rule]| {
+            let update = consume_units(rules, units);
+            self.local.apply(account, now_ms, update).0
+        };
         match self.on_failure {
             OnFailure::FailOpen => {
                 local(rules);

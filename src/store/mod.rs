@@ -17,7 +17,7 @@ pub mod redis;
 pub mod snapshot;
 
 pub use crate::limits::OnFailure;
-pub use backend::{consume, open_counters, Backend, Update};
+pub use backend::{consume, consume_units, open_counters, Backend, Update};
 pub use failover::{FailoverStore, StoreHealth};
 pub use memory::MemoryStore;
 pub use redis::{Login, RedisStore};
@@ -116,14 +116,26 @@ impl Store {
         rules: &[Rule],
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
+        self.check_and_consume_units(account, rules, 1, now_ms)
+            .await
+    }
+
+    /// [`Store::check_and_consume`] for a request costing `units` in every window.
+    pub async fn check_and_consume_units(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        units: u32,
+        now_ms: u64,
+    ) -> Result<Decision, StoreError> {
         if rules.is_empty() {
             // Nothing to check or count: no account to lock, and no Redis key to write (the
             // script would write one with no window to set its expiry by).
             return Ok(Decision::Admitted(Usage::default()));
         }
         match self {
-            Store::Memory(m) => m.check_and_consume(account, rules, now_ms).await,
-            Store::Redis(s) => Box::pin(s.check_and_consume(account, rules, now_ms)).await,
+            Store::Memory(m) => m.check_and_consume(account, rules, units, now_ms).await,
+            Store::Redis(s) => Box::pin(s.check_and_consume(account, rules, units, now_ms)).await,
         }
     }
 

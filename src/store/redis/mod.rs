@@ -281,6 +281,7 @@ impl Backend for RedisStore {
         &self,
         account: AccountId,
         rules: &[Rule],
+        units: u32,
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
         debug_assert!(
@@ -291,7 +292,7 @@ impl Backend for RedisStore {
         let args: Vec<i64> = self
             .clock_args(now_ms)
             .into_iter()
-            .chain([rules.len() as i64])
+            .chain([rules.len() as i64, i64::from(units)])
             .chain(rules.iter().flat_map(|r| {
                 let span = r.window.span();
                 [
@@ -306,7 +307,7 @@ impl Backend for RedisStore {
             .conns
             .run(|conn| self.scripts.check.invoke(conn, &key, &args))
             .await?;
-        decision_from_reply(rules, &reply)
+        decision_from_reply(rules, units, &reply)
     }
 }
 
@@ -327,7 +328,7 @@ fn parse_counter(field: &str, value: &str) -> Option<Counter> {
 }
 
 /// Turns the script's reply into the same [`Decision`] the memory store gives.
-fn decision_from_reply(rules: &[Rule], reply: &[u64]) -> Result<Decision, StoreError> {
+fn decision_from_reply(rules: &[Rule], units: u32, reply: &[u64]) -> Result<Decision, StoreError> {
     let bad = || StoreError::Unavailable("unexpected script reply".into());
     if reply.len() != 3 + 2 * rules.len() {
         return Err(bad());
@@ -344,7 +345,8 @@ fn decision_from_reply(rules: &[Rule], reply: &[u64]) -> Result<Decision, StoreE
             });
         }
     }
-    let usage = usage_of(rules, &counters, now);
+    let mut usage = usage_of(rules, &counters, now);
+    usage.cost = units;
     if admitted {
         return Ok(Decision::Admitted(usage));
     }

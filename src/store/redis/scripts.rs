@@ -7,7 +7,8 @@ use redis::{ErrorKind, FromRedisValue, Script, ToRedisArgs};
 
 /// Checks every rule and consumes all or none: [`decide`](crate::limits::decide) on the server.
 /// ARGV: the clock (see `RedisStore::clock_args`: `0, offset` = Redis `TIME` + offset ms, the
-/// expiry following it; `1, now_ms` = exactly that time, no expiry), n, then per rule: counter
+/// expiry following it; `1, now_ms` = exactly that time, no expiry), n, the request's units
+/// (what it costs in every window), then per rule: counter
 /// id, limit, and its window's [`Span`](crate::limits::Span) `align_ms`, `length_ms`. A new
 /// window ends at `now - now % align + length`, the formula of
 /// [`Window::end_for`](crate::limits::Window::end_for); `align` 0 is the calendar month, which
@@ -43,19 +44,28 @@ if server_clock then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + now
 end
 local n = tonumber(ARGV[3])
+local units = tonumber(ARGV[4])
 local counts, ends = {}, {}
 local refused, refused_end = 0, -1
 for i = 1, n do
-  local base = 3 + (i - 1) * 4
+  local base = 4 + (i - 1) * 4
   local v = redis.call('HGET', key, ARGV[base + 1])
   local c, e = 0, 0
   if v then
     local cs, es = string.match(v, '^(%d+):(%d+)$')
     c, e = tonumber(cs) or 0, tonumber(es) or 0
   end
-  if now >= e then c, e = 0, 0 end
+  if now >= e then
+    -- no open window: the one this request would open
+    local align = tonumber(ARGV[base + 3])
+    if align == 0 then
+      c, e = 0, next_month(now)
+    else
+      c, e = 0, now - (now % align) + tonumber(ARGV[base + 4])
+    end
+  end
   counts[i], ends[i] = c, e
-  if c >= tonumber(ARGV[base + 2]) and e > refused_end then
+  if c + units > tonumber(ARGV[base + 2]) and e > refused_end then
     refused, refused_end = i, e
   end
 end
@@ -64,16 +74,8 @@ if refused == 0 then
   admitted = 1
   local longest = 0
   for i = 1, n do
-    local base = 3 + (i - 1) * 4
-    if ends[i] == 0 then
-      local align = tonumber(ARGV[base + 3])
-      if align == 0 then
-        ends[i] = next_month(now)
-      else
-        ends[i] = now - (now % align) + tonumber(ARGV[base + 4])
-      end
-    end
-    counts[i] = counts[i] + 1
+    local base = 4 + (i - 1) * 4
+    counts[i] = counts[i] + units
     redis.call('HSET', key, ARGV[base + 1], counts[i] .. ':' .. ends[i])
     if ends[i] > longest then longest = ends[i] end
   end
