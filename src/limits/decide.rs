@@ -175,12 +175,19 @@ pub struct Usage {
     pub primary: Option<WindowUsage>,
     pub daily: Option<WindowUsage>,
     pub monthly: Option<WindowUsage>,
-    /// Units the request costs in each window (`X-RateLimit-Cost` when more than one); 0 or 1:
-    /// one.
+    /// Units the request costs in each window, when more than one (`X-RateLimit-Cost`); 0: one.
     pub cost: u32,
 }
 
 impl Usage {
+    /// These figures for a request costing `units` (a one-unit request's usage stays as it is).
+    pub fn charged(mut self, units: u32) -> Self {
+        if units > 1 {
+            self.cost = units;
+        }
+        self
+    }
+
     /// The figures once the request they were taken after is given back: its cost more
     /// remaining in each window.
     pub fn given_back(mut self) -> Self {
@@ -251,8 +258,7 @@ pub fn decide_units(rules: &[Rule], units: u32, counters: &mut Counters, now_ms:
         }
     }
     if let Some((end_ms, kind)) = refusal {
-        let mut usage = usage_of(rules, counters, now_ms);
-        usage.cost = units;
+        let usage = usage_of(rules, counters, now_ms).charged(units);
         let retry_after_secs = ceil_secs(end_ms - now_ms).max(1);
         return Decision::Refused(
             usage,
@@ -265,9 +271,7 @@ pub fn decide_units(rules: &[Rule], units: u32, counters: &mut Counters, now_ms:
     for rule in rules {
         counters.consume(rule, units, now_ms);
     }
-    let mut usage = usage_of(rules, counters, now_ms);
-    usage.cost = units;
-    Decision::Admitted(usage)
+    Decision::Admitted(usage_of(rules, counters, now_ms).charged(units))
 }
 
 /// The header figures for `rules` as `counters` stand now.

@@ -88,19 +88,41 @@ fn limit(n: u32, which: usize) -> HeaderValue {
 
 /// Writes the usage headers every response of a limited class carries.
 pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
-    // Limits at places 0, 2 and 4 (the primary window's, the daily and the monthly one's);
-    // remaining counts and the month's reset elsewhere.
-    for (at, field) in usage_fields(usage).into_iter().enumerate() {
-        if let Some((name, n)) = field {
-            let value = match at {
-                0 | 2 | 4 => limit(n, [PRIMARY, DAILY, MONTHLY][at / 2]),
-                _ => number(n),
-            };
-            headers.insert(name.clone(), value);
-        }
+    for &(name, n) in usage_fields(usage).iter() {
+        // A limit is rendered through its cache, a remaining count from the table.
+        let limits = [
+            (&X_RATELIMIT_LIMIT, PRIMARY),
+            (&X_RATELIMIT_DAILY_LIMIT, DAILY),
+            (&X_RATELIMIT_MONTHLY_LIMIT, MONTHLY),
+        ];
+        let which = limits.iter().find(|(l, _)| std::ptr::eq(*l, name));
+        let value = match which {
+            Some(&(_, which)) => limit(n, which),
+            None => number(n),
+        };
+        headers.insert(name.clone(), value);
     }
     if ietf {
         write_ietf(headers, usage);
+    }
+}
+
+/// The usage fields of one answer, in order, with no empty slots: most answers carry two of
+/// the eight, and the listener walks them for every field the upstream sent.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageFields {
+    fields: [(&'static HeaderName, u32); 8],
+    len: usize,
+}
+
+impl UsageFields {
+    fn push(&mut self, name: &'static HeaderName, n: u32) {
+        self.fields[self.len] = (name, n);
+        self.len += 1;
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, (&'static HeaderName, u32)> {
+        self.fields[..self.len].iter()
     }
 }
 
@@ -108,23 +130,26 @@ pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
 /// and remaining count of the primary window, then of the daily one, then of the monthly one
 /// and the seconds until it resets, then what the request cost when more than one unit. A
 /// quota alone (daily or monthly) still answers the two fields every client reads first.
-pub fn usage_fields(usage: &Usage) -> [Option<(&'static HeaderName, u32)>; 8] {
-    let mut fields = [None; 8];
-    if usage.cost > 1 {
-        fields[7] = Some((&X_RATELIMIT_COST, usage.cost));
+pub fn usage_fields(usage: &Usage) -> UsageFields {
+    let mut fields = UsageFields {
+        fields: [(&X_RATELIMIT_LIMIT, 0); 8],
+        len: 0,
+    };
+    if let Some(first) = usage.primary.or(usage.daily).or(usage.monthly) {
+        fields.push(&X_RATELIMIT_LIMIT, first.limit);
+        fields.push(&X_RATELIMIT_REMAINING, first.remaining);
     }
     if let Some(d) = usage.daily {
-        fields[2] = Some((&X_RATELIMIT_DAILY_LIMIT, d.limit));
-        fields[3] = Some((&X_RATELIMIT_DAILY_REMAINING, d.remaining));
+        fields.push(&X_RATELIMIT_DAILY_LIMIT, d.limit);
+        fields.push(&X_RATELIMIT_DAILY_REMAINING, d.remaining);
     }
     if let Some(m) = usage.monthly {
-        fields[4] = Some((&X_RATELIMIT_MONTHLY_LIMIT, m.limit));
-        fields[5] = Some((&X_RATELIMIT_MONTHLY_REMAINING, m.remaining));
-        fields[6] = Some((&X_RATELIMIT_MONTHLY_RESET, m.reset_secs));
+        fields.push(&X_RATELIMIT_MONTHLY_LIMIT, m.limit);
+        fields.push(&X_RATELIMIT_MONTHLY_REMAINING, m.remaining);
+        fields.push(&X_RATELIMIT_MONTHLY_RESET, m.reset_secs);
     }
-    if let Some(first) = usage.primary.or(usage.daily).or(usage.monthly) {
-        fields[0] = Some((&X_RATELIMIT_LIMIT, first.limit));
-        fields[1] = Some((&X_RATELIMIT_REMAINING, first.remaining));
+    if usage.cost > 1 {
+        fields.push(&X_RATELIMIT_COST, usage.cost);
     }
     fields
 }

@@ -249,7 +249,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
     // (its own, in the map, win as an insert into the map would).
     let relay = &mut reuse.relay;
     let usage = reuse.usage.take().map(|u| usage_fields(&u));
-    let usage = usage.iter().flatten().flatten();
+    let usage = usage.iter().flat_map(|u| u.iter());
     let (mut has_date, mut has_length) = (false, false);
     if relay.filled {
         (has_date, has_length) = (relay.has_date, relay.has_length);

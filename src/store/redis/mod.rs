@@ -345,8 +345,7 @@ fn decision_from_reply(rules: &[Rule], units: u32, reply: &[u64]) -> Result<Deci
             });
         }
     }
-    let mut usage = usage_of(rules, &counters, now);
-    usage.cost = units;
+    let usage = usage_of(rules, &counters, now).charged(units);
     if admitted {
         return Ok(Decision::Admitted(usage));
     }
