@@ -68,8 +68,7 @@ impl Counters {
         Receipt(
             taken
                 .into_iter()
-                .filter_map(|(id, units)| Some((self.current(id, now_ms)?, units)))
-                .map(|(c, units)| (c.id, c.end_ms, units))
+                .filter_map(|(id, units)| Some((id, self.current(id, now_ms)?.end_ms, units)))
                 .collect(),
         )
     }

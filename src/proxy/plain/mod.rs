@@ -151,20 +151,14 @@ impl Proxy {
         let pipelined = config.pipelined(plan.class)
             && body.is_empty()
             && matches!(head.method, Method::GET | Method::HEAD);
-        let sent = match pipelined {
-            true => {
-                let relay = &mut reuse.relay;
-                upstream
-                    .send_pipelined(&head.method, fields, relay, encode)
-                    .await
-            }
-            false => {
-                let bodiless = body.is_empty();
-                let relay = &mut reuse.relay;
-                upstream
-                    .send_whole(&head.method, bodiless, fields, relay, encode)
-                    .await
-            }
+        let (method, relay) = (&head.method, &mut reuse.relay);
+        let sent = if pipelined {
+            upstream.send_pipelined(method, fields, relay, encode).await
+        } else {
+            let bodiless = body.is_empty();
+            upstream
+                .send_whole(method, bodiless, fields, relay, encode)
+                .await
         };
         let mut resp = match self.forwarder().arrived(&ctx, sent, started) {
             Ok(resp) => resp,

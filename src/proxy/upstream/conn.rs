@@ -364,16 +364,12 @@ impl Conn {
 
     /// Writes `write`, then `data`; each write moves the exchange on (its clock starts over).
     fn poll_flush_buffers(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
-        while self.written < self.write.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(
-                    std::io::Error::from(std::io::ErrorKind::WriteZero).into()
-                ));
-            }
-            self.written += n;
+        let before = self.written;
+        let wrote = self.io.poll_write_from(cx, &self.write, &mut self.written);
+        if self.written != before {
             self.armed = None;
         }
+        ready!(wrote)?;
         if self.sending.is_some() {
             // More of the body follows: the buffer starts over. Otherwise what was written
             // (a body-less request's head) stays until the next request, for a replay.

@@ -14,6 +14,26 @@ pub enum UpstreamIo {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl UpstreamIo {
+    /// Writes `buf` from `*at` on until all of it is written or the socket takes no more for
+    /// now, moving `*at` with each write. A write of nothing is an error: the peer is gone.
+    pub fn poll_write_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+        at: &mut usize,
+    ) -> Poll<std::io::Result<()>> {
+        while *at < buf.len() {
+            let n = std::task::ready!(Pin::new(&mut *self).poll_write(cx, &buf[*at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            *at += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncRead for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -359,20 +359,16 @@ fn poll_write_flight(
     conn: &mut Conn,
     flight: &mut Flight,
 ) -> Poll<Result<(), ExchangeError>> {
-    while flight.written < flight.sent.len() {
-        let n = ready!(Pin::new(&mut conn.io).poll_write(cx, &flight.sent[flight.written..]))?;
-        if n == 0 {
-            return Poll::Ready(Err(
-                std::io::Error::from(std::io::ErrorKind::WriteZero).into()
-            ));
-        }
-        flight.written += n;
-        // Writing moves the send clock on, not the answer's: requests joining behind a stalled
-        // answer must not keep it from timing out.
-        if conn.armed == Some(Wait::Send) {
-            conn.armed = None;
-        }
+    let before = flight.written;
+    let wrote = conn
+        .io
+        .poll_write_from(cx, &flight.sent, &mut flight.written);
+    // Writing moves the send clock on, not the answer's: requests joining behind a stalled
+    // answer must not keep it from timing out.
+    if flight.written != before && conn.armed == Some(Wait::Send) {
+        conn.armed = None;
     }
+    ready!(wrote)?;
     if matches!(conn.io, UpstreamIo::Tls(_)) {
         ready!(Pin::new(&mut conn.io).poll_flush(cx))?;
     }
