@@ -136,6 +136,7 @@ pub fn start(
         shared.access_log = Some(Arc::new(AccessLog::open(log, dropped)?));
     }
     let shared = Arc::new(shared);
+    load_account_records(&shared);
     let keeper = state
         .as_ref()
         .map(|state| restore_state(&shared, state))
@@ -460,6 +461,11 @@ async fn control(
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     let mut sample = tokio::time::interval(Duration::from_secs(1));
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut records = matches!(shared.store, crate::store::Store::Redis(_)).then(|| {
+        let mut every = tokio::time::interval(crate::store::accounts::REFRESH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every
+    });
     let mut probe = shared.store.recovery_probe().map(|every| {
         let mut every = tokio::time::interval(every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -476,11 +482,52 @@ async fn control(
                 shared.status.sample(&shared.metrics, degraded, shared.clock.now_ms());
             }
             _ = tick(&mut probe) => shared.store.probe().await,
+            _ = tick(&mut records) => match shared.accounts.refresh().await {
+                Ok(true) => {
+                    shared.apply_records();
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot check the accounts' records"),
+            },
             _ = shutdown.changed() => break,
         }
     }
     if let Some(admin) = admin {
         let _ = admin.await;
+    }
+}
+
+/// Reads the accounts' runtime records before the first request: from the records file beside
+/// the state file, or from Redis (on a thread of its own, as the store's connections belong to
+/// the thread that dialled them). A file that cannot be read is set aside and reported; Redis
+/// that cannot answer yet is caught up by the control thread's refresh.
+fn load_account_records(shared: &Arc<Shared>) {
+    let loaded = match &shared.store {
+        crate::store::Store::Memory(_) => shared.accounts.load_file().map_err(|e| e.to_string()),
+        crate::store::Store::Redis(_) => {
+            let thread_shared = shared.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(thread_shared.accounts.refresh())
+                    .map(|_| 0)
+                    .map_err(|e| e.to_string())
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the thread reading the records panicked".into()))
+        }
+    };
+    match loaded {
+        Ok(_) => {
+            shared.apply_records();
+            let n = shared.accounts.records().len();
+            if n > 0 {
+                tracing::info!(accounts = n, "accounts changed at runtime restored");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the accounts' runtime records"),
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`limits`]: minute / day / interval windows -> admit or refuse; header rendering. (pure)
 //! - [`penalties`]: incorrect-task and relax-mode tallies per UTC day -> block, flag, surcharge
 //!   or reject; what counts as an incorrect task.                                  (pure)
+//! - [`accounts`]: accounts changed at runtime (the admin API): plan, limits, job caps and a
+//!   block over what the config says, resolved per config.                     (pure)
 //! - [`store`]: where counters live; each backend changes one account's counters atomically
 //!   with a closure (no policy of its own); the state file that carries them across a restart.
 //! - [`queue`]: job queues — per-account FIFO under concurrency caps, upstream account pools.
@@ -31,6 +33,7 @@
 static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 pub mod access_log;
+pub mod accounts;
 pub mod admin;
 #[allow(unsafe_code)]
 pub mod allocator;

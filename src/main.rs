@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use floodgate::admin::client::AccountsCommand;
 use floodgate::app::{self, Listeners};
 use floodgate::clock::SystemClock;
 use floodgate::config::{Config, Overrides};
@@ -48,6 +49,16 @@ struct Cli {
 enum Command {
     /// Validate the config file and print a summary, without starting.
     Check,
+    /// Show or change an account at runtime through a running floodgate's admin listener
+    /// (`--admin` or the config's `[server] admin`; the token from `--token-file`,
+    /// `FLOODGATE_ADMIN_TOKEN_FILE` or the config's `admin_token`).
+    Accounts {
+        /// A file holding the admin token.
+        #[arg(long, env = "FLOODGATE_ADMIN_TOKEN_FILE", value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: AccountsCommand,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -81,6 +92,9 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Accounts { token_file, action }) = &cli.command {
+        return accounts(&cli, token_file.as_deref(), action);
+    }
     let path = cli.config.clone().context("--config FILE is required")?;
     let overrides = Overrides {
         listen: cli.listen,
@@ -107,6 +121,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     running.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `floodgate accounts …`: one call of the accounts API; its answer printed.
+fn accounts(
+    cli: &Cli,
+    token_file: Option<&std::path::Path>,
+    action: &AccountsCommand,
+) -> anyhow::Result<()> {
+    let config = match &cli.config {
+        Some(path) => Some(
+            Config::load(path, &Overrides::default())
+                .with_context(|| format!("invalid config {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let admin = match (&cli.admin, &config) {
+        (Some(addr), _) => addr
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .with_context(|| format!("--admin {addr:?} is not an address like 127.0.0.1:9091"))?,
+        (None, Some(c)) => c
+            .server
+            .admin
+            .context("the config turns the admin listener off")?,
+        (None, None) => anyhow::bail!("give --admin ADDR (or FLOODGATE_ADMIN) or --config FILE"),
+    };
+    let token = match (token_file, &config) {
+        (Some(file), _) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the token file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, Some(c)) => c.server.admin_token.as_ref().map(|t| t.expose().to_owned()),
+        (None, None) => None,
+    };
+    let (status, body) = floodgate::admin::client::call(admin, token.as_deref(), action)?;
+    if (200..300).contains(&status) {
+        println!("{body}");
+        Ok(())
+    } else {
+        eprintln!("{body}");
+        anyhow::bail!("the admin listener answered {status}")
+    }
 }
 
 /// Blocks until SIGTERM or SIGINT (returns its name); reloads the config on SIGHUP and, with

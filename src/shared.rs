@@ -6,23 +6,51 @@
 //! [`crate::app`] builds it and starts the threads that use it.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
+use crate::accounts::{AccountRecord, Blocked, Overrides};
+use crate::classify::ClassId;
 use crate::clock::Clock;
 use crate::config::{Config, StoreConfig};
+use crate::identity::{AccountId, Caller};
+use crate::limits::Rule;
 use crate::metrics::{Handles, Metrics};
 use crate::queue::Jobs;
 use crate::status::StatusBoard;
+use crate::store::accounts::records_file;
+use crate::store::AccountBook;
 use crate::store::{FailoverStore, Login, RedisStore, Store, StoreError};
 
-/// A config together with the metric handles resolved for it; swapped whole on reload.
+/// A config together with the metric handles resolved for it and the accounts' runtime
+/// changes resolved against it; swapped whole on reload (and, sharing the config, on every
+/// change of an account).
 #[derive(Debug)]
 pub struct Policy {
-    pub config: Config,
-    pub handles: Handles,
+    pub config: Arc<Config>,
+    pub handles: Arc<Handles>,
+    pub overrides: Overrides,
+}
+
+impl Policy {
+    /// The identified caller as its account's runtime changes make it (its plan), or its block.
+    #[inline]
+    pub fn caller(&self, caller: Caller, clock: &dyn Clock) -> Result<Caller, Blocked> {
+        self.overrides.caller(caller, || clock.now_ms())
+    }
+
+    /// The rules a request of `class` by `caller` is checked against.
+    #[inline]
+    pub fn rules(&self, caller: Caller, class: ClassId) -> &[Rule] {
+        self.overrides.rules(&self.config, caller, class)
+    }
+
+    /// The shadow rules a request of `class` by `caller` is measured against.
+    pub fn shadow_rules(&self, caller: Caller, class: ClassId) -> &[Rule] {
+        self.overrides.shadow_rules(&self.config, caller, class)
+    }
 }
 
 /// State every worker shares.
@@ -41,6 +69,11 @@ pub struct Shared {
     pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     /// One line per request, when `[access_log]` asks for it (opened by [`crate::app`]).
     pub access_log: Option<Arc<AccessLog>>,
+    /// The accounts' runtime records (the accounts API) and where they are kept.
+    pub accounts: AccountBook,
+    /// Held while a new policy is built and swapped in: a reload and an account's change
+    /// never build from each other's stale half.
+    swapping: Mutex<()>,
 }
 
 impl Shared {
@@ -59,9 +92,17 @@ impl Shared {
                 pool.share_slots(shared_store.clone());
             }
         }
+        let records_file = config.state.as_ref().map(|s| records_file(&s.file));
+        let accounts = AccountBook::new(&store, records_file);
         Self {
             jobs,
-            policy: ArcSwap::from_pointee(Policy { config, handles }),
+            policy: ArcSwap::from_pointee(Policy {
+                config: Arc::new(config),
+                handles: Arc::new(handles),
+                overrides: Overrides::default(),
+            }),
+            accounts,
+            swapping: Mutex::new(()),
             store,
             status: StatusBoard::new(clock.now_ms()),
             clock,
@@ -80,7 +121,58 @@ impl Shared {
             running.store(new.rustls.clone());
         }
         let handles = handles(&self.metrics, &config);
-        self.policy.store(Arc::new(Policy { config, handles }));
+        let _one = self.swapping.lock().unwrap_or_else(|p| p.into_inner());
+        let (overrides, warnings) = Overrides::resolve(&config, &*self.accounts.records());
+        warn_dropped(&warnings);
+        self.policy.store(Arc::new(Policy {
+            config: Arc::new(config),
+            handles: Arc::new(handles),
+            overrides,
+        }));
+    }
+
+    /// Resolves every account record again against the running config (at start, and when
+    /// another replica changed records); returns the warnings for records it dropped.
+    pub fn apply_records(&self) -> Vec<String> {
+        let _one = self.swapping.lock().unwrap_or_else(|p| p.into_inner());
+        let running = self.policy.load_full();
+        let (overrides, warnings) = Overrides::resolve(&running.config, &*self.accounts.records());
+        warn_dropped(&warnings);
+        self.policy.store(Arc::new(Policy {
+            config: running.config.clone(),
+            handles: running.handles.clone(),
+            overrides,
+        }));
+        warnings
+    }
+
+    /// Applies one account's record (already written to the book) to the running policy.
+    pub fn apply_record(&self, account: AccountId, record: &AccountRecord) {
+        let _one = self.swapping.lock().unwrap_or_else(|p| p.into_inner());
+        let running = self.policy.load_full();
+        let overrides = match running.overrides.with(&running.config, account, record) {
+            Ok(o) => o,
+            // Checked against the config before it was written; a reload since then dropped
+            // what it needs. Resolve all, with the warning.
+            Err(_) => {
+                let (all, warnings) =
+                    Overrides::resolve(&running.config, &*self.accounts.records());
+                warn_dropped(&warnings);
+                all
+            }
+        };
+        self.policy.store(Arc::new(Policy {
+            config: running.config.clone(),
+            handles: running.handles.clone(),
+            overrides,
+        }));
+    }
+}
+
+/// Logs each account record a config could not honour.
+fn warn_dropped(warnings: &[String]) {
+    for w in warnings {
+        tracing::warn!("{w}");
     }
 }
 

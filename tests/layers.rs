@@ -261,7 +261,8 @@ const EDGES: [&str; 9] = [
     "status",
     "access_log",
 ];
-const BELOW_THE_EDGES: [&str; 10] = [
+const BELOW_THE_EDGES: [&str; 11] = [
+    "accounts",
     "classify",
     "identity",
     "limits",

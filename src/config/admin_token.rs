@@ -26,6 +26,11 @@ impl AdminToken {
         }
         diff == 0
     }
+
+    /// The token itself, for `floodgate accounts` to send (never to log).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for AdminToken {

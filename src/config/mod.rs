@@ -157,6 +157,46 @@ impl Config {
     }
 }
 
+impl Config {
+    /// An account's runtime limits (the accounts API's `"limits"`: entries in the shape of
+    /// `[[tiers.NAME.limits]]`, as JSON) checked like the config's and laid over `base`, the
+    /// account's tier: a rule for the same class and window replaces the tier's (its counter,
+    /// and so its open window, is the same one), others are added. An error names the entry's
+    /// field, e.g. `limits[0].per_minute`.
+    pub fn account_limits(&self, base: &Tier, limits: &serde_json::Value) -> Result<Tier, Located> {
+        let as_toml = toml::Value::try_from(serde_json::json!({ "limits": limits }))
+            .and_then(|v| toml::to_string(&v))
+            .map_err(|e| Located {
+                field: "limits".into(),
+                line: None,
+                message: format!("must be a list of limit entries without nulls: {e}"),
+            })?;
+        let src = Source::new(&as_toml);
+        let unlocated = |e: ConfigError| match e {
+            ConfigError::Invalid(l) => Located {
+                field: l.field.replacen("tiers.account.", "", 1),
+                line: None,
+                message: l.message,
+            },
+            ConfigError::Read { .. } => Located {
+                field: "limits".into(),
+                line: None,
+                message: e.to_string(),
+            },
+        };
+        let raw: raw::RawAccountLimits = parse_raw(&src, &as_toml).map_err(unlocated)?;
+        let over = limits::build_tier(
+            &src,
+            "account",
+            &raw.limits,
+            &self.classes,
+            &mut std::collections::HashMap::new(),
+        )
+        .map_err(unlocated)?;
+        Ok(base.overlaid(&over))
+    }
+}
+
 /// TOML -> raw structs; a syntax or type error names the field path and line.
 fn parse_raw<T: serde::de::DeserializeOwned>(
     src: &Source<'_>,

@@ -372,6 +372,13 @@ pub struct RawUpstreamAccount {
     pub base_url: Option<Spanned<String>>,
 }
 
+/// An account's runtime limits (the accounts API), as `limits = [...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccountLimits {
+    pub limits: Vec<Spanned<RawLimit>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimit {

@@ -92,6 +92,35 @@ impl Counters {
         given
     }
 
+    /// Zeroes `id`'s open window (it keeps its end); returns the count it had.
+    pub fn zero(&mut self, id: CounterId, now_ms: u64) -> u32 {
+        match self
+            .0
+            .iter_mut()
+            .find(|c| c.id == id && c.is_current(now_ms))
+        {
+            Some(c) => std::mem::take(&mut c.count),
+            None => 0,
+        }
+    }
+
+    /// Gives `units` back in `id`'s open window, never below zero; returns the count before
+    /// and after.
+    pub fn grant(&mut self, id: CounterId, units: u32, now_ms: u64) -> (u32, u32) {
+        match self
+            .0
+            .iter_mut()
+            .find(|c| c.id == id && c.is_current(now_ms))
+        {
+            Some(c) => {
+                let before = c.count;
+                c.count = before.saturating_sub(units);
+                (before, c.count)
+            }
+            None => (0, 0),
+        }
+    }
+
     fn find(&self, id: CounterId) -> Option<&Counter> {
         self.0.iter().find(|c| c.id == id)
     }

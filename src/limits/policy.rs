@@ -42,6 +42,49 @@ impl Tier {
             .get(class.0 as usize)
             .map_or(&[], |r| r)
     }
+
+    /// This tier with `over`'s rules laid on top: for each class, a rule of `over` replaces
+    /// the rule counting in the same counter (same scope and window: the open window keeps its
+    /// count under the new limit) or is added beside the others. An account's runtime limits.
+    pub fn overlaid(&self, over: &Tier) -> Tier {
+        let lay = |base: &[Box<[Rule]>], top: &[Box<[Rule]>]| -> Vec<Box<[Rule]>> {
+            let classes = base.len().max(top.len());
+            (0..classes)
+                .map(|c| {
+                    let mut rules: Vec<Rule> = base.get(c).map_or(Vec::new(), |r| r.to_vec());
+                    for rule in top.get(c).map_or(&[][..], |r| r) {
+                        match rules.iter_mut().find(|r| r.counter == rule.counter) {
+                            Some(old) => *old = *rule,
+                            None => rules.push(*rule),
+                        }
+                    }
+                    rules.into_boxed_slice()
+                })
+                .collect()
+        };
+        Tier {
+            name: self.name.clone(),
+            rules_by_class: lay(&self.rules_by_class, &over.rules_by_class),
+            shadow_by_class: lay(&self.shadow_by_class, &over.shadow_by_class),
+        }
+    }
+
+    /// Every rule of every class, enforced and shadow, each counter once: what an account's
+    /// reset goes through.
+    pub fn all_rules(&self) -> Vec<Rule> {
+        let mut out: Vec<Rule> = Vec::new();
+        for rule in self
+            .rules_by_class
+            .iter()
+            .chain(&self.shadow_by_class)
+            .flat_map(|r| r.iter())
+        {
+            if !out.iter().any(|r| r.counter == rule.counter) {
+                out.push(*rule);
+            }
+        }
+        out
+    }
 }
 
 /// What a replica decides while the shared store (Redis) cannot answer (`[store] on_failure`).

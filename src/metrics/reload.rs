@@ -1,12 +1,14 @@
-//! Config reloads, applied and refused.
+//! Changes of the running policy: config reloads, applied and refused, and accounts changed at
+//! runtime through the accounts API.
 
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 
 use super::register::Registrar;
 
 pub struct ReloadMetrics {
     applied: IntCounter,
     refused: IntCounter,
+    admin_changes: IntCounterVec,
 }
 
 impl ReloadMetrics {
@@ -20,6 +22,12 @@ impl ReloadMetrics {
                 "floodgate_config_reload_failures_total",
                 "Config reloads refused (invalid file); the running config kept serving.",
             ),
+            admin_changes: r.counters(
+                "floodgate_admin_changes_total",
+                "Accounts changed through the admin listener's accounts API, by action (set, \
+                 clear, block, unblock, reset, grant).",
+                &["action"],
+            ),
         }
     }
 
@@ -29,5 +37,10 @@ impl ReloadMetrics {
             true => self.applied.inc(),
             false => self.refused.inc(),
         }
+    }
+
+    /// Counts a change made through the accounts API.
+    pub fn admin_changed(&self, action: &str) {
+        self.admin_changes.with_label_values(&[action]).inc();
     }
 }

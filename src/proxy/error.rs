@@ -5,6 +5,7 @@ use http::StatusCode;
 
 use super::request_checks::HygieneError;
 use super::upload::TooLarge;
+use crate::accounts::Blocked;
 use crate::classify::{PathError, Unclassifiable};
 use crate::identity::IdentityError;
 use crate::queue::QueueError;
@@ -16,6 +17,8 @@ pub enum ProxyError {
     Hygiene(#[from] HygieneError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Blocked(#[from] Blocked),
     #[error(transparent)]
     InvalidPath(#[from] PathError),
     #[error(transparent)]
@@ -66,6 +69,7 @@ impl ProxyError {
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Blocked(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -91,6 +95,7 @@ impl ProxyError {
             ProxyError::ClientBody(_) => "bad_request_body",
             ProxyError::Internal => "internal_error",
             ProxyError::ClientBodyTimeout => "client_body_timeout",
+            ProxyError::Blocked(_) => "account_blocked",
         }
     }
 

@@ -85,7 +85,7 @@ impl JobStage<'_> {
             prefix,
             facts,
         } = submission;
-        let settings = ctx.config().jobs.settings(&ctx.caller);
+        let settings = ctx.policy.overrides.queue(ctx.config(), &ctx.caller);
         let named = settings.pool != 0;
         let pool_name = &self.jobs.pools[settings.pool].name;
         let affinity = job

@@ -161,6 +161,7 @@ impl Proxy {
             self,
             config.identity.identify(req.headers(), peer.addr.ip())
         );
+        let caller = or_refuse!(self, policy.caller(caller, &*self.shared.clock));
         let (class, by_body) = or_refuse!(self, class_of::by_route(&req, config));
         let (mut req, class) = match by_body {
             None => (req.map(RequestBody::from), class),

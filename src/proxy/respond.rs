@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 use super::ctx::Ctx;
 use super::error::ProxyError;
 use super::response_body::ProxyBody;
+use crate::accounts::Blocked;
 use crate::limits::headers::{rendered, X_RATELIMIT_TYPE};
 use crate::metrics::Metrics;
 use crate::queue::QueueError;
@@ -27,12 +28,25 @@ impl ProxyError {
                     "detail": self.to_string(),
                 })
             }
+            ProxyError::Blocked(b) => serde_json::json!({
+                "error": self.code(),
+                "message": self.to_string(),
+                "reason": b.reason,
+                "until": b.until_ms.map(crate::accounts::format_time),
+            }),
             _ => serde_json::json!({ "error": self.code(), "message": self.to_string() }),
         };
         let mut resp = json_response(self.status(), body.to_string());
         if self.closes_connection() {
             resp.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ProxyError::Blocked(Blocked {
+            retry_after_secs: Some(secs),
+            ..
+        }) = &self
+        {
+            resp.headers_mut().insert(RETRY_AFTER, rendered(*secs));
         }
         if let ProxyError::Queue(e) = &self {
             let retry_after = match e {

@@ -123,6 +123,12 @@ impl StatusBoard {
         }
     }
 
+    /// The `n` accounts nearest their limits whose windows are open, nearest first (the
+    /// accounts API's `GET /accounts?sort=usage`).
+    pub fn nearest_limits(&self, n: usize, now_ms: u64) -> Vec<TightestWindow> {
+        self.hot.top(n, now_ms)
+    }
+
     /// `/status.json`.
     pub fn snapshot(&self, view: View<'_>) -> Value {
         let families = view.metrics.gather();

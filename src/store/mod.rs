@@ -7,6 +7,7 @@
 //! [`Store`] is an enum rather than a trait object so the in-memory path stays a direct,
 //! inlinable call on the hot path.
 
+pub mod accounts;
 mod backend;
 pub mod dirty;
 mod failover;
@@ -17,6 +18,7 @@ pub mod redis;
 pub mod snapshot;
 
 pub use crate::limits::OnFailure;
+pub use accounts::AccountBook;
 pub use backend::{consume, consume_units, open_counters, Backend, Update};
 pub use failover::{FailoverStore, StoreHealth};
 pub use memory::MemoryStore;
@@ -24,7 +26,7 @@ pub use redis::{Login, RedisStore};
 pub use snapshot::Snapshot;
 
 use crate::identity::AccountId;
-use crate::limits::{Counter, Counters, Decision, Receipt, Rule, Usage};
+use crate::limits::{Counter, CounterId, Counters, Decision, Receipt, Rule, Usage};
 use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
 
 /// A store failure (none for the memory store; kept so other stores fit the same calls).
@@ -191,6 +193,41 @@ impl Store {
         let record =
             |counters: &mut Counters, now| (penalties::record(event, ids, counters, now), true);
         self.update(account, now_ms, Purpose::Bookkeeping, record)
+            .await
+    }
+
+    /// Zeroes the open windows of `ids` now (an operator's reset: an incident refund); returns
+    /// each counter's count before.
+    pub async fn reset(
+        &self,
+        account: AccountId,
+        ids: &[CounterId],
+        now_ms: u64,
+    ) -> Result<Vec<(CounterId, u32)>, StoreError> {
+        let zero = |counters: &mut Counters, now| {
+            let before: Vec<(CounterId, u32)> =
+                ids.iter().map(|&id| (id, counters.zero(id, now))).collect();
+            let changed = before.iter().any(|(_, n)| *n > 0);
+            (before, changed)
+        };
+        self.update(account, now_ms, Purpose::Bookkeeping, zero)
+            .await
+    }
+
+    /// Gives `units` back in counter `id`'s open window (a partial refund), never below zero;
+    /// returns the count before and after.
+    pub async fn grant(
+        &self,
+        account: AccountId,
+        id: CounterId,
+        units: u32,
+        now_ms: u64,
+    ) -> Result<(u32, u32), StoreError> {
+        let grant = |counters: &mut Counters, now| {
+            let (before, after) = counters.grant(id, units, now);
+            ((before, after), before != after)
+        };
+        self.update(account, now_ms, Purpose::Bookkeeping, grant)
             .await
     }
 

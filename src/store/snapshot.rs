@@ -198,9 +198,14 @@ impl<'a> Reader<'a> {
 
 /// Writes `snapshot` to `path` atomically (temp file, fsync, rename, fsync of the directory).
 pub fn save(path: &Path, snapshot: &Snapshot) -> io::Result<()> {
+    write_atomic(path, &encode(snapshot))
+}
+
+/// Writes `bytes` to `path` atomically: a crash leaves the old file or the new one, whole.
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = sibling(path, "tmp");
     let mut file = File::create(&tmp)?;
-    file.write_all(&encode(snapshot))?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
     fs::rename(&tmp, path)?;
@@ -240,7 +245,7 @@ pub fn load(path: &Path, now_ms: u64) -> io::Result<Loaded> {
 }
 
 /// `<path>.<suffix>`, in the same directory (so a rename stays on one filesystem).
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".");
     name.push(suffix);

@@ -70,6 +70,7 @@ impl Proxy {
             return None; // a task poll may need its task's watcher
         }
         let caller = config.identity.identify(head, peer.addr.ip()).ok()?;
+        let caller = policy.caller(caller, &*self.shared.clock).ok()?;
         let path = match memchr::memchr(b'?', head.target.as_bytes()) {
             Some(at) => &head.target[..at],
             None => head.target,

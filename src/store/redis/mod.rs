@@ -59,6 +59,10 @@ pub fn account_key(account: AccountId) -> String {
     format!("fg:{{{:032x}}}:c", account.0)
 }
 
+/// The hash of accounts' runtime records (the accounts API), one field per account and the
+/// `~version` field every write bumps.
+pub const RECORDS_KEY: &str = "fg:{accounts}:records";
+
 /// The key of a set of shared job slots (one hash tag per set).
 pub fn lease_key(name: &str) -> String {
     format!("fg:{{{name}}}:leases")
@@ -203,6 +207,48 @@ impl RedisStore {
     #[cfg(feature = "test-hooks")]
     pub fn use_caller_clock(&self, on: bool) {
         self.caller_clock.store(on, Ordering::Relaxed);
+    }
+
+    /// Writes (or with `None` removes) an account's runtime record; returns the records'
+    /// new version.
+    pub async fn record_write(&self, field: &str, json: Option<&str>) -> Result<u64, StoreError> {
+        let args = [field, json.unwrap_or("")];
+        self.conns
+            .run(|conn| self.scripts.record_write.invoke(conn, RECORDS_KEY, &args))
+            .await
+    }
+
+    /// The records' version: 0 before any write.
+    pub async fn records_version(&self) -> Result<u64, StoreError> {
+        self.conns
+            .run(|mut conn| async move {
+                redis::cmd("HGET")
+                    .arg(RECORDS_KEY)
+                    .arg("~version")
+                    .query_async::<Option<u64>>(&mut conn)
+                    .await
+                    .map(Option::unwrap_or_default)
+            })
+            .await
+    }
+
+    /// Every account's runtime record (field → JSON) and the version they are at.
+    pub async fn records(&self) -> Result<(u64, Vec<(String, String)>), StoreError> {
+        let mut all: Vec<(String, String)> = self
+            .conns
+            .run(|mut conn| async move {
+                redis::cmd("HGETALL")
+                    .arg(RECORDS_KEY)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let version = all
+            .iter()
+            .position(|(f, _)| f == "~version")
+            .map(|at| all.swap_remove(at).1.parse().unwrap_or_default())
+            .unwrap_or_default();
+        Ok((version, all))
     }
 
     /// Round trip to the server (for readiness).

@@ -126,6 +126,18 @@ return 0
 "#;
 
 /// Extends a held lease (ARGV[1] lease id, ARGV[2] ttl ms); 0 when it had already expired.
+/// An account's runtime record written (ARGV[2]) or removed (ARGV[2] empty) under ARGV[1] in
+/// the records hash, and the hash's `~version` field bumped in the same step: a replica that
+/// sees a new version reads the records again.
+const RECORD_WRITE: &str = r#"
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return redis.call('HINCRBY', KEYS[1], '~version', 1)
+"#;
+
 const LEASE_RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -180,11 +192,12 @@ impl Lua {
 
 /// Every script, loaded on each new connection: after a restart (which empties Redis' script
 /// cache) the first EVALSHA finds its script.
-pub(super) const SOURCES: [&str; 4] = [
+pub(super) const SOURCES: [&str; 5] = [
     CHECK_AND_CONSUME,
     COMPARE_AND_SET,
     LEASE_ACQUIRE,
     LEASE_RENEW,
+    RECORD_WRITE,
 ];
 
 /// The scripts a store runs.
@@ -193,6 +206,7 @@ pub(super) struct Scripts {
     pub cas: Lua,
     pub lease_acquire: Lua,
     pub lease_renew: Lua,
+    pub record_write: Lua,
 }
 
 impl Scripts {
@@ -202,6 +216,7 @@ impl Scripts {
             cas: Lua::new(COMPARE_AND_SET),
             lease_acquire: Lua::new(LEASE_ACQUIRE),
             lease_renew: Lua::new(LEASE_RENEW),
+            record_write: Lua::new(RECORD_WRITE),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The admin listener (loopback by default): the status page (`/`, fed by `/status.json`),
-//! `/metrics`, `/healthz`, `/readyz` and `/usage`.
+//! `/metrics`, `/healthz`, `/readyz`, `/usage` and the accounts API ([`accounts`]).
 //!
 //! `/usage?key=API_KEY` (or the key in `x-api-key`) shows an account's open windows and its
 //! penalty standing (today's incorrect tasks, relax jobs used and earned, the actions in
@@ -11,7 +11,11 @@
 //! for the token once, keeps it in the browser tab's session storage and sends it with every
 //! `/status.json`.
 
+mod accounts;
+pub mod client;
+
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -42,11 +46,11 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let shared = shared.clone();
                 let service = service_fn(move |req| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+                    async move { Ok::<_, Infallible>(handle(&shared, req, peer).await) }
                 });
                 tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
             }
@@ -59,7 +63,7 @@ pub async fn serve(
 /// status page's shell carries no data.
 const OPEN: [&str; 4] = ["/metrics", "/healthz", "/readyz", "/"];
 
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
     if !OPEN.contains(&req.uri().path()) && !authorized(shared, &req) {
         let mut resp = json_response(
             StatusCode::UNAUTHORIZED,
@@ -87,6 +91,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
         "/usage" => usage(shared, &req).await,
         "/" => status_page(),
         "/status.json" => status_json(shared),
+        p if p == "/accounts" || p.starts_with("/accounts/") => {
+            accounts::handle(shared, req, peer).await
+        }
         _ => json_response(StatusCode::NOT_FOUND, r#"{"error": "not_found"}"#),
     }
 }
@@ -121,7 +128,11 @@ fn status_json(shared: &Shared) -> Response<ProxyBody> {
         store: &shared.store,
         now_ms: shared.clock.now_ms(),
     };
-    let mut resp = json_response(StatusCode::OK, shared.status.snapshot(view).to_string());
+    let mut snapshot = shared.status.snapshot(view);
+    let records = shared.accounts.records();
+    snapshot["changed_accounts"] =
+        accounts::changed_accounts(&policy, &records, shared.clock.now_ms()).into();
+    let mut resp = json_response(StatusCode::OK, snapshot.to_string());
     resp.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
     resp
@@ -153,14 +164,18 @@ fn readiness(shared: &Shared) -> Response<ProxyBody> {
     }
 }
 
+/// A query parameter's value, percent-decoded.
+fn query_value(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(percent_decode)
+    })
+}
+
 /// The caller's API key, from `?key=` or `x-api-key`.
 fn key_of(req: &Request<Incoming>) -> Option<String> {
-    let from_query = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("key="))
-            .map(percent_decode)
-    });
-    from_query.or_else(|| {
+    query_value(req, "key").or_else(|| {
         req.headers()
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
@@ -199,28 +214,36 @@ async fn usage(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> 
         );
     };
     let policy = shared.policy.load_full();
-    let config = &policy.config;
     let account = AccountId::from_key(key.as_bytes());
-    let tier_id = match (
-        config.identity.accounts.get(&account),
-        config.identity.unknown_keys,
-    ) {
-        (Some(&t), _) | (None, crate::identity::UnknownKeys::DefaultTier(t)) => t,
-        (None, crate::identity::UnknownKeys::Reject) => {
-            return json_response(StatusCode::NOT_FOUND, r#"{"error": "unknown_api_key"}"#);
-        }
+    let set = policy.overrides.get(account).and_then(|o| o.tier);
+    let Some(tier) = set.or_else(|| crate::accounts::config_tier(&policy.config, account)) else {
+        return json_response(StatusCode::NOT_FOUND, r#"{"error": "unknown_api_key"}"#);
     };
+    let caller = crate::identity::Caller { account, tier };
+    match usage_view(shared, &policy, caller).await {
+        Ok(mut body) => {
+            body["account"] = account.short().into();
+            body["tier"] = policy.config.tier(tier).name.clone().into();
+            json_response(StatusCode::OK, body.to_string())
+        }
+        Err(e) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": e.to_string()}).to_string(),
+        ),
+    }
+}
+
+/// An account's open windows (under its runtime limits, when it has them), penalty standing
+/// and job queue: `/usage`, and the `usage` of `GET /accounts/{account}`.
+async fn usage_view(
+    shared: &Shared,
+    policy: &crate::shared::Policy,
+    caller: crate::identity::Caller,
+) -> Result<serde_json::Value, crate::store::StoreError> {
+    let config = &policy.config;
     let now = shared.clock.now_ms();
-    let counters = match shared.store.counters(account, now).await {
-        Ok(c) => c,
-        Err(e) => {
-            return json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": e.to_string()}).to_string(),
-            )
-        }
-    };
-    let tier = config.tier(tier_id);
+    let counters = shared.store.counters(caller.account, now).await?;
+    let tier = policy.overrides.tier(config, caller);
     let mut limits = Vec::new();
     for (i, class) in config.classes.iter().enumerate() {
         for rule in tier.rules(ClassId(i as u16)) {
@@ -236,26 +259,22 @@ async fn usage(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> 
             }));
         }
     }
-    let body = json!({
-        "account": account.short(),
-        "tier": tier.name,
+    Ok(json!({
         "limits": limits,
-        "penalties": penalties_view(config, tier_id, &counters, now),
-        "jobs": jobs_view(shared, config, account, tier_id),
-    });
-    json_response(StatusCode::OK, body.to_string())
+        "penalties": penalties_view(config, caller.tier, &counters, now),
+        "jobs": jobs_view(shared, policy, caller),
+    }))
 }
 
 /// The account's job slots and queue: jobs running, jobs waiting (the newest waiting job's
 /// position is `queued`) each with its place and estimated wait, and the caps that apply.
 fn jobs_view(
     shared: &Shared,
-    config: &crate::config::Config,
-    account: AccountId,
-    tier: crate::identity::TierId,
+    policy: &crate::shared::Policy,
+    caller: crate::identity::Caller,
 ) -> serde_json::Value {
-    let caller = crate::identity::Caller { account, tier };
-    let settings = config.jobs.settings(&caller);
+    let account = caller.account;
+    let settings = policy.overrides.queue(&policy.config, &caller);
     let pool = &shared.jobs.pools[settings.pool];
     let (in_flight, queued) = pool.tenant_load(account);
     let mut waiting = pool.waiting_jobs(Some(account), usize::MAX);

@@ -1,0 +1,185 @@
+//! Where accounts' runtime records (the accounts API) are kept, so a restart, a reload and every
+//! replica see them: with the memory store, a JSON file beside the state file, replaced
+//! atomically on every change (without `[state]`, in the process only, like the counters); with
+//! Redis, one hash every replica reads, whose version a replica checks every
+//! [`REFRESH_EVERY`] off the request path and reads again when it moved.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::snapshot::{sibling, write_atomic};
+use super::{FailoverStore, Store, StoreError};
+use crate::accounts::AccountRecord;
+use crate::identity::AccountId;
+
+/// Every account's record, by account.
+pub type Records = BTreeMap<AccountId, AccountRecord>;
+
+/// How often a replica on Redis checks whether another changed a record: a change reaches
+/// every replica within this (plus one round trip).
+pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+
+/// Where the records live.
+#[derive(Debug)]
+enum Home {
+    Process,
+    File(PathBuf),
+    Redis(Arc<FailoverStore>),
+}
+
+/// The accounts' runtime records and their home.
+#[derive(Debug)]
+pub struct AccountBook {
+    home: Home,
+    records: Mutex<Arc<Records>>,
+    /// One change at a time on this replica: read, check, write, apply.
+    edits: tokio::sync::Mutex<()>,
+    /// The Redis records' version last read.
+    version: AtomicU64,
+}
+
+/// The records file that goes with the state file `state`.
+pub fn records_file(state: &Path) -> PathBuf {
+    sibling(state, "accounts.json")
+}
+
+impl AccountBook {
+    /// The book for `store`: in Redis when the store is Redis, else in `file` (the state
+    /// file's records file) or, without one, in the process.
+    pub fn new(store: &Store, file: Option<PathBuf>) -> Self {
+        let home = match (store, file) {
+            (Store::Redis(s), _) => Home::Redis(s.clone()),
+            (Store::Memory(_), Some(file)) => Home::File(file),
+            (Store::Memory(_), None) => Home::Process,
+        };
+        Self {
+            home,
+            records: Mutex::new(Arc::default()),
+            edits: tokio::sync::Mutex::new(()),
+            version: AtomicU64::new(0),
+        }
+    }
+
+    /// The records as they stand.
+    pub fn records(&self) -> Arc<Records> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Held while one change is read, checked, written and applied.
+    pub async fn editing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.edits.lock().await
+    }
+
+    /// Reads the records file at start; returns how many records it held. A missing file is
+    /// none; a damaged one is set aside (`<file>.corrupt`, for the operator) and reported.
+    pub fn load_file(&self) -> io::Result<usize> {
+        let Home::File(path) = &self.home else {
+            return Ok(0);
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let file: BTreeMap<String, AccountRecord> = match serde_json::from_slice(&bytes) {
+            Ok(file) => file,
+            Err(e) => {
+                // Kept for the operator, out of the way of the next change's write.
+                let aside = sibling(path, "corrupt");
+                let moved = std::fs::rename(path, &aside);
+                let whereto = match moved {
+                    Ok(()) => format!("set aside as {}", aside.display()),
+                    Err(m) => format!("could not be set aside: {m}"),
+                };
+                return Err(io::Error::other(format!(
+                    "{}: {e}; {whereto}",
+                    path.display()
+                )));
+            }
+        };
+        let records: Records = file
+            .into_iter()
+            .filter_map(|(hex, r)| Some((AccountId(u128::from_str_radix(&hex, 16).ok()?), r)))
+            .collect();
+        let n = records.len();
+        self.set(records);
+        Ok(n)
+    }
+
+    /// Stores `record` for `account` (an empty one removes it) where the records live, then in
+    /// this process. Called under [`AccountBook::editing`].
+    pub async fn write(&self, account: AccountId, record: AccountRecord) -> Result<(), StoreError> {
+        let mut records = (*self.records()).clone();
+        let keep = record.changes_anything() || !record.changes.is_empty();
+        let json = keep.then(|| serde_json::to_string(&record).expect("a record serialises"));
+        match keep {
+            true => records.insert(account, record),
+            false => records.remove(&account),
+        };
+        match &self.home {
+            Home::Process => {}
+            Home::File(path) => {
+                let file: BTreeMap<String, &AccountRecord> =
+                    records.iter().map(|(a, r)| (hex(*a), r)).collect();
+                let bytes = serde_json::to_vec_pretty(&file).expect("records serialise");
+                write_atomic(path, &bytes)
+                    .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+            }
+            Home::Redis(redis) => {
+                let version = redis
+                    .redis()
+                    .record_write(&hex(account), json.as_deref())
+                    .await?;
+                self.version.store(version, Ordering::Relaxed);
+            }
+        }
+        self.set(records);
+        Ok(())
+    }
+
+    /// With Redis: reads the records again when another replica changed them (their version
+    /// moved); returns whether they changed. Elsewhere nothing changes behind this process.
+    pub async fn refresh(&self) -> Result<bool, StoreError> {
+        let Home::Redis(redis) = &self.home else {
+            return Ok(false);
+        };
+        let version = redis.redis().records_version().await?;
+        if version == self.version.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let _one_at_a_time = self.edits.lock().await;
+        let (version, fields) = redis.redis().records().await?;
+        let records: Records = fields
+            .into_iter()
+            .filter_map(|(hex, json)| {
+                let account = AccountId(u128::from_str_radix(&hex, 16).ok()?);
+                match serde_json::from_str(&json) {
+                    Ok(record) => Some((account, record)),
+                    Err(e) => {
+                        tracing::warn!(account = %hex, error = %e, "unreadable account record in redis");
+                        None
+                    }
+                }
+            })
+            .collect();
+        self.set(records);
+        self.version.store(version, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn set(&self, records: Records) {
+        *self.records.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(records);
+    }
+}
+
+/// An account id as the API and the records show it: 32 hex digits.
+pub fn hex(account: AccountId) -> String {
+    format!("{:032x}", account.0)
+}
