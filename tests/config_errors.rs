@@ -138,12 +138,31 @@ bad_fixtures! {
         "line 10: classes.\"img2imgg\": unknown class \"img2imgg\" (classes come from [[route]] \
          entries and routing.default_class)",
     unknown_class_field =>
-        "line 11: classes.img2img.max_size: unknown field `max_size`, expected one of `max_body`, `pipeline`, `cost`",
+        "line 11: classes.img2img.max_size: unknown field `max_size`, expected one of `max_body`, \
+         `pipeline`, `cost`, `cost_from`, `max_cost`, `default_cost`",
     cost_above_limit =>
         "line 15: classes.\"img2video\".cost: 5 is more than tier basic's minute limit of 4: no \
          request of the class could be admitted",
     zero_cost =>
         "line 11: classes.\"img2video\".cost: must be at least 1",
+    cost_and_cost_from =>
+        "line 12: classes.\"txt2img\".cost_from: a class's cost is fixed (cost) or read from the \
+         body (cost_from), not both",
+    cost_from_without_max_cost =>
+        "line 11: classes.\"txt2img\".max_cost: missing: cost_from needs the most a request of \
+         the class is charged",
+    cost_from_not_a_pointer =>
+        "line 11: classes.\"txt2img\".cost_from: a JSON pointer starts with '/', e.g. \"/n\"",
+    zero_max_cost =>
+        "line 12: classes.\"txt2img\".max_cost: must be at least 1",
+    default_cost_above_max_cost =>
+        "line 13: classes.\"txt2img\".default_cost: must be from 1 to max_cost (10)",
+    max_cost_without_cost_from =>
+        "line 12: classes.\"txt2img\".max_cost: only with cost_from (the request body's field \
+         that gives the cost)",
+    default_cost_without_cost_from =>
+        "line 11: classes.\"txt2img\".default_cost: only with cost_from (the request body's \
+         field that gives the cost)",
     bad_pipeline =>
         "line 11: classes.img2img.pipeline: invalid type: string \"yes\", expected a boolean",
     bad_save_interval =>

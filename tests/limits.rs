@@ -4,7 +4,9 @@
 
 mod support;
 
-use support::{Backend, Gate, Upstream, DAY0_MS};
+use support::raw::{connect, read_response};
+use support::{Answer, Backend, Gate, TestClient, Upstream, DAY0_MS};
+use tokio::io::AsyncWriteExt;
 
 const TXT2IMG: &str = "/api/v1/txt2img";
 
@@ -232,6 +234,247 @@ async fn a_class_costing_three_units_takes_them_from_every_window(backend: Backe
     assert_eq!(a.num("x-ratelimit-remaining"), 7);
     assert_eq!(a.num("x-ratelimit-daily-remaining"), 8);
     assert_eq!(up.count(), 4);
+}
+
+/// A class whose requests say their cost in the body: `n` images, at most 10, 4 when the body
+/// does not say.
+const BODY_COST: &str = r#"
+    [server]
+    inspect_limit = "1KB"
+    [identity]
+    sources = ["x-api-key"]
+    default_tier = "paid"
+    [[route]]
+    method = "POST"
+    path = "/echo"
+    class = "txt2img"
+    [[tiers.paid.limits]]
+    classes = ["txt2img"]
+    per_minute = 12
+    per_day = 30
+    [classes.txt2img]
+    cost_from = "/n"
+    max_cost = 10
+    default_cost = 4
+"#;
+
+/// `POST /echo` with `body`, as the caller `k-images`.
+async fn images(c: &TestClient, gate: &Gate, body: &str) -> Answer {
+    let url = gate.url("/echo");
+    c.send("POST", &url, &[("x-api-key", "k-images")], body.to_owned())
+        .await
+}
+
+async fn a_body_field_gives_the_cost_and_the_headers_count_units(backend: Backend) {
+    let up = Upstream::start().await;
+    let gate = Gate::start_on(backend, BODY_COST, &up.url(), DAY0_MS);
+    let c = gate.client();
+    let body = r#"{"prompt": "a cat", "n": 3}"#;
+    let a = images(&c, &gate, body).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.num("x-ratelimit-cost"), 3, "the body's value");
+    assert_eq!(a.num("x-ratelimit-remaining"), 9);
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 27);
+    assert_eq!(a.body, body.as_bytes(), "forwarded byte for byte");
+    let a = images(&c, &gate, r#"{"n": 1}"#).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.header("x-ratelimit-cost"),
+        None,
+        "one unit: no cost field"
+    );
+    assert_eq!(a.num("x-ratelimit-remaining"), 8);
+    let a = images(&c, &gate, r#"{"n": 6.0}"#).await;
+    assert_eq!((a.status.as_u16(), a.num("x-ratelimit-cost")), (200, 6));
+    assert_eq!(a.num("x-ratelimit-remaining"), 2);
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 20);
+    assert_eq!(up.count(), 3);
+}
+
+async fn a_body_asking_more_than_max_cost_is_charged_max_cost(backend: Backend) {
+    let up = Upstream::start().await;
+    let gate = Gate::start_on(backend, BODY_COST, &up.url(), DAY0_MS);
+    let c = gate.client();
+    for (body, day_left) in [(r#"{"n": 11}"#, 20), (r#"{"n": 4294967296}"#, 10)] {
+        let a = images(&c, &gate, body).await;
+        assert_eq!(a.status, 200, "{body}");
+        assert_eq!(a.num("x-ratelimit-cost"), 10, "{body}: max_cost");
+        assert_eq!(a.num("x-ratelimit-remaining"), 2, "{body}");
+        assert_eq!(a.num("x-ratelimit-daily-remaining"), day_left, "{body}");
+        gate.clock.advance_ms(60_000);
+    }
+}
+
+async fn a_body_without_a_usable_cost_is_charged_default_cost(backend: Backend) {
+    let up = Upstream::start().await;
+    let gate = Gate::start_on(backend, BODY_COST, &up.url(), DAY0_MS);
+    let c = gate.client();
+    // Past inspect_limit (1KB): a cheap value in the prefix does not count, the rest may say more.
+    let padded = format!(r#"{{"n": 1, "pad": "{}"}}"#, "x".repeat(2_000));
+    let bodies = [
+        r#"{"prompt": "a cat"}"#.to_owned(),
+        r#"{"n": 0}"#.to_owned(),
+        r#"{"n": -2}"#.to_owned(),
+        r#"{"n": 1.5}"#.to_owned(),
+        r#"{"n": "1"}"#.to_owned(),
+        "n=1".to_owned(),
+        padded,
+    ];
+    let mut day_left = 30;
+    for body in &bodies {
+        gate.clock.advance_ms(60_000); // each in a minute of its own
+        let a = images(&c, &gate, body).await;
+        day_left -= 4;
+        assert_eq!(a.status, 200, "{body}");
+        assert_eq!(a.num("x-ratelimit-cost"), 4, "{body}: default_cost");
+        assert_eq!(a.num("x-ratelimit-remaining"), 8, "{body}");
+        assert_eq!(a.num("x-ratelimit-daily-remaining"), day_left, "{body}");
+        assert_eq!(a.body, body.as_bytes(), "forwarded byte for byte");
+    }
+    assert_eq!(up.count(), bodies.len());
+}
+
+async fn a_body_costing_more_than_remains_is_refused_and_takes_nothing(backend: Backend) {
+    let up = Upstream::start().await;
+    let gate = Gate::start_on(backend, BODY_COST, &up.url(), DAY0_MS);
+    let c = gate.client();
+    assert_eq!(images(&c, &gate, r#"{"n": 10}"#).await.status, 200);
+    // Two units left this minute: three are refused, and nothing is taken.
+    let a = images(&c, &gate, r#"{"n": 3}"#).await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.header("x-ratelimit-type"), Some("minute"));
+    assert_eq!(a.num("retry-after"), 60);
+    assert_eq!(a.num("x-ratelimit-cost"), 3, "what it would have cost");
+    assert_eq!(a.num("x-ratelimit-remaining"), 2);
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 20);
+    let a = images(&c, &gate, r#"{"n": 2}"#).await;
+    assert_eq!(a.status, 200, "a cheaper one fits");
+    assert_eq!(a.num("x-ratelimit-remaining"), 0);
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 18);
+    assert_eq!(up.count(), 2, "the refused one never reached the upstream");
+}
+
+async fn a_body_costing_more_than_a_limit_is_refused_in_every_window(backend: Backend) {
+    let up = Upstream::start().await;
+    // max_cost above the minute's 12: a request asking for 15 can never be admitted.
+    let config = BODY_COST.replace("max_cost = 10", "max_cost = 20");
+    let gate = Gate::start_on(backend, &config, &up.url(), DAY0_MS);
+    let c = gate.client();
+    for _ in 0..2 {
+        let a = images(&c, &gate, r#"{"n": 15}"#).await;
+        assert_eq!(a.status, 429);
+        assert_eq!(a.header("x-ratelimit-type"), Some("minute"));
+        assert_eq!(
+            a.num("retry-after"),
+            60,
+            "the end of the window it would open"
+        );
+        assert_eq!(a.num("x-ratelimit-remaining"), 12, "nothing taken");
+        assert_eq!(a.num("x-ratelimit-daily-remaining"), 30);
+        gate.clock.advance_ms(60_000);
+    }
+    assert_eq!(images(&c, &gate, r#"{"n": 12}"#).await.status, 200);
+    assert_eq!(up.count(), 1);
+}
+
+/// On one HTTP/1.1 connection: the fast path serves a fixed-cost request, hands the first
+/// request of a class that reads its cost from the body to hyper, and hyper serves the rest.
+async fn body_costs_hold_on_a_keep_alive_connection(backend: Backend) {
+    let up = Upstream::start().await;
+    // On `/images`, whose upstream answer has a length (the echo's is chunked, which the raw
+    // reader does not read); the default class costs a fixed 2 and stays on the fast path.
+    let config = format!("{BODY_COST}\n[classes.default]\ncost = 2\n")
+        .replace(
+            "classes = [\"txt2img\"]",
+            "classes = [\"txt2img\", \"default\"]",
+        )
+        .replace("path = \"/echo\"", "path = \"/images\"");
+    let gate = Gate::start_on(backend, &config, &up.url(), DAY0_MS);
+    let mut s = connect(gate.addr).await;
+    let post = |body: &str| {
+        format!(
+            "POST /images HTTP/1.1\r\nhost: gate\r\nx-api-key: k-kept\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let get = "GET /other HTTP/1.1\r\nhost: gate\r\nx-api-key: k-kept\r\n\r\n".to_owned();
+    // Each class counts in its own window: (request, its cost, what its class has left).
+    let exchanges = [
+        (get.clone(), 2, 10),
+        (post(r#"{"n": 3}"#), 3, 9),
+        (post(r#"{"n": 5}"#), 5, 4),
+        (get, 2, 8),
+    ];
+    for (i, (request, cost, left)) in exchanges.iter().enumerate() {
+        s.write_all(request.as_bytes()).await.unwrap();
+        let a = read_response(&mut s)
+            .await
+            .unwrap_or_else(|e| panic!("answer {i}: {e}"));
+        assert_eq!(a.status, 200, "answer {i}: {}", a.head);
+        assert_eq!(
+            a.header("x-ratelimit-cost"),
+            Some(&*cost.to_string()),
+            "answer {i}"
+        );
+        assert_eq!(
+            a.header("x-ratelimit-remaining"),
+            Some(&*left.to_string()),
+            "answer {i}"
+        );
+        assert_eq!(a.body, r#"{"ok":true}"#, "answer {i}");
+    }
+    let bodies: Vec<u64> = up.seen().iter().map(|s| s.body_len).collect();
+    assert_eq!(
+        bodies,
+        [0, 8, 8, 0],
+        "each body whole, the one read first too"
+    );
+}
+
+/// Jobs whose cost is in the body: each takes its own units, and one the full queue turns
+/// away gives back what its body said.
+async fn a_job_takes_the_cost_its_body_gives_and_gives_it_back_when_turned_away(backend: Backend) {
+    let up = Upstream::start().await;
+    let config = BODY_COST.replace("path = \"/echo\"", "path = \"/slow\"")
+        + "[[jobs]]\nclasses = [\"txt2img\"]\nmode = \"sync\"\n\
+           [tiers.paid]\nconcurrency = 1\nmax_queue = 1\n";
+    let gate = Gate::start_on(backend, &config, &up.url(), DAY0_MS);
+    let c = gate.client();
+    let send = |ms: u64, body: &'static str| {
+        let (c, url) = (c.clone(), gate.url(&format!("/slow?ms={ms}")));
+        tokio::spawn(async move { c.send("POST", &url, &[("x-api-key", "k-jobs")], body).await })
+    };
+    let running = send(300, r#"{"n": 3}"#);
+    gate.until_jobs(|running, _| running == 1).await;
+    let queued = send(10, r#"{"n": 2}"#);
+    gate.until_jobs(|_, waiting| waiting == 1).await;
+    let full = send(10, r#"{"n": 5}"#).await.unwrap();
+    assert_eq!(full.status, 429);
+    assert_eq!(full.json()["error"], "queue_full");
+    assert_eq!(
+        full.num("x-ratelimit-remaining"),
+        7,
+        "its own 5 given back: the running job's 3 and the queued one's 2 stay"
+    );
+    let (running, queued) = (running.await.unwrap(), queued.await.unwrap());
+    assert_eq!(
+        (running.status.as_u16(), running.num("x-ratelimit-cost")),
+        (200, 3)
+    );
+    assert_eq!(
+        (queued.status.as_u16(), queued.num("x-ratelimit-cost")),
+        (200, 2)
+    );
+    let a = send(10, r#"{"n": 7}"#).await.unwrap();
+    assert_eq!(a.status, 200, "the 5 given back fit a job of 7");
+    assert_eq!(a.num("x-ratelimit-remaining"), 0);
+    assert_eq!(a.num("x-ratelimit-daily-remaining"), 18);
+    assert_eq!(
+        up.count(),
+        3,
+        "the turned-away job never reached the upstream"
+    );
 }
 
 async fn premium_key_gets_300_per_minute_and_no_daily_limit(backend: Backend) {
@@ -517,8 +760,17 @@ on_every_setup!(
     daily_quota_refuses_until_midnight_utc_then_resets,
     monthly_quota_refuses_until_the_first_at_midnight_utc_then_resets,
     a_class_costing_three_units_takes_them_from_every_window,
+    a_body_field_gives_the_cost_and_the_headers_count_units,
+    a_body_asking_more_than_max_cost_is_charged_max_cost,
+    a_body_without_a_usable_cost_is_charged_default_cost,
+    a_body_costing_more_than_remains_is_refused_and_takes_nothing,
+    a_body_costing_more_than_a_limit_is_refused_in_every_window,
+    a_job_takes_the_cost_its_body_gives_and_gives_it_back_when_turned_away,
     premium_key_gets_300_per_minute_and_no_daily_limit,
     midjourney_progress_ten_per_second_and_others_one_per_three_seconds,
     a_json_body_field_picks_the_class_of_a_unified_endpoint,
     an_unreadable_body_takes_the_class_the_operator_names,
 );
+
+// Raw HTTP/1.1 on one connection: the same on every store, and not a question for HTTP/2.
+on_both_stores!(body_costs_hold_on_a_keep_alive_connection);

@@ -1,5 +1,6 @@
-//! Per-class settings, `[classes.NAME]`: the upload limit (`max_body`, SPEC §7) and upstream
-//! pipelining (`pipeline`).
+//! Per-class settings, `[classes.NAME]`: the upload limit (`max_body`, SPEC §7), upstream
+//! pipelining (`pipeline`) and what a request costs (`cost`, or `cost_from` the body with
+//! `max_cost` and `default_cost`).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use toml::Spanned;
 use super::error::{ConfigError, Source};
 use super::raw::RawClass;
 use crate::classify::ClassId;
-use crate::limits::Tier;
+use crate::limits::{BodyCost, Tier};
 
 /// Units a size may carry. Powers of 1024, like nginx's `client_max_body_size`: a limit written
 /// "10MB" admits every file a client or an upstream would call 10 MB, whichever meaning they use.
@@ -33,8 +34,11 @@ pub struct ClassSettings {
     pub max_body: Vec<Option<u64>>,
     /// Whether body-less GET and HEAD requests go pipelined upstream.
     pub pipelined: Vec<bool>,
-    /// Units a request takes from every window of its limits (1 unless `cost` says).
+    /// Units a request takes from every window of its limits (1 unless `cost` says; a class
+    /// with `cost_from`: its `default_cost`, what a body not read is charged).
     pub cost: Vec<u32>,
+    /// How a class whose cost is in the request body reads it (`cost_from`).
+    pub cost_from: Vec<Option<BodyCost>>,
 }
 
 /// The settings of every class.
@@ -47,6 +51,7 @@ pub(super) fn class_settings(
         max_body: vec![None; classes.len()],
         pipelined: vec![false; classes.len()],
         cost: vec![1; classes.len()],
+        cost_from: vec![None; classes.len()],
     };
     for (name, entry) in raw {
         let Some(id) = classes.iter().position(|c| c == name) else {
@@ -67,6 +72,10 @@ pub(super) fn class_settings(
             }
             out.cost[id] = *cost.get_ref();
         }
+        if let Some(body_cost) = body_cost(src, name, entry.get_ref())? {
+            out.cost[id] = body_cost.default;
+            out.cost_from[id] = Some(body_cost);
+        }
         if let Some(size) = &entry.get_ref().max_body {
             out.max_body[id] = Some(
                 parse_size(size.get_ref())
@@ -77,8 +86,59 @@ pub(super) fn class_settings(
     Ok(out)
 }
 
+/// A class's `cost_from`, `max_cost` and `default_cost`, checked together: `None` when the
+/// class's cost is not read from the body.
+fn body_cost(
+    src: &Source<'_>,
+    name: &str,
+    raw: &RawClass,
+) -> Result<Option<BodyCost>, ConfigError> {
+    let field = |key: &str| format!("classes.{name:?}.{key}");
+    let Some(pointer) = &raw.cost_from else {
+        // Bounds on a body's cost mean nothing without a body field to read it from.
+        let stray = [
+            ("max_cost", &raw.max_cost),
+            ("default_cost", &raw.default_cost),
+        ];
+        if let Some((key, Some(value))) = stray.into_iter().find(|(_, v)| v.is_some()) {
+            let message = "only with cost_from (the request body's field that gives the cost)";
+            return Err(src.at(field(key), value.span(), message));
+        }
+        return Ok(None);
+    };
+    if raw.cost.is_some() {
+        let message = "a class's cost is fixed (cost) or read from the body (cost_from), not both";
+        return Err(src.at(field("cost_from"), pointer.span(), message));
+    }
+    if !pointer.get_ref().starts_with('/') {
+        let message = "a JSON pointer starts with '/', e.g. \"/n\"";
+        return Err(src.at(field("cost_from"), pointer.span(), message));
+    }
+    let Some(max) = &raw.max_cost else {
+        let message = "missing: cost_from needs the most a request of the class is charged";
+        return Err(src.at(field("max_cost"), pointer.span(), message));
+    };
+    if *max.get_ref() == 0 {
+        return Err(src.at(field("max_cost"), max.span(), "must be at least 1"));
+    }
+    let default = match &raw.default_cost {
+        None => *max.get_ref(),
+        Some(d) if (1..=*max.get_ref()).contains(d.get_ref()) => *d.get_ref(),
+        Some(d) => {
+            let message = format!("must be from 1 to max_cost ({})", max.get_ref());
+            return Err(src.at(field("default_cost"), d.span(), message));
+        }
+    };
+    Ok(Some(BodyCost {
+        pointer: pointer.get_ref().clone(),
+        max: *max.get_ref(),
+        default,
+    }))
+}
+
 /// Refuses a class `cost` larger than a limit one of its tiers sets on it: no request of the
-/// class could ever be admitted there.
+/// class could ever be admitted there. A cost read from the body is not checked: a request
+/// that asks for more than a limit is refused (429) on its own, and smaller ones are admitted.
 pub(super) fn check_costs(
     src: &Source<'_>,
     raw: &BTreeMap<String, Spanned<RawClass>>,

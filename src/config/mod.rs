@@ -45,7 +45,7 @@ pub use tls::ListenerTls;
 
 use crate::classify::{ClassId, Router};
 use crate::identity::{IdentityConfig, TierId};
-use crate::limits::Tier;
+use crate::limits::{BodyCost, Tier};
 use crate::penalties::PenaltiesConfig;
 use crate::queue::JobsConfig;
 
@@ -138,13 +138,22 @@ impl Config {
             .flatten()
     }
 
-    /// Units a request of `class` takes from every window of its limits.
+    /// Units a request of `class` takes from every window of its limits; for a class whose
+    /// cost is read from the body ([`Config::cost_from`]), what a body not read is charged.
     pub fn cost(&self, class: ClassId) -> u32 {
         self.class_settings
             .cost
             .get(class.0 as usize)
             .copied()
             .unwrap_or(1)
+    }
+
+    /// How a request of `class` reads its cost from the body, when it does (`cost_from`).
+    pub fn cost_from(&self, class: ClassId) -> Option<&BodyCost> {
+        self.class_settings
+            .cost_from
+            .get(class.0 as usize)
+            .and_then(Option::as_ref)
     }
 
     /// Whether `class`'s body-less GET and HEAD requests go pipelined upstream.

@@ -426,6 +426,13 @@ pub struct RawClass {
     pub pipeline: bool,
     /// Units a request of this class takes from every window of its limits (default 1).
     pub cost: Option<Spanned<u32>>,
+    /// A JSON pointer into the request body whose whole number is the request's cost, instead
+    /// of a fixed `cost`.
+    pub cost_from: Option<Spanned<String>>,
+    /// With `cost_from`: the most a request is charged (a larger value is charged this).
+    pub max_cost: Option<Spanned<u32>>,
+    /// With `cost_from`: what a body that gives no usable value is charged (default `max_cost`).
+    pub default_cost: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,10 +14,12 @@
 //! several limits of one request checked and consumed atomically, calendar-day quotas, and the exact
 //! remaining count for `X-RateLimit-Remaining`.
 
+mod cost;
 mod decide;
 pub mod headers;
 mod policy;
 
+pub use cost::BodyCost;
 pub use decide::{
     decide, decide_units, usage_of, Counter, Counters, Decision, Receipt, Refusal, Usage,
     WindowUsage,

@@ -69,10 +69,9 @@ impl<'a> Admit<'a> {
             self.shadow(ctx, now).await;
             return Ok(None);
         }
-        let units = policy.config.cost(class);
         match self
             .store
-            .check_and_consume_units(caller.account, rules, units, now)
+            .check_and_consume_units(caller.account, rules, ctx.units, now)
             .await
         {
             Ok(Decision::Admitted(usage)) => {
@@ -99,7 +98,7 @@ impl<'a> Admit<'a> {
             policy: config.penalties.tier(caller.tier),
             ids: config.penalties.ids,
             facts,
-            units: config.cost(class),
+            units: ctx.units,
         };
         if rules.is_empty() && check.policy.is_empty() && !facts.is_relax() {
             policy.handles.admitted(class, caller.tier);
@@ -163,10 +162,9 @@ impl<'a> Admit<'a> {
         if shadow.is_empty() {
             return;
         }
-        let units = ctx.config().cost(ctx.class);
         match self
             .store
-            .check_and_consume_units(ctx.caller.account, shadow, units, now)
+            .check_and_consume_units(ctx.caller.account, shadow, ctx.units, now)
             .await
         {
             Ok(Decision::Refused(_, refusal)) => {

@@ -1,5 +1,5 @@
 //! What every stage after classification knows of the request being served: the config it is
-//! served under, who called, its class, and the forwarding fields its peer gets.
+//! served under, who called, its class, what it costs, and the forwarding fields its peer gets.
 
 use super::header_rewrite::Forwarded;
 use crate::classify::ClassId;
@@ -12,6 +12,9 @@ pub struct Ctx<'a> {
     pub policy: &'a Policy,
     pub caller: Caller,
     pub class: ClassId,
+    /// Units the request takes from every window of its limits: its class's `cost`, or what
+    /// its body says under `cost_from`.
+    pub units: u32,
     /// What goes into `X-Forwarded-For` / `-Proto`.
     pub forwarded: &'a Forwarded,
 }

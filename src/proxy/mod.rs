@@ -4,11 +4,12 @@
 //! 2. identify — the caller's account and tier ([`crate::identity`]);
 //! 3. [`class_of`] — the request's class, from its route or its body;
 //! 4. [`upload`] — a declared size over the class's cap is refused before any quota is spent;
-//! 5. [`admit`] — rate limits (and for a job, penalties) checked and consumed in one store step;
-//! 6. [`forward`] — a plain request goes upstream; or [`job`] — a job waits for a slot
+//! 5. [`cost_of`] — the units the request costs, fixed by its class or read from its body;
+//! 6. [`admit`] — rate limits (and for a job, penalties) checked and consumed in one store step;
+//! 7. [`forward`] — a plain request goes upstream; or [`job`] — a job waits for a slot
 //!    ([`queue_wait`]), runs on an upstream account, is judged ([`settle`]) and, as a task, is
 //!    watched to its end ([`task_watch`]);
-//! 7. respond — the usage headers, or floodgate's own error ([`respond`]); the access log's
+//! 8. respond — the usage headers, or floodgate's own error ([`respond`]); the access log's
 //!    record rides with the response ([`record`]).
 //!
 //! Everything here is the thin I/O edge around pure parts: identity, classification and the limit
@@ -18,6 +19,7 @@
 mod admit;
 mod class_of;
 pub mod client_body;
+mod cost_of;
 mod ctx;
 pub mod error;
 mod forward;
@@ -179,10 +181,21 @@ impl Proxy {
             self,
             upload::check_declared(&req.body().size_hint(), config.max_body(class))
         );
+        let units = match config.cost_from(class) {
+            None => config.cost(class),
+            // Boxed: only classes that read their cost from the body carry the read's state.
+            Some(rule) => {
+                let read = cost_of::body_cost(req, rule, config, self.body_idle());
+                let (read_req, units) = or_refuse!(self, Box::pin(read).await);
+                req = read_req;
+                units
+            }
+        };
         let ctx = Ctx {
             policy: &policy,
             caller,
             class,
+            units,
             forwarded: peer.forwarded(&config.identity),
         };
         let watched_task = self.task_watch().asked_about(&ctx, &req);

@@ -4,9 +4,10 @@
 //!
 //! The stages are [`super::Proxy::answer`]'s, in the same order and with the same rules:
 //! identify, classify, the declared-size check, admission, forwarding. What this path does not
-//! serve — a job, a route that reads its class from the body, a task poll, a head it cannot
-//! read plainly, a request one of the pure stages would refuse — it hands back untouched
-//! ([`Proxy::plan_plain`] says `None`) before anything was consumed, and hyper serves it the usual way.
+//! serve — a job, a route that reads its class from the body, a class that reads its cost
+//! there, a task poll, a head it cannot read plainly, a request one of the pure stages would
+//! refuse — it hands back untouched ([`Proxy::plan_plain`] says `None`) before anything was
+//! consumed, and hyper serves it the usual way.
 
 pub mod head;
 
@@ -76,7 +77,11 @@ impl Proxy {
             None => head.target,
         };
         let class = match config.router.classify_route(&head.method, path) {
-            Ok((class, None)) if config.jobs.class(class).is_none() => class,
+            Ok((class, None))
+                if config.jobs.class(class).is_none() && config.cost_from(class).is_none() =>
+            {
+                class
+            }
             _ => return None,
         };
         let declared = SizeHint::with_exact(head.body_len as u64);
@@ -131,6 +136,7 @@ impl Proxy {
             policy: &plan.policy,
             caller: plan.caller,
             class: plan.class,
+            units: config.cost(plan.class),
             forwarded: peer.forwarded(&config.identity),
         };
         let usage = match Admit::of(&self.shared).check(&ctx).await {
