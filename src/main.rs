@@ -107,6 +107,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("invalid config {}", path.display()))?;
     if let Some(Command::Check) = cli.command {
         print!("{}: ok\n{}", path.display(), config.summary());
+        for warning in dropped_account_changes(&config) {
+            println!("warning: {warning}");
+        }
         return Ok(());
     }
     let listeners = Listeners::bind(&config).context("cannot bind listeners")?;
@@ -121,6 +124,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     running.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The accounts' runtime changes (in the records file beside the state file) that `config`
+/// could no longer honour: a start or reload on it would drop them, with these warnings.
+fn dropped_account_changes(config: &Config) -> Vec<String> {
+    let Some(state) = &config.state else {
+        return Vec::new();
+    };
+    let file = floodgate::store::accounts::records_file(&state.file);
+    match floodgate::store::accounts::read_records_file(&file) {
+        Ok(records) => floodgate::accounts::Overrides::resolve(config, &records).1,
+        Err(e) => vec![format!("cannot read the accounts' runtime records: {e}")],
+    }
 }
 
 /// `floodgate accounts …`: one call of the accounts API; its answer printed.

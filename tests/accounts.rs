@@ -663,6 +663,32 @@ async fn changes_survive_kill_9_and_a_reload_drops_what_the_config_lost() {
         dir.path(),
         "[[tiers.free.limits]]\nclasses = [\"gen\"]\nper_minute = 2\n",
     );
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(["check", "--upstream", "http://127.0.0.1:9", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(
+        check.status.success(),
+        "a dropped change never fails the config: {said}"
+    );
+    let kim = format!(
+        "{:032x}",
+        floodgate::identity::AccountId::from_key(b"kim").0
+    );
+    assert!(
+        said.contains(&format!(
+            "warning: account {kim}: its runtime change is dropped: tier"
+        )),
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("warning:").count(),
+        1,
+        "lee's block stays: {said}"
+    );
     second.signal("HUP");
     let dropped = eventually(Duration::from_secs(5), || async {
         c.post(&second.url("/gen"), "kim")

@@ -118,6 +118,13 @@ enum Op {
     Record { account: usize, incorrect: bool },
     /// A job admitted earlier turned away after all: `Store::give_back` with its receipt.
     GiveBack { pick: usize },
+    /// An operator's reset of the counters of `mask`'s rules (`Store::reset`), or with
+    /// `grant`, units given back in the first of them (`Store::grant`).
+    Adjust {
+        account: usize,
+        mask: u16,
+        grant: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -202,8 +209,10 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (account.clone(), mask.clone(), prop::bool::weighted(0.1), units.clone())
             .prop_map(|(account, mask, tighter, units)| Op::Request { account, mask, tighter, units }),
-        3 => (account.clone(), mask, any::<bool>(), units)
+        3 => (account.clone(), mask.clone(), any::<bool>(), units)
             .prop_map(|(account, mask, relax, units)| Op::Job { account, mask, relax, units }),
+        1 => (account.clone(), mask, prop::option::of(1..=5u32))
+            .prop_map(|(account, mask, grant)| Op::Adjust { account, mask, grant }),
         1 => (account, any::<bool>())
             .prop_map(|(account, incorrect)| Op::Record { account, incorrect }),
         1 => any::<usize>().prop_map(|pick| Op::GiveBack { pick }),
@@ -365,6 +374,37 @@ async fn run_case(
                 prop_assert_eq!(mem, red, "step {} at {}: {:?}", step, now, op);
                 acct
             }
+            Op::Adjust {
+                account,
+                mask,
+                grant,
+            } => {
+                let acct = accounts[*account];
+                let ids: Vec<_> = rules(*mask, &case.limits, false)
+                    .iter()
+                    .map(|r| r.counter)
+                    .collect();
+                match (grant, ids.first()) {
+                    (None, _) => {
+                        let mem = memory.reset(acct, &ids, now).await.unwrap();
+                        let red = redis
+                            .reset(acct, &ids, now)
+                            .await
+                            .map_err(|e| failed("reset", e))?;
+                        prop_assert_eq!(mem, red, "step {} at {}: {:?}", step, now, op);
+                    }
+                    (Some(units), Some(&id)) => {
+                        let mem = memory.grant(acct, id, *units, now).await.unwrap();
+                        let red = redis
+                            .grant(acct, id, *units, now)
+                            .await
+                            .map_err(|e| failed("grant", e))?;
+                        prop_assert_eq!(mem, red, "step {} at {}: {:?}", step, now, op);
+                    }
+                    (Some(_), None) => continue,
+                }
+                acct
+            }
             Op::GiveBack { pick } => {
                 if receipts.is_empty() {
                     continue;
@@ -486,7 +526,7 @@ fn case_on_server_time() -> impl Strategy<Value = Case> {
         case.start_ms = start;
         for (k, ((dt, op), secs)) in case.steps.iter_mut().zip(secs).enumerate() {
             *dt = secs * 1_000 + if k == 0 { 0 } else { 25 };
-            if let Op::Request { mask, .. } | Op::Job { mask, .. } = op {
+            if let Op::Request { mask, .. } | Op::Job { mask, .. } | Op::Adjust { mask, .. } = op {
                 *mask &= ALIGNED;
             }
         }

@@ -408,11 +408,29 @@ async fn in_a_real_browser_the_numbers_move_and_match_metrics_and_usage() {
     );
     assert!(!dom.contains("key-acme"), "no API key on the page");
 
-    // More traffic, some of it refused: the page's numbers move with it.
+    // More traffic, some of it refused: the page's numbers move with it. The other account
+    // is blocked through the accounts API: the page lists it with its reason.
     for _ in 0..4 {
         c.post(&p.url("/gen"), "key-acme").await;
     }
+    let block = c
+        .send(
+            "PUT",
+            &p.admin_url("/accounts/by-key?key=key-other"),
+            &[("authorization", "Bearer page-token")],
+            r#"{"blocked": {"reason": "card declined"}, "concurrency": 2}"#,
+        )
+        .await;
+    assert_eq!(block.status, 200, "{:?}", block.body);
     let dom2 = headless(&browser, &profile, &page, None);
+    let other = format!(
+        "{:032x}",
+        floodgate::identity::AccountId::from_key(b"key-other").0
+    );
+    assert!(
+        dom2.contains(&format!("data-changed=\"{other}\"")) && dom2.contains("card declined"),
+        "the blocked account is on the page:\n{dom2}"
+    );
     let m = metrics(&metrics_url).await;
     let admitted2 = sum_of(&m, "floodgate_requests_total", r#"decision="admitted""#);
     let refused2 = sum_of(&m, "floodgate_requests_total", r#"decision="limited""#);

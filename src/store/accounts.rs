@@ -83,31 +83,19 @@ impl AccountBook {
         let Home::File(path) = &self.home else {
             return Ok(0);
         };
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
-        };
-        let file: BTreeMap<String, AccountRecord> = match serde_json::from_slice(&bytes) {
-            Ok(file) => file,
-            Err(e) => {
+        let records = match read_records_file(path) {
+            Ok(records) => records,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 // Kept for the operator, out of the way of the next change's write.
                 let aside = sibling(path, "corrupt");
-                let moved = std::fs::rename(path, &aside);
-                let whereto = match moved {
+                let whereto = match std::fs::rename(path, &aside) {
                     Ok(()) => format!("set aside as {}", aside.display()),
                     Err(m) => format!("could not be set aside: {m}"),
                 };
-                return Err(io::Error::other(format!(
-                    "{}: {e}; {whereto}",
-                    path.display()
-                )));
+                return Err(io::Error::other(format!("{e}; {whereto}")));
             }
+            Err(e) => return Err(e),
         };
-        let records: Records = file
-            .into_iter()
-            .filter_map(|(hex, r)| Some((AccountId(u128::from_str_radix(&hex, 16).ok()?), r)))
-            .collect();
         let n = records.len();
         self.set(records);
         Ok(n)
@@ -177,6 +165,26 @@ impl AccountBook {
     fn set(&self, records: Records) {
         *self.records.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(records);
     }
+}
+
+/// Reads a records file (`floodgate check` reads it too, to report what a config would drop);
+/// a missing file holds none, a damaged one is `InvalidData`.
+pub fn read_records_file(path: &Path) -> io::Result<Records> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Records::new()),
+        Err(e) => return Err(e),
+    };
+    let file: BTreeMap<String, AccountRecord> = serde_json::from_slice(&bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    Ok(file
+        .into_iter()
+        .filter_map(|(hex, r)| Some((AccountId(u128::from_str_radix(&hex, 16).ok()?), r)))
+        .collect())
 }
 
 /// An account id as the API and the records show it: 32 hex digits.
