@@ -18,7 +18,9 @@ Usage: bench/callgrind.sh BINARY [-c CONNS] [-d SECS] [--config FILE] [--h2]
   -d SECS       measured seconds (default 6)
   --config FILE floodgate's config (default config/bench.toml)
   --h2          HTTP/2 prior knowledge (h2load, floodgate with h2c) instead of HTTP/1.1 (wrk)
-Environment: CG_PORT (default 18185: floodgate; admin and upstream on the next two ports).
+Environment: CG_PORT (default 18185: floodgate; admin and upstream on the next two ports);
+CG_OUT=FILE keeps the measured profile there (for callgrind_annotate, on a build with
+CARGO_PROFILE_RELEASE_DEBUG=line-tables-only).
 EOF
 }
 
@@ -110,6 +112,7 @@ for _ in $(seq 1 300); do kill -0 "$FG" 2>/dev/null || break; sleep 0.1; done
 # The dump made at the end of the window holds what ran since the counters were zeroed.
 measured=$(grep -l '^desc: Trigger: .*measured' "$WORK"/callgrind.out* | head -1)
 instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$measured")
+[ -z "${CG_OUT:-}" ] || cp "$measured" "$CG_OUT"
 count=$((after - before))
 [ "$count" -gt 0 ] || { echo "no request was counted" >&2; exit 1; }
 echo "binary:        $BIN"

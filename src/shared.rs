@@ -12,11 +12,10 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
 use crate::accounts::{AccountRecord, Blocked, Overrides};
-use crate::classify::ClassId;
 use crate::clock::Clock;
 use crate::config::{Config, StoreConfig};
 use crate::identity::{AccountId, Caller};
-use crate::limits::Rule;
+use crate::limits::Tier;
 use crate::metrics::{Handles, Metrics};
 use crate::queue::Jobs;
 use crate::status::StatusBoard;
@@ -25,31 +24,52 @@ use crate::store::AccountBook;
 use crate::store::{FailoverStore, Login, RedisStore, Store, StoreError};
 
 /// A config together with the metric handles resolved for it and the accounts' runtime
-/// changes resolved against it; swapped whole on reload (and, sharing the config, on every
-/// change of an account).
+/// changes resolved against it; swapped whole on reload and on every change of an account.
+///
+/// The config and handles are held inline, not behind pointers of their own: the request path
+/// reads them on every request, and an account's change — rare beside requests — pays for the
+/// copy instead.
 #[derive(Debug)]
 pub struct Policy {
-    pub config: Arc<Config>,
-    pub handles: Arc<Handles>,
+    pub config: Config,
+    pub handles: Handles,
     pub overrides: Overrides,
 }
 
 impl Policy {
-    /// The identified caller as its account's runtime changes make it (its plan), or its block.
+    /// The identified caller as its account's runtime changes make it — its plan, and the
+    /// rules it is checked against by class (its tier's, or its own laid over them) — or its
+    /// block. One test while no account has runtime changes.
+    #[inline]
+    pub fn account(&self, caller: Caller, clock: &dyn Clock) -> Result<(Caller, &Tier), Blocked> {
+        match self.overrides.get(caller.account) {
+            None => Ok((caller, self.config.tier(caller.tier))),
+            Some(o) => {
+                let caller = o.admit(caller, clock.now_ms())?;
+                let tier = o.rules.as_ref();
+                Ok((
+                    caller,
+                    tier.unwrap_or_else(|| self.config.tier(caller.tier)),
+                ))
+            }
+        }
+    }
+
+    /// The identified caller as its account's runtime changes make it (its plan), or its block:
+    /// [`Policy::account`] without the rules, for the plain path's plan.
     #[inline]
     pub fn caller(&self, caller: Caller, clock: &dyn Clock) -> Result<Caller, Blocked> {
-        self.overrides.caller(caller, || clock.now_ms())
+        match self.overrides.get(caller.account) {
+            None => Ok(caller),
+            Some(o) => o.admit(caller, clock.now_ms()),
+        }
     }
 
-    /// The rules a request of `class` by `caller` is checked against.
+    /// The rules `caller` is checked against, by class: its own (its tier's with its runtime
+    /// limits laid over), or its tier's.
     #[inline]
-    pub fn rules(&self, caller: Caller, class: ClassId) -> &[Rule] {
-        self.overrides.rules(&self.config, caller, class)
-    }
-
-    /// The shadow rules a request of `class` by `caller` is measured against.
-    pub fn shadow_rules(&self, caller: Caller, class: ClassId) -> &[Rule] {
-        self.overrides.shadow_rules(&self.config, caller, class)
+    pub fn tier_of(&self, caller: Caller) -> &Tier {
+        self.overrides.tier(&self.config, caller)
     }
 }
 
@@ -97,8 +117,8 @@ impl Shared {
         Self {
             jobs,
             policy: ArcSwap::from_pointee(Policy {
-                config: Arc::new(config),
-                handles: Arc::new(handles),
+                config,
+                handles,
                 overrides: Overrides::default(),
             }),
             accounts,
@@ -125,8 +145,8 @@ impl Shared {
         let (overrides, warnings) = Overrides::resolve(&config, &*self.accounts.records());
         warn_dropped(&warnings);
         self.policy.store(Arc::new(Policy {
-            config: Arc::new(config),
-            handles: Arc::new(handles),
+            config,
+            handles,
             overrides,
         }));
     }

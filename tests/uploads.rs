@@ -318,7 +318,7 @@ async fn shipped_config_caps_uploads_as_the_seed_says() {
     let mb = 1024 * 1024;
     let max_body = |name: &str| {
         let id = config.classes.iter().position(|c| c == name).unwrap();
-        config.class_settings.max_body[id]
+        config.class_settings.facts[id].max_body
     };
     for class in [
         "img2img",

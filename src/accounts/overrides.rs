@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{AccountRecord, Block};
-use crate::classify::ClassId;
 use crate::config::{Config, Located};
 use crate::identity::{AccountId, BuildIdHasher, Caller, TierId, UnknownKeys};
-use crate::limits::{Rule, Tier};
+use crate::limits::Tier;
 use crate::queue::QueueSettings;
 
 /// One account's runtime changes, resolved.
@@ -39,7 +38,12 @@ pub struct Blocked {
 
 /// Every account's runtime changes, resolved against one config.
 #[derive(Debug, Clone, Default)]
-pub struct Overrides(Arc<HashMap<AccountId, Arc<AccountOverride>, BuildIdHasher>>);
+pub struct Overrides {
+    /// Whether any account has changes: the request path's one test while none has (a field
+    /// of its own, read without following the map's pointer).
+    any: bool,
+    by_account: Arc<HashMap<AccountId, Arc<AccountOverride>, BuildIdHasher>>,
+}
 
 impl Overrides {
     /// Resolves every record against `config`. A record the config can no longer honour (its
@@ -63,7 +67,7 @@ impl Overrides {
                 )),
             }
         }
-        (Self(Arc::new(map)), warnings)
+        (Self::of(map), warnings)
     }
 
     /// These overrides with `account`'s replaced by `record` resolved against `config` (or
@@ -74,63 +78,40 @@ impl Overrides {
         account: AccountId,
         record: &AccountRecord,
     ) -> Result<Self, Located> {
-        let mut map = (*self.0).clone();
+        let mut map = (*self.by_account).clone();
         match resolve(config, account, record)? {
             Some(o) => map.insert(account, Arc::new(o)),
             None => map.remove(&account),
         };
-        Ok(Self(Arc::new(map)))
+        Ok(Self::of(map))
+    }
+
+    fn of(map: HashMap<AccountId, Arc<AccountOverride>, BuildIdHasher>) -> Self {
+        Self {
+            any: !map.is_empty(),
+            by_account: Arc::new(map),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        !self.any
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.by_account.len()
     }
 
     /// The account's runtime changes, if it has any.
     #[inline]
     pub fn get(&self, account: AccountId) -> Option<&AccountOverride> {
-        if self.0.is_empty() {
+        if !self.any {
             return None;
         }
-        self.0.get(&account).map(|o| &**o)
-    }
-
-    /// The identified caller as its runtime changes make it: its plan, or its block.
-    #[inline]
-    pub fn caller(&self, caller: Caller, now_ms: impl FnOnce() -> u64) -> Result<Caller, Blocked> {
-        let Some(o) = self.get(caller.account) else {
-            return Ok(caller);
-        };
-        o.admit(caller, now_ms())
-    }
-
-    /// The rules a request of `class` by `caller` is checked against.
-    #[inline]
-    pub fn rules<'a>(&'a self, config: &'a Config, caller: Caller, class: ClassId) -> &'a [Rule] {
-        match self.get(caller.account).and_then(|o| o.rules.as_ref()) {
-            Some(tier) => tier.rules(class),
-            None => config.tier(caller.tier).rules(class),
-        }
-    }
-
-    /// The shadow rules a request of `class` by `caller` is measured against.
-    pub fn shadow_rules<'a>(
-        &'a self,
-        config: &'a Config,
-        caller: Caller,
-        class: ClassId,
-    ) -> &'a [Rule] {
-        match self.get(caller.account).and_then(|o| o.rules.as_ref()) {
-            Some(tier) => tier.shadow_rules(class),
-            None => config.tier(caller.tier).shadow_rules(class),
-        }
+        self.by_account.get(&account).map(|o| &**o)
     }
 
     /// The account's whole rule set: its own, or its tier's.
+    #[inline]
     pub fn tier<'a>(&'a self, config: &'a Config, caller: Caller) -> &'a Tier {
         match self.get(caller.account).and_then(|o| o.rules.as_ref()) {
             Some(tier) => tier,
@@ -148,13 +129,13 @@ impl Overrides {
 
     /// Every account with runtime changes.
     pub fn iter(&self) -> impl Iterator<Item = (AccountId, &AccountOverride)> {
-        self.0.iter().map(|(a, o)| (*a, &**o))
+        self.by_account.iter().map(|(a, o)| (*a, &**o))
     }
 }
 
 impl AccountOverride {
     /// `caller` with its runtime plan, or its block at `now_ms`.
-    fn admit(&self, caller: Caller, now_ms: u64) -> Result<Caller, Blocked> {
+    pub fn admit(&self, caller: Caller, now_ms: u64) -> Result<Caller, Blocked> {
         if let Some(block) = self.block.as_ref().filter(|b| b.holds(now_ms)) {
             return Err(Blocked {
                 reason: block.reason.clone(),

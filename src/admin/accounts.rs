@@ -486,7 +486,8 @@ async fn grant(
     let caller = caller_of(&policy, account)?;
     let class = policy.config.class_name(asked.class);
     let rule = policy
-        .rules(caller, asked.class)
+        .tier_of(caller)
+        .rules(asked.class)
         .iter()
         .find(|r| r.kind == asked.kind)
         .copied()

@@ -30,15 +30,35 @@ const UNITS: &[(&str, u64)] = &[
 /// Each class's settings, indexed by class id.
 #[derive(Debug, Clone, Default)]
 pub struct ClassSettings {
-    /// The upload limit; `None` = no limit.
-    pub max_body: Vec<Option<u64>>,
-    /// Whether body-less GET and HEAD requests go pipelined upstream.
-    pub pipelined: Vec<bool>,
-    /// Units a request takes from every window of its limits (1 unless `cost` says; a class
-    /// with `cost_from`: its `default_cost`, what a body not read is charged).
-    pub cost: Vec<u32>,
+    /// What every request of the class reads, side by side: one lookup per request.
+    pub facts: Vec<ClassFacts>,
     /// How a class whose cost is in the request body reads it (`cost_from`).
     pub cost_from: Vec<Option<BodyCost>>,
+}
+
+/// One class's settings that a request reads on the plain path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassFacts {
+    /// The upload limit; `None` = no limit.
+    pub max_body: Option<u64>,
+    /// Units a request takes from every window of its limits (1 unless `cost` says; a class
+    /// with `cost_from`: its `default_cost`, what a body not read is charged).
+    pub cost: u32,
+    /// Whether body-less GET and HEAD requests go pipelined upstream.
+    pub pipelined: bool,
+    /// Whether a request is decided from its head alone: not a job class, no `cost_from`
+    /// (filled in once the job classes are known).
+    pub decided_by_head: bool,
+}
+
+impl ClassFacts {
+    /// A class no `[classes.NAME]` section speaks of.
+    pub const DEFAULT: ClassFacts = ClassFacts {
+        max_body: None,
+        cost: 1,
+        pipelined: false,
+        decided_by_head: true,
+    };
 }
 
 /// The settings of every class.
@@ -48,9 +68,7 @@ pub(super) fn class_settings(
     classes: &[String],
 ) -> Result<ClassSettings, ConfigError> {
     let mut out = ClassSettings {
-        max_body: vec![None; classes.len()],
-        pipelined: vec![false; classes.len()],
-        cost: vec![1; classes.len()],
+        facts: vec![ClassFacts::DEFAULT; classes.len()],
         cost_from: vec![None; classes.len()],
     };
     for (name, entry) in raw {
@@ -64,20 +82,20 @@ pub(super) fn class_settings(
                 ),
             ));
         };
-        out.pipelined[id] = entry.get_ref().pipeline;
+        out.facts[id].pipelined = entry.get_ref().pipeline;
         if let Some(cost) = &entry.get_ref().cost {
             if *cost.get_ref() == 0 {
                 let field = format!("classes.{name:?}.cost");
                 return Err(src.at(field, cost.span(), "must be at least 1"));
             }
-            out.cost[id] = *cost.get_ref();
+            out.facts[id].cost = *cost.get_ref();
         }
         if let Some(body_cost) = body_cost(src, name, entry.get_ref())? {
-            out.cost[id] = body_cost.default;
+            out.facts[id].cost = body_cost.default;
             out.cost_from[id] = Some(body_cost);
         }
         if let Some(size) = &entry.get_ref().max_body {
-            out.max_body[id] = Some(
+            out.facts[id].max_body = Some(
                 parse_size(size.get_ref())
                     .map_err(|m| src.at(format!("classes.{name:?}.max_body"), size.span(), m))?,
             );

@@ -30,7 +30,7 @@ use toml::Spanned;
 
 pub use access_log::{AccessLogConfig, LogDestination, LogFormat};
 pub use admin_token::AdminToken;
-pub use classes::{format_size, ClassSettings};
+pub use classes::{format_size, ClassFacts, ClassSettings};
 use error::{invalid, Source};
 pub use error::{ConfigError, Located};
 use identity::build_identity;
@@ -129,23 +129,30 @@ impl Config {
         &self.tiers[tier.0 as usize]
     }
 
+    /// `class`'s settings that every request reads, in one lookup.
+    #[inline]
+    pub fn class_facts(&self, class: ClassId) -> &ClassFacts {
+        self.class_settings
+            .facts
+            .get(class.0 as usize)
+            .unwrap_or(&ClassFacts::DEFAULT)
+    }
+
+    /// Whether a request of `class` is decided from its head alone: not a job, and not costed
+    /// from its body.
+    pub fn decided_by_head(&self, class: ClassId) -> bool {
+        self.class_facts(class).decided_by_head
+    }
+
     /// The largest request body `class` accepts, if it has a limit.
     pub fn max_body(&self, class: ClassId) -> Option<u64> {
-        self.class_settings
-            .max_body
-            .get(class.0 as usize)
-            .copied()
-            .flatten()
+        self.class_facts(class).max_body
     }
 
     /// Units a request of `class` takes from every window of its limits; for a class whose
     /// cost is read from the body ([`Config::cost_from`]), what a body not read is charged.
     pub fn cost(&self, class: ClassId) -> u32 {
-        self.class_settings
-            .cost
-            .get(class.0 as usize)
-            .copied()
-            .unwrap_or(1)
+        self.class_facts(class).cost
     }
 
     /// How a request of `class` reads its cost from the body, when it does (`cost_from`).
@@ -158,11 +165,7 @@ impl Config {
 
     /// Whether `class`'s body-less GET and HEAD requests go pipelined upstream.
     pub fn pipelined(&self, class: ClassId) -> bool {
-        self.class_settings
-            .pipelined
-            .get(class.0 as usize)
-            .copied()
-            .unwrap_or(false)
+        self.class_facts(class).pipelined
     }
 }
 
@@ -290,7 +293,11 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let identity = build_identity(src, &raw, &mut tiers, &classes)?;
     let jobs = jobs::build_jobs(src, &raw, &classes, &tiers)?;
-    let class_settings = classes::class_settings(src, &raw.classes, &classes)?;
+    let mut class_settings = classes::class_settings(src, &raw.classes, &classes)?;
+    for (c, facts) in class_settings.facts.iter_mut().enumerate() {
+        facts.decided_by_head =
+            jobs.class(ClassId(c as u16)).is_none() && class_settings.cost_from[c].is_none();
+    }
     classes::check_costs(src, &raw.classes, &classes, &tiers)?;
     let penalties =
         penalties::build_penalties(src, &raw, &classes, &jobs, tiers.len(), &counter_owner)?;

@@ -69,8 +69,9 @@ pub struct CutCounters {
 /// The kinds of limit a refusal can name ([`LimitKind`] as an index).
 const LIMIT_KINDS: usize = LimitKind::Relax as usize + 1;
 
-/// Per-config handles for the counters every request touches.
-#[derive(Debug)]
+/// Per-config handles for the counters every request touches (cloned with the config when an
+/// account changes at runtime: the clones count in the same series).
+#[derive(Debug, Clone)]
 pub struct Handles {
     classes: usize,
     /// `[tier * classes + class]`

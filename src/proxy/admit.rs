@@ -62,7 +62,7 @@ impl<'a> Admit<'a> {
     /// recorded here, and its caller renders it (the plain path into a map it reuses).
     pub async fn check(&self, ctx: &Ctx<'_>) -> Result<Option<Usage>, Denied> {
         let (policy, caller, class) = (ctx.policy, ctx.caller, ctx.class);
-        let rules = policy.rules(caller, class);
+        let rules = ctx.tier.rules(class);
         let now = self.clock.now_ms();
         if rules.is_empty() {
             policy.handles.admitted(class, caller.tier);
@@ -93,7 +93,7 @@ impl<'a> Admit<'a> {
     pub async fn job(&self, ctx: &Ctx<'_>, facts: JobFacts) -> Result<AdmittedJob, Refused> {
         let (policy, caller, class) = (ctx.policy, ctx.caller, ctx.class);
         let config = &policy.config;
-        let rules = policy.rules(caller, class);
+        let rules = ctx.tier.rules(class);
         let check = JobCheck {
             policy: config.penalties.tier(caller.tier),
             ids: config.penalties.ids,
@@ -158,7 +158,7 @@ impl<'a> Admit<'a> {
     /// the shadow rules say) and on their own counters, so they take no part in the enforced
     /// all-or-nothing decision; among themselves they consume all or none, like enforced rules.
     async fn shadow(&self, ctx: &Ctx<'_>, now: u64) {
-        let shadow = ctx.policy.shadow_rules(ctx.caller, ctx.class);
+        let shadow = ctx.tier.shadow_rules(ctx.class);
         if shadow.is_empty() {
             return;
         }

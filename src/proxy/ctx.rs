@@ -5,12 +5,15 @@ use super::header_rewrite::Forwarded;
 use crate::classify::ClassId;
 use crate::config::Config;
 use crate::identity::Caller;
+use crate::limits::Tier;
 use crate::shared::Policy;
 
 /// The facts of one request, fixed once it is identified and classified.
 pub struct Ctx<'a> {
     pub policy: &'a Policy,
     pub caller: Caller,
+    /// The rules the caller is checked against, by class ([`Policy::tier_of`]).
+    pub tier: &'a Tier,
     pub class: ClassId,
     /// Units the request takes from every window of its limits: its class's `cost`, or what
     /// its body says under `cost_from`.
@@ -26,7 +29,7 @@ impl Ctx<'_> {
 
     /// The caller's tier's name (a metric label, a log field).
     pub fn tier_name(&self) -> &str {
-        &self.config().tier(self.caller.tier).name
+        &self.tier.name
     }
 
     /// The request's class's name (a metric label, a log field).

@@ -163,7 +163,7 @@ impl Proxy {
             self,
             config.identity.identify(req.headers(), peer.addr.ip())
         );
-        let caller = or_refuse!(self, policy.caller(caller, &*self.shared.clock));
+        let (caller, tier) = or_refuse!(self, policy.account(caller, &*self.shared.clock));
         let (class, by_body) = or_refuse!(self, class_of::by_route(&req, config));
         let (mut req, class) = match by_body {
             None => (req.map(RequestBody::from), class),
@@ -194,6 +194,7 @@ impl Proxy {
         let ctx = Ctx {
             policy: &policy,
             caller,
+            tier,
             class,
             units,
             forwarded: peer.forwarded(&config.identity),

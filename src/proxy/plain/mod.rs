@@ -76,16 +76,15 @@ impl Proxy {
             Some(at) => &head.target[..at],
             None => head.target,
         };
-        let class = match config.router.classify_route(&head.method, path) {
-            Ok((class, None))
-                if config.jobs.class(class).is_none() && config.cost_from(class).is_none() =>
-            {
-                class
-            }
+        let (class, facts) = match config.router.classify_route(&head.method, path) {
+            Ok((class, None)) => (class, config.class_facts(class)),
             _ => return None,
         };
+        if !facts.decided_by_head {
+            return None;
+        }
         let declared = SizeHint::with_exact(head.body_len as u64);
-        upload::check_declared(&declared, config.max_body(class)).ok()?;
+        upload::check_declared(&declared, facts.max_body).ok()?;
         Some(Planned {
             policy,
             caller,
@@ -132,11 +131,13 @@ impl Proxy {
         reuse: &mut Reuse,
     ) -> Response<ProxyBody> {
         let config = &plan.policy.config;
+        let facts = config.class_facts(plan.class);
         let ctx = Ctx {
             policy: &plan.policy,
             caller: plan.caller,
+            tier: plan.policy.tier_of(plan.caller),
             class: plan.class,
-            units: config.cost(plan.class),
+            units: facts.cost,
             forwarded: peer.forwarded(&config.identity),
         };
         let usage = match Admit::of(&self.shared).check(&ctx).await {
@@ -155,9 +156,8 @@ impl Proxy {
         let started = Instant::now();
         let upstream = &self.upstreams.default;
         let encode = |buf: &mut Vec<u8>| encode_request(buf, head, body, ctx.forwarded, annotate);
-        let pipelined = config.pipelined(plan.class)
-            && body.is_empty()
-            && matches!(head.method, Method::GET | Method::HEAD);
+        let pipelined =
+            facts.pipelined && body.is_empty() && matches!(head.method, Method::GET | Method::HEAD);
         let (method, relay) = (&head.method, &mut reuse.relay);
         let sent = if pipelined {
             upstream.send_pipelined(method, fields, relay, encode).await
