@@ -804,3 +804,92 @@ async fn the_accounts_command_drives_the_api() {
     let (ok, _, err) = run(&["get", &id]);
     assert!(!ok && err.contains("401"), "{err}");
 }
+
+/// An 8-digit prefix two known accounts share is ambiguous (409); a body over 64 KiB is
+/// refused (413) before it is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_prefix_and_an_oversized_body_are_refused() {
+    use floodgate::identity::AccountId;
+    let up = Upstream::start().await;
+    let gate = Gate::start(CONFIG, &up.url(), DAY0_MS);
+    let (c, admin) = (TestClient::new(), TestClient::new());
+    // Two keys whose ids share their first 32 bits (a birthday search, bounded).
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0..2_000_000u32)
+        .find_map(|i| {
+            let key = format!("k{i}");
+            let prefix = AccountId::from_key(key.as_bytes()).prefix();
+            seen.insert(prefix, key.clone()).map(|other| (other, key))
+        })
+        .expect("two keys share a prefix");
+    c.post(&gen(&gate), &a).await;
+    c.post(&gen(&gate), &b).await;
+    let prefix = AccountId::from_key(a.as_bytes()).short();
+    let got = admin
+        .get(&gate.admin_url(&format!("/accounts/{prefix}")))
+        .await;
+    assert_eq!(
+        (got.status.as_u16(), got.json()["code"].as_str()),
+        (409, Some("ambiguous_account"))
+    );
+    let full = format!("{:032x}", AccountId::from_key(a.as_bytes()).0);
+    let longer = admin
+        .get(&gate.admin_url(&format!("/accounts/{}", &full[..12])))
+        .await;
+    assert_eq!(longer.status, 200, "more digits tell them apart");
+
+    let big = format!("{{\"tier\": \"pro\", \"pad\": \"{}\"}}", "x".repeat(70_000));
+    let a = admin
+        .send("PUT", &gate.admin_url(&by_key("zed", "")), &[], big)
+        .await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()["code"].as_str()),
+        (413, Some("body_too_large"))
+    );
+}
+
+/// With Redis down a change is refused with 503 and nothing changes; back up, it goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_redis_cannot_store_changes_nothing() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let config = format!(
+        "{CONFIG}\n[store]\ntype = \"redis\"\nurl = \"{}\"\ntimeout = \"500ms\"\non_failure = \"fail_open\"\n",
+        redis.url()
+    );
+    let gate = Gate::start(&config, &up.url(), DAY0_MS);
+    let (c, admin) = (TestClient::new(), TestClient::new());
+    redis.stop();
+    let block = json!({"blocked": {"reason": "unpaid"}});
+    let a = call(
+        &admin,
+        "PUT",
+        &gate.admin_url(&by_key("ola", "")),
+        block.clone(),
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()["code"].as_str()),
+        (503, Some("store_unavailable"))
+    );
+    assert_eq!(
+        c.post(&gen(&gate), "ola").await.status,
+        200,
+        "not blocked: nothing changed"
+    );
+    redis.restart();
+    let stored = eventually(Duration::from_secs(5), || async {
+        call(
+            &admin,
+            "PUT",
+            &gate.admin_url(&by_key("ola", "")),
+            block.clone(),
+        )
+        .await
+        .status
+            == 200
+    })
+    .await;
+    assert!(stored, "the change goes through once Redis is back");
+    assert_eq!(c.post(&gen(&gate), "ola").await.status, 403);
+}
