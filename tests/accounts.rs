@@ -893,3 +893,43 @@ async fn a_change_redis_cannot_store_changes_nothing() {
     assert!(stored, "the change goes through once Redis is back");
     assert_eq!(c.post(&gen(&gate), "ola").await.status, 403);
 }
+
+/// With unknown keys refused, only the config's accounts can be changed: a change for a key
+/// the config does not admit is refused (404) and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_the_config_refuses_cannot_be_changed() {
+    let up = Upstream::start().await;
+    let config = CONFIG.replace(
+        "default_tier = \"free\"",
+        "unknown_keys = \"reject\"\n[accounts]\n\"known-key\" = \"free\"",
+    );
+    let gate = Gate::start(&config, &up.url(), DAY0_MS);
+    let admin = TestClient::new();
+    let plan = json!({"tier": "pro"});
+    let a = call(
+        &admin,
+        "PUT",
+        &gate.admin_url(&by_key("stranger", "")),
+        plan.clone(),
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()["code"].as_str()),
+        (404, Some("unknown_account"))
+    );
+    let list = admin
+        .get(&gate.admin_url("/accounts?sort=changed"))
+        .await
+        .json();
+    assert_eq!(list["total"], 0);
+    let a = call(
+        &admin,
+        "PUT",
+        &gate.admin_url(&by_key("known-key", "")),
+        plan,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let r = TestClient::new().post(&gen(&gate), "known-key").await;
+    assert_eq!(r.num("x-ratelimit-limit"), 5);
+}

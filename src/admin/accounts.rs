@@ -334,10 +334,11 @@ async fn put(
     body: &[u8],
     who: &str,
 ) -> Result<Value, ApiError> {
+    let policy = shared.policy.load_full();
+    caller_of(&policy, account)?;
     let _one = shared.accounts.editing().await;
     let before = record_of(shared, account);
     let after = parse_put(body, &before)?;
-    let policy = shared.policy.load_full();
     policy.overrides.with(&policy.config, account, &after)?;
     let action = match (&before.blocked, &after.blocked) {
         (b, a) if b == a || before.clone().without_block() != after.clone().without_block() => {

@@ -125,7 +125,12 @@ impl AccountBook {
                     .redis()
                     .record_write(&hex(account), json.as_deref())
                     .await?;
-                self.version.store(version, Ordering::Relaxed);
+                // Only when no other replica wrote since this one last read: otherwise the
+                // next refresh must read theirs too.
+                let seen = self.version.load(Ordering::Relaxed);
+                if version == seen + 1 {
+                    self.version.store(version, Ordering::Relaxed);
+                }
             }
         }
         self.set(records);
