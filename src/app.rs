@@ -466,6 +466,7 @@ async fn control(
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every
     });
+    let mut records_failing = false;
     let mut probe = shared.store.recovery_probe().map(|every| {
         let mut every = tokio::time::interval(every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -482,13 +483,22 @@ async fn control(
                 shared.status.sample(&shared.metrics, degraded, shared.clock.now_ms());
             }
             _ = tick(&mut probe) => shared.store.probe().await,
-            _ = tick(&mut records) => match shared.accounts.refresh().await {
-                Ok(true) => {
+            _ = tick(&mut records) => {
+                let refreshed = shared.accounts.refresh().await;
+                match (&refreshed, records_failing) {
+                    (Err(e), false) => tracing::warn!(
+                        error = %e,
+                        "cannot read the accounts' records from redis; the changes last read \
+                         stay in force"
+                    ),
+                    (Ok(_), true) => tracing::info!("the accounts' records are read again"),
+                    _ => {}
+                }
+                records_failing = refreshed.is_err();
+                if let Ok(true) = refreshed {
                     shared.apply_records();
                 }
-                Ok(false) => {}
-                Err(e) => tracing::debug!(error = %e, "cannot check the accounts' records"),
-            },
+            }
             _ = shutdown.changed() => break,
         }
     }

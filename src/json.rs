@@ -20,6 +20,68 @@ pub fn number_at(bytes: &[u8], pointer: &str) -> Option<serde_json::Number> {
     }
 }
 
+/// Whether an object anywhere in the document names a key twice. JSON parsers disagree on
+/// which of the two counts (the last, here; the first, in some upstreams), so a value read from
+/// such a document cannot be trusted to be the one the upstream acts on. False for a document
+/// that is not JSON.
+pub fn has_duplicate_keys(bytes: &[u8]) -> bool {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Walks a document, answering whether it saw a key twice in one object.
+    struct Walk;
+
+    impl<'de> DeserializeSeed<'de> for Walk {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_any(Walk)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+            let mut twice = false;
+            while let Some(inner) = seq.next_element_seed(Walk)? {
+                twice |= inner;
+            }
+            Ok(twice)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            let mut twice = false;
+            while let Some(key) = map.next_key::<String>()? {
+                twice |= !keys.insert(key);
+                twice |= map.next_value_seed(Walk)?;
+            }
+            Ok(twice)
+        }
+    }
+
+    let mut doc = serde_json::Deserializer::from_slice(bytes);
+    Walk.deserialize(&mut doc).unwrap_or(false)
+}
+
 /// The value at a JSON pointer, taken out of the parsed document.
 fn value_at(bytes: &[u8], pointer: &str) -> Option<serde_json::Value> {
     let mut doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
@@ -28,7 +90,19 @@ fn value_at(bytes: &[u8], pointer: &str) -> Option<serde_json::Value> {
 
 #[cfg(test)]
 mod tests {
-    use super::{number_at, string_at};
+    use super::{has_duplicate_keys, number_at, string_at};
+
+    #[test]
+    fn a_key_named_twice_in_any_object_is_seen() {
+        assert!(has_duplicate_keys(br#"{"n": 1, "n": 9}"#));
+        assert!(has_duplicate_keys(
+            br#"{"a": [{"x": 1}, {"y": 2, "y": 3}]}"#
+        ));
+        assert!(!has_duplicate_keys(
+            br#"{"n": 1, "a": {"n": 2}, "b": [{"n": 3}, {"n": 4}]}"#
+        ));
+        assert!(!has_duplicate_keys(b"not json"));
+    }
 
     #[test]
     fn strings_and_numbers_are_read_as_text() {

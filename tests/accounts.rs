@@ -221,6 +221,18 @@ async fn own_limits_and_job_caps_are_checked_like_the_config(backend: Backend) {
             "{body}: {v}"
         );
     }
+    let by_query = admin.get(&gate.admin_url("/accounts?key=carol")).await;
+    assert_eq!(
+        by_query.json()["account"],
+        admin.get(&url).await.json()["account"]
+    );
+    let bad = admin
+        .send("POST", &gate.admin_url(&by_key("carol", "/reset")), &[], "")
+        .await;
+    assert_eq!(
+        (bad.status.as_u16(), bad.json()["field"].as_str()),
+        (422, Some("windows"))
+    );
     let bad = admin.send("PUT", &url, &[], "{not json").await;
     assert_eq!(
         (bad.status.as_u16(), bad.json()["code"].as_str()),
@@ -243,6 +255,12 @@ async fn own_limits_and_job_caps_are_checked_like_the_config(backend: Backend) {
             "not_found",
         ),
         ("GET", "/accounts/by-key", 400, "missing_key"),
+        (
+            "GET",
+            "/accounts/0123456789?key=carol",
+            400,
+            "invalid_account",
+        ),
         ("GET", "/accounts?sort=size", 422, "invalid_field"),
     ] {
         let a = admin.send(method, &gate.admin_url(path), &[], "").await;
@@ -565,6 +583,24 @@ async fn replicas_on_one_redis_apply_a_change_within_a_second() {
         "one history in Redis: {v}"
     );
 
+    // Two replicas change one account at once, each from what it last read: neither change
+    // undoes the other (each write is a compare-and-set on the stored record).
+    let (url_one, url_two) = (
+        one.admin_url(&by_key("jack", "")),
+        two.admin_url(&by_key("jack", "")),
+    );
+    let (a, b) = tokio::join!(
+        call(&admin, "PUT", &url_one, json!({"concurrency": 3})),
+        call(&admin, "PUT", &url_two, json!({"max_queue": 7})),
+    );
+    assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
+    let both = eventually(Duration::from_secs(1), || async {
+        let v = admin.get(&one.admin_url(&by_key("jack", ""))).await.json();
+        v["overrides"]["concurrency"] == 3 && v["overrides"]["max_queue"] == 7
+    })
+    .await;
+    assert!(both, "one change undid the other");
+
     drop(one);
     let three = Gate::start(&config, &up.url(), DAY0_MS);
     let a = c.post(&three.url("/gen"), "jack").await;
@@ -877,6 +913,21 @@ async fn a_change_redis_cannot_store_changes_nothing() {
         200,
         "not blocked: nothing changed"
     );
+    for (path, body) in [
+        ("/reset", json!({"windows": "all"})),
+        (
+            "/grant",
+            json!({"class": "gen", "window": "minute", "units": 1}),
+        ),
+    ] {
+        let a = call(&admin, "POST", &gate.admin_url(&by_key("ola", path)), body).await;
+        let code = a.json()["code"].clone();
+        assert_eq!(
+            (a.status.as_u16(), code.as_str()),
+            (503, Some("store_unavailable")),
+            "{path}"
+        );
+    }
     redis.restart();
     let stored = eventually(Duration::from_secs(5), || async {
         call(
@@ -932,4 +983,39 @@ async fn an_account_the_config_refuses_cannot_be_changed() {
     assert_eq!(a.status, 200, "{:?}", a.body);
     let r = TestClient::new().post(&gen(&gate), "known-key").await;
     assert_eq!(r.num("x-ratelimit-limit"), 5);
+}
+
+/// Runtime limits replace the tier's windows of the same kind, class by class, and are refused
+/// when the class's cost is above one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_limits_replace_a_kind_and_respect_the_class_cost() {
+    let up = Upstream::start().await;
+    let config = format!(
+        "{CONFIG}\n[[tiers.free.limits]]\nclasses = [\"*\"]\nshared = true\nper_hour = 3\n\
+         [classes.other]\ncost = 2\n"
+    );
+    let gate = Gate::start(&config, &up.url(), DAY0_MS);
+    let (c, admin) = (TestClient::new(), TestClient::new());
+    let url = gate.admin_url(&by_key("pia", ""));
+    // The account-wide hour (3) would stop a fourth request; pia's own hour on gen replaces it.
+    let own = json!({"limits": [{"classes": ["gen"], "per_hour": 50, "per_minute": 10}]});
+    assert_eq!(call(&admin, "PUT", &url, own).await.status, 200);
+    for _ in 0..5 {
+        let a = c.post(&gen(&gate), "pia").await;
+        assert_eq!(a.status, 200, "{:?}", a.headers);
+    }
+    let too_low = json!({"limits": [{"classes": ["other"], "per_minute": 1}]});
+    let a = call(&admin, "PUT", &url, too_low).await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()["field"].as_str()),
+        (422, Some("limits"))
+    );
+    assert!(
+        a.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("costs 2 units"),
+        "{}",
+        a.json()
+    );
 }

@@ -394,9 +394,9 @@ async fn run_case(
                         prop_assert_eq!(mem, red, "step {} at {}: {:?}", step, now, op);
                     }
                     (Some(units), Some(&id)) => {
-                        let mem = memory.grant(acct, id, *units, now).await.unwrap();
+                        let mem = memory.grant(acct, &[id], *units, now).await.unwrap();
                         let red = redis
-                            .grant(acct, id, *units, now)
+                            .grant(acct, &[id], *units, now)
                             .await
                             .map_err(|e| failed("grant", e))?;
                         prop_assert_eq!(mem, red, "step {} at {}: {:?}", step, now, op);

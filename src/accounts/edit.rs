@@ -51,6 +51,10 @@ pub struct Grant {
     pub units: u32,
 }
 
+/// The most an account's own limits take, as JSON: a record (and each of its kept changes)
+/// stays small.
+const MAX_LIMITS_BYTES: usize = 4096;
+
 /// The windows a reset or a grant may name, by their `X-RateLimit-Type` names.
 const WINDOWS: [LimitKind; 6] = [
     LimitKind::Second,
@@ -136,6 +140,12 @@ fn whole(v: &Value, field: &str, min: u64) -> Result<u32, EditError> {
 
 /// A limits list; an empty list is no limits of the account's own.
 fn limits(v: &Value, field: &str) -> Result<Option<Value>, EditError> {
+    if v.to_string().len() > MAX_LIMITS_BYTES {
+        return Err(EditError::field(
+            field,
+            format!("at most {MAX_LIMITS_BYTES} bytes of limit entries"),
+        ));
+    }
     match v {
         Value::Array(a) if a.is_empty() => Ok(None),
         Value::Array(a) if a.iter().all(Value::is_object) => Ok(Some(v.clone())),
@@ -183,12 +193,15 @@ fn block(v: &Value) -> Result<Block, EditError> {
     Ok(Block { reason, until_ms })
 }
 
-/// A reset's body: `{"windows": [...] | "all", "penalties": bool}`; an empty body resets
-/// every window and no penalty.
+/// A reset's body: `{"windows": [...] | "all", "penalties": bool}`. `windows` must be given:
+/// a refund never zeroes more than it names.
 pub fn parse_reset(body: &[u8]) -> Result<Reset, EditError> {
     let fields = object(body)?;
+    if !fields.contains_key("windows") {
+        return Err(EditError::field("windows", windows_expected()));
+    }
     let mut reset = Reset {
-        kinds: WINDOWS.to_vec(),
+        kinds: Vec::new(),
         penalties: false,
     };
     for (name, value) in &fields {
@@ -282,16 +295,10 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
         format!("{text:?} is not an RFC 3339 time like \"2026-12-31T00:00:00Z\": {e}")
     };
     let t = text.trim();
-    let (base, offset_secs) = match t.len().checked_sub(6).map(|i| t.split_at(i)) {
-        Some((base, off))
-            if (off.starts_with('+') || off.starts_with('-')) && off.as_bytes()[3] == b':' =>
-        {
-            let hours: i64 = off[1..3].parse().map_err(|e| bad(&e))?;
-            let minutes: i64 = off[4..6].parse().map_err(|e| bad(&e))?;
-            let sign = if off.starts_with('-') { -1 } else { 1 };
-            (format!("{base}Z"), sign * (hours * 3600 + minutes * 60))
-        }
-        _ => (t.to_owned(), 0),
+    let (base, offset_secs) = match utc_offset(t.as_bytes()) {
+        // The offset is six ASCII bytes, so the cut is on a character boundary.
+        Some(secs) => (format!("{}Z", &t[..t.len() - 6]), secs),
+        None => (t.to_owned(), 0),
     };
     let at = humantime::parse_rfc3339(&base).map_err(|e| bad(&e))?;
     let ms = at
@@ -301,10 +308,30 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
     u64::try_from(ms - offset_secs * 1000).map_err(|e| bad(&e))
 }
 
+/// The seconds east of UTC of a time ending in `+HH:MM` or `-HH:MM`; `None` for any other end.
+fn utc_offset(t: &[u8]) -> Option<i64> {
+    let [sign, h1, h2, b':', m1, m2] = *t.get(t.len().checked_sub(6)?..)? else {
+        return None;
+    };
+    let digit = |b: u8| b.is_ascii_digit().then(|| i64::from(b - b'0'));
+    let (hours, minutes) = (digit(h1)? * 10 + digit(h2)?, digit(m1)? * 10 + digit(m2)?);
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let secs = hours * 3600 + minutes * 60;
+    match sign {
+        b'+' => Some(secs),
+        b'-' => Some(-secs),
+        _ => None,
+    }
+}
+
 /// Clock ms as an RFC 3339 UTC time, to the second.
 pub fn format_time(ms: u64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(ms);
-    let _: SystemTime = at;
+    // RFC 3339 ends with the year 9999; a later time (only a hand-edited record has one) is
+    // shown as that.
+    const LAST_MS: u64 = 253_402_300_799_000;
+    let at: SystemTime = UNIX_EPOCH + Duration::from_millis(ms.min(LAST_MS));
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
@@ -353,8 +380,9 @@ mod tests {
         let r = parse_reset(br#"{"windows": ["minute", "daily"], "penalties": true}"#).unwrap();
         assert_eq!(r.kinds, vec![LimitKind::Minute, LimitKind::Daily]);
         assert!(r.penalties);
-        let all = parse_reset(b"").unwrap();
+        let all = parse_reset(br#"{"windows": "all"}"#).unwrap();
         assert_eq!((all.kinds.len(), all.penalties), (6, false));
+        assert!(parse_reset(b"").is_err(), "a reset names its windows");
         assert!(parse_reset(br#"{"windows": ["fortnight"]}"#).is_err());
     }
 
@@ -365,5 +393,16 @@ mod tests {
         assert_eq!(parse_time("2027-01-01T02:00:00+02:00").unwrap(), ms);
         assert_eq!(parse_time("2026-12-31T19:00:00-05:00").unwrap(), ms);
         assert!(parse_time("2027-13-01T00:00:00Z").is_err());
+        for odd in [
+            "",
+            "+01:00",
+            "2027-01-01T00:00:00é+01:00",
+            "ééééééé",
+            "2027-01-01T00:00:00+0é:00",
+            "2027-01-01T00:00:00+99:99",
+        ] {
+            assert!(parse_time(odd).is_err(), "{odd:?}");
+        }
+        assert_eq!(format_time(u64::MAX), "9999-12-31T23:59:59Z");
     }
 }

@@ -83,6 +83,11 @@ impl AccountRecord {
         })
     }
 
+    /// Whether there is nothing to keep: no setting and no history.
+    pub fn is_empty(&self) -> bool {
+        !self.changes_anything() && self.changes.is_empty()
+    }
+
     /// The record without its block and history: tells a block from other changes.
     pub fn without_block(mut self) -> Self {
         self.blocked = None;

@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::{key_of, query_value, usage_view};
+use super::{key_of, percent_decode, query_value, usage_view};
 use crate::accounts::{
     config_tier, parse_grant, parse_put, parse_reset, AccountRecord, Change, EditError,
 };
@@ -105,6 +105,12 @@ impl From<Located> for ApiError {
     }
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        store_failed(e)
+    }
+}
+
 fn store_failed(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -132,7 +138,21 @@ async fn route(
 ) -> Result<Value, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let rest = path.strip_prefix("/accounts").unwrap_or_default();
-    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let mut segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    // `?key=K` names the account by its API key: `/accounts?key=K` is `/accounts/by-key?key=K`.
+    if query_value(&req, "key").is_some() {
+        match segments.first() {
+            None => segments.push("by-key"),
+            Some(&"by-key") => {}
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_account",
+                    "name the account by its id or by ?key=, not both",
+                ))
+            }
+        }
+    }
     let method = req.method().clone();
     let allowed = match segments.as_slice() {
         [] => "GET",
@@ -209,6 +229,7 @@ fn find_account(
         return Ok(AccountId::from_key(key.as_bytes()));
     }
     let config = &policy.config;
+    let segment = &percent_decode(segment);
     if let Some((&account, _)) = config.identity.names.iter().find(|(_, n)| *n == segment) {
         return Ok(account);
     }
@@ -336,64 +357,67 @@ async fn put(
 ) -> Result<Value, ApiError> {
     let policy = shared.policy.load_full();
     caller_of(&policy, account)?;
-    let _one = shared.accounts.editing().await;
-    let before = record_of(shared, account);
-    let after = parse_put(body, &before)?;
-    policy.overrides.with(&policy.config, account, &after)?;
-    let action = match (&before.blocked, &after.blocked) {
-        (b, a) if b == a || before.clone().without_block() != after.clone().without_block() => {
-            "set"
-        }
-        (_, Some(_)) => "block",
-        (_, None) => "unblock",
-    };
-    change(shared, account, (before, after), action, who).await?;
-    drop(_one);
+    settle(shared, account, who, |before| {
+        let after = parse_put(body, before)?;
+        policy.overrides.with(&policy.config, account, &after)?;
+        let others_same = before.clone().without_block() == after.clone().without_block();
+        let action = match (&before.blocked, &after.blocked) {
+            (b, a) if b == a || !others_same => "set",
+            (_, Some(_)) => "block",
+            (_, None) => "unblock",
+        };
+        Ok(Some((after, action)))
+    })
+    .await?;
     view(shared, &shared.policy.load_full(), account).await
 }
 
 /// `DELETE /accounts/{account}`: every runtime change dropped.
 async fn clear(shared: &Shared, account: AccountId, who: &str) -> Result<Value, ApiError> {
-    let _one = shared.accounts.editing().await;
-    let before = record_of(shared, account);
-    if before.changes_anything() {
+    settle(shared, account, who, |before| {
+        if !before.changes_anything() {
+            return Ok(None);
+        }
         let mut after = before.clone();
         after.clear();
-        change(shared, account, (before, after), "clear", who).await?;
-    }
-    drop(_one);
+        Ok(Some((after, "clear")))
+    })
+    .await?;
     let policy = shared.policy.load_full();
     view(shared, &policy, account).await
 }
 
-fn record_of(shared: &Shared, account: AccountId) -> AccountRecord {
-    let records = shared.accounts.records();
-    records.get(&account).cloned().unwrap_or_default()
-}
-
-/// Stores a change of settings with its audit entry, applies it, logs and counts it.
-async fn change(
+/// A change of settings: `change` makes the new record (and names the action) from the one
+/// stored; it is written with its audit entry, applied, logged and counted.
+async fn settle(
     shared: &Shared,
     account: AccountId,
-    (before, mut after): (AccountRecord, AccountRecord),
-    action: &'static str,
     who: &str,
+    mut change: impl FnMut(&AccountRecord) -> Result<Option<(AccountRecord, &'static str)>, ApiError>,
 ) -> Result<(), ApiError> {
-    let entry = Change {
-        at_ms: shared.clock.now_ms(),
-        who: who.to_owned(),
-        action: action.into(),
-        before: before.settings(),
-        after: after.settings(),
-    };
-    after.log(entry.clone());
-    shared
+    let at_ms = shared.clock.now_ms();
+    let updated = shared
         .accounts
-        .write(account, after.clone())
-        .await
-        .map_err(store_failed)?;
-    shared.apply_record(account, &after);
-    audit(shared, account, &entry);
+        .update(account, |before| {
+            let Some((mut after, action)) = change(before)? else {
+                return Ok::<_, ApiError>(None);
+            };
+            after.log(Change {
+                at_ms,
+                who: who.to_owned(),
+                action: action.into(),
+                before: before.settings(),
+                after: after.settings(),
+            });
+            Ok(Some(after))
+        })
+        .await?;
+    if let Some((_, after)) = updated {
+        shared.apply_record(account, &after);
+        if let Some(entry) = after.changes.last() {
+            audit(shared, account, entry);
+        }
+    }
     Ok(())
 }
 
@@ -451,7 +475,6 @@ async fn reset(
     }
     let ids: Vec<CounterId> = targets.iter().map(|(id, _)| *id).collect();
     let now = shared.clock.now_ms();
-    let _one = shared.accounts.editing().await;
     let counts = shared
         .store
         .reset(account, &ids, now)
@@ -486,13 +509,17 @@ async fn grant(
     let asked = parse_grant(body, &policy.config)?;
     let caller = caller_of(&policy, account)?;
     let class = policy.config.class_name(asked.class);
-    let rule = policy
+    // Every window of that kind the class counts in (its own and a shared one, say): a
+    // refund the next request can use.
+    let rules: Vec<_> = policy
         .tier_of(caller)
         .rules(asked.class)
         .iter()
-        .find(|r| r.kind == asked.kind)
+        .filter(|r| r.kind == asked.kind)
         .copied()
-        .ok_or_else(|| ApiError {
+        .collect();
+    if rules.is_empty() {
+        return Err(ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "no_such_window",
             message: format!(
@@ -500,46 +527,62 @@ async fn grant(
                 asked.kind.name()
             ),
             field: Some("window".into()),
-        })?;
+        });
+    }
+    let ids: Vec<CounterId> = rules.iter().map(|r| r.counter).collect();
     let now = shared.clock.now_ms();
-    let _one = shared.accounts.editing().await;
-    let (before, after) = shared
+    let counts = shared
         .store
-        .grant(account, rule.counter, asked.units, now)
+        .grant(account, &ids, asked.units, now)
         .await
         .map_err(store_failed)?;
     let label = format!("{class}:{}", asked.kind.name());
+    let used = |pick: fn(&(u32, u32)) -> u32| counts.iter().map(pick).collect::<Vec<u32>>();
     let entry = Change {
         at_ms: now,
         who: who.to_owned(),
         action: "grant".into(),
-        before: json!({ &label: before }),
-        after: json!({ &label: after }),
+        before: json!({ &label: used(|c| c.0) }),
+        after: json!({ &label: used(|c| c.1) }),
     };
     log_counters_change(shared, account, entry).await?;
-    Ok(json!({
-        "account": hex(account),
-        "class": class,
-        "window": asked.kind.name(),
-        "limit": rule.limit,
-        "used_before": before,
-        "used": after,
-        "remaining": rule.limit.saturating_sub(after),
-    }))
+    let windows: Vec<Value> = rules
+        .iter()
+        .zip(&counts)
+        .map(|(rule, (before, after))| {
+            json!({
+                "limit": rule.limit,
+                "used_before": before,
+                "used": after,
+                "remaining": rule.limit.saturating_sub(*after),
+            })
+        })
+        .collect();
+    let mut answer = windows[0].clone();
+    answer["account"] = hex(account).into();
+    answer["class"] = class.into();
+    answer["window"] = asked.kind.name().into();
+    answer["windows"] = windows.into();
+    Ok(answer)
 }
 
-/// A reset or grant, kept in the account's history, logged and counted. Called under
-/// [`crate::store::AccountBook::editing`].
+/// A reset or grant, kept in the account's history, logged and counted.
 async fn log_counters_change(
     shared: &Shared,
     account: AccountId,
     entry: Change,
 ) -> Result<(), ApiError> {
-    let mut record = record_of(shared, account);
-    record.log(entry.clone());
-    if let Err(e) = shared.accounts.write(account, record).await {
+    let kept = shared
+        .accounts
+        .update(account, |before| {
+            let mut after = before.clone();
+            after.log(entry.clone());
+            Ok::<_, ApiError>(Some(after))
+        })
+        .await;
+    if let Err(e) = kept {
         // The counters changed; only the history entry could not be kept.
-        tracing::warn!(error = %e, "cannot keep an account's change in its record");
+        tracing::warn!(error = %e.message, "cannot keep an account's change in its record");
     }
     audit(shared, account, &entry);
     Ok(())

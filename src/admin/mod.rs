@@ -67,7 +67,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
     if !OPEN.contains(&req.uri().path()) && !authorized(shared, &req) {
         let mut resp = json_response(
             StatusCode::UNAUTHORIZED,
-            r#"{"error": "unauthorized", "message": "this endpoint needs Authorization: Bearer <[server] admin_token>"}"#,
+            r#"{"error": "unauthorized", "code": "unauthorized", "message": "this endpoint needs Authorization: Bearer <[server] admin_token>"}"#,
         );
         resp.headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -94,7 +94,10 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
         p if p == "/accounts" || p.starts_with("/accounts/") => {
             accounts::handle(shared, req, peer).await
         }
-        _ => json_response(StatusCode::NOT_FOUND, r#"{"error": "not_found"}"#),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            r#"{"error": "not_found", "code": "not_found", "message": "no such endpoint"}"#,
+        ),
     }
 }
 
@@ -183,6 +186,7 @@ fn key_of(req: &Request<Incoming>) -> Option<String> {
     })
 }
 
+/// `%XX` escapes (and `+`, as a space) decoded.
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

@@ -205,7 +205,28 @@ impl Config {
             &mut std::collections::HashMap::new(),
         )
         .map_err(unlocated)?;
-        Ok(base.overlaid(&over))
+        let tier = base.overlaid(&over);
+        // As the config refuses a class cost above a limit: no request could be admitted.
+        for (c, name) in self.classes.iter().enumerate() {
+            let cost = self.cost(ClassId(c as u16));
+            if let Some(rule) = tier
+                .rules(ClassId(c as u16))
+                .iter()
+                .find(|r| r.limit < cost)
+            {
+                return Err(Located {
+                    field: "limits".into(),
+                    line: None,
+                    message: format!(
+                        "class {name:?} costs {cost} units a request, more than the {} limit \
+                         of {}: no request of it could be admitted",
+                        rule.kind.name(),
+                        rule.limit
+                    ),
+                });
+            }
+        }
+        Ok(tier)
     }
 }
 

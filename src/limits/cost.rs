@@ -18,12 +18,17 @@ impl BodyCost {
     /// Units a request is charged for `body`, its first bytes (`complete` when they are all of
     /// it): the field's value when it is a whole number of at least 1 (`4`, `4.0`), at most
     /// `max`; else `default` — a field missing, zero, negative, fractional or not a number (a
-    /// string of digits included), a body that is not JSON. A body not read whole gets
+    /// string of digits included), a body that is not JSON; `max` for a body that names a key
+    /// twice (which value an upstream takes varies). A body not read whole gets
     /// `default` too: the field may lie past what was read, or come again there (the last one
     /// winning upstream), and padding a body must not make it cheaper.
     pub fn units(&self, body: &[u8], complete: bool) -> u32 {
         if !complete {
             return self.default;
+        }
+        // A key named twice: the upstream may act on either value, so the most is charged.
+        if crate::json::has_duplicate_keys(body) {
+            return self.max;
         }
         let Some(n) = crate::json::number_at(body, &self.pointer) else {
             return self.default;
@@ -66,7 +71,9 @@ mod tests {
             (r#"{"n": 4294967296}"#, 10),
             (r#"{"n": 1e300}"#, 10),
             (r#"{"n": 99999999999999999999999}"#, 10),
-            (r#"{"n": 2, "n": 7}"#, 7),
+            // A key named twice is charged the most, whichever comes last.
+            (r#"{"n": 2, "n": 7}"#, 10),
+            (r#"{"n": 10, "n": 1}"#, 10),
         ] {
             assert_eq!(cost.units(body.as_bytes(), true), units, "{body}");
         }

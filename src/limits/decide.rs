@@ -203,7 +203,8 @@ pub struct Usage {
     pub primary: Option<WindowUsage>,
     pub daily: Option<WindowUsage>,
     pub monthly: Option<WindowUsage>,
-    /// Units the request costs in each window, when more than one (`X-RateLimit-Cost`); 0: one.
+    /// Units the request costs in each window (`X-RateLimit-Cost`): set when more than one, or
+    /// for a class whose cost is read from the body; 0: one, not shown.
     pub cost: u32,
 }
 

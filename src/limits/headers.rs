@@ -148,7 +148,7 @@ pub fn usage_fields(usage: &Usage) -> UsageFields {
         fields.push(&X_RATELIMIT_MONTHLY_REMAINING, m.remaining);
         fields.push(&X_RATELIMIT_MONTHLY_RESET, m.reset_secs);
     }
-    if usage.cost > 1 {
+    if usage.cost > 0 {
         fields.push(&X_RATELIMIT_COST, usage.cost);
     }
     fields

@@ -43,22 +43,23 @@ impl Tier {
             .map_or(&[], |r| r)
     }
 
-    /// This tier with `over`'s rules laid on top: for each class, a rule of `over` replaces
-    /// the rule counting in the same counter (same scope and window: the open window keeps its
-    /// count under the new limit) or is added beside the others. An account's runtime limits.
+    /// This tier with `over`'s rules laid on top — an account's runtime limits: for each
+    /// class, `over`'s rules of a kind (its minute limit, its daily quota, ...) replace the
+    /// tier's rules of that kind, and its other kinds stay. A rule for the same class and
+    /// window counts in the same counter as the tier's, so the open window keeps its count
+    /// under the new limit; one of another scope (a per-class limit over a shared one) counts
+    /// afresh.
     pub fn overlaid(&self, over: &Tier) -> Tier {
         let lay = |base: &[Box<[Rule]>], top: &[Box<[Rule]>]| -> Vec<Box<[Rule]>> {
             let classes = base.len().max(top.len());
             (0..classes)
                 .map(|c| {
-                    let mut rules: Vec<Rule> = base.get(c).map_or(Vec::new(), |r| r.to_vec());
-                    for rule in top.get(c).map_or(&[][..], |r| r) {
-                        match rules.iter_mut().find(|r| r.counter == rule.counter) {
-                            Some(old) => *old = *rule,
-                            None => rules.push(*rule),
-                        }
-                    }
-                    rules.into_boxed_slice()
+                    let top: &[Rule] = top.get(c).map_or(&[], |r| r);
+                    let kept = base.get(c).map_or(&[][..], |r| r).iter();
+                    kept.filter(|r| !top.iter().any(|t| t.kind == r.kind))
+                        .chain(top)
+                        .copied()
+                        .collect()
                 })
                 .collect()
         };
@@ -67,23 +68,6 @@ impl Tier {
             rules_by_class: lay(&self.rules_by_class, &over.rules_by_class),
             shadow_by_class: lay(&self.shadow_by_class, &over.shadow_by_class),
         }
-    }
-
-    /// Every rule of every class, enforced and shadow, each counter once: what an account's
-    /// reset goes through.
-    pub fn all_rules(&self) -> Vec<Rule> {
-        let mut out: Vec<Rule> = Vec::new();
-        for rule in self
-            .rules_by_class
-            .iter()
-            .chain(&self.shadow_by_class)
-            .flat_map(|r| r.iter())
-        {
-            if !out.iter().any(|r| r.counter == rule.counter) {
-                out.push(*rule);
-            }
-        }
-        out
     }
 }
 
@@ -119,5 +103,50 @@ impl OnFailure {
             ..*r
         };
         rules.iter().map(share).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{CounterId, LimitKind, Window};
+
+    fn rule(counter: u32, limit: u32, kind: LimitKind) -> Rule {
+        let window = match kind {
+            LimitKind::Daily => Window::UtcDay,
+            _ => Window::Fixed { period_ms: 60_000 },
+        };
+        Rule {
+            counter: CounterId(counter),
+            limit,
+            window,
+            kind,
+        }
+    }
+
+    #[test]
+    fn an_override_replaces_the_tiers_windows_of_its_kinds_only() {
+        let base = Tier::new(
+            "free".into(),
+            vec![
+                vec![rule(1, 5, LimitKind::Minute), rule(2, 50, LimitKind::Daily)].into(),
+                vec![rule(3, 9, LimitKind::Minute)].into(),
+            ],
+        );
+        // A class's own minute (another counter than the tier's shared one) replaces it.
+        let over = Tier::new(
+            "o".into(),
+            vec![vec![rule(7, 20, LimitKind::Minute)].into()],
+        );
+        let laid = base.overlaid(&over);
+        assert_eq!(
+            laid.rules(ClassId(0)),
+            [
+                rule(2, 50, LimitKind::Daily),
+                rule(7, 20, LimitKind::Minute)
+            ]
+        );
+        assert_eq!(laid.rules(ClassId(1)), [rule(3, 9, LimitKind::Minute)]);
+        assert_eq!(laid.name, "free");
     }
 }

@@ -55,7 +55,7 @@ impl<'a> Admit<'a> {
     pub async fn request(&self, ctx: &Ctx<'_>) -> Result<Option<Usage>, Refused> {
         self.check(ctx)
             .await
-            .map_err(|denied| denied.answer(ctx.config().headers.ietf))
+            .map_err(|denied| beyond_every_wait(ctx, denied.answer(ctx.config().headers.ietf)))
     }
 
     /// [`Admit::request`]'s decision before its answer is built: a refusal is counted and
@@ -124,7 +124,10 @@ impl<'a> Admit<'a> {
                     receipt,
                 })
             }
-            Ok(Admission::Limited(usage, refusal)) => Err(self.limited(ctx, &usage, &refusal, now)),
+            Ok(Admission::Limited(usage, refusal)) => Err(beyond_every_wait(
+                ctx,
+                self.limited(ctx, &usage, &refusal, now),
+            )),
             Ok(Admission::Penalised(usage, refusal)) => {
                 let mut resp = self.limited(ctx, &usage, &refusal.as_refusal(), now);
                 *resp.body_mut() = ProxyBody::full(penalty_body(&refusal).into());
@@ -198,6 +201,21 @@ impl<'a> Admit<'a> {
             "rate limited"
         );
     }
+}
+
+/// A 429 for a request costing more units than one of its windows holds in all (a body's
+/// cost under `cost_from`, an account's runtime limits) loses its `Retry-After`: no wait would
+/// admit it.
+fn beyond_every_wait(ctx: &Ctx<'_>, mut resp: Refused) -> Refused {
+    let never = ctx
+        .tier
+        .rules(ctx.class)
+        .iter()
+        .any(|r| r.limit < ctx.units);
+    if never && resp.status() == StatusCode::TOO_MANY_REQUESTS {
+        resp.headers_mut().remove(RETRY_AFTER);
+    }
+    resp
 }
 
 /// A request [`Admit::check`] did not admit.

@@ -147,7 +147,7 @@ impl Proxy {
         &self,
         req: Request<ClientBody>,
         peer: &Peer,
-        noted: Option<&mut Noted>,
+        mut noted: Option<&mut Noted>,
     ) -> Response<ProxyBody> {
         #[cfg(feature = "test-hooks")]
         if let Some(resp) = test_hook(req.headers()) {
@@ -163,6 +163,9 @@ impl Proxy {
             self,
             config.identity.identify(req.headers(), peer.addr.ip())
         );
+        if let Some(noted) = noted.as_deref_mut() {
+            noted.caller = Some(caller); // a blocked account's refusal is logged with it
+        }
         let (caller, tier) = or_refuse!(self, policy.account(caller, &*self.shared.clock));
         let (class, by_body) = or_refuse!(self, class_of::by_route(&req, config));
         let (mut req, class) = match by_body {
@@ -222,7 +225,10 @@ impl Proxy {
         if let Some(task) = watched_task {
             resp = self.task_watch().observe(&ctx, &task, resp).await;
         }
-        if let Some(usage) = usage {
+        if let Some(mut usage) = usage {
+            if config.cost_from(class).is_some() {
+                usage.cost = ctx.units; // what the body made it, one unit included
+            }
             rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf);
         }
         resp

@@ -19,6 +19,9 @@ use crate::identity::AccountId;
 /// Every account's record, by account.
 pub type Records = BTreeMap<AccountId, AccountRecord>;
 
+/// How often a change is tried again when other replicas keep changing the same record.
+const WRITE_ATTEMPTS: usize = 5;
+
 /// How often a replica on Redis checks whether another changed a record: a change reaches
 /// every replica within this (plus one round trip).
 pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
@@ -72,11 +75,6 @@ impl AccountBook {
             .clone()
     }
 
-    /// Held while one change is read, checked, written and applied.
-    pub async fn editing(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.edits.lock().await
-    }
-
     /// Reads the records file at start; returns how many records it held. A missing file is
     /// none; a damaged one is set aside (`<file>.corrupt`, for the operator) and reported.
     pub fn load_file(&self) -> io::Result<usize> {
@@ -101,40 +99,101 @@ impl AccountBook {
         Ok(n)
     }
 
-    /// Stores `record` for `account` (an empty one removes it) where the records live, then in
-    /// this process. Called under [`AccountBook::editing`].
-    pub async fn write(&self, account: AccountId, record: AccountRecord) -> Result<(), StoreError> {
-        let mut records = (*self.records()).clone();
-        let keep = record.changes_anything() || !record.changes.is_empty();
-        let json = keep.then(|| serde_json::to_string(&record).expect("a record serialises"));
-        match keep {
-            true => records.insert(account, record),
-            false => records.remove(&account),
+    /// Changes `account`'s record: `change` is given the record as it stands where the
+    /// records live (in Redis, as another replica may just have left it) and returns the new
+    /// one, or `Ok(None)` for no change; it is stored, and then kept in this process. On Redis
+    /// the write is a compare-and-set: when another replica changed the record between the read
+    /// and the write, `change` runs again on theirs. Returns the record before and after.
+    /// One change at a time on this replica.
+    pub async fn update<E: From<StoreError>>(
+        &self,
+        account: AccountId,
+        mut change: impl FnMut(&AccountRecord) -> Result<Option<AccountRecord>, E>,
+    ) -> Result<Option<(AccountRecord, AccountRecord)>, E> {
+        let _one_at_a_time = self.edits.lock().await;
+        for _ in 0..WRITE_ATTEMPTS {
+            let (before, stored) = self.current(account).await?;
+            let Some(after) = change(&before)? else {
+                return Ok(None);
+            };
+            if self.store(account, &after, stored.as_deref()).await? {
+                let mut records = (*self.records()).clone();
+                match after.is_empty() {
+                    true => records.remove(&account),
+                    false => records.insert(account, after.clone()),
+                };
+                self.set(records);
+                return Ok(Some((before, after)));
+            }
+        }
+        Err(StoreError::Unavailable(
+            "the account's record kept changing under this change; nothing changed".into(),
+        )
+        .into())
+    }
+
+    /// The account's record where the records live, and in Redis its stored text (what a
+    /// compare-and-set expects to find).
+    async fn current(
+        &self,
+        account: AccountId,
+    ) -> Result<(AccountRecord, Option<String>), StoreError> {
+        let Home::Redis(redis) = &self.home else {
+            let records = self.records();
+            return Ok((records.get(&account).cloned().unwrap_or_default(), None));
         };
+        let stored = redis.redis().record(&hex(account)).await?;
+        let record = match &stored {
+            None => AccountRecord::default(),
+            Some(json) => serde_json::from_str(json).map_err(|e| {
+                StoreError::Unavailable(format!("the account's record in redis is unreadable: {e}"))
+            })?,
+        };
+        Ok((record, stored))
+    }
+
+    /// Writes `record` where the records live; false when Redis held something other than
+    /// `expected` (another replica's change came first).
+    async fn store(
+        &self,
+        account: AccountId,
+        record: &AccountRecord,
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError> {
         match &self.home {
-            Home::Process => {}
+            Home::Process => Ok(true),
             Home::File(path) => {
+                let mut records = (*self.records()).clone();
+                match record.is_empty() {
+                    true => records.remove(&account),
+                    false => records.insert(account, record.clone()),
+                };
                 let file: BTreeMap<String, &AccountRecord> =
                     records.iter().map(|(a, r)| (hex(*a), r)).collect();
                 let bytes = serde_json::to_vec_pretty(&file).expect("records serialise");
                 write_atomic(path, &bytes)
                     .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+                Ok(true)
             }
             Home::Redis(redis) => {
-                let version = redis
+                let json = (!record.is_empty())
+                    .then(|| serde_json::to_string(record).expect("a record serialises"));
+                let written = redis
                     .redis()
-                    .record_write(&hex(account), json.as_deref())
+                    .record_write(&hex(account), json.as_deref(), expected)
                     .await?;
+                let Some(version) = written else {
+                    return Ok(false);
+                };
                 // Only when no other replica wrote since this one last read: otherwise the
                 // next refresh must read theirs too.
                 let seen = self.version.load(Ordering::Relaxed);
                 if version == seen + 1 {
                     self.version.store(version, Ordering::Relaxed);
                 }
+                Ok(true)
             }
         }
-        self.set(records);
-        Ok(())
     }
 
     /// With Redis: reads the records again when another replica changed them (their version
@@ -144,8 +203,17 @@ impl AccountBook {
             return Ok(false);
         };
         let version = redis.redis().records_version().await?;
-        if version == self.version.load(Ordering::Relaxed) {
+        let seen = self.version.load(Ordering::Relaxed);
+        if version == seen {
             return Ok(false);
+        }
+        if version < seen {
+            tracing::warn!(
+                version,
+                seen,
+                "the accounts' records in redis went back to an older version (emptied or \
+                 restored?); applying what redis holds now"
+            );
         }
         let _one_at_a_time = self.edits.lock().await;
         let (version, fields) = redis.redis().records().await?;

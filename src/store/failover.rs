@@ -227,7 +227,7 @@ impl FailoverStore {
 
     /// Any other update, in Redis (decided in Rust on counters read from Redis and written back
     /// with compare-and-set). While Redis is down it runs on the local counters, except an
-    /// admission under `fail_closed`, which fails.
+    /// admission under `fail_closed` and an operator's change, which fail.
     pub(super) async fn update<R: Send>(
         &self,
         account: AccountId,
@@ -238,6 +238,9 @@ impl FailoverStore {
         let shared = self.redis.update(account, now_ms, &f);
         let answer = match purpose {
             Purpose::Read => shared.await.ok(),
+            // An operator's change is made in Redis or not at all: made locally, it would be
+            // answered as done and never reach the shared counters.
+            Purpose::Operator => return shared.await,
             Purpose::Admission | Purpose::Bookkeeping => self.attempt(shared).await,
         };
         match answer {

@@ -55,6 +55,8 @@ enum Purpose {
     /// The admin's usage view: not a request's operation, so it asks Redis even while the
     /// breaker is open, and its failure does not count against Redis; the local counters then.
     Read,
+    /// An operator's reset or grant (the accounts API): made in Redis, or it fails.
+    Operator,
 }
 
 impl Store {
@@ -210,25 +212,27 @@ impl Store {
             let changed = before.iter().any(|(_, n)| *n > 0);
             (before, changed)
         };
-        self.update(account, now_ms, Purpose::Bookkeeping, zero)
-            .await
+        self.update(account, now_ms, Purpose::Operator, zero).await
     }
 
-    /// Gives `units` back in counter `id`'s open window (a partial refund), never below zero;
-    /// returns the count before and after.
+    /// Gives `units` back in each of `ids`' open windows (a partial refund), never below zero;
+    /// returns each one's count before and after.
     pub async fn grant(
         &self,
         account: AccountId,
-        id: CounterId,
+        ids: &[CounterId],
         units: u32,
         now_ms: u64,
-    ) -> Result<(u32, u32), StoreError> {
+    ) -> Result<Vec<(u32, u32)>, StoreError> {
         let grant = |counters: &mut Counters, now| {
-            let (before, after) = counters.grant(id, units, now);
-            ((before, after), before != after)
+            let counts: Vec<(u32, u32)> = ids
+                .iter()
+                .map(|&id| counters.grant(id, units, now))
+                .collect();
+            let changed = counts.iter().any(|(before, after)| before != after);
+            (counts, changed)
         };
-        self.update(account, now_ms, Purpose::Bookkeeping, grant)
-            .await
+        self.update(account, now_ms, Purpose::Operator, grant).await
     }
 
     /// The account's live counters (for the usage view).

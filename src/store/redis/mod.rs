@@ -209,12 +209,33 @@ impl RedisStore {
         self.caller_clock.store(on, Ordering::Relaxed);
     }
 
-    /// Writes (or with `None` removes) an account's runtime record; returns the records'
-    /// new version.
-    pub async fn record_write(&self, field: &str, json: Option<&str>) -> Result<u64, StoreError> {
-        let args = [field, json.unwrap_or("")];
-        self.conns
+    /// Writes (or with `None` removes) an account's runtime record if it still is `expected`
+    /// (`None`: no record); returns the records' new version, or `None` when another replica
+    /// changed the record first.
+    pub async fn record_write(
+        &self,
+        field: &str,
+        json: Option<&str>,
+        expected: Option<&str>,
+    ) -> Result<Option<u64>, StoreError> {
+        let args = [field, json.unwrap_or(""), expected.unwrap_or("")];
+        let version: i64 = self
+            .conns
             .run(|conn| self.scripts.record_write.invoke(conn, RECORDS_KEY, &args))
+            .await?;
+        Ok(u64::try_from(version).ok())
+    }
+
+    /// One account's runtime record as stored (JSON), if it has one.
+    pub async fn record(&self, field: &str) -> Result<Option<String>, StoreError> {
+        self.conns
+            .run(|mut conn| async move {
+                redis::cmd("HGET")
+                    .arg(RECORDS_KEY)
+                    .arg(field)
+                    .query_async::<Option<String>>(&mut conn)
+                    .await
+            })
             .await
     }
 

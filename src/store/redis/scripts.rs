@@ -125,11 +125,15 @@ end
 return 0
 "#;
 
-/// Extends a held lease (ARGV[1] lease id, ARGV[2] ttl ms); 0 when it had already expired.
 /// An account's runtime record written (ARGV[2]) or removed (ARGV[2] empty) under ARGV[1] in
-/// the records hash, and the hash's `~version` field bumped in the same step: a replica that
-/// sees a new version reads the records again.
+/// the records hash — only if the field still holds ARGV[3] (empty: no record), what the change
+/// was made from: -1 otherwise — and the hash's `~version` field bumped in the same step: a
+/// replica that sees a new version reads the records again.
 const RECORD_WRITE: &str = r#"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (current or '') ~= ARGV[3] then
+  return -1
+end
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
@@ -138,6 +142,7 @@ end
 return redis.call('HINCRBY', KEYS[1], '~version', 1)
 "#;
 
+/// Extends a held lease (ARGV[1] lease id, ARGV[2] ttl ms); 0 when it had already expired.
 const LEASE_RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
