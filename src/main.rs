@@ -96,6 +96,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return accounts(&cli, token_file.as_deref(), action);
     }
     let path = cli.config.clone().context("--config FILE is required")?;
+    // First: a signal sent while floodgate loads its config and state is answered once it
+    // serves, not by the signal's default action (a SIGHUP would end the process).
+    let signals = match cli.command {
+        Some(Command::Check) => None,
+        _ => Some(Signals::take_over()?),
+    };
     let overrides = Overrides {
         listen: cli.listen,
         upstream: cli.upstream,
@@ -119,7 +125,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let running = app::start(config, listeners, store, Arc::new(SystemClock))?;
     tracing::info!(addr = %running.addr, admin = ?running.admin_addr, "floodgate listening");
     let mut reloader = Reloader::new(path, overrides, read_files);
-    let signal = wait_for_signals(&running, &mut reloader, watch)?;
+    let signals = signals.expect("taken over unless checking");
+    let signal = signals.wait(&running, &mut reloader, watch)?;
     tracing::info!(signal, "shutting down");
     running.shutdown();
     tracing::info!("stopped");
@@ -184,36 +191,57 @@ fn accounts(
     }
 }
 
-/// Blocks until SIGTERM or SIGINT (returns its name); reloads the config on SIGHUP and, with
-/// `watch`, when the file changes (its modification time is checked every second).
-fn wait_for_signals(
-    running: &app::Running,
-    reloader: &mut Reloader,
-    watch: bool,
-) -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = term.recv() => return Ok("SIGTERM"),
-                _ = int.recv() => return Ok("SIGINT"),
-                _ = hup.recv() => {
-                    let _ = reloader.reload(&running.shared, "SIGHUP");
-                }
-                _ = poll.tick(), if watch => {
-                    if reloader.file_changed() {
-                        let _ = reloader.reload(&running.shared, "file change");
+/// The signals floodgate answers, taken over before anything is bound: a SIGHUP (or SIGTERM)
+/// that arrives while floodgate is still starting waits for it, instead of ending the process
+/// with the signal's default action.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn take_over() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (term, int, hup) = rt.block_on(async {
+            anyhow::Ok((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+            ))
+        })?;
+        Ok(Self { rt, term, int, hup })
+    }
+
+    /// Blocks until SIGTERM or SIGINT (returns its name); reloads the config on SIGHUP and,
+    /// with `watch`, when the file changes (its modification time is checked every second).
+    fn wait(
+        mut self,
+        running: &app::Running,
+        reloader: &mut Reloader,
+        watch: bool,
+    ) -> anyhow::Result<&'static str> {
+        self.rt.block_on(async {
+            let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = self.term.recv() => return Ok("SIGTERM"),
+                    _ = self.int.recv() => return Ok("SIGINT"),
+                    _ = self.hup.recv() => {
+                        let _ = reloader.reload(&running.shared, "SIGHUP");
+                    }
+                    _ = poll.tick(), if watch => {
+                        if reloader.file_changed() {
+                            let _ = reloader.reload(&running.shared, "file change");
+                        }
                     }
                 }
             }
-        }
-    })
+        })
+    }
 }

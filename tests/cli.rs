@@ -502,3 +502,92 @@ fn flags_override_file_then_sigterm_exits_cleanly() {
     assert!(log.contains("shutting down"), "log:\n{log}");
     assert!(log.contains(&listen.to_string()), "log:\n{log}");
 }
+
+/// A SIGHUP that arrives while floodgate is still starting (here: reading the accounts'
+/// records from a Redis that takes its time to answer) does not end it: the signal waits for
+/// it to serve and reloads.
+#[test]
+fn a_sighup_during_start_up_is_answered_once_serving() {
+    let upstream = TinyUpstream::start();
+    // A "Redis" that accepts and never answers: the start waits out the store's timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let held = thread::spawn(move || {
+        // Holds what it accepts, answering nothing, for 3 s; then stops by itself.
+        let (mut open, until) = (Vec::new(), Instant::now() + Duration::from_secs(3));
+        while Instant::now() < until {
+            if let Ok((stream, _)) = silent.accept() {
+                open.push(stream);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("floodgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nworkers = 1\n[store]\ntype = \"redis\"\nurl = \"redis://{silent_addr}/0\"\n\
+             timeout = \"1s\"\non_failure = \"fail_open\"\n"
+        ),
+    )
+    .unwrap();
+    let stderr_file = tempfile::NamedTempFile::new().expect("temp file");
+    let child = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &listen.to_string(),
+        ])
+        .args([
+            "--upstream",
+            &format!("http://{}", upstream.addr),
+            "--admin",
+        ])
+        .arg(admin.to_string())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr_file.reopen().expect("reopen temp file"))
+        .spawn()
+        .expect("spawn floodgate");
+    let mut proc = Proc { child, stderr_file };
+    let pid = proc.child.id().to_string();
+    // Past the first instants of the process (before its main runs, nothing can take a
+    // signal over), a SIGHUP every 20 ms for 600 ms: the start waits a second for the store.
+    thread::sleep(Duration::from_millis(100));
+    for sent in 0..30 {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            panic!(
+                "a SIGHUP during start-up ended floodgate ({status}) after {sent} sent:\n{}",
+                proc.stderr()
+            );
+        }
+        let _ = Command::new("kill").args(["-HUP", &pid]).status();
+        thread::sleep(Duration::from_millis(20));
+    }
+    let probe = "GET /healthz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n";
+    let served = request(admin, probe);
+    assert!(
+        matches!(served, Ok((200, _, _))),
+        "{served:?}\n{}",
+        proc.stderr()
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        proc.child.try_wait().unwrap().is_none(),
+        "{}",
+        proc.stderr()
+    );
+    assert!(
+        proc.stderr().contains("SIGHUP"),
+        "the queued SIGHUP reloaded:\n{}",
+        proc.stderr()
+    );
+    drop(proc);
+    let _ = held.join();
+}

@@ -465,7 +465,7 @@ proptest! {
     ) {
         let mut h = HeaderMap::new();
         write_usage(&mut h, &Usage { primary, daily, monthly, cost }, ietf);
-        prop_assert_eq!(num(&h, "x-ratelimit-cost"), (cost > 1).then_some(u64::from(cost)));
+        prop_assert_eq!(num(&h, "x-ratelimit-cost"), (cost > 0).then_some(u64::from(cost)));
         if let Some((kind, retry_after_secs)) = refusal {
             write_refusal(&mut h, &Refusal { kind, retry_after_secs });
             prop_assert_eq!(num(&h, "retry-after"), Some(retry_after_secs));
