@@ -55,13 +55,14 @@ impl Policy {
         }
     }
 
-    /// The identified caller as its account's runtime changes make it (its plan), or its block:
-    /// [`Policy::account`] without the rules, for the plain path's plan.
+    /// The identified caller as its account's runtime changes make it (its plan), or its block,
+    /// and whether the account has rules of its own ([`Policy::tier_of`] then finds them): for
+    /// the plain path's plan, whose admission need not look the account up again otherwise.
     #[inline]
-    pub fn caller(&self, caller: Caller, clock: &dyn Clock) -> Result<Caller, Blocked> {
+    pub fn caller(&self, caller: Caller, clock: &dyn Clock) -> Result<(Caller, bool), Blocked> {
         match self.overrides.get(caller.account) {
-            None => Ok(caller),
-            Some(o) => o.admit(caller, clock.now_ms()),
+            None => Ok((caller, false)),
+            Some(o) => Ok((o.admit(caller, clock.now_ms())?, o.rules.is_some())),
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Reuse {
 pub struct Planned {
     policy: Arc<Policy>,
     caller: Caller,
+    /// The account has runtime limits of its own (else its tier's rules apply).
+    own_rules: bool,
     class: ClassId,
 }
 
@@ -71,7 +73,7 @@ impl Proxy {
             return None; // a task poll may need its task's watcher
         }
         let caller = config.identity.identify(head, peer.addr.ip()).ok()?;
-        let caller = policy.caller(caller, &*self.shared.clock).ok()?;
+        let (caller, own_rules) = policy.caller(caller, &*self.shared.clock).ok()?;
         let path = match memchr::memchr(b'?', head.target.as_bytes()) {
             Some(at) => &head.target[..at],
             None => head.target,
@@ -88,6 +90,7 @@ impl Proxy {
         Some(Planned {
             policy,
             caller,
+            own_rules,
             class,
         })
     }
@@ -135,7 +138,10 @@ impl Proxy {
         let ctx = Ctx {
             policy: &plan.policy,
             caller: plan.caller,
-            tier: plan.policy.tier_of(plan.caller),
+            tier: match plan.own_rules {
+                false => config.tier(plan.caller.tier),
+                true => plan.policy.tier_of(plan.caller),
+            },
             class: plan.class,
             units: facts.cost,
             forwarded: peer.forwarded(&config.identity),
