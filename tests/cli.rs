@@ -388,35 +388,44 @@ impl Drop for Proc {
     }
 }
 
-#[test]
-fn flags_override_file_then_sigterm_exits_cleanly() {
-    let upstream = TinyUpstream::start();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = manifest_path("config/floodgate.toml");
+/// The binary started on `config` with `args` (`dir`: its working directory), its log in a
+/// file of its own.
+fn spawn(config: &std::path::Path, args: &[&str], dir: &std::path::Path) -> Proc {
     let stderr_file = tempfile::NamedTempFile::new().expect("temp file");
-    let workdir = tempfile::tempdir().expect("temp dir"); // where its state file lands
     let child = Command::new(BIN)
-        .current_dir(workdir.path())
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            &listen.to_string(),
-            "--upstream",
-            &format!("http://{}", upstream.addr),
-            "--admin",
-            &admin.to_string(),
-            "--workers",
-            "1",
-        ])
+        .current_dir(dir)
+        .arg("--config")
+        .arg(config)
+        .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr_file.reopen().expect("reopen temp file"))
         .spawn()
         .expect("spawn floodgate");
-    let mut proc = Proc { child, stderr_file };
+    Proc { child, stderr_file }
+}
+
+#[test]
+fn flags_override_file_then_sigterm_exits_cleanly() {
+    let upstream = TinyUpstream::start();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = manifest_path("config/floodgate.toml");
+    let workdir = tempfile::tempdir().expect("temp dir"); // where its state file lands
+    let (listen_arg, admin_arg) = (listen.to_string(), admin.to_string());
+    let upstream_arg = format!("http://{}", upstream.addr);
+    let args = [
+        "--listen",
+        &listen_arg,
+        "--upstream",
+        &upstream_arg,
+        "--admin",
+        &admin_arg,
+        "--workers",
+        "1",
+    ];
+    let mut proc = spawn(&config, &args, workdir.path());
 
     // Ready: /healthz on the admin port answers 200 (100 tries, 10 s at most).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -535,27 +544,17 @@ fn a_sighup_during_start_up_is_answered_once_serving() {
         ),
     )
     .unwrap();
-    let stderr_file = tempfile::NamedTempFile::new().expect("temp file");
-    let child = Command::new(BIN)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            &listen.to_string(),
-        ])
-        .args([
-            "--upstream",
-            &format!("http://{}", upstream.addr),
-            "--admin",
-        ])
-        .arg(admin.to_string())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr_file.reopen().expect("reopen temp file"))
-        .spawn()
-        .expect("spawn floodgate");
-    let mut proc = Proc { child, stderr_file };
+    let (listen_arg, admin_arg) = (listen.to_string(), admin.to_string());
+    let upstream_arg = format!("http://{}", upstream.addr);
+    let args = [
+        "--listen",
+        &listen_arg,
+        "--upstream",
+        &upstream_arg,
+        "--admin",
+        &admin_arg,
+    ];
+    let mut proc = spawn(&config, &args, dir.path());
     let pid = proc.child.id().to_string();
     // Past the first instants of the process (before its main runs, nothing can take a
     // signal over), a SIGHUP every 20 ms for 600 ms: the start waits a second for the store.

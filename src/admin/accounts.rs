@@ -494,7 +494,7 @@ async fn reset(
         before: Value::Object(before.clone()),
         after: Value::Object(after),
     };
-    log_counters_change(shared, account, entry).await?;
+    log_counters_change(shared, account, entry).await;
     Ok(json!({ "account": hex(account), "reset": before }))
 }
 
@@ -545,7 +545,7 @@ async fn grant(
         before: json!({ &label: used(|c| c.0) }),
         after: json!({ &label: used(|c| c.1) }),
     };
-    log_counters_change(shared, account, entry).await?;
+    log_counters_change(shared, account, entry).await;
     let windows: Vec<Value> = rules
         .iter()
         .zip(&counts)
@@ -567,11 +567,7 @@ async fn grant(
 }
 
 /// A reset or grant, kept in the account's history, logged and counted.
-async fn log_counters_change(
-    shared: &Shared,
-    account: AccountId,
-    entry: Change,
-) -> Result<(), ApiError> {
+async fn log_counters_change(shared: &Shared, account: AccountId, entry: Change) {
     let kept = shared
         .accounts
         .update(account, |before| {
@@ -585,7 +581,6 @@ async fn log_counters_change(
         tracing::warn!(error = %e.message, "cannot keep an account's change in its record");
     }
     audit(shared, account, &entry);
-    Ok(())
 }
 
 /// `GET /accounts?sort=usage|changed&limit=N&offset=K`.

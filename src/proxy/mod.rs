@@ -184,7 +184,8 @@ impl Proxy {
             self,
             upload::check_declared(&req.body().size_hint(), config.max_body(class))
         );
-        let units = match config.cost_from(class) {
+        let cost_from = config.cost_from(class);
+        let units = match cost_from {
             None => config.cost(class),
             // Boxed: only classes that read their cost from the body carry the read's state.
             Some(rule) => {
@@ -226,7 +227,7 @@ impl Proxy {
             resp = self.task_watch().observe(&ctx, &task, resp).await;
         }
         if let Some(mut usage) = usage {
-            if config.cost_from(class).is_some() {
+            if cost_from.is_some() {
                 usage.cost = ctx.units; // what the body made it, one unit included
             }
             rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf);
