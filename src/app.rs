@@ -137,6 +137,7 @@ pub fn start(
     }
     let shared = Arc::new(shared);
     load_account_records(&shared);
+    load_upstream_health(&shared);
     let keeper = state
         .as_ref()
         .map(|state| restore_state(&shared, state))
@@ -479,6 +480,7 @@ async fn control(
                 shared.metrics.state.tracked_accounts.set(remaining as i64);
             }
             _ = sample.tick() => {
+                shared.show_upstream_states();
                 let degraded = shared.store.is_degraded();
                 shared.status.sample(&shared.metrics, degraded, shared.clock.now_ms());
             }
@@ -497,6 +499,11 @@ async fn control(
                 records_failing = refreshed.is_err();
                 if let Ok(true) = refreshed {
                     shared.apply_records();
+                }
+                if let Ok(changed) = refresh_upstreams(&shared).await {
+                    for (account, health) in &changed {
+                        shared.apply_upstream(account, health);
+                    }
                 }
             }
             _ = shutdown.changed() => break,
@@ -539,6 +546,51 @@ fn load_account_records(shared: &Arc<Shared>) {
         }
         Err(e) => tracing::error!(error = %e, "cannot read the accounts' runtime records"),
     }
+}
+
+/// Reads the upstream accounts' health before the first job: from the health file beside the
+/// state file, or from Redis (on a thread of its own, as for the accounts' records). An account
+/// disabled or resting before a restart or on another replica stays so.
+fn load_upstream_health(shared: &Arc<Shared>) {
+    let loaded = match &shared.store {
+        crate::store::Store::Memory(_) => shared
+            .upstreams
+            .load_file()
+            .map(|records| records.into_iter().collect())
+            .map_err(|e| e.to_string()),
+        crate::store::Store::Redis(_) => {
+            let thread_shared = shared.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(refresh_upstreams(&thread_shared))
+                    .map_err(|e| e.to_string())
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the thread reading upstream health panicked".into()))
+        }
+    };
+    match loaded {
+        Ok(records) => {
+            for (account, health) in &records {
+                shared.apply_upstream(account, health);
+            }
+            shared.show_upstream_states();
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the upstream accounts' health"),
+    }
+}
+
+/// With Redis: the upstream accounts' health another replica changed since this one last read
+/// it.
+async fn refresh_upstreams(
+    shared: &Shared,
+) -> Result<Vec<(String, crate::queue::health::Health)>, crate::store::StoreError> {
+    let accounts = shared.jobs.upstream_accounts();
+    let names: Vec<&str> = accounts.iter().map(|a| a.name.as_str()).collect();
+    shared.upstreams.refresh(&names).await
 }
 
 /// The next tick of an optional interval; never, without one.

@@ -17,10 +17,12 @@ use crate::config::{Config, StoreConfig};
 use crate::identity::{AccountId, Caller};
 use crate::limits::Tier;
 use crate::metrics::{Handles, Metrics};
+use crate::queue::health::{Health, State};
 use crate::queue::Jobs;
 use crate::status::StatusBoard;
 use crate::store::accounts::records_file;
-use crate::store::AccountBook;
+use crate::store::upstreams::health_file;
+use crate::store::{AccountBook, UpstreamBook};
 use crate::store::{FailoverStore, Login, RedisStore, Store, StoreError};
 
 /// A config together with the metric handles resolved for it and the accounts' runtime
@@ -92,6 +94,8 @@ pub struct Shared {
     pub access_log: Option<Arc<AccessLog>>,
     /// The accounts' runtime records (the accounts API) and where they are kept.
     pub accounts: AccountBook,
+    /// The upstream accounts' health and where it is kept.
+    pub upstreams: UpstreamBook,
     /// Held while a new policy is built and swapped in: a reload and an account's change
     /// never build from each other's stale half.
     swapping: Mutex<()>,
@@ -115,7 +119,10 @@ impl Shared {
         }
         let records_file = config.state.as_ref().map(|s| records_file(&s.file));
         let accounts = AccountBook::new(&store, records_file);
+        let health_file = config.state.as_ref().map(|s| health_file(&s.file));
+        let upstreams = UpstreamBook::new(&store, health_file);
         Self {
+            upstreams,
             jobs,
             policy: ArcSwap::from_pointee(Policy {
                 config,
@@ -187,6 +194,61 @@ impl Shared {
             handles: running.handles.clone(),
             overrides,
         }));
+    }
+}
+
+impl Shared {
+    /// Changes upstream account `account`'s health (`change` gets the record as stored,
+    /// returns the new one or `None`), and applies a change at once: its pools, its metrics,
+    /// a log line. Returns the new record when it changed.
+    pub async fn change_upstream(
+        &self,
+        account: &str,
+        change: impl FnMut(&Health) -> Option<Health>,
+    ) -> Result<Option<Health>, StoreError> {
+        let changed = self.upstreams.update(account, change).await?;
+        if let Some(health) = &changed {
+            self.apply_upstream(account, health);
+            tracing::info!(
+                upstream_account = %account,
+                state = health.state.name(),
+                until_ms = health.until_ms,
+                reason = %health.reason,
+                failures = health.failures,
+                "upstream account health changed"
+            );
+        }
+        Ok(changed)
+    }
+
+    /// Applies an upstream account's health, as read or as changed, to its pools.
+    pub fn apply_upstream(&self, account: &str, health: &Health) {
+        self.jobs.apply_health(account, health);
+        self.show_upstream_states();
+    }
+
+    /// Sets the upstream accounts' state gauges from their health as this replica knows it (a
+    /// rest that ended shows active).
+    pub fn show_upstream_states(&self) {
+        let now = self.clock.now_ms();
+        let records = self.upstreams.all();
+        let state = |name: &str| records.get(name).map_or(State::Active, |h| h.state_at(now));
+        let jobs = &self.metrics.jobs;
+        for account in self.jobs.upstream_accounts() {
+            jobs.upstream_state(&account.name, state(&account.name).name());
+        }
+        for pool in self.jobs.pools.iter().filter(|p| !p.is_plain()) {
+            let mut counts = [("active", 0), ("resting", 0), ("disabled", 0)];
+            for a in &pool.accounts {
+                let i = match state(&a.name) {
+                    State::Active => 0,
+                    State::Resting => 1,
+                    State::Disabled => 2,
+                };
+                counts[i].1 += 1;
+            }
+            jobs.pool_states(&pool.name, counts);
+        }
     }
 }
 

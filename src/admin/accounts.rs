@@ -42,7 +42,7 @@ const MAX_BODY: usize = 64 * 1024;
 const MAX_LIST: usize = 1_000;
 
 /// An answer other than 200: its status, code, message and, for a 422, the field.
-struct ApiError {
+pub(super) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -50,7 +50,7 @@ struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -59,7 +59,7 @@ impl ApiError {
         }
     }
 
-    fn into_response(self) -> Response<ProxyBody> {
+    pub(super) fn into_response(self) -> Response<ProxyBody> {
         let body = json!({
             "error": self.code,
             "code": self.code,
@@ -197,7 +197,7 @@ async fn route(
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
+pub(super) async fn read_body(req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
     let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
     match limited.collect().await {
         Ok(body) => Ok(body.to_bytes().to_vec()),

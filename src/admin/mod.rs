@@ -1,5 +1,6 @@
 //! The admin listener (loopback by default): the status page (`/`, fed by `/status.json`),
-//! `/metrics`, `/healthz`, `/readyz`, `/usage` and the accounts API ([`accounts`]).
+//! `/metrics`, `/healthz`, `/readyz`, `/usage`, the accounts API ([`accounts`]) and the upstream
+//! accounts API ([`upstreams`]).
 //!
 //! `/usage?key=API_KEY` (or the key in `x-api-key`) shows an account's open windows and its
 //! penalty standing (today's incorrect tasks, relax jobs used and earned, the actions in
@@ -12,6 +13,7 @@
 //! `/status.json`.
 
 mod accounts;
+mod upstreams;
 pub mod client;
 
 use std::convert::Infallible;
@@ -94,6 +96,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
         p if p == "/accounts" || p.starts_with("/accounts/") => {
             accounts::handle(shared, req, peer).await
         }
+        p if p == "/upstream-accounts" || p.starts_with("/upstream-accounts/") => {
+            upstreams::handle(shared, req, peer).await
+        }
         _ => json_response(
             StatusCode::NOT_FOUND,
             r#"{"error": "not_found", "code": "not_found", "message": "no such endpoint"}"#,
@@ -135,6 +140,7 @@ fn status_json(shared: &Shared) -> Response<ProxyBody> {
     let records = shared.accounts.records();
     snapshot["changed_accounts"] =
         accounts::changed_accounts(&policy, &records, shared.clock.now_ms()).into();
+    snapshot["upstream_accounts"] = upstreams::all(shared).into();
     let mut resp = json_response(StatusCode::OK, snapshot.to_string());
     resp.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));

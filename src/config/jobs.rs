@@ -8,12 +8,13 @@ use http::{HeaderName, HeaderValue, Method};
 use toml::Spanned;
 
 use super::error::{invalid, ConfigError, Source};
-use super::raw::{RawConfig, RawJob, RawTasks, RawUpstreamAccount};
+use super::raw::{RawConfig, RawJob, RawTasks, RawUpstreamAccount, RawUpstreamHealth};
 use super::secret::inline_or_file;
 use super::{build_upstream, duration};
 use crate::classify::{PathPattern, PathRules};
 use crate::identity::AccountId;
 use crate::limits::Tier;
+use crate::queue::health::HealthRules;
 use crate::queue::{
     JobClass, JobMode, JobsConfig, PoolSpec, QueueSettings, TaskPolling, UpstreamAccount,
 };
@@ -65,6 +66,9 @@ pub(super) fn build_jobs(
         ));
     }
     let upstream_accounts = upstream_accounts(src, &raw.upstream_account)?;
+    if let Some(rules) = &raw.upstream_health {
+        jobs.health = health_rules(src, rules)?;
+    }
     jobs.pools.push(PoolSpec {
         name: "upstream".into(),
         accounts: vec![UpstreamAccount {
@@ -280,6 +284,13 @@ fn upstream_accounts(
                 format!("{name:?} must be unique, non-empty and not \"upstream\""),
             ));
         }
+        if name.contains(|c: char| "|{}/?#%".contains(c) || c.is_whitespace() || c.is_control()) {
+            return Err(src.at(
+                format!("{field}.name"),
+                u.name.span(),
+                format!("{name:?}: no spaces or any of | {{ }} / ? # % (it names Redis keys and admin paths)"),
+            ));
+        }
         let credential = inline_or_file(
             src,
             (&format!("{field}.credential"), u.credential.as_ref()),
@@ -362,4 +373,47 @@ fn pool_for(
     }
     pools.push(PoolSpec { name, accounts });
     Ok(pools.len() - 1)
+}
+
+/// `[upstream_health]`, over the defaults (401 and 403 disable; 5 failures in a row rest for
+/// 10 s, doubling up to 10 min).
+fn health_rules(src: &Source<'_>, raw: &RawUpstreamHealth) -> Result<HealthRules, ConfigError> {
+    let defaults = HealthRules::default();
+    let mut statuses = Vec::new();
+    for s in raw.disable_statuses.iter().flatten() {
+        if !(400..=599).contains(s.get_ref()) || *s.get_ref() == 429 {
+            return Err(src.at(
+                "upstream_health.disable_statuses",
+                s.span(),
+                format!("{}: a 4xx or 5xx status other than 429 (a 429 rests the account)", s.get_ref()),
+            ));
+        }
+        statuses.push(*s.get_ref());
+    }
+    let mut bodies = Vec::new();
+    for b in &raw.disable_body_contains {
+        if b.get_ref().is_empty() {
+            return Err(src.at("upstream_health.disable_body_contains", b.span(), "an empty text matches every body"));
+        }
+        bodies.push(b.get_ref().clone());
+    }
+    let rest = duration(src, "upstream_health.rest", raw.rest.as_ref(), "10s")?;
+    let max_rest = duration(src, "upstream_health.max_rest", raw.max_rest.as_ref(), "10m")?;
+    if max_rest < rest {
+        let msg = "must be at least upstream_health.rest";
+        return Err(match &raw.max_rest {
+            Some(m) => src.at("upstream_health.max_rest", m.span(), msg),
+            None => invalid("upstream_health.max_rest", msg),
+        });
+    }
+    Ok(HealthRules {
+        disable_statuses: match &raw.disable_statuses {
+            Some(_) => statuses,
+            None => defaults.disable_statuses,
+        },
+        disable_bodies: bodies,
+        failures_to_rest: raw.failures_to_rest.unwrap_or(defaults.failures_to_rest),
+        rest,
+        max_rest,
+    })
 }

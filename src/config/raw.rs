@@ -45,6 +45,8 @@ pub struct RawConfig {
     pub classes: BTreeMap<String, Spanned<RawClass>>,
     /// Where the memory store keeps its state across restarts; absent = not kept.
     pub state: Option<RawState>,
+    /// What takes an upstream account out of rotation: `[upstream_health]`.
+    pub upstream_health: Option<RawUpstreamHealth>,
     /// What an incorrect task is: `[incorrect_tasks]` and its `[[incorrect_tasks.match]]` rules.
     pub incorrect_tasks: Option<Spanned<RawIncorrectTasks>>,
     /// How a job's mode is read, which classes count relax jobs and which earn them.
@@ -370,6 +372,22 @@ pub struct RawUpstreamAccount {
     pub concurrency: Option<u32>,
     /// Its own origin, when it is not the server upstream.
     pub base_url: Option<Spanned<String>>,
+}
+
+/// `[upstream_health]`: the rules that rest or disable an upstream account.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamHealth {
+    /// Answers that disable the account until an operator enables it.
+    pub disable_statuses: Option<Vec<Spanned<u16>>>,
+    /// Texts in an error answer's body that disable the account.
+    #[serde(default)]
+    pub disable_body_contains: Vec<Spanned<String>>,
+    /// Failures in a row (5xx, timeouts, connection errors) that rest it; 0 = never.
+    pub failures_to_rest: Option<u32>,
+    /// The first rest for failures, doubled for each further failure.
+    pub rest: Option<Spanned<String>>,
+    pub max_rest: Option<Spanned<String>>,
 }
 
 /// An account's runtime limits (the accounts API), as `limits = [...]`.

@@ -16,6 +16,10 @@ pub struct JobMetrics {
     cooldowns: IntCounterVec,
     handoffs: IntCounterVec,
     would_queue: IntCounterVec,
+    upstream_account_state: IntGaugeVec,
+    pool_upstream_accounts: IntGaugeVec,
+    upstream_account_failures: IntCounterVec,
+    retries: IntCounterVec,
 }
 
 impl JobMetrics {
@@ -67,7 +71,56 @@ impl JobMetrics {
                 "Jobs of a shadow job class that found no free slot and were forwarded at once.",
                 &["tier"],
             ),
+            upstream_account_state: r.gauges(
+                "floodgate_upstream_account_state",
+                "1 for each upstream account's state (active, resting, disabled), 0 for the others.",
+                &["upstream_account", "state"],
+            ),
+            pool_upstream_accounts: r.gauges(
+                "floodgate_pool_upstream_accounts",
+                "Upstream accounts of each pool by state (active, resting, disabled).",
+                &["upstream_accounts", "state"],
+            ),
+            upstream_account_failures: r.counters(
+                "floodgate_upstream_account_failures_total",
+                "Failed jobs by upstream account and kind: server_error (5xx), timeout, connection, dead (a status or body that disables it).",
+                &["upstream_account", "kind"],
+            ),
+            retries: r.counters(
+                "floodgate_jobs_retried_total",
+                "Jobs tried again on another upstream account after theirs refused them: rate_limited (429), disabled (401, 403 or a rule's match).",
+                &["reason"],
+            ),
         }
+    }
+
+    /// Shows an upstream account's state.
+    pub fn upstream_state(&self, account: &str, state: &str) {
+        for s in ["active", "resting", "disabled"] {
+            let on = i64::from(s == state);
+            self.upstream_account_state.with_label_values(&[account, s]).set(on);
+        }
+    }
+
+    /// Shows how many of a pool's upstream accounts are in each state.
+    pub fn pool_states(&self, pool: &str, counts: [(&str, usize); 3]) {
+        for (state, n) in counts {
+            self.pool_upstream_accounts
+                .with_label_values(&[pool, state])
+                .set(n as i64);
+        }
+    }
+
+    /// A job failed on an upstream account.
+    pub fn upstream_failure(&self, account: &str, kind: &str) {
+        self.upstream_account_failures
+            .with_label_values(&[account, kind])
+            .inc();
+    }
+
+    /// A job was tried again on another upstream account.
+    pub fn retried(&self, reason: &str) {
+        self.retries.with_label_values(&[reason]).inc();
     }
 
     /// Jobs waiting for a pool of upstream accounts ("upstream" is the plain upstream).

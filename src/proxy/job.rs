@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::header::RETRY_AFTER;
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 
 use super::client_body::ClientBody;
 use super::ctx::Ctx;
@@ -23,7 +23,9 @@ use super::settle::{self, Settle};
 use super::task_watch::{TaskHold, TaskWatch};
 use crate::metrics::JobMetrics;
 use crate::penalties::{JobFacts, Marks};
+use crate::queue::health::{Health, Outcome};
 use crate::queue::tasks::TaskOwner;
+use crate::shared::Shared;
 use crate::queue::{JobClass, JobMode, Jobs, SlotPermit};
 
 /// Rest for an upstream account that answered 429 without a usable Retry-After.
@@ -64,6 +66,8 @@ impl Submission {
 /// its lessons and metrics go.
 pub struct JobStage<'a> {
     pub jobs: &'a Jobs,
+    /// Where upstream accounts' health is kept and applied.
+    pub shared: &'a Shared,
     pub metrics: &'a JobMetrics,
     pub forward: Forwarder<'a>,
     pub settle: Settle<'a>,
@@ -119,10 +123,21 @@ impl JobStage<'_> {
                 shadow: job.shadow,
                 named_account: named,
             };
-            let (permit, resp) = queue.send(ctx, on, req).await?;
-            if resp.status() == StatusCode::TOO_MANY_REQUESTS && named {
-                self.rest_account(&permit, &resp);
-                if retriable && attempt < attempts {
+            let (permit, sent) = queue.send(ctx, on, req).await?;
+            let mut resp = match sent {
+                Ok(resp) => resp,
+                Err(e) => {
+                    if named {
+                        self.judge_failure(ctx, &permit, &e).await;
+                    }
+                    return Err(e);
+                }
+            };
+            if named {
+                let refused;
+                (resp, refused) = self.judge(ctx, &permit, resp).await?;
+                if let Some(reason) = refused.filter(|_| retriable && attempt < attempts) {
+                    self.metrics.retried(reason);
                     front = true;
                     continue; // dropping the permit frees the slot
                 }
@@ -139,12 +154,75 @@ impl JobStage<'_> {
         unreachable!("the loop returns")
     }
 
-    /// An upstream account that answered 429 rests for its Retry-After (or a default).
-    fn rest_account(&self, permit: &SlotPermit, resp: &Response<ProxyBody>) {
-        let rest_ms = retry_after_ms(resp).unwrap_or(DEFAULT_COOLDOWN_MS);
-        permit.pool().cool_down(permit.upstream(), rest_ms);
-        self.metrics.cooldown(&permit.account().name);
-        tracing::info!(upstream_account = %permit.account().name, rest_ms, "upstream account rests after 429");
+    /// What an upstream account's answer says about it: a 429 rests it, a dead credential's
+    /// answer disables it, a 5xx counts as a failure, anything else as a job served. Returns
+    /// the answer (its body start read when a rule looks at bodies) and, when the account
+    /// refused the job before taking it (429, dead), why: the job may go to another account.
+    async fn judge(
+        &self,
+        ctx: &Ctx<'_>,
+        permit: &SlotPermit,
+        resp: Response<ProxyBody>,
+    ) -> Result<(Response<ProxyBody>, Option<&'static str>), ProxyError> {
+        let rules = &ctx.config().jobs.health;
+        let status = resp.status().as_u16();
+        let (resp, body) = if rules.reads_body(status) {
+            peek(resp, ctx.config().server.inspect_limit).await?
+        } else {
+            (resp, None)
+        };
+        let account = &permit.account().name;
+        let (outcome, refused) = if status == 429 {
+            let rest_ms = retry_after_ms(&resp).unwrap_or(DEFAULT_COOLDOWN_MS);
+            self.metrics.cooldown(account);
+            (Outcome::RateLimited { rest_ms }, Some("rate_limited"))
+        } else if let Some(reason) = rules.dead(status, body.as_ref().map(|b| &b.bytes[..])) {
+            self.metrics.upstream_failure(account, "dead");
+            (Outcome::Dead { reason }, Some("disabled"))
+        } else if resp.status().is_server_error() {
+            self.metrics.upstream_failure(account, "server_error");
+            let what = format!("upstream answered {status}");
+            (Outcome::Failed { what }, None)
+        } else {
+            (Outcome::Served, None)
+        };
+        self.observe(ctx, permit, &outcome).await;
+        Ok((resp, refused))
+    }
+
+    /// A send that failed (timeout, connection) counts against its upstream account.
+    async fn judge_failure(&self, ctx: &Ctx<'_>, permit: &SlotPermit, e: &ProxyError) {
+        let kind = match e {
+            ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamSendTimeout
+            | ProxyError::UpstreamConnectTimeout => "timeout",
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => "connection",
+            _ => return, // not the upstream's doing
+        };
+        self.metrics.upstream_failure(&permit.account().name, kind);
+        let what = e.to_string();
+        self.observe(ctx, permit, &Outcome::Failed { what }).await;
+    }
+
+    /// Records an answer's outcome in the account's health, where replicas share it. A job
+    /// served by an account with no failures on record changes nothing and asks nothing.
+    async fn observe(&self, ctx: &Ctx<'_>, permit: &SlotPermit, outcome: &Outcome) {
+        let account = &permit.account().name;
+        let (rules, now) = (&ctx.config().jobs.health, self.shared.clock.now_ms());
+        if *outcome == Outcome::Served {
+            let known = self.shared.upstreams.get(account);
+            if known.after(outcome, rules, now).is_none() {
+                return;
+            }
+        }
+        let change = |h: &Health| h.after(outcome, rules, now);
+        if let Err(e) = self.shared.change_upstream(account, change).await {
+            // This replica at least acts on it.
+            tracing::warn!(upstream_account = %account, error = %e, "upstream account health not shared");
+            if let Some(health) = self.shared.upstreams.get(account).after(outcome, rules, now) {
+                self.shared.apply_upstream(account, &health);
+            }
+        }
     }
 
     /// The job's answer: judged, labelled and marked; its slot held for as long as the job runs.

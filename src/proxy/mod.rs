@@ -251,6 +251,7 @@ impl Proxy {
         let admitted = admit.job(ctx, submission.facts).await?;
         let stage = JobStage {
             jobs: &self.shared.jobs,
+            shared: &self.shared,
             metrics: &self.shared.metrics.jobs,
             forward: self.forwarder(),
             settle: Settle::of(&self.shared),

@@ -36,13 +36,14 @@ pub struct QueueWait<'a> {
 }
 
 impl QueueWait<'_> {
-    /// Waits for a slot and sends the job; the slot and the upstream's answer.
+    /// Waits for a slot and sends the job; the slot and the upstream's answer — or, when the
+    /// send failed, why (with the slot, so the failure is counted for its upstream account).
     pub async fn send(
         &self,
         ctx: &Ctx<'_>,
         attempt: Attempt<'_>,
         req: Request<ForwardBody>,
-    ) -> Result<(SlotPermit, Response<ProxyBody>), ProxyError> {
+    ) -> Result<(SlotPermit, Result<Response<ProxyBody>, ProxyError>), ProxyError> {
         let named = attempt.named_account;
         let mut unsent = Some(req);
         let mut early = None; // only a job that has to wait gets a channel for its hook
@@ -65,17 +66,18 @@ impl QueueWait<'_> {
                     // It waited, and no hook took it (shared slots): it sends itself.
                     self.metrics.handoff(false);
                 }
-                let resp = self.send_on(ctx, req, &permit, named).await?;
+                let resp = self.send_on(ctx, req, &permit, named).await;
                 (permit, resp)
             }
             (Granted::Started, _, Some(early)) => match early.await {
                 Ok(Early::Started { permit, resp, at }) => {
                     self.metrics.handoff(true);
-                    (permit, self.forward.arrived(ctx, resp, at)?)
+                    let resp = self.forward.arrived(ctx, resp, at);
+                    (permit, resp)
                 }
                 Ok(Early::NotStarted { permit, req }) => {
                     self.metrics.handoff(false);
-                    let resp = self.send_on(ctx, req, &permit, named).await?;
+                    let resp = self.send_on(ctx, req, &permit, named).await;
                     (permit, resp)
                 }
                 Err(_) => return Err(QueueError::Closed.into()),

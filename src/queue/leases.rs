@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::health::Health;
 use super::releaser::Releaser;
 
 /// A boxed future, for an object-safe backend.
@@ -28,10 +29,45 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// How often a job waiting for a shared lease asks again.
 pub const POLL: Duration = Duration::from_millis(5);
 
+/// What asking for a lease got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leased {
+    Granted,
+    /// Every slot is held.
+    Full,
+    /// An upstream account out of rotation in the shared store: its health there.
+    Out(Health),
+}
+
+/// The lease name of an upstream account's slots in a pool: its health and its slots in every
+/// pool are kept together (`tag|rest`: one hash tag, one cluster slot).
+pub fn upstream_slots(pool: &str, account: &str) -> String {
+    format!("upstream:{account}|{pool}")
+}
+
 /// A store that can hold expiring leases on counted slots.
 pub trait SlotLeases: Send + Sync + Debug {
     /// Takes a lease on one of `cap` slots under `key`; false when all are held.
     fn acquire(&self, key: String, cap: u32, lease: String) -> BoxFuture<bool>;
+    /// Takes a lease on one of upstream account `account`'s `cap` slots under `key` (from
+    /// [`upstream_slots`]), unless the store has the account out of rotation at `now_ms`.
+    fn acquire_upstream(
+        &self,
+        key: String,
+        account: String,
+        cap: u32,
+        lease: String,
+        now_ms: u64,
+    ) -> BoxFuture<Leased> {
+        let _ = (account, now_ms);
+        let granted = self.acquire(key, cap, lease);
+        Box::pin(async move {
+            match granted.await {
+                true => Leased::Granted,
+                false => Leased::Full,
+            }
+        })
+    }
     /// Extends a held lease.
     fn renew(&self, key: String, lease: String) -> BoxFuture<bool>;
     /// Gives a lease back; giving back a lease not held does nothing.
@@ -130,13 +166,72 @@ fn replica_nonce() -> u64 {
     })
 }
 
-/// Waits (polling) for a lease on `key` until `deadline`; `None` when the deadline passed.
+/// Which slots a lease is asked for.
+#[derive(Debug, Clone)]
+pub enum Slots {
+    /// One of `cap` slots under `key`.
+    Counted { key: String, cap: u32 },
+    /// One of an upstream account's `cap` slots in a pool, while it is in rotation at the
+    /// time the clock gives then.
+    Upstream {
+        pool: String,
+        account: String,
+        cap: u32,
+        clock: Arc<dyn crate::clock::Clock>,
+    },
+}
+
+impl Slots {
+    fn key(&self) -> String {
+        match self {
+            Slots::Counted { key, .. } => key.clone(),
+            Slots::Upstream { pool, account, .. } => upstream_slots(pool, account),
+        }
+    }
+
+    fn ask(&self, backend: &Arc<dyn SlotLeases>, key: &str, lease: &str) -> BoxFuture<Leased> {
+        match self {
+            Slots::Counted { cap, .. } => {
+                let granted = backend.acquire(key.to_owned(), *cap, lease.to_owned());
+                Box::pin(async move {
+                    match granted.await {
+                        true => Leased::Granted,
+                        false => Leased::Full,
+                    }
+                })
+            }
+            Slots::Upstream {
+                account,
+                cap,
+                clock,
+                ..
+            } => backend.acquire_upstream(
+                key.to_owned(),
+                account.clone(),
+                *cap,
+                lease.to_owned(),
+                clock.now_ms(),
+            ),
+        }
+    }
+}
+
+/// Why no lease was held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotHeld {
+    /// The deadline passed with every slot held.
+    TimedOut,
+    /// The upstream account is out of rotation: its health in the shared store.
+    Out(Health),
+}
+
+/// Waits (polling) for a lease on `slots` until `deadline`.
 pub async fn hold(
     backend: &Arc<dyn SlotLeases>,
-    key: String,
-    cap: u32,
+    slots: Slots,
     deadline: Instant,
-) -> Option<LeaseGuard> {
+) -> Result<LeaseGuard, NotHeld> {
+    let key = slots.key();
     let lease = lease_id();
     let releaser = Releaser::current();
     loop {
@@ -147,13 +242,16 @@ pub async fn hold(
             lease: &lease,
             answered: false,
         };
-        let granted = backend.acquire(key.clone(), cap, lease.clone()).await;
+        let leased = slots.ask(backend, &key, &lease).await;
         asking.answered = true;
         drop(asking);
-        if granted {
+        if let Leased::Out(health) = leased {
+            return Err(NotHeld::Out(health));
+        }
+        if leased == Leased::Granted {
             let renewer =
                 tokio::spawn(renew(backend.clone(), key.clone(), lease.clone())).abort_handle();
-            return Some(LeaseGuard {
+            return Ok(LeaseGuard {
                 backend: backend.clone(),
                 key,
                 lease,
@@ -162,7 +260,7 @@ pub async fn hold(
             });
         }
         if Instant::now() + POLL > deadline {
-            return None;
+            return Err(NotHeld::TimedOut);
         }
         tokio::time::sleep(POLL).await;
     }

@@ -9,8 +9,11 @@
 //!   - [`slots`]: the pool's state, RAII slot permits and a freed slot's way to the next job;
 //!   - [`waiting`]: parked jobs — the queue, the maximum wait, cancellation;
 //!   - [`shared_slots`]: a pool whose slots are also leases shared with other replicas;
-//!   - [`rests`]: upstream accounts resting after a 429, and the wake-up when a rest ends;
+//!   - [`rests`]: upstream accounts out of rotation (resting, disabled), and the wake-up when a
+//!     rest ends;
 //!   - [`view`]: what the pool shows `/usage` and the status page.
+//! - [`health`]: an upstream account's health — in rotation, resting, disabled — and what each
+//!   upstream answer does to it.
 //! - [`leases`]: job slots shared across replicas — expiring leases in the shared store.
 //! - [`releaser`]: where a drop sends the lease releases it cannot wait for.
 //! - [`job`]: what a job is to a pool — its ticket, the upstream accounts, why it got no slot.
@@ -18,6 +21,7 @@
 //! - [`estimate`]: how long a waiting job likely waits, from recent job durations.
 
 pub mod estimate;
+pub mod health;
 pub mod job;
 pub mod leases;
 pub mod pool;
@@ -135,6 +139,8 @@ pub struct JobsConfig {
     pub accounts: HashMap<AccountId, QueueSettings, BuildIdHasher>,
     /// Pool 0 is the plain upstream, uncapped.
     pub pools: Vec<PoolSpec>,
+    /// What takes an upstream account out of rotation (`[upstream_health]`).
+    pub health: health::HealthRules,
 }
 
 impl JobsConfig {
@@ -181,6 +187,27 @@ impl Jobs {
             pools,
             tracker: Arc::new(tasks::TaskTracker::default()),
         }
+    }
+
+    /// Takes upstream account `account` out of rotation, or puts it back, in every pool it
+    /// serves.
+    pub fn apply_health(&self, account: &str, health: &health::Health) {
+        for pool in &self.pools {
+            if let Some(upstream) = pool.upstream_named(account) {
+                pool.set_health(upstream, health);
+            }
+        }
+    }
+
+    /// The named upstream accounts (each once), in config order.
+    pub fn upstream_accounts(&self) -> Vec<&UpstreamAccount> {
+        let mut seen = std::collections::HashSet::new();
+        self.pools
+            .iter()
+            .filter(|p| !p.is_plain())
+            .flat_map(|p| &p.accounts)
+            .filter(|a| seen.insert(a.name.as_str()))
+            .collect()
     }
 
     /// Answers every queued job with "shutting down" and refuses new ones.

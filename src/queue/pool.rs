@@ -15,6 +15,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::job::{JobTicket, QueueError};
+use super::leases::SlotLeases;
+use super::shared_slots::Unleased;
 use super::slots::{JobPool, SlotPermit, StartOnGrant};
 use super::waiting::Granted;
 
@@ -36,20 +38,39 @@ impl JobPool {
         on_wait: impl FnOnce() -> Option<StartOnGrant>,
     ) -> Result<Granted, QueueError> {
         let queued_at = Instant::now();
-        let shared = self.shared();
-        let on_wait = || if shared.is_some() { None } else { on_wait() };
-        let granted = self.acquire_local(ticket, queued_at, on_wait).await?;
-        let Some(backend) = shared else {
-            return Ok(granted);
-        };
-        let permit = match granted {
-            Granted::Permit(permit) => permit,
-            started => return Ok(started),
+        let Some(backend) = self.shared() else {
+            return self.acquire_local(ticket, queued_at, on_wait).await;
         };
         // Boxed: only replicas sharing slots pay for this state in every waiting job.
-        Box::pin(self.hold_leases(backend, permit, ticket, queued_at))
+        Box::pin(self.acquire_shared(backend, ticket, queued_at))
             .await
             .map(Granted::Permit)
+    }
+
+    /// A local slot completed with its shared leases. A slot on an upstream account that
+    /// another replica took out of rotation goes back, and the job asks again at the front of
+    /// its queue, for another account — within the same maximum wait.
+    async fn acquire_shared(
+        self: &Arc<Self>,
+        backend: &Arc<dyn SlotLeases>,
+        ticket: &JobTicket,
+        queued_at: Instant,
+    ) -> Result<SlotPermit, QueueError> {
+        let mut ticket = std::borrow::Cow::Borrowed(ticket);
+        loop {
+            let permit = match self.acquire_local(&ticket, queued_at, || None).await? {
+                Granted::Permit(permit) => permit,
+                Granted::Started => return Err(QueueError::Closed), // no hook was given
+            };
+            match self.hold_leases(backend, permit, &ticket, queued_at).await {
+                Ok(permit) => return Ok(permit),
+                Err(Unleased::TimedOut(e)) => return Err(e),
+                Err(Unleased::Out(upstream, health)) => {
+                    self.set_health(upstream, &health);
+                    ticket.to_mut().front = true;
+                }
+            }
+        }
     }
 
     /// Shadow mode: a slot now, past the caps if need be; true when the job would have waited.

@@ -24,12 +24,19 @@ pub type WaiterId = u64;
 struct UpstreamState {
     cap: u32,
     in_flight: u32,
+    /// Out of rotation until then: a rest's end, or [`DISABLED`].
     cooldown_until_ms: u64,
+    /// Back from a rest for failures: one job at a time until one succeeds.
+    probing: bool,
 }
+
+/// The end of a rest that never ends: an account disabled until an operator enables it.
+pub const DISABLED: u64 = u64::MAX;
 
 impl UpstreamState {
     fn is_free(&self, now_ms: u64) -> bool {
-        self.in_flight < self.cap && now_ms >= self.cooldown_until_ms
+        let cap = if self.probing { 1 } else { self.cap };
+        self.in_flight < cap && now_ms >= self.cooldown_until_ms
     }
 }
 
@@ -80,6 +87,7 @@ impl Scheduler {
                 cap,
                 in_flight: 0,
                 cooldown_until_ms: 0,
+                probing: false,
             })
             .collect();
         Self {
@@ -199,10 +207,12 @@ impl Scheduler {
         self.forget_if_idle(tenant);
     }
 
-    /// Keeps `upstream` out of rotation until `until_ms` (it answered 429).
-    pub fn cool_down(&mut self, upstream: UpstreamIdx, until_ms: u64) {
+    /// Keeps `upstream` out of rotation until `until_ms` ([`DISABLED`]: until further notice;
+    /// 0: in rotation), and while `probing`, to one job at a time: its health as last known.
+    pub fn set_health(&mut self, upstream: UpstreamIdx, until_ms: u64, probing: bool) {
         if let Some(u) = self.upstreams.get_mut(upstream) {
-            u.cooldown_until_ms = u.cooldown_until_ms.max(until_ms);
+            u.cooldown_until_ms = until_ms;
+            u.probing = probing;
         }
     }
 
@@ -242,7 +252,7 @@ impl Scheduler {
         self.upstreams
             .iter()
             .map(|u| u.cooldown_until_ms)
-            .filter(|&t| t > now_ms)
+            .filter(|&t| t > now_ms && t != DISABLED)
             .min()
     }
 
@@ -276,13 +286,6 @@ impl Scheduler {
             let t = self.tenants.get(tenant)?;
             Some((*tenant, t.cap, t.queue.iter().map(|w| w.id)))
         })
-    }
-
-    /// Each upstream account's running jobs and the end of its cooldown (ms, pool time).
-    pub fn upstream_states(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.upstreams
-            .iter()
-            .map(|u| (u.in_flight, u.cooldown_until_ms))
     }
 
     /// Jobs waiting over all tenants.
@@ -413,7 +416,7 @@ mod tests {
         assert_eq!(picks, vec![0, 1, 0, 1]);
         assert_eq!(s.try_start(A, 10, None, 0), None, "both upstreams full");
         s.release(A, 1);
-        s.cool_down(1, 5_000);
+        s.set_health(1, 5_000, false);
         assert_eq!(
             s.try_start(A, 10, None, 1_000),
             None,
@@ -425,6 +428,21 @@ mod tests {
         assert_eq!(s.next_cooldown_end(1_000), Some(5_000));
         assert!(s.dispatch(4_999).is_empty());
         assert_eq!(s.dispatch(5_000)[0].upstream, 1);
+    }
+
+    #[test]
+    fn a_disabled_account_gets_nothing_and_a_probing_one_one_job_at_a_time() {
+        let mut s = Scheduler::new(&[5, 5]);
+        s.set_health(0, DISABLED, false);
+        s.set_health(1, 0, true);
+        assert_eq!(s.try_start(A, 10, None, u64::MAX - 1), Some(1));
+        assert_eq!(s.try_start(A, 10, None, 0), None, "the probe is out; 0 is disabled");
+        s.enqueue(A, 10, 1, None, 10, false).unwrap();
+        assert_eq!(s.next_cooldown_end(0), None, "no rest ends: no wake-up");
+        s.set_health(1, 0, false); // the probe succeeded
+        assert_eq!(s.dispatch(0)[0].upstream, 1);
+        s.set_health(0, 0, false); // enabled again
+        assert_eq!(s.try_start(B, 10, None, 0), Some(0));
     }
 
     #[test]

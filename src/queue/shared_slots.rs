@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::health::Health;
 use super::job::{JobTicket, QueueError};
-use super::leases::{self, SlotLeases};
+use super::leases::{self, NotHeld, SlotLeases, Slots};
+use super::scheduler::UpstreamIdx;
 use super::slots::{JobPool, SlotPermit};
 
 impl JobPool {
@@ -23,39 +25,62 @@ impl JobPool {
     }
 
     /// Completes a local slot with the shared leases of the tenant and the upstream account.
+    /// An upstream account the shared store has out of rotation (another replica rested or
+    /// disabled it) gives no lease: the pool learns its health, and the job's local slot goes
+    /// back for another account.
     pub(super) async fn hold_leases(
         &self,
         backend: &Arc<dyn SlotLeases>,
         mut permit: SlotPermit,
         ticket: &JobTicket,
         queued_at: Instant,
-    ) -> Result<SlotPermit, QueueError> {
+    ) -> Result<SlotPermit, Unleased> {
         let deadline = queued_at + ticket.max_wait;
-        let tenant_key = format!("tenant:{:032x}", ticket.tenant.0);
         let upstream = &self.accounts[permit.upstream];
-        let keys = [
-            (ticket.concurrency != u32::MAX).then_some((tenant_key, ticket.concurrency)),
-            (upstream.concurrency != u32::MAX).then(|| {
-                (
-                    format!("slots:{}:{}", self.name, upstream.name),
-                    upstream.concurrency,
-                )
-            }),
-        ];
-        for (key, cap) in keys.into_iter().flatten() {
-            match leases::hold(backend, key, cap, deadline).await {
-                Some(guard) => permit.leases.push(guard),
-                None => {
+        let tenant = (ticket.concurrency != u32::MAX).then(|| Slots::Counted {
+            key: format!("tenant:{:032x}", ticket.tenant.0),
+            cap: ticket.concurrency,
+        });
+        let account = if self.is_plain() {
+            (upstream.concurrency != u32::MAX).then(|| Slots::Counted {
+                key: format!("slots:{}:{}", self.name, upstream.name),
+                cap: upstream.concurrency,
+            })
+        } else {
+            // Always asked, capped or not: the ask is where a rest or a disable set by
+            // another replica is seen, in the same step.
+            Some(Slots::Upstream {
+                pool: self.name.clone(),
+                account: upstream.name.clone(),
+                cap: upstream.concurrency,
+                clock: self.clock.clone(),
+            })
+        };
+        for slots in [tenant, account].into_iter().flatten() {
+            match leases::hold(backend, slots, deadline).await {
+                Ok(guard) => permit.leases.push(guard),
+                Err(NotHeld::Out(health)) => {
+                    return Err(Unleased::Out(permit.upstream, health));
+                }
+                Err(NotHeld::TimedOut) => {
                     let durations = self.lock().durations;
-                    return Err(QueueError::TimedOut {
+                    return Err(Unleased::TimedOut(QueueError::TimedOut {
                         retry_after_secs: durations.retry_after_secs(1, ticket.concurrency),
-                    });
+                    }));
                 }
             }
         }
         permit.waited = queued_at.elapsed();
         Ok(permit)
     }
+}
+
+/// Why a local slot was not completed with its leases.
+#[derive(Debug)]
+pub(super) enum Unleased {
+    TimedOut(QueueError),
+    /// The upstream account is out of rotation in the shared store.
+    Out(UpstreamIdx, Health),
 }
 
 #[cfg(test)]

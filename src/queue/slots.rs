@@ -87,6 +87,9 @@ pub(super) struct Inner {
     pub(super) wake_at_ms: Option<u64>,
 }
 
+/// The name of the plain upstream's pool (pool 0), and of its one account.
+pub const PLAIN_POOL: &str = "upstream";
+
 /// A set of upstream accounts and the queues of the tenants that use them.
 #[derive(Debug)]
 pub struct JobPool {
@@ -220,6 +223,11 @@ impl JobPool {
 
     pub(super) fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// The pool of the plain upstream (pool 0): no named accounts, so no health to keep.
+    pub fn is_plain(&self) -> bool {
+        self.name == PLAIN_POOL
     }
 
     /// A permit for a job that got its slot without waiting.

@@ -58,13 +58,4 @@ impl JobPool {
         self.lock().durations.typical()
     }
 
-    /// Each upstream account's running jobs and the rest of its cooldown, if any.
-    pub fn upstream_states(&self) -> Vec<(u32, Duration)> {
-        let now = self.now_ms();
-        self.lock()
-            .sched
-            .upstream_states()
-            .map(|(in_flight, until)| (in_flight, Duration::from_millis(until.saturating_sub(now))))
-            .collect()
-    }
 }

@@ -247,13 +247,12 @@ fn queues_view(view: View<'_>, families: &[MetricFamily]) -> Value {
             let accounts: Vec<Value> = pool
                 .accounts
                 .iter()
-                .zip(pool.upstream_states())
-                .map(|(a, (running, cooldown))| {
+                .zip(pool.upstream_in_flight())
+                .map(|(a, running)| {
                     json!({
                         "name": a.name,
                         "running": running,
                         "concurrency": (a.concurrency != u32::MAX).then_some(a.concurrency),
-                        "cooldown_ms": cooldown.as_millis() as u64,
                     })
                 })
                 .collect();

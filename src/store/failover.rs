@@ -19,7 +19,8 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 use super::{consume_units, Backend, MemoryStore, Purpose, RedisStore, StoreError, Update};
 use crate::identity::AccountId;
 use crate::limits::{Decision, OnFailure, Rule, Usage};
-use crate::queue::leases::{BoxFuture, SlotLeases};
+use super::redis::UpstreamLease;
+use crate::queue::leases::{BoxFuture, Leased, SlotLeases};
 
 /// How often a degraded store pings Redis. A ping to a Redis that is down costs a refused
 /// connect (or at most the operation timeout, for one that hangs), one at a time per replica.
@@ -85,6 +86,42 @@ impl SlotLeases for FailoverStore {
                 Err(e) => {
                     tracing::debug!(error = %e, "slot lease unavailable");
                     !closed
+                }
+            }
+        })
+    }
+
+    fn acquire_upstream(
+        &self,
+        key: String,
+        account: String,
+        cap: u32,
+        lease: String,
+        now_ms: u64,
+    ) -> BoxFuture<Leased> {
+        let (redis, ttl, closed) = (
+            self.redis.clone(),
+            self.lease_ttl,
+            self.on_failure == OnFailure::FailClosed,
+        );
+        Box::pin(async move {
+            match redis
+                .upstream_lease(&key, &account, cap, &lease, ttl, now_ms)
+                .await
+            {
+                Ok(UpstreamLease::Granted) => Leased::Granted,
+                Ok(UpstreamLease::Full) => Leased::Full,
+                Ok(UpstreamLease::Out(json)) => match serde_json::from_str(&json) {
+                    Ok(health) => Leased::Out(health),
+                    Err(e) => {
+                        // Out of rotation all the same: the script saw it so.
+                        tracing::warn!(%account, error = %e, "unreadable upstream account health in redis");
+                        Leased::Full
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "slot lease unavailable");
+                    if closed { Leased::Full } else { Leased::Granted }
                 }
             }
         })

@@ -16,6 +16,7 @@ pub mod keeper;
 mod memory;
 pub mod redis;
 pub mod snapshot;
+pub mod upstreams;
 
 pub use crate::limits::OnFailure;
 pub use accounts::AccountBook;
@@ -24,6 +25,7 @@ pub use failover::{FailoverStore, StoreHealth};
 pub use memory::MemoryStore;
 pub use redis::{Login, RedisStore};
 pub use snapshot::Snapshot;
+pub use upstreams::UpstreamBook;
 
 use crate::identity::AccountId;
 use crate::limits::{Counter, CounterId, Counters, Decision, Receipt, Rule, Usage};

@@ -63,9 +63,34 @@ pub fn account_key(account: AccountId) -> String {
 /// `~version` field every write bumps.
 pub const RECORDS_KEY: &str = "fg:{accounts}:records";
 
-/// The key of a set of shared job slots (one hash tag per set).
+/// The key of a set of shared job slots (one hash tag per set). A name `tag|rest` keeps its
+/// hash tag to `tag`: an upstream account's slots in each pool share the slot of its health.
 pub fn lease_key(name: &str) -> String {
-    format!("fg:{{{name}}}:leases")
+    match name.split_once('|') {
+        Some((tag, rest)) => format!("fg:{{{tag}}}:leases:{rest}"),
+        None => format!("fg:{{{name}}}:leases"),
+    }
+}
+
+/// The name of an upstream account's slots in a pool, for [`lease_key`].
+pub fn upstream_slots(pool: &str, account: &str) -> String {
+    format!("upstream:{account}|{pool}")
+}
+
+/// The hash of an upstream account's health: `v` (bumped by every write), `json` (the record),
+/// `out` and `probe` (what a lease's script checks).
+pub fn health_key(account: &str) -> String {
+    format!("fg:{{upstream:{account}}}:health")
+}
+
+/// What asking for a lease on an upstream account's slot got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamLease {
+    Granted,
+    /// Every slot is held.
+    Full,
+    /// The account is out of rotation; its health record as stored (JSON).
+    Out(String),
 }
 
 impl RedisStore {
@@ -163,6 +188,74 @@ impl RedisStore {
             .run(|conn| self.scripts.lease_acquire.invoke(conn, &key, &args))
             .await?;
         Ok(got == 1)
+    }
+
+    /// Takes a lease on one of `cap` slots of an upstream account (`name` from
+    /// [`upstream_slots`]) unless its health has it out of rotation at `now_ms`.
+    pub async fn upstream_lease(
+        &self,
+        name: &str,
+        account: &str,
+        cap: u32,
+        lease: &str,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<UpstreamLease, StoreError> {
+        let (key, health) = (lease_key(name), health_key(account));
+        let args = [
+            cap.to_string(),
+            lease.to_owned(),
+            ttl.as_millis().to_string(),
+            now_ms.to_string(),
+        ];
+        let keys = [key.as_str(), health.as_str()];
+        let (code, record): (i64, String) = self
+            .conns
+            .run(|conn| self.scripts.upstream_acquire.invoke_on(conn, &keys, &args))
+            .await?;
+        Ok(match code {
+            1 => UpstreamLease::Granted,
+            -1 => UpstreamLease::Out(record),
+            _ => UpstreamLease::Full,
+        })
+    }
+
+    /// An upstream account's health as stored: its version and record (JSON), if any.
+    pub async fn health(&self, account: &str) -> Result<(u64, Option<String>), StoreError> {
+        let key = health_key(account);
+        let (v, json): (Option<u64>, Option<String>) = self
+            .conns
+            .run(|mut conn| {
+                let hmget = redis::cmd("HMGET").arg(&key).arg("v").arg("json").clone();
+                async move { hmget.query_async(&mut conn).await }
+            })
+            .await?;
+        Ok((v.unwrap_or(0), json))
+    }
+
+    /// Writes an upstream account's health if its version is still `expected`; the new
+    /// version, or `None` when another replica wrote first. `out`: the end of its time out of
+    /// rotation (-1 disabled, 0 in rotation).
+    pub async fn health_write(
+        &self,
+        account: &str,
+        expected: u64,
+        json: &str,
+        out: i64,
+        probing: bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let key = health_key(account);
+        let args = [
+            expected.to_string(),
+            json.to_owned(),
+            out.to_string(),
+            u8::from(probing).to_string(),
+        ];
+        let version: u64 = self
+            .conns
+            .run(|conn| self.scripts.health_write.invoke(conn, &key, &args))
+            .await?;
+        Ok((version > 0).then_some(version))
     }
 
     /// Extends a lease; false when it had expired (the slot may have gone to someone else).

@@ -142,6 +142,43 @@ end
 return redis.call('HINCRBY', KEYS[1], '~version', 1)
 "#;
 
+/// An upstream account's health record written (KEYS[1], a hash) only if its version `v` is
+/// still ARGV[1], what the change was made from: 0 otherwise. ARGV[2] the record (JSON),
+/// ARGV[3] the end of its time out of rotation (Unix ms; -1 disabled; 0 in rotation), ARGV[4]
+/// "1" while it takes one job at a time (a probe). Returns the new version.
+const HEALTH_WRITE: &str = r#"
+local v = redis.call('HGET', KEYS[1], 'v') or '0'
+if v ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'json', ARGV[2], 'out', ARGV[3], 'probe', ARGV[4])
+return redis.call('HINCRBY', KEYS[1], 'v', 1)
+"#;
+
+/// A lease on one of an upstream account's ARGV[1] slots (KEYS[1], as [`LEASE_ACQUIRE`]:
+/// ARGV[2] lease id, ARGV[3] ttl ms) — unless its health (KEYS[2], as [`HEALTH_WRITE`] leaves
+/// it) has it out of rotation at ARGV[4] (Unix ms, the replica's clock, the one rests are set
+/// on): then {-1, its record}, and the replica learns in this one step what another replica
+/// decided. A probing account has one slot. {1, ''} granted, {0, ''} all slots held.
+const UPSTREAM_ACQUIRE: &str = r#"
+local h = redis.call('HMGET', KEYS[2], 'out', 'probe', 'json')
+local out = tonumber(h[1] or '0') or 0
+if out == -1 or out > tonumber(ARGV[4]) then
+  return {-1, h[3] or ''}
+end
+local cap = tonumber(ARGV[1])
+if h[2] == '1' then cap = 1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if held or redis.call('ZCARD', KEYS[1]) < cap then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+  return {1, ''}
+end
+return {0, ''}
+"#;
+
 /// Extends a held lease (ARGV[1] lease id, ARGV[2] ttl ms); 0 when it had already expired.
 const LEASE_RENEW: &str = r#"
 local t = redis.call('TIME')
@@ -171,13 +208,23 @@ impl Lua {
     /// server no longer has it — a `SCRIPT FLUSH`, or a failover to a server that never saw it.
     pub(super) async fn invoke<T: FromRedisValue>(
         &self,
-        mut conn: impl ConnectionLike,
+        conn: impl ConnectionLike,
         key: &str,
+        args: &[impl ToRedisArgs],
+    ) -> redis::RedisResult<T> {
+        self.invoke_on(conn, &[key], args).await
+    }
+
+    /// As [`invoke`](Self::invoke), on several keys (of one cluster slot).
+    pub(super) async fn invoke_on<T: FromRedisValue>(
+        &self,
+        mut conn: impl ConnectionLike,
+        keys: &[&str],
         args: &[impl ToRedisArgs],
     ) -> redis::RedisResult<T> {
         let call = |command: &str, script: &str| {
             let mut cmd = redis::cmd(command);
-            cmd.arg(script).arg(1).arg(key);
+            cmd.arg(script).arg(keys.len()).arg(keys);
             for a in args {
                 cmd.arg(a);
             }
@@ -197,12 +244,14 @@ impl Lua {
 
 /// Every script, loaded on each new connection: after a restart (which empties Redis' script
 /// cache) the first EVALSHA finds its script.
-pub(super) const SOURCES: [&str; 5] = [
+pub(super) const SOURCES: [&str; 7] = [
     CHECK_AND_CONSUME,
     COMPARE_AND_SET,
     LEASE_ACQUIRE,
     LEASE_RENEW,
     RECORD_WRITE,
+    HEALTH_WRITE,
+    UPSTREAM_ACQUIRE,
 ];
 
 /// The scripts a store runs.
@@ -212,6 +261,8 @@ pub(super) struct Scripts {
     pub lease_acquire: Lua,
     pub lease_renew: Lua,
     pub record_write: Lua,
+    pub health_write: Lua,
+    pub upstream_acquire: Lua,
 }
 
 impl Scripts {
@@ -222,6 +273,8 @@ impl Scripts {
             lease_acquire: Lua::new(LEASE_ACQUIRE),
             lease_renew: Lua::new(LEASE_RENEW),
             record_write: Lua::new(RECORD_WRITE),
+            health_write: Lua::new(HEALTH_WRITE),
+            upstream_acquire: Lua::new(UPSTREAM_ACQUIRE),
         }
     }
 }
