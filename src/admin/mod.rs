@@ -13,8 +13,8 @@
 //! `/status.json`.
 
 mod accounts;
-mod upstreams;
 pub mod client;
+mod upstreams;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -51,13 +51,11 @@ async fn route(
     let (allowed, action) = match segments.as_slice() {
         [] => ("GET", None),
         [_, action @ ("enable" | "disable")] => ("POST", Some(*action)),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint; see /upstream-accounts and /upstream-accounts/{name}/enable|disable",
-            ))
-        }
+        _ => return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint; see /upstream-accounts and /upstream-accounts/{name}/enable|disable",
+        )),
     };
     if req.method().as_str() != allowed {
         return Err(ApiError::new(
@@ -70,7 +68,12 @@ async fn route(
         return Ok(json!({ "upstream_accounts": all(shared) }));
     };
     let name = percent_decode(segments[0]);
-    if !shared.jobs.upstream_accounts().iter().any(|a| a.name == name) {
+    if !shared
+        .jobs
+        .upstream_accounts()
+        .iter()
+        .any(|a| a.name == name)
+    {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_upstream_account",
@@ -91,7 +94,9 @@ fn reason(body: &[u8]) -> Result<Option<String>, ApiError> {
     let invalid = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", m.to_owned());
     let value: Value = serde_json::from_slice(body).map_err(|e| invalid(&e.to_string()))?;
     let Some(object) = value.as_object() else {
-        return Err(invalid("the body is a JSON object, like {\"reason\": \"banned\"}"));
+        return Err(invalid(
+            "the body is a JSON object, like {\"reason\": \"banned\"}",
+        ));
     };
     match object.get("reason") {
         None => Ok(None),

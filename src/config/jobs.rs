@@ -385,7 +385,10 @@ fn health_rules(src: &Source<'_>, raw: &RawUpstreamHealth) -> Result<HealthRules
             return Err(src.at(
                 "upstream_health.disable_statuses",
                 s.span(),
-                format!("{}: a 4xx or 5xx status other than 429 (a 429 rests the account)", s.get_ref()),
+                format!(
+                    "{}: a 4xx or 5xx status other than 429 (a 429 rests the account)",
+                    s.get_ref()
+                ),
             ));
         }
         statuses.push(*s.get_ref());
@@ -393,12 +396,21 @@ fn health_rules(src: &Source<'_>, raw: &RawUpstreamHealth) -> Result<HealthRules
     let mut bodies = Vec::new();
     for b in &raw.disable_body_contains {
         if b.get_ref().is_empty() {
-            return Err(src.at("upstream_health.disable_body_contains", b.span(), "an empty text matches every body"));
+            return Err(src.at(
+                "upstream_health.disable_body_contains",
+                b.span(),
+                "an empty text matches every body",
+            ));
         }
         bodies.push(b.get_ref().clone());
     }
     let rest = duration(src, "upstream_health.rest", raw.rest.as_ref(), "10s")?;
-    let max_rest = duration(src, "upstream_health.max_rest", raw.max_rest.as_ref(), "10m")?;
+    let max_rest = duration(
+        src,
+        "upstream_health.max_rest",
+        raw.max_rest.as_ref(),
+        "10m",
+    )?;
     if max_rest < rest {
         let msg = "must be at least upstream_health.rest";
         return Err(match &raw.max_rest {

@@ -98,7 +98,9 @@ impl JobMetrics {
     pub fn upstream_state(&self, account: &str, state: &str) {
         for s in ["active", "resting", "disabled"] {
             let on = i64::from(s == state);
-            self.upstream_account_state.with_label_values(&[account, s]).set(on);
+            self.upstream_account_state
+                .with_label_values(&[account, s])
+                .set(on);
         }
     }
 

@@ -25,8 +25,8 @@ use crate::metrics::JobMetrics;
 use crate::penalties::{JobFacts, Marks};
 use crate::queue::health::{Health, Outcome};
 use crate::queue::tasks::TaskOwner;
-use crate::shared::Shared;
 use crate::queue::{JobClass, JobMode, Jobs, SlotPermit};
+use crate::shared::Shared;
 
 /// Rest for an upstream account that answered 429 without a usable Retry-After.
 const DEFAULT_COOLDOWN_MS: u64 = 5_000;
@@ -219,7 +219,12 @@ impl JobStage<'_> {
         if let Err(e) = self.shared.change_upstream(account, change).await {
             // This replica at least acts on it.
             tracing::warn!(upstream_account = %account, error = %e, "upstream account health not shared");
-            if let Some(health) = self.shared.upstreams.get(account).after(outcome, rules, now) {
+            if let Some(health) = self
+                .shared
+                .upstreams
+                .get(account)
+                .after(outcome, rules, now)
+            {
                 self.shared.apply_upstream(account, &health);
             }
         }

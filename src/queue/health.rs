@@ -39,6 +39,7 @@ impl State {
 /// An upstream account's health record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Health {
+    #[serde(default)]
     pub state: State,
     /// End of the rest (Unix ms); 0 when not resting.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -163,7 +164,9 @@ impl Health {
     pub fn after(&self, outcome: &Outcome, rules: &HealthRules, now_ms: u64) -> Option<Health> {
         match outcome {
             Outcome::Served => self.served(),
-            Outcome::RateLimited { rest_ms } => self.rest(now_ms, *rest_ms, "upstream answered 429"),
+            Outcome::RateLimited { rest_ms } => {
+                self.rest(now_ms, *rest_ms, "upstream answered 429")
+            }
             Outcome::Dead { reason } => self.disabled(now_ms, reason),
             Outcome::Failed { what } => self.failed(rules, now_ms, what),
         }
@@ -252,9 +255,7 @@ mod tests {
     }
 
     fn failed(h: &Health, now: u64) -> Health {
-        let what = Outcome::Failed {
-            what: "502".into(),
-        };
+        let what = Outcome::Failed { what: "502".into() };
         h.after(&what, &rules(), now).expect("a failure is counted")
     }
 
@@ -268,7 +269,11 @@ mod tests {
         assert!(!h.is_out(6_000));
         assert_eq!(h.state_at(6_000), State::Active);
         let shorter = Outcome::RateLimited { rest_ms: 1_000 };
-        assert_eq!(h.after(&shorter, &rules(), 2_000), None, "a shorter rest changes nothing");
+        assert_eq!(
+            h.after(&shorter, &rules(), 2_000),
+            None,
+            "a shorter rest changes nothing"
+        );
     }
 
     #[test]
@@ -276,9 +281,15 @@ mod tests {
         let r = rules();
         assert_eq!(r.dead(401, None).as_deref(), Some("upstream answered 401"));
         assert!(r.dead(403, None).is_some());
-        assert!(r.dead(400, Some(b"{\"error\":\"account BANNED\"}")).is_some());
+        assert!(r
+            .dead(400, Some(b"{\"error\":\"account BANNED\"}"))
+            .is_some());
         assert_eq!(r.dead(400, Some(b"bad prompt")), None);
-        assert_eq!(r.dead(200, Some(b"banned")), None, "a success is never dead");
+        assert_eq!(
+            r.dead(200, Some(b"banned")),
+            None,
+            "a success is never dead"
+        );
         let dead = Outcome::Dead {
             reason: "upstream answered 401".into(),
         };
@@ -289,7 +300,11 @@ mod tests {
         assert_eq!(h.after(&Outcome::RateLimited { rest_ms: 1 }, &r, 8), None);
         let back = h.enabled(9).unwrap();
         assert_eq!((back.state, back.since_ms), (State::Active, 9));
-        assert_eq!(back.enabled(10), None, "enabling an active account changes nothing");
+        assert_eq!(
+            back.enabled(10),
+            None,
+            "enabling an active account changes nothing"
+        );
     }
 
     #[test]
@@ -299,7 +314,10 @@ mod tests {
         h = failed(&h, 0);
         assert_eq!((h.state, h.failures), (State::Active, 2));
         h = failed(&h, 0);
-        assert_eq!((h.state, h.until_ms, h.probing), (State::Resting, 10_000, true));
+        assert_eq!(
+            (h.state, h.until_ms, h.probing),
+            (State::Resting, 10_000, true)
+        );
         // The probe after the rest fails: twice as long.
         h = failed(&h, 10_000);
         assert_eq!(h.until_ms, 30_000);

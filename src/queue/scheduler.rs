@@ -436,7 +436,11 @@ mod tests {
         s.set_health(0, DISABLED, false);
         s.set_health(1, 0, true);
         assert_eq!(s.try_start(A, 10, None, u64::MAX - 1), Some(1));
-        assert_eq!(s.try_start(A, 10, None, 0), None, "the probe is out; 0 is disabled");
+        assert_eq!(
+            s.try_start(A, 10, None, 0),
+            None,
+            "the probe is out; 0 is disabled"
+        );
         s.enqueue(A, 10, 1, None, 10, false).unwrap();
         assert_eq!(s.next_cooldown_end(0), None, "no rest ends: no wake-up");
         s.set_health(1, 0, false); // the probe succeeded

@@ -57,5 +57,4 @@ impl JobPool {
     pub fn typical_job(&self) -> Duration {
         self.lock().durations.typical()
     }
-
 }

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 
+use super::redis::UpstreamLease;
 use super::{consume_units, Backend, MemoryStore, Purpose, RedisStore, StoreError, Update};
 use crate::identity::AccountId;
 use crate::limits::{Decision, OnFailure, Rule, Usage};
-use super::redis::UpstreamLease;
 use crate::queue::leases::{BoxFuture, Leased, SlotLeases};
 
 /// How often a degraded store pings Redis. A ping to a Redis that is down costs a refused
@@ -121,7 +121,11 @@ impl SlotLeases for FailoverStore {
                 },
                 Err(e) => {
                     tracing::debug!(error = %e, "slot lease unavailable");
-                    if closed { Leased::Full } else { Leased::Granted }
+                    if closed {
+                        Leased::Full
+                    } else {
+                        Leased::Granted
+                    }
                 }
             }
         })

@@ -63,6 +63,8 @@ struct State {
     max_in_flight: AtomicUsize,
     /// Credentials answered with 429 + Retry-After.
     busy: Mutex<HashSet<String>>,
+    /// Credentials answered with this status and body instead (a dead or failing account).
+    answers: Mutex<HashMap<String, (u16, String)>>,
     /// Task id -> status, for `/task/create` and `/task/{id}`.
     tasks: Mutex<HashMap<String, String>>,
     /// Task id -> why it failed (`failReason` in its get-task answer).
@@ -208,6 +210,16 @@ impl Upstream {
             .iter()
             .find(|(j, _)| j == job)
             .map(|(_, t)| *t)
+    }
+
+    /// Answers every request with `credential` with `status` and JSON `body` (`None`: as
+    /// usual again) — a revoked credential's 401, a banned account's 403, a failing 503.
+    pub fn set_answer(&self, credential: &str, answer: Option<(u16, &str)>) {
+        let mut answers = self.state.answers.lock().unwrap();
+        match answer {
+            Some((status, body)) => answers.insert(credential.to_owned(), (status, body.into())),
+            None => answers.remove(credential),
+        };
     }
 
     pub fn set_busy(&self, credential: &str, busy: bool) {
@@ -359,7 +371,10 @@ async fn respond(mut req: Request<Incoming>, state: Arc<State>) -> Response<UpBo
     if let Some(ms) = query_num(&target, "ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let resp = if state.busy.lock().unwrap().contains(&credential) {
+    let fixed = state.answers.lock().unwrap().get(&credential).cloned();
+    let resp = if let Some((status, body)) = fixed {
+        json(status, body)
+    } else if state.busy.lock().unwrap().contains(&credential) {
         Response::builder()
             .status(429)
             .header("retry-after", "2")
