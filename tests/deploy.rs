@@ -94,3 +94,35 @@ fn the_deployment_probes_the_admin_port_and_is_scraped() {
         assert!(deployment.contains(want), "deployment.yaml lacks {want:?}");
     }
 }
+
+/// The alerting rules are valid, query only metrics floodgate exports, and fire as their unit
+/// tests say (`promtool`, Debian's `prometheus` package, which `.ci/run` installs).
+#[test]
+fn the_alerting_rules_check_and_pass_their_unit_tests() {
+    let rules = read("deploy/prometheus/alerts.yml");
+    let unknown: Vec<_> = metric_names(&rules)
+        .difference(&exported())
+        .cloned()
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the rules query unknown metrics: {unknown:?}"
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [
+        &["check", "rules", "alerts.yml"][..],
+        &["test", "rules", "alerts.test.yml"][..],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool runs (apt-get install prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
