@@ -48,12 +48,18 @@ macro_rules! bad_fixtures {
 }
 
 bad_fixtures! {
+    upstream_health_disables_on_429 =>
+        "line 6: upstream_health.disable_statuses: 429: a 4xx or 5xx status other than 429 \
+         (a 429 rests the account)",
+    upstream_account_name_with_brace =>
+        "line 6: upstream_account[0].name: \"mj{1}\": no spaces or any of | { } / ? # % (it \
+         names Redis keys and admin paths)",
     toml_syntax =>
         "line 4: (syntax): invalid basic string",
     unknown_top_level_field =>
         "line 2: servre: unknown field `servre`, expected one of `server`, `identity`, \
          `routing`, `route`, `tiers`, `accounts`, `account_names`, `headers`, `jobs`, `tasks`, `account`, \
-         `upstream_account`, `classes`, `state`, `incorrect_tasks`, `relax`, `store`, `access_log`",
+         `upstream_account`, `classes`, `state`, `upstream_health`, `incorrect_tasks`, `relax`, `store`, `access_log`",
     unknown_limit_field =>
         "line 11: tiers.basic.limits[1].per_minutes: unknown field `per_minutes`, expected one \
          of `classes`, `except`, `shared`, `per_second`, `per_minute`, `per_hour`, `per_day`, \
