@@ -5,11 +5,10 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use floodgate::identity::AccountId;
+use support::browser::{chromium, field, headless};
 use support::process::Process;
 use support::{eventually, metric, metrics, Gate, TestClient, Upstream, DAY0_MS};
 
@@ -293,51 +292,6 @@ async fn a_reload_shows_on_the_page_applied_or_refused() {
 }
 
 // ---- in a real browser ----------------------------------------------------------------------
-
-/// Debian's Chromium, or another on the PATH.
-fn chromium() -> Option<String> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|c| {
-            Command::new(c)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .map(str::to_owned)
-}
-
-/// Loads `url` in headless Chromium and returns the DOM once the page's scripts have run
-/// (`--virtual-time-budget` lets its fetch and timers finish), or takes a screenshot.
-fn headless(browser: &str, profile: &Path, url: &str, screenshot: Option<&Path>) -> String {
-    let mut cmd = Command::new("timeout");
-    cmd.args(["60", browser, "--headless", "--no-sandbox", "--disable-gpu"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--hide-scrollbars", "--window-size=1400,1600"])
-        .arg("--virtual-time-budget=3000");
-    match screenshot {
-        Some(file) => cmd.arg(format!("--screenshot={}", file.display())),
-        None => cmd.arg("--dump-dom"),
-    };
-    let out = cmd.arg(url).output().expect("run chromium");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The text of the element with `data-field="field"` in a dumped DOM.
-fn field(dom: &str, field: &str) -> String {
-    let marker = format!("data-field=\"{field}\"");
-    let at = dom
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {marker} in the page:\n{dom}"));
-    let rest = &dom[at..];
-    let text = &rest[rest.find('>').unwrap() + 1..];
-    text[..text.find('<').unwrap()].to_owned()
-}
 
 fn number(text: &str) -> f64 {
     text.replace(',', "")

@@ -10,6 +10,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::browser::{chromium, field, headless};
+use support::process::Process;
 use support::redis_server::RedisServer;
 use support::{eventually, metric, metrics, Answer, Backend, Gate, TestClient, Upstream, DAY0_MS};
 
@@ -329,4 +331,66 @@ async fn three_replicas_share_rests_and_disables_from_their_next_job() {
         .await;
         assert!(back, "replica {i} never sent a a job again");
     }
+}
+
+/// The real binary with a state file: an account disabled by a 401 stays disabled after
+/// kill -9 and a restart (no job reaches it), and the status page, in a real browser, shows it
+/// disabled with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_account_survives_kill_9_and_shows_on_the_status_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    let state = dir.path().join("state.json");
+    let config = dir.path().join("floodgate.toml");
+    let text = format!("[state]\nfile = \"{}\"\n{POOL}", state.display());
+    std::fs::write(&config, text).unwrap();
+    let mut first = Process::start(&config, &up.url()).await;
+    let c = TestClient::new();
+    let headers = [("x-api-key", "pro-key"), ("x-job", "j")];
+    up.set_answer("secret-a", Some((403, r#"{"error":"forbidden"}"#)));
+    let mut met = false;
+    for _ in 0..3 {
+        let a = c
+            .send("POST", &first.url("/slow?ms=5"), &headers, "{}")
+            .await;
+        assert_eq!((a.status.as_u16(), ran_on(&a)), (200u16, "b"));
+        met |= seen_with(&up, "secret-a") > 0;
+    }
+    assert!(met, "a job met a's 403");
+    first.kill_hard().await;
+    up.set_answer("secret-a", None);
+
+    let second = Process::start(&config, &up.url()).await;
+    let before = seen_with(&up, "secret-a");
+    for _ in 0..4 {
+        let a = c
+            .send("POST", &second.url("/slow?ms=5"), &headers, "{}")
+            .await;
+        assert_eq!(
+            ran_on(&a),
+            "b",
+            "still disabled after kill -9 and a restart"
+        );
+    }
+    assert_eq!(seen_with(&up, "secret-a"), before);
+    let listed = c.get(&second.admin_url("/upstream-accounts")).await.json();
+    let a = &listed["upstream_accounts"][0];
+    assert_eq!(
+        (a["name"].as_str(), a["state"].as_str()),
+        (Some("a"), Some("disabled"))
+    );
+    assert_eq!(a["reason"], "upstream answered 403");
+
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED the page: no Chromium on this machine (apt-get install chromium)");
+        return;
+    };
+    let page = format!("http://{}/", second.admin);
+    let dom = headless(&browser, &dir.path().join("profile"), &page, None);
+    let shown = field(&dom, "upstream.a.state");
+    assert!(
+        shown.starts_with("disabled: upstream answered 403 (since "),
+        "{shown}"
+    );
+    assert_eq!(field(&dom, "upstream.b.state"), "active");
 }

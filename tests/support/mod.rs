@@ -2,6 +2,7 @@
 //! Everything runs over real loopback HTTP.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod pki;
 pub mod process;
 pub mod raw;
