@@ -116,6 +116,8 @@ impl Shared {
             for pool in &jobs.pools {
                 pool.share_slots(shared_store.clone());
             }
+            // a follow-up sent to any replica finds the upstream account of its task
+            jobs.tracker.share_origins(shared_store.clone());
         }
         let records_file = config.state.as_ref().map(|s| records_file(&s.file));
         let accounts = AccountBook::new(&store, records_file);

@@ -850,3 +850,62 @@ async fn an_upstream_account_credential_can_come_from_a_file() {
         "{err}"
     );
 }
+
+/// Three replicas on one Redis: a follow-up sent to a replica that did not run its task still
+/// reaches the upstream account that did (each replica alone would pick round-robin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_sent_to_another_replica_reaches_the_upstream_account_of_its_task() {
+    let redis = support::redis_server::RedisServer::start();
+    let up = Upstream::start().await;
+    let config = format!(
+        "{TWO_ACCOUNTS}\n[store]\ntype = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\non_failure = \"fail_closed\"\n",
+        redis.url()
+    );
+    let replicas: Vec<Gate> = (0..3)
+        .map(|_| Gate::start(&config, &up.url(), DAY0_MS))
+        .collect();
+    let c = TestClient::new();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let t = create_task(&c, &replicas[0], "pro-key", "{}").await;
+        let id = t.json()["result"].as_str().unwrap().to_owned();
+        ids.push((
+            id,
+            t.header("x-floodgate-upstream-account").unwrap().to_owned(),
+        ));
+    }
+    assert_ne!(ids[0].1, ids[1].1, "the two tasks ran on both accounts");
+    for (id, _) in &ids {
+        up.set_task_status(id, "SUCCESS");
+        let headers = [("x-api-key", "pro-key")];
+        let seen = c
+            .send(
+                "GET",
+                &replicas[0].url(&format!("/task/{id}")),
+                &headers,
+                "",
+            )
+            .await;
+        assert_eq!(seen.status, 200);
+    }
+    for (i, r) in replicas.iter().enumerate().skip(1) {
+        for (id, ran_on) in ids.iter().rev() {
+            let body = format!("{{\"taskId\": \"{id}\", \"action\": \"UPSCALE\"}}");
+            let f = create_task(&c, r, "pro-key", &body).await;
+            assert_eq!(
+                f.header("x-floodgate-upstream-account"),
+                Some(ran_on.as_str()),
+                "replica {i}: the follow-up of {id}"
+            );
+            let next = f.json()["result"].as_str().unwrap().to_owned();
+            up.set_task_status(&next, "SUCCESS");
+            c.send(
+                "GET",
+                &r.url(&format!("/task/{next}")),
+                &[("x-api-key", "pro-key")],
+                "",
+            )
+            .await;
+        }
+    }
+}

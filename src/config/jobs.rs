@@ -258,8 +258,10 @@ fn task_polling(src: &Source<'_>, t: &RawTasks) -> Result<TaskPolling, ConfigErr
         }
         success.push(status.get_ref().clone());
     }
+    let follow_up_ttl = duration(src, "tasks.follow_up_ttl", t.follow_up_ttl.as_ref(), "24h")?;
     Ok(TaskPolling {
         success,
+        follow_up_ttl,
         get_method,
         get_path: t.get_path.get_ref().clone(),
         get_pattern: pattern,

@@ -346,6 +346,9 @@ pub struct RawTasks {
     /// The terminal status values of a task that succeeded (the other terminal ones failed);
     /// needed to earn relax jobs, and to judge failed tasks, in task mode.
     pub success: Option<Vec<Spanned<String>>>,
+    /// How long replicas sharing Redis remember which upstream account ran a task, for its
+    /// follow-ups.
+    pub follow_up_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -91,14 +91,14 @@ impl JobStage<'_> {
         } = submission;
         let settings = ctx.policy.overrides.queue(ctx.config(), &ctx.caller);
         let named = settings.pool != 0;
-        let pool_name = &self.jobs.pools[settings.pool].name;
-        let affinity = job
+        let follow_up = job
             .follow_up_pointer
             .as_deref()
-            .and_then(|p| prefix.json_string(p))
-            .and_then(|task| self.jobs.tracker.origin(&task))
-            .filter(|(pool, _)| pool == pool_name)
-            .map(|(_, upstream)| upstream);
+            .and_then(|p| prefix.json_string(p));
+        let affinity = match follow_up {
+            Some(task) => self.jobs.origin(&task, settings.pool).await,
+            None => None,
+        };
         let retriable = prefix.is_complete() && named && affinity.is_none();
         let (bytes, mut rest) = (prefix.bytes, prefix.rest);
         let attempts = self.jobs.pools[settings.pool].accounts.len();
@@ -278,7 +278,7 @@ impl JobStage<'_> {
                     permit,
                     client_keys: ctx.config().identity.key_fields(client_keys),
                 };
-                self.watch.hold(ctx, resp, peeked, hold, owner, job)
+                self.watch.hold(ctx, resp, peeked, hold, owner, job).await
             }
         })
     }

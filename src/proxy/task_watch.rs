@@ -53,7 +53,7 @@ impl TaskWatch<'_> {
 
     /// Task mode: keeps the slot from the create response until the task ends. A failed create
     /// (non-2xx, or no task id) frees the slot at once.
-    pub fn hold(
+    pub async fn hold(
         &self,
         ctx: &Ctx<'_>,
         mut resp: Response<ProxyBody>,
@@ -71,7 +71,18 @@ impl TaskWatch<'_> {
             .filter(|_| peeked.complete)
             .and_then(|p| json_string_at(&peeked.bytes, p));
         match task_id {
-            Some(id) => self.track(ctx, id, hold, owner, job.max_job_time),
+            Some(id) => {
+                let (pool, account) = (hold.permit.pool().clone(), hold.permit.account().clone());
+                self.track(ctx, id.clone(), hold, owner, job.max_job_time);
+                if let Some(tasks) = ctx.config().jobs.tasks.as_ref() {
+                    // Before the client hears of the task: its follow-up may go anywhere.
+                    let tracker = &self.shared.jobs.tracker;
+                    let ttl = tasks.follow_up_ttl;
+                    tracker
+                        .share_origin(&id, &pool.name, &account.name, ttl)
+                        .await;
+                }
+            }
             // too big to read an id from: hold it while the body streams
             None if !peeked.complete => resp.body_mut().hold(hold.permit),
             None => tracing::debug!("create response without a task id; slot freed"),

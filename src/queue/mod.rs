@@ -89,6 +89,8 @@ pub struct TaskPolling {
     pub poll_interval: Option<Duration>,
     /// Terminal statuses of a task that succeeded; empty = success is not known.
     pub success: Vec<String>,
+    /// How long replicas sharing Redis remember where a task ran, for its follow-ups.
+    pub follow_up_ttl: Duration,
 }
 
 impl TaskPolling {
@@ -197,6 +199,17 @@ impl Jobs {
                 pool.set_health(upstream, health);
             }
         }
+    }
+
+    /// The upstream account of pool `pool` that ran `task`, for a follow-up: as this replica
+    /// remembers it, or as another replica sharing the store recorded it.
+    pub async fn origin(&self, task: &str, pool: usize) -> Option<usize> {
+        let pool = &self.pools[pool];
+        if let Some((name, upstream)) = self.tracker.origin(task) {
+            return (name == pool.name).then_some(upstream);
+        }
+        let (name, account) = self.tracker.shared_origin(task).await?;
+        (name == pool.name).then(|| pool.upstream_named(&account))?
     }
 
     /// The named upstream accounts (each once), in config order.

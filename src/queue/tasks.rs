@@ -2,10 +2,13 @@
 //! (or its maximum job time passes), and where each task ran, for follow-up jobs.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::task::AbortHandle;
 
+use super::leases::BoxFuture;
 use super::slots::SlotPermit;
 use crate::classify::ClassId;
 use crate::identity::{AccountId, TierId};
@@ -37,11 +40,22 @@ struct Origins {
     order: VecDeque<String>,
 }
 
+/// Where replicas sharing a store record which upstream account ran each task: a follow-up
+/// sent to another replica still reaches the account that knows its task.
+pub trait SharedOrigins: Send + Sync + Debug {
+    /// Records that `task` ran on `account` of `pool`, for `ttl`.
+    fn remember(&self, task: &str, pool: &str, account: &str, ttl: Duration) -> BoxFuture<()>;
+    /// The pool and upstream account name `task` ran on, if recorded.
+    fn origin(&self, task: &str) -> BoxFuture<Option<(String, String)>>;
+}
+
 /// Tasks holding slots, and the upstream account each task ran on.
 #[derive(Debug, Default)]
 pub struct TaskTracker {
     running: Mutex<HashMap<String, Running>>,
     origins: Mutex<Origins>,
+    /// The store where origins are shared with other replicas, when they are.
+    shared: OnceLock<Arc<dyn SharedOrigins>>,
 }
 
 impl TaskTracker {
@@ -93,6 +107,24 @@ impl TaskTracker {
     /// Tasks holding a slot.
     pub fn running(&self) -> usize {
         self.lock_running().len()
+    }
+
+    /// Shares task origins with other replicas through `store`.
+    pub fn share_origins(&self, store: Arc<dyn SharedOrigins>) {
+        let _ = self.shared.set(store);
+    }
+
+    /// Records where a task ran for other replicas, when origins are shared; resolves once
+    /// the store has it (or gave up).
+    pub async fn share_origin(&self, task: &str, pool: &str, account: &str, ttl: Duration) {
+        if let Some(shared) = self.shared.get() {
+            shared.remember(task, pool, account, ttl).await;
+        }
+    }
+
+    /// The pool and upstream account name a task ran on, as another replica recorded it.
+    pub async fn shared_origin(&self, task: &str) -> Option<(String, String)> {
+        self.shared.get()?.origin(task).await
     }
 
     /// The pool and upstream account a task ran on.

@@ -21,6 +21,7 @@ use super::{consume_units, Backend, MemoryStore, Purpose, RedisStore, StoreError
 use crate::identity::AccountId;
 use crate::limits::{Decision, OnFailure, Rule, Usage};
 use crate::queue::leases::{BoxFuture, Leased, SlotLeases};
+use crate::queue::tasks::SharedOrigins;
 
 /// How often a degraded store pings Redis. A ping to a Redis that is down costs a refused
 /// connect (or at most the operation timeout, for one that hangs), one at a time per replica.
@@ -147,6 +148,30 @@ impl SlotLeases for FailoverStore {
 
     fn ttl(&self) -> Duration {
         self.lease_ttl
+    }
+}
+
+/// Where each task ran, shared across replicas for its follow-ups. While Redis fails, a
+/// follow-up finds only what its own replica remembers.
+impl SharedOrigins for FailoverStore {
+    fn remember(&self, task: &str, pool: &str, account: &str, ttl: Duration) -> BoxFuture<()> {
+        let redis = self.redis.clone();
+        let (task, pool, account) = (task.to_owned(), pool.to_owned(), account.to_owned());
+        Box::pin(async move {
+            if let Err(e) = redis.origin_set(&task, &pool, &account, ttl).await {
+                tracing::warn!(%task, error = %e, "where the task ran is not shared; its follow-ups must come to this replica");
+            }
+        })
+    }
+
+    fn origin(&self, task: &str) -> BoxFuture<Option<(String, String)>> {
+        let (redis, task) = (self.redis.clone(), task.to_owned());
+        Box::pin(async move {
+            redis.origin_get(&task).await.unwrap_or_else(|e| {
+                tracing::debug!(%task, error = %e, "cannot read where the task ran");
+                None
+            })
+        })
     }
 }
 

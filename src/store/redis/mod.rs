@@ -83,6 +83,11 @@ pub fn health_key(account: &str) -> String {
     format!("fg:{{upstream:{account}}}:health")
 }
 
+/// The key recording which upstream account ran a task (for its follow-ups).
+pub fn origin_key(task: &str) -> String {
+    format!("fg:{{task:{task}}}:origin")
+}
+
 /// What asking for a lease on an upstream account's slot got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamLease {
@@ -218,6 +223,45 @@ impl RedisStore {
             -1 => UpstreamLease::Out(record),
             _ => UpstreamLease::Full,
         })
+    }
+
+    /// Records that `task` ran on `account` of `pool`, for `ttl`.
+    pub async fn origin_set(
+        &self,
+        task: &str,
+        pool: &str,
+        account: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let (key, value) = (origin_key(task), format!("{pool}\n{account}"));
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        self.conns
+            .run(|mut conn| {
+                let set = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .clone();
+                async move { set.query_async::<()>(&mut conn).await }
+            })
+            .await
+    }
+
+    /// The pool and upstream account `task` ran on, if recorded.
+    pub async fn origin_get(&self, task: &str) -> Result<Option<(String, String)>, StoreError> {
+        let key = origin_key(task);
+        let value: Option<String> = self
+            .conns
+            .run(|mut conn| {
+                let get = redis::cmd("GET").arg(&key).clone();
+                async move { get.query_async(&mut conn).await }
+            })
+            .await?;
+        Ok(value.and_then(|v| {
+            let (pool, account) = v.split_once('\n')?;
+            Some((pool.to_owned(), account.to_owned()))
+        }))
     }
 
     /// An upstream account's health as stored: its version and record (JSON), if any.
