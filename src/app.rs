@@ -199,6 +199,9 @@ pub fn start(
             format!("floodgate-worker-{i}"),
             async move {
                 proxy.enter_worker();
+                if i == 0 {
+                    tokio::spawn(proxy.clone().resume_tasks());
+                }
                 #[cfg(feature = "test-hooks")]
                 crate::allocator::counting::count_this_thread();
                 // The worker's access log lines gather in its own buffer, flushed on a timer.
@@ -481,6 +484,11 @@ async fn control(
             }
             _ = sample.tick() => {
                 shared.show_upstream_states();
+                if let Some(book) = &shared.tasks {
+                    if let Err(e) = book.keep_alive().await {
+                        tracing::debug!(error = %e, "cannot say this replica is alive");
+                    }
+                }
                 let degraded = shared.store.is_degraded();
                 shared.status.sample(&shared.metrics, degraded, shared.clock.now_ms());
             }

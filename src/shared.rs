@@ -21,6 +21,7 @@ use crate::queue::health::{Health, State};
 use crate::queue::Jobs;
 use crate::status::StatusBoard;
 use crate::store::accounts::records_file;
+use crate::store::tasks::{tasks_file, TaskBook};
 use crate::store::upstreams::health_file;
 use crate::store::{AccountBook, UpstreamBook};
 use crate::store::{FailoverStore, Login, RedisStore, Store, StoreError};
@@ -96,6 +97,9 @@ pub struct Shared {
     pub accounts: AccountBook,
     /// The upstream accounts' health and where it is kept.
     pub upstreams: UpstreamBook,
+    /// The tasks holding job slots, kept for a restart; `None`: not kept (no `[state]`, no
+    /// Redis).
+    pub tasks: Option<Arc<TaskBook>>,
     /// Held while a new policy is built and swapped in: a reload and an account's change
     /// never build from each other's stale half.
     swapping: Mutex<()>,
@@ -123,8 +127,14 @@ impl Shared {
         let accounts = AccountBook::new(&store, records_file);
         let health_file = config.state.as_ref().map(|s| health_file(&s.file));
         let upstreams = UpstreamBook::new(&store, health_file);
+        let tasks_file = config.state.as_ref().map(|s| tasks_file(&s.file));
+        let tasks = TaskBook::new(&store, tasks_file).map(Arc::new);
+        if let Some(book) = &tasks {
+            jobs.tracker.keep_holds(Arc::new(book.clone()));
+        }
         Self {
             upstreams,
+            tasks,
             jobs,
             policy: ArcSwap::from_pointee(Policy {
                 config,

@@ -276,6 +276,21 @@ impl Proxy {
         }
     }
 
+    /// Resumes the tasks that held slots before a restart, on this worker's connections (one
+    /// worker, at start); with Redis, also those of replicas that died, every few seconds.
+    pub async fn resume_tasks(self: Arc<Self>) {
+        let Some(book) = self.shared.tasks.clone() else {
+            return;
+        };
+        self.task_watch().resume(&book).await;
+        if matches!(self.shared.store, crate::store::Store::Redis(_)) {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.task_watch().resume(&book).await;
+            }
+        }
+    }
+
     fn task_watch(&self) -> TaskWatch<'_> {
         TaskWatch {
             shared: &self.shared,

@@ -17,12 +17,18 @@ use super::response_body::{peek, ProxyBody};
 use super::settle::Settle;
 use super::upload::UploadBody;
 use super::upstream::{UpstreamClient, Upstreams};
+use crate::classify::ClassId;
 use crate::classify::{normalize_path, PathRules};
+use crate::config::Config;
 use crate::identity::KeyFields;
+use crate::identity::{AccountId, Caller, TierId};
 use crate::json::string_at as json_string_at;
-use crate::queue::tasks::{TaskOwner, TaskTracker};
-use crate::queue::{JobClass, SlotPermit, TaskPolling};
-use crate::shared::Shared;
+use crate::penalties::Mode;
+use crate::queue::tasks::{HeldTask, TaskJournal, TaskOwner, TaskTracker};
+use crate::queue::{JobClass, JobPool, JobTicket, Jobs, SlotPermit, TaskPolling};
+use crate::shared::{Policy, Shared};
+use crate::store::accounts::hex;
+use crate::store::tasks::TaskBook;
 
 /// What a created task holds until it ends: its slot, and the client's key fields, which its
 /// watcher polls with when the slot's upstream account has no credential of its own.
@@ -72,14 +78,17 @@ impl TaskWatch<'_> {
             .and_then(|p| json_string_at(&peeked.bytes, p));
         match task_id {
             Some(id) => {
-                let (pool, account) = (hold.permit.pool().clone(), hold.permit.account().clone());
+                let now = self.shared.clock.now_ms();
+                let held = held_task(ctx, &id, &hold.permit, &owner, now, job.max_job_time);
                 self.track(ctx, id.clone(), hold, owner, job.max_job_time);
+                // Before the client hears of the task: a restart keeps its slot, and its
+                // follow-up may go to any replica.
+                let tracker = &self.shared.jobs.tracker;
+                tracker.journal_hold(&held).await;
                 if let Some(tasks) = ctx.config().jobs.tasks.as_ref() {
-                    // Before the client hears of the task: its follow-up may go anywhere.
-                    let tracker = &self.shared.jobs.tracker;
-                    let ttl = tasks.follow_up_ttl;
+                    let (pool, account) = (&held.pool, &held.upstream_account);
                     tracker
-                        .share_origin(&id, &pool.name, &account.name, ttl)
+                        .share_origin(&id, pool, account, tasks.follow_up_ttl)
                         .await;
                 }
             }
@@ -105,25 +114,105 @@ impl TaskWatch<'_> {
             permit,
             client_keys,
         } = hold;
+        // A named upstream account polls with its own credential; otherwise the task is the
+        // client's, and so is the key that may read it.
+        let credentials = permit.account().credential.clone();
+        let credentials = credentials.map_or(client_keys, |c| vec![c]);
+        self.watch(ctx.config(), id, permit, owner, max_job_time, credentials);
+    }
+
+    /// Holds a task's slot in the tracker and starts its watcher: the maximum-job-time timer
+    /// (`left`) and, when configured and `credentials` can read the task, active polling.
+    fn watch(
+        &self,
+        config: &Config,
+        id: String,
+        permit: SlotPermit,
+        owner: TaskOwner,
+        left: Duration,
+        credentials: KeyFields,
+    ) {
         let tracker = self.shared.jobs.tracker.clone();
         let account = permit.account().clone();
         let client = self.upstreams.client(account.origin.as_deref()).clone();
-        let tasks = ctx.config().jobs.tasks.as_ref();
-        let poll = tasks.filter(|t| t.poll_interval.is_some()).cloned();
+        let tasks = config.jobs.tasks.as_ref();
+        let poll = tasks
+            .filter(|t| t.poll_interval.is_some() && !credentials.is_empty())
+            .cloned();
         tracker.hold(id.clone(), permit, owner, None);
         let watcher = Watcher {
             shared: self.shared.clone(),
-            inspect_limit: ctx.config().server.inspect_limit,
+            inspect_limit: config.server.inspect_limit,
             tracker: tracker.clone(),
             id: id.clone(),
             poll,
             client,
-            // A named upstream account polls with its own credential; otherwise the task is the
-            // client's, and so is the key that may read it.
-            credentials: account.credential.map_or(client_keys, |c| vec![c]),
+            credentials,
         };
-        let handle = tokio::spawn(watcher.run(max_job_time)).abort_handle();
+        let handle = tokio::spawn(watcher.run(left)).abort_handle();
         tracker.attach_watcher(&id, handle);
+    }
+
+    /// Resumes the tasks that held slots before a restart (or on a replica that died): each
+    /// holds a slot again on the upstream account it runs on, and its watcher goes on — polling
+    /// with the account's credential in active mode, else until a client's get-task shows it
+    /// ended or its maximum job time passes. Returns how many were resumed.
+    pub async fn resume(&self, book: &Arc<TaskBook>) -> usize {
+        let orphans = match book.orphans().await {
+            Ok(orphans) => orphans,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the tasks held before; their slots are free");
+                return 0;
+            }
+        };
+        let policy = self.shared.policy.load_full();
+        let mut resumed = 0;
+        for (held, raw) in orphans {
+            let tracker = &self.shared.jobs.tracker;
+            let now = self.shared.clock.now_ms();
+            if held.deadline_ms <= now || tracker.is_running(&held.task) {
+                book.ended(&held.task);
+                continue;
+            }
+            let Some(found) = locate(&policy, &self.shared.jobs, &held) else {
+                tracing::warn!(task = %held.task, pool = %held.pool, "a held task's pool, tier or class is gone from the config; its slot is free");
+                book.ended(&held.task);
+                continue;
+            };
+            match book.adopt(&raw, &held).await {
+                Ok(true) => {}
+                Ok(false) => continue, // another replica resumed it
+                Err(e) => {
+                    tracing::warn!(task = %held.task, error = %e, "cannot take a held task over");
+                    continue;
+                }
+            }
+            let (pool, ticket) = found.ticket(&policy, &self.shared.jobs);
+            let permit = pool.resume(&ticket, found.upstream, &held.leases).await;
+            let credentials: KeyFields = permit.account().credential.clone().into_iter().collect();
+            let record = HeldTask {
+                leases: permit.lease_ids(),
+                ..held.clone()
+            };
+            let left = Duration::from_millis(held.deadline_ms - now);
+            self.watch(
+                &policy.config,
+                held.task.clone(),
+                permit,
+                found.owner,
+                left,
+                credentials,
+            );
+            tracker.journal_hold(&record).await;
+            resumed += 1;
+        }
+        if resumed > 0 {
+            tracing::info!(
+                tasks = resumed,
+                "tasks held before resumed: their slots are held again"
+            );
+        }
+        resumed
     }
 
     /// Passive observation: a get-task response passing through that shows a terminal status
@@ -155,6 +244,70 @@ impl TaskWatch<'_> {
         }
         resp
     }
+}
+
+/// A task's hold as a restart finds it.
+fn held_task(
+    ctx: &Ctx<'_>,
+    id: &str,
+    permit: &SlotPermit,
+    owner: &TaskOwner,
+    now: u64,
+    max_job_time: Duration,
+) -> HeldTask {
+    HeldTask {
+        task: id.to_owned(),
+        account: hex(owner.account),
+        tier: ctx.tier_name().to_owned(),
+        class: ctx.class_name().to_owned(),
+        mode: owner.mode.name().to_owned(),
+        pool: permit.pool().name.clone(),
+        upstream_account: permit.account().name.clone(),
+        started_ms: now,
+        deadline_ms: now.saturating_add(max_job_time.as_millis() as u64),
+        leases: permit.lease_ids(),
+        replica: String::new(),
+    }
+}
+
+/// A held task found again in the running config.
+struct Found {
+    caller: Caller,
+    pool: usize,
+    upstream: usize,
+    owner: TaskOwner,
+}
+
+impl Found {
+    fn ticket(&self, policy: &Policy, jobs: &Jobs) -> (Arc<JobPool>, JobTicket) {
+        let mut settings = policy.overrides.queue(&policy.config, &self.caller).clone();
+        settings.pool = self.pool;
+        let gauges = policy.handles.tier_gauges(self.caller.tier);
+        jobs.ticket(&settings, &self.caller, Some(self.upstream), gauges)
+    }
+}
+
+/// Where a held task runs and whose it is, in the running config; `None` when the config lost
+/// its pool, account, tier or class.
+fn locate(policy: &Policy, jobs: &Jobs, held: &HeldTask) -> Option<Found> {
+    let config = &policy.config;
+    let pool = jobs.pools.iter().position(|p| p.name == held.pool)?;
+    let upstream = jobs.pools[pool].upstream_named(&held.upstream_account)?;
+    let account = AccountId(u128::from_str_radix(&held.account, 16).ok()?);
+    let tier = TierId(config.tiers.iter().position(|t| t.name == held.tier)? as u16);
+    let class = ClassId(config.classes.iter().position(|c| *c == held.class)? as u16);
+    let mode = Mode::parse(&held.mode)?;
+    Some(Found {
+        caller: Caller { account, tier },
+        pool,
+        upstream,
+        owner: TaskOwner {
+            account,
+            tier,
+            class,
+            mode,
+        },
+    })
 }
 
 /// Counts what a task's end teaches, under the config running now.

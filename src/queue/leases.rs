@@ -155,7 +155,12 @@ static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
 /// A lease id unique to this process and job.
 pub fn lease_id() -> String {
     let n = NEXT_LEASE.fetch_add(1, Ordering::Relaxed);
-    format!("{}:{}:{n}", std::process::id(), replica_nonce())
+    format!("{}:{n}", replica_id())
+}
+
+/// This process among the replicas sharing a store: its pid and a nonce.
+pub fn replica_id() -> String {
+    format!("{}:{}", std::process::id(), replica_nonce())
 }
 
 fn replica_nonce() -> u64 {
@@ -263,6 +268,30 @@ pub async fn hold(
             return Err(NotHeld::TimedOut);
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Takes over a lease held before a restart (by this replica's predecessor, or a replica that
+/// died): renewed at once and from then on; `None` when it had already expired.
+pub async fn resume(backend: &Arc<dyn SlotLeases>, key: &str, lease: &str) -> Option<LeaseGuard> {
+    if !backend.renew(key.to_owned(), lease.to_owned()).await {
+        return None;
+    }
+    let renewer =
+        tokio::spawn(renew(backend.clone(), key.to_owned(), lease.to_owned())).abort_handle();
+    Some(LeaseGuard {
+        backend: backend.clone(),
+        key: key.to_owned(),
+        lease: lease.to_owned(),
+        renewer: Some(renewer),
+        releaser: Releaser::current(),
+    })
+}
+
+impl LeaseGuard {
+    /// The lease's key and id, to be taken over after a restart.
+    pub fn id(&self) -> (String, String) {
+        (self.key.clone(), self.lease.clone())
     }
 }
 

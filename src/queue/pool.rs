@@ -15,7 +15,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::job::{JobTicket, QueueError};
-use super::leases::SlotLeases;
+use super::leases::{self, SlotLeases};
+use super::scheduler::UpstreamIdx;
 use super::shared_slots::Unleased;
 use super::slots::{JobPool, SlotPermit, StartOnGrant};
 use super::waiting::Granted;
@@ -89,6 +90,33 @@ impl JobPool {
                 .force_start(ticket.tenant, ticket.concurrency, ticket.affinity, now)
         };
         Ok((self.permit_at_once(ticket, upstream), would_wait))
+    }
+
+    /// A slot for a task that was running before a restart, on the upstream account it runs
+    /// on, whatever the caps say (it runs upstream already: the slot only counts it), with the
+    /// shared leases it held taken over when they are still alive.
+    pub async fn resume(
+        self: &Arc<Self>,
+        ticket: &JobTicket,
+        upstream: UpstreamIdx,
+        held: &[(String, String)],
+    ) -> SlotPermit {
+        let upstream = {
+            let mut inner = self.lock();
+            let now = self.now_ms();
+            let (tenant, cap) = (ticket.tenant, ticket.concurrency);
+            inner.sched.force_start(tenant, cap, Some(upstream), now).0
+        };
+        let mut permit = self.permit_at_once(ticket, upstream);
+        if let Some(backend) = self.shared() {
+            for (key, lease) in held {
+                match leases::resume(backend, key, lease).await {
+                    Some(guard) => permit.leases.push(guard),
+                    None => tracing::warn!(%key, "a resumed task's slot lease had expired"),
+                }
+            }
+        }
+        permit
     }
 
     /// Refuses new jobs and answers every waiting one with [`QueueError::Closed`].

@@ -136,6 +136,11 @@ impl SlotPermit {
         &self.pool
     }
 
+    /// The shared leases this slot holds (key, lease id).
+    pub fn lease_ids(&self) -> Vec<(String, String)> {
+        self.leases.iter().map(LeaseGuard::id).collect()
+    }
+
     /// How long the job waited in the queue.
     pub fn waited(&self) -> Duration {
         self.waited

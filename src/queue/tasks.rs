@@ -40,6 +40,38 @@ struct Origins {
     order: VecDeque<String>,
 }
 
+/// A running task's slot as kept across a restart (beside the state file, or in Redis): whose
+/// it is, where it runs, since when and until when at the latest. Names, not indices, so a
+/// restart on an edited config finds them or drops them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldTask {
+    pub task: String,
+    /// The floodgate account (32 hex digits).
+    pub account: String,
+    pub tier: String,
+    pub class: String,
+    pub mode: String,
+    pub pool: String,
+    pub upstream_account: String,
+    pub started_ms: u64,
+    /// The slot is released then at the latest (its start plus the class's max job time).
+    pub deadline_ms: u64,
+    /// The shared leases its slot holds (key, lease id), taken over by whoever resumes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<(String, String)>,
+    /// The replica holding it (with Redis).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replica: String,
+}
+
+/// Where held tasks are kept so that a restart finds them.
+pub trait TaskJournal: Send + Sync + Debug {
+    /// Keeps a task's hold; resolves once it is kept (or could not be).
+    fn held(&self, task: &HeldTask) -> BoxFuture<()>;
+    /// Forgets a task's hold (it ended).
+    fn ended(&self, task: &str);
+}
+
 /// Where replicas sharing a store record which upstream account ran each task: a follow-up
 /// sent to another replica still reaches the account that knows its task.
 pub trait SharedOrigins: Send + Sync + Debug {
@@ -56,6 +88,8 @@ pub struct TaskTracker {
     origins: Mutex<Origins>,
     /// The store where origins are shared with other replicas, when they are.
     shared: OnceLock<Arc<dyn SharedOrigins>>,
+    /// Where holds are kept across a restart, when they are.
+    journal: OnceLock<Arc<dyn TaskJournal>>,
 }
 
 impl TaskTracker {
@@ -85,6 +119,9 @@ impl TaskTracker {
     /// even when a poll and a client's get-task see it end together.
     pub fn finish(&self, task: &str) -> Option<TaskOwner> {
         let removed = self.lock_running().remove(task)?;
+        if let Some(journal) = self.journal.get() {
+            journal.ended(task);
+        }
         if let Some(w) = removed.watcher {
             w.abort();
         }
@@ -107,6 +144,18 @@ impl TaskTracker {
     /// Tasks holding a slot.
     pub fn running(&self) -> usize {
         self.lock_running().len()
+    }
+
+    /// Keeps holds in `journal` across restarts.
+    pub fn keep_holds(&self, journal: Arc<dyn TaskJournal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// Keeps a hold across a restart, when holds are kept; resolves once it is kept.
+    pub async fn journal_hold(&self, task: &HeldTask) {
+        if let Some(journal) = self.journal.get() {
+            journal.held(task).await;
+        }
     }
 
     /// Shares task origins with other replicas through `store`.

@@ -16,6 +16,7 @@ pub mod keeper;
 mod memory;
 pub mod redis;
 pub mod snapshot;
+pub mod tasks;
 pub mod upstreams;
 
 pub use crate::limits::OnFailure;

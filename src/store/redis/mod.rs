@@ -83,6 +83,15 @@ pub fn health_key(account: &str) -> String {
     format!("fg:{{upstream:{account}}}:health")
 }
 
+/// The hash of tasks holding job slots, task id -> record: what a replica resumes after a
+/// restart, or takes over from a replica that died.
+pub const HELD_TASKS_KEY: &str = "fg:{tasks}:held";
+
+/// The key a replica keeps alive while it runs.
+pub fn alive_key(replica: &str) -> String {
+    format!("fg:{{replica:{replica}}}:alive")
+}
+
 /// The key recording which upstream account ran a task (for its follow-ups).
 pub fn origin_key(task: &str) -> String {
     format!("fg:{{task:{task}}}:origin")
@@ -407,6 +416,81 @@ impl RedisStore {
             .map(|at| all.swap_remove(at).1.parse().unwrap_or_default())
             .unwrap_or_default();
         Ok((version, all))
+    }
+
+    /// The tasks holding job slots, kept for whoever resumes them: task id -> record (JSON).
+    pub async fn held_tasks(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let all: Vec<(String, String)> = self
+            .conns
+            .run(|mut conn| async move {
+                redis::cmd("HGETALL")
+                    .arg(HELD_TASKS_KEY)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(all.into_iter().filter(|(f, _)| f != "~version").collect())
+    }
+
+    /// Keeps (`Some`) or forgets (`None`) a held task's record.
+    pub async fn held_task_write(&self, task: &str, json: Option<&str>) -> Result<(), StoreError> {
+        let cmd = match json {
+            Some(json) => redis::cmd("HSET")
+                .arg(HELD_TASKS_KEY)
+                .arg(task)
+                .arg(json)
+                .clone(),
+            None => redis::cmd("HDEL").arg(HELD_TASKS_KEY).arg(task).clone(),
+        };
+        self.conns
+            .run(|mut conn| {
+                let cmd = cmd.clone();
+                async move { cmd.query_async::<i64>(&mut conn).await.map(|_| ()) }
+            })
+            .await
+    }
+
+    /// Takes a held task's record over (writes `json`) only if it still is `expected`: two
+    /// replicas resuming the same task never both do.
+    pub async fn held_task_adopt(
+        &self,
+        task: &str,
+        json: &str,
+        expected: &str,
+    ) -> Result<bool, StoreError> {
+        let args = [task, json, expected];
+        let version: i64 = self
+            .conns
+            .run(|conn| {
+                self.scripts
+                    .record_write
+                    .invoke(conn, HELD_TASKS_KEY, &args)
+            })
+            .await?;
+        Ok(version >= 0)
+    }
+
+    /// Says this replica is alive for `ttl` (the tasks it holds are not to be taken over).
+    pub async fn alive(&self, replica: &str, ttl: Duration) -> Result<(), StoreError> {
+        let key = alive_key(replica);
+        let ms = ttl.as_millis() as u64;
+        self.conns
+            .run(|mut conn| {
+                let set = redis::cmd("SET").arg(&key).arg(1).arg("PX").arg(ms).clone();
+                async move { set.query_async::<()>(&mut conn).await }
+            })
+            .await
+    }
+
+    /// Whether replica `replica` said lately it is alive.
+    pub async fn is_alive(&self, replica: &str) -> Result<bool, StoreError> {
+        let key = alive_key(replica);
+        self.conns
+            .run(|mut conn| {
+                let exists = redis::cmd("EXISTS").arg(&key).clone();
+                async move { exists.query_async::<u64>(&mut conn).await.map(|n| n > 0) }
+            })
+            .await
     }
 
     /// Round trip to the server (for readiness).
