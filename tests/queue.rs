@@ -909,3 +909,72 @@ async fn a_follow_up_sent_to_another_replica_reaches_the_upstream_account_of_its
         }
     }
 }
+
+/// Three replicas on one Redis, one upstream account with one slot: a big tenant's backlog
+/// waits on two replicas, a small tenant's jobs arrive one by one on the third. Tenants take
+/// turns across replicas, so each small job starts at most one big job after it arrives (each
+/// replica ordering only its own queue, it would wait for whichever replica asked first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_tenant_takes_its_turn_against_a_big_backlog_on_other_replicas() {
+    let redis = support::redis_server::RedisServer::start();
+    let up = Upstream::start().await;
+    let config = format!(
+        r#"
+        [[route]]
+        method = "POST"
+        path = "/slow"
+        class = "job"
+        [[jobs]]
+        classes = ["job"]
+        [tiers.pro]
+        max_wait = "60s"
+        upstream_accounts = ["a"]
+        [[upstream_account]]
+        name = "a"
+        credential_header = "mj-api-secret"
+        credential = "secret-a"
+        concurrency = 1
+        [accounts]
+        default_tier = "pro"
+        [store]
+        type = "redis"
+        url = "{}"
+        timeout = "2s"
+        on_failure = "fail_closed"
+        "#,
+        redis.url()
+    );
+    let replicas: Vec<Gate> = (0..3)
+        .map(|_| Gate::start(&config, &up.url(), DAY0_MS))
+        .collect();
+    let mut big = Vec::new();
+    for r in &replicas[..2] {
+        for i in 0..10 {
+            big.push(spawn_job(r, "big-key", format!("big{i}"), 60));
+        }
+    }
+    let backlog = support::eventually(Duration::from_secs(5), || async { up.count() >= 2 }).await;
+    assert!(backlog, "the big tenant's jobs run");
+    let c = TestClient::new();
+    for k in 0..4 {
+        let before = up.count();
+        let name = format!("small{k}");
+        let a = job(&c, &replicas[2], "small-key", &name, 10).await;
+        assert_eq!(a.status, 200);
+        let order: Vec<String> = up
+            .seen()
+            .iter()
+            .map(|s| s.header("x-job").unwrap_or("").to_owned())
+            .collect();
+        let at = order.iter().position(|j| *j == name).unwrap();
+        assert!(
+            at - before <= 1,
+            "{name} started after {} big jobs: {order:?}",
+            at - before
+        );
+    }
+    for h in big {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    assert_eq!(up.max_in_flight_for("secret-a"), 1);
+}

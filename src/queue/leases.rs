@@ -45,22 +45,27 @@ pub fn upstream_slots(pool: &str, account: &str) -> String {
     format!("upstream:{account}|{pool}")
 }
 
+/// An ask for one of an upstream account's slots.
+#[derive(Debug, Clone)]
+pub struct UpstreamAsk {
+    /// From [`upstream_slots`].
+    pub key: String,
+    pub account: String,
+    /// The tenant whose job asks (32 hex digits): tenants take turns across replicas.
+    pub tenant: String,
+    pub cap: u32,
+    /// Now, on the clock rests are set on.
+    pub now_ms: u64,
+}
+
 /// A store that can hold expiring leases on counted slots.
 pub trait SlotLeases: Send + Sync + Debug {
     /// Takes a lease on one of `cap` slots under `key`; false when all are held.
     fn acquire(&self, key: String, cap: u32, lease: String) -> BoxFuture<bool>;
-    /// Takes a lease on one of upstream account `account`'s `cap` slots under `key` (from
-    /// [`upstream_slots`]), unless the store has the account out of rotation at `now_ms`.
-    fn acquire_upstream(
-        &self,
-        key: String,
-        account: String,
-        cap: u32,
-        lease: String,
-        now_ms: u64,
-    ) -> BoxFuture<Leased> {
-        let _ = (account, now_ms);
-        let granted = self.acquire(key, cap, lease);
+    /// Takes a lease on one of an upstream account's slots for a tenant's job, unless the
+    /// store has the account out of rotation, or gives the slot to another tenant's turn.
+    fn acquire_upstream(&self, ask: UpstreamAsk, lease: String) -> BoxFuture<Leased> {
+        let granted = self.acquire(ask.key, ask.cap, lease);
         Box::pin(async move {
             match granted.await {
                 true => Leased::Granted,
@@ -181,6 +186,7 @@ pub enum Slots {
     Upstream {
         pool: String,
         account: String,
+        tenant: String,
         cap: u32,
         clock: Arc<dyn crate::clock::Clock>,
     },
@@ -207,16 +213,20 @@ impl Slots {
             }
             Slots::Upstream {
                 account,
+                tenant,
                 cap,
                 clock,
                 ..
-            } => backend.acquire_upstream(
-                key.to_owned(),
-                account.clone(),
-                *cap,
-                lease.to_owned(),
-                clock.now_ms(),
-            ),
+            } => {
+                let ask = UpstreamAsk {
+                    key: key.to_owned(),
+                    account: account.clone(),
+                    tenant: tenant.clone(),
+                    cap: *cap,
+                    now_ms: clock.now_ms(),
+                };
+                backend.acquire_upstream(ask, lease.to_owned())
+            }
         }
     }
 }

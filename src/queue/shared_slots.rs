@@ -52,6 +52,7 @@ impl JobPool {
             Some(Slots::Upstream {
                 pool: self.name.clone(),
                 account: upstream.name.clone(),
+                tenant: format!("{:032x}", ticket.tenant.0),
                 cap: upstream.concurrency,
                 clock: self.clock.clone(),
             })

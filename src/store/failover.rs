@@ -20,7 +20,7 @@ use super::redis::UpstreamLease;
 use super::{consume_units, Backend, MemoryStore, Purpose, RedisStore, StoreError, Update};
 use crate::identity::AccountId;
 use crate::limits::{Decision, OnFailure, Rule, Usage};
-use crate::queue::leases::{BoxFuture, Leased, SlotLeases};
+use crate::queue::leases::{BoxFuture, Leased, SlotLeases, UpstreamAsk};
 use crate::queue::tasks::SharedOrigins;
 
 /// How often a degraded store pings Redis. A ping to a Redis that is down costs a refused
@@ -92,14 +92,14 @@ impl SlotLeases for FailoverStore {
         })
     }
 
-    fn acquire_upstream(
-        &self,
-        key: String,
-        account: String,
-        cap: u32,
-        lease: String,
-        now_ms: u64,
-    ) -> BoxFuture<Leased> {
+    fn acquire_upstream(&self, ask: UpstreamAsk, lease: String) -> BoxFuture<Leased> {
+        let UpstreamAsk {
+            key,
+            account,
+            tenant,
+            cap,
+            now_ms,
+        } = ask;
         let (redis, ttl, closed) = (
             self.redis.clone(),
             self.lease_ttl,
@@ -107,7 +107,7 @@ impl SlotLeases for FailoverStore {
         );
         Box::pin(async move {
             match redis
-                .upstream_lease(&key, &account, cap, &lease, ttl, now_ms)
+                .upstream_lease(&key, &account, &tenant, cap, &lease, ttl, now_ms)
                 .await
             {
                 Ok(UpstreamLease::Granted) => Leased::Granted,

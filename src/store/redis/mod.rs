@@ -205,24 +205,30 @@ impl RedisStore {
     }
 
     /// Takes a lease on one of `cap` slots of an upstream account (`name` from
-    /// [`upstream_slots`]) unless its health has it out of rotation at `now_ms`.
+    /// [`upstream_slots`](crate::queue::leases::upstream_slots)) for `tenant`, unless its
+    /// health has it out of rotation at `now_ms`, or another tenant asking has waited longer
+    /// for its turn.
+    #[allow(clippy::too_many_arguments)]
     pub async fn upstream_lease(
         &self,
         name: &str,
         account: &str,
+        tenant: &str,
         cap: u32,
         lease: &str,
         ttl: Duration,
         now_ms: u64,
     ) -> Result<UpstreamLease, StoreError> {
         let (key, health) = (lease_key(name), health_key(account));
+        let (asking, served) = (format!("{key}:asking"), format!("{key}:served"));
         let args = [
             cap.to_string(),
             lease.to_owned(),
             ttl.as_millis().to_string(),
             now_ms.to_string(),
+            tenant.to_owned(),
         ];
-        let keys = [key.as_str(), health.as_str()];
+        let keys = [key.as_str(), health.as_str(), &asking, &served];
         let (code, record): (i64, String) = self
             .conns
             .run(|conn| self.scripts.upstream_acquire.invoke_on(conn, &keys, &args))

@@ -158,6 +158,11 @@ return redis.call('HINCRBY', KEYS[1], 'v', 1)
 /// it) has it out of rotation at ARGV[4] (Unix ms, the replica's clock, the one rests are set
 /// on): then {-1, its record}, and the replica learns in this one step what another replica
 /// decided. A probing account has one slot. {1, ''} granted, {0, ''} all slots held.
+///
+/// Tenants take turns across replicas: ARGV[5] is the asking tenant; KEYS[3] holds the tenants
+/// asking lately (by the time of their last ask), KEYS[4] when each was last granted a slot.
+/// A free slot goes to the asking tenant granted longest ago, so a tenant with one job is not
+/// starved by another's backlog on other replicas; the others ask again within milliseconds.
 const UPSTREAM_ACQUIRE: &str = r#"
 local h = redis.call('HMGET', KEYS[2], 'out', 'probe', 'json')
 local out = tonumber(h[1] or '0') or 0
@@ -169,14 +174,33 @@ if h[2] == '1' then cap = 1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
+local tenant = ARGV[5]
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local held = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if held or redis.call('ZCARD', KEYS[1]) < cap then
+if held then
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ttl * 2)
   return {1, ''}
 end
-return {0, ''}
+if redis.call('ZCARD', KEYS[1]) >= cap then
+  redis.call('ZADD', KEYS[3], now, tenant)
+  redis.call('PEXPIRE', KEYS[3], 60000)
+  return {0, ''}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 100)
+local asking = redis.call('ZRANGE', KEYS[3], 0, -1)
+local mine = tonumber(redis.call('HGET', KEYS[4], tenant) or '0')
+for _, other in ipairs(asking) do
+  if other ~= tenant and tonumber(redis.call('HGET', KEYS[4], other) or '0') < mine then
+    redis.call('ZADD', KEYS[3], now, tenant)
+    return {0, ''}
+  end
+end
+redis.call('ZREM', KEYS[3], tenant)
+redis.call('HSET', KEYS[4], tenant, now)
+redis.call('PEXPIRE', KEYS[4], 3600000)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return {1, ''}
 "#;
 
 /// Extends a held lease (ARGV[1] lease id, ARGV[2] ttl ms); 0 when it had already expired.
