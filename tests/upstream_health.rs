@@ -394,3 +394,46 @@ async fn a_disabled_account_survives_kill_9_and_shows_on_the_status_page() {
     );
     assert_eq!(field(&dom, "upstream.b.state"), "active");
 }
+
+/// With a body rule on, an error answer's body is read once for the account's health and is
+/// still there for the incorrect-task rules: a banned prompt (the job's fault) counts against
+/// the client's account and leaves the upstream account in rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_read_for_health_still_counts_an_incorrect_task() {
+    let up = Upstream::start().await;
+    let config = format!(
+        "{POOL}
+        [upstream_health]
+        disable_body_contains = [\"account banned\"]
+        [incorrect_tasks]
+        classes = [\"job\"]
+        [[incorrect_tasks.match]]
+        pointer = \"/code\"
+        values = [24]
+        [tiers.pro.incorrect_tasks]
+        per_day = 5
+        action = \"block\"
+        "
+    );
+    let gate = Gate::start(&config, &up.url(), DAY0_MS);
+    let banned_prompt = r#"{"code":24,"description":"Banned prompt detected"}"#;
+    let headers = [
+        ("x-api-key", "pro-key"),
+        ("x-upstream-status", "400"),
+        ("x-upstream-body", banned_prompt),
+    ];
+    let a = gate
+        .client()
+        .send("POST", &gate.url("/slow?ms=1"), &headers, "{}")
+        .await;
+    assert_eq!(a.status, 400, "the job's own fault is passed on");
+    assert_eq!(a.json()["code"], 24, "the client gets the whole body");
+    let usage = TestClient::new()
+        .get(&gate.admin_url("/usage?key=pro-key"))
+        .await
+        .json();
+    assert_eq!(usage["penalties"]["incorrect_tasks"]["today"], 1, "{usage}");
+    for account in upstream_accounts(&gate).await {
+        assert_eq!(account["state"], "active", "{account}");
+    }
+}

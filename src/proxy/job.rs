@@ -133,9 +133,10 @@ impl JobStage<'_> {
                     return Err(e);
                 }
             };
+            let mut peeked = None;
             if named {
                 let refused;
-                (resp, refused) = self.judge(ctx, &permit, resp).await?;
+                (resp, refused, peeked) = self.judge(ctx, &permit, resp).await?;
                 if let Some(reason) = refused.filter(|_| retriable && attempt < attempts) {
                     self.metrics.retried(reason);
                     front = true;
@@ -145,6 +146,7 @@ impl JobStage<'_> {
             let answer = Answer {
                 permit,
                 resp,
+                peeked,
                 client_keys: &parts.headers,
                 facts,
                 named_account: named,
@@ -156,14 +158,14 @@ impl JobStage<'_> {
 
     /// What an upstream account's answer says about it: a 429 rests it, a dead credential's
     /// answer disables it, a 5xx counts as a failure, anything else as a job served. Returns
-    /// the answer (its body start read when a rule looks at bodies) and, when the account
-    /// refused the job before taking it (429, dead), why: the job may go to another account.
+    /// the answer, when the account refused the job before taking it (429, dead) why — the job
+    /// may go to another account —, and its body's start when a rule read it.
     async fn judge(
         &self,
         ctx: &Ctx<'_>,
         permit: &SlotPermit,
         resp: Response<ProxyBody>,
-    ) -> Result<(Response<ProxyBody>, Option<&'static str>), ProxyError> {
+    ) -> Result<(Response<ProxyBody>, Option<&'static str>, Option<Peeked>), ProxyError> {
         let rules = &ctx.config().jobs.health;
         let status = resp.status().as_u16();
         let (resp, body) = if rules.reads_body(status) {
@@ -187,7 +189,7 @@ impl JobStage<'_> {
             (Outcome::Served, None)
         };
         self.observe(ctx, permit, &outcome).await;
-        Ok((resp, refused))
+        Ok((resp, refused, body))
     }
 
     /// A send that failed (timeout, connection) counts against its upstream account.
@@ -241,13 +243,16 @@ impl JobStage<'_> {
         let Answer {
             permit,
             resp,
+            peeked,
             client_keys,
             facts,
             named_account,
         } = answer;
         let read_answer = (job.mode == JobMode::Task && resp.status().is_success())
             || settle::needs_body(ctx, &resp);
-        let (mut resp, peeked): (_, Option<Peeked>) = if read_answer {
+        let (mut resp, peeked): (_, Option<Peeked>) = if peeked.is_some() {
+            (resp, peeked) // read already, for the account's health
+        } else if read_answer {
             peek(resp, ctx.config().server.inspect_limit).await?
         } else {
             (resp, None)
@@ -288,6 +293,8 @@ impl JobStage<'_> {
 struct Answer<'r> {
     permit: SlotPermit,
     resp: Response<ProxyBody>,
+    /// Its body's start, when it was read already.
+    peeked: Option<Peeked>,
     client_keys: &'r http::HeaderMap,
     facts: JobFacts,
     named_account: bool,
