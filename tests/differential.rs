@@ -171,28 +171,28 @@ fn step_ms() -> impl Strategy<Value = u64> {
 }
 
 fn penalties() -> impl Strategy<Value = TierPenalties> {
-    let incorrect =
-        prop::option::of(
-            (0..3u32, any::<bool>()).prop_map(|(per_day, block)| IncorrectPolicy {
-                per_day,
-                action: if block {
-                    IncorrectAction::Block
-                } else {
-                    IncorrectAction::Flag
-                },
-            }),
-        );
-    let relax =
-        prop::option::of(
-            (0..3u32, any::<bool>()).prop_map(|(per_day, reject)| RelaxPolicy {
-                per_day,
-                action: if reject {
-                    RelaxAction::Reject
-                } else {
-                    RelaxAction::Surcharge { multiplier: 2 }
-                },
-            }),
-        );
+    let incorrect = prop::option::of((0..3u32, any::<bool>(), any::<bool>()).prop_map(
+        |(per_day, block, shadow)| IncorrectPolicy {
+            per_day,
+            action: if block {
+                IncorrectAction::Block
+            } else {
+                IncorrectAction::Flag
+            },
+            shadow,
+        },
+    ));
+    let relax = prop::option::of((0..3u32, any::<bool>(), any::<bool>()).prop_map(
+        |(per_day, reject, shadow)| RelaxPolicy {
+            per_day,
+            action: if reject {
+                RelaxAction::Reject
+            } else {
+                RelaxAction::Surcharge { multiplier: 2 }
+            },
+            shadow,
+        },
+    ));
     (incorrect, relax).prop_map(|(incorrect, relax)| TierPenalties { incorrect, relax })
 }
 
