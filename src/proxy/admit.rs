@@ -11,8 +11,8 @@ use super::respond::json_response;
 use super::response_body::ProxyBody;
 use crate::clock::Clock;
 use crate::limits::{headers as rl_headers, Decision, LimitKind, Receipt, Refusal, Usage};
-use crate::metrics::RequestMetrics;
-use crate::penalties::{Admission, JobCheck, JobFacts, Marks, PenaltyRefusal};
+use crate::metrics::Metrics;
+use crate::penalties::{Admission, JobCheck, JobFacts, Marks, PenaltyRefusal, Shadowed};
 use crate::shared::Shared;
 use crate::status::StatusBoard;
 use crate::store::{Store, StoreError};
@@ -24,12 +24,12 @@ const TOO_MANY_ATTEMPTS: &str = r#"{"message": "Too Many Attempts."}"#;
 pub type Refused = Response<ProxyBody>;
 
 /// What admission reads and writes: the limit store on the shared clock, the status board's
-/// charts, the request counters.
+/// charts, the request and penalty counters.
 pub struct Admit<'a> {
     store: &'a Store,
     clock: &'a dyn Clock,
     status: &'a StatusBoard,
-    metrics: &'a RequestMetrics,
+    metrics: &'a Metrics,
 }
 
 /// An admitted job: the usage headers (when its class is rate limited), the marks it carries
@@ -46,7 +46,7 @@ impl<'a> Admit<'a> {
             store: &shared.store,
             clock: &*shared.clock,
             status: &shared.status,
-            metrics: &shared.metrics.requests,
+            metrics: &shared.metrics,
         }
     }
 
@@ -117,6 +117,9 @@ impl<'a> Admit<'a> {
             Ok(Admission::Admitted(usage, marks, receipt)) => {
                 policy.handles.admitted(class, caller.tier);
                 self.status.record(caller, class, &usage, now);
+                if !marks.shadow.is_empty() {
+                    self.shadow_penalties(ctx, &marks.shadow);
+                }
                 Ok(AdmittedJob {
                     // A class without rate limits has an empty usage: no X-RateLimit headers.
                     usage: (!rules.is_empty()).then_some(usage),
@@ -172,7 +175,7 @@ impl<'a> Admit<'a> {
         {
             Ok(Decision::Refused(_, refusal)) => {
                 let (class, tier, kind) = (ctx.class_name(), ctx.tier_name(), refusal.kind.name());
-                self.metrics.would_limit(class, tier, kind);
+                self.metrics.requests.would_limit(class, tier, kind);
                 tracing::info!(
                     account = %ctx.caller.account.short(), class, tier,
                     limit = kind, retry_after_secs = refusal.retry_after_secs,
@@ -182,6 +185,22 @@ impl<'a> Admit<'a> {
             Ok(Decision::Admitted(_)) => {}
             Err(e) => tracing::debug!(error = %e, "state store failed on a shadow limit"),
         }
+    }
+
+    /// Penalties in shadow mode: what they would have done to a job that goes through as it
+    /// is, counted and logged.
+    fn shadow_penalties(&self, ctx: &Ctx<'_>, shadowed: &Shadowed) {
+        let tier = ctx.tier_name();
+        for (penalty, effect) in shadowed.effects() {
+            self.metrics
+                .penalties
+                .would_penalise(tier, penalty, effect.name());
+        }
+        tracing::info!(
+            account = %ctx.caller.account.short(), class = ctx.class_name(), tier,
+            shadow_penalty = shadowed.describe(),
+            "shadow penalty would apply; job admitted as it is"
+        );
     }
 
     /// The 429 for a request a limit (or penalty) refused, counted.

@@ -176,7 +176,7 @@ impl Proxy {
                 or_refuse!(self, Box::pin(read).await)
             }
         };
-        if let Some(noted) = noted {
+        if let Some(noted) = noted.as_deref_mut() {
             (noted.caller, noted.class) = (Some(caller), Some(class));
         }
         // Before the limit check: a request refused for its declared size consumes no quota.
@@ -217,7 +217,7 @@ impl Proxy {
             }
             // Boxed: a job's stages hold kilobytes of state that a plain request's future
             // would otherwise carry (and copy) too.
-            Some(job) => or_answer!(Box::pin(self.job(&ctx, req, job)).await),
+            Some(job) => or_answer!(Box::pin(self.job(&ctx, req, job, noted)).await),
         };
         let mut resp = match result {
             Ok(resp) => resp,
@@ -236,12 +236,14 @@ impl Proxy {
     }
 
     /// A job's stages: read its body prefix, admit it (penalties and limits together), queue
-    /// and run it; a job the queue turned away gets back what its admission consumed.
+    /// and run it; a job the queue turned away gets back what its admission consumed. `noted`,
+    /// when the access log is on, learns what penalties in shadow mode would have done.
     async fn job(
         &self,
         ctx: &Ctx<'_>,
         req: Request<RequestBody>,
         job: &JobClass,
+        noted: Option<&mut Noted>,
     ) -> Staged<(Option<Usage>, Result<Response<ProxyBody>, ProxyError>)> {
         // A job's body prefix is read once, here: its mode decides the relax check, and the
         // job stage reuses it (follow-up affinity, retries).
@@ -249,6 +251,9 @@ impl Proxy {
         let submission = submission.map_err(|e| self.refuse(e))?;
         let admit = Admit::of(&self.shared);
         let admitted = admit.job(ctx, submission.facts).await?;
+        if let Some(noted) = noted {
+            noted.shadow_penalty = admitted.marks.shadow.describe();
+        }
         let stage = JobStage {
             jobs: &self.shared.jobs,
             metrics: &self.shared.metrics.jobs,

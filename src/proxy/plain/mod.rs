@@ -121,6 +121,7 @@ impl Proxy {
             caller: Some(plan.caller),
             class: Some(plan.class),
             limit: reuse.refusal.map(|r| r.kind.name()),
+            shadow_penalty: None, // jobs never take this path
         };
         record::attach(resp, peer, arrived, noted, &plan.policy.config, log)
     }
