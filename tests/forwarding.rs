@@ -313,8 +313,11 @@ async fn ietf_ratelimit_headers_behind_a_switch() {
     let a = TestClient::new()
         .post(&gate.url("/api/v1/txt2img"), "k")
         .await;
-    assert_eq!(a.header("ratelimit-policy"), Some("\"minute\";q=100;w=60"));
-    assert_eq!(a.header("ratelimit"), Some("\"minute\";r=99;t=60"));
+    assert_eq!(
+        a.header("ratelimit-policy"),
+        Some("\"txt2img.minute\";q=100;w=60")
+    );
+    assert_eq!(a.header("ratelimit"), Some("\"txt2img.minute\";r=99;t=60"));
     let plain = Gate::start(OPEN, &up.url(), DAY0_MS);
     let a = TestClient::new()
         .post(&plain.url("/api/v1/txt2img"), "k")

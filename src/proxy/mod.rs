@@ -202,6 +202,7 @@ impl Proxy {
             class,
             units,
             forwarded: peer.forwarded(&config.identity),
+            listed: std::sync::Mutex::new(None),
         };
         let watched_task = self.task_watch().asked_about(&ctx, &req);
         let (usage, result) = match config.jobs.class(class) {
@@ -230,7 +231,7 @@ impl Proxy {
             if cost_from.is_some() {
                 usage.cost = ctx.units; // what the body made it, one unit included
             }
-            rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf);
+            rl_headers::write_usage(resp.headers_mut(), &usage, ctx.ietf());
         }
         resp
     }

@@ -146,6 +146,7 @@ impl Proxy {
             class: plan.class,
             units: facts.cost,
             forwarded: peer.forwarded(&config.identity),
+            listed: std::sync::Mutex::new(None),
         };
         let usage = match Admit::of(&self.shared).check(&ctx).await {
             Ok(usage) => usage,
@@ -156,7 +157,7 @@ impl Proxy {
                 reuse.refusal = Some(refusal);
                 return admit::too_many_attempts_body();
             }
-            Err(denied) => return denied.answer(config.headers.ietf),
+            Err(denied) => return denied.answer(ctx.ietf()),
         };
         let annotate = config.headers.annotate_upstream.then_some(&ctx);
         let fields = std::mem::take(&mut reuse.fields);
@@ -183,7 +184,7 @@ impl Proxy {
         };
         match usage {
             Some(usage) if reuse.relay.filled && !config.headers.ietf => reuse.usage = Some(usage),
-            Some(usage) => rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf),
+            Some(usage) => rl_headers::write_usage(resp.headers_mut(), &usage, ctx.ietf()),
             None => {}
         }
         resp
