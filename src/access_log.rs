@@ -256,6 +256,9 @@ pub struct Record {
     pub decision: Outcome,
     /// The limit a 429 was for (`X-RateLimit-Type`).
     pub limit: Option<String>,
+    /// What penalties in shadow mode would have done to a job that went through as it was
+    /// (`relax:surcharged`, `incorrect_tasks:refused`, ...).
+    pub shadow_penalty: Option<&'static str>,
     /// From sending upstream to the upstream's response head.
     pub upstream: Option<Duration>,
     /// How long a job waited for its slot.
@@ -449,6 +452,11 @@ impl Record {
         }
         out.extend_from_slice(b",\"duration_ms\":");
         write_json_millis(out, self.duration);
+        out.extend_from_slice(b",\"shadow_penalty\":");
+        match self.shadow_penalty {
+            Some(what) => plain(out, what),
+            None => out.extend_from_slice(b"null"),
+        }
         out.push(b'}');
     }
 
@@ -461,7 +469,7 @@ impl Record {
         let _ = write!(
             out,
             "{} - {} [{}] \"{} {} {}\" {} {} class={} tier={} decision={} limit={} \
-             upstream_ms={} queue_ms={} duration_ms={}",
+             upstream_ms={} queue_ms={} duration_ms={} shadow_penalty={}",
             self.peer,
             account,
             clf_time(self.time_ms),
@@ -478,6 +486,7 @@ impl Record {
             self.queue_wait
                 .map_or("-".into(), |d| d.as_millis().to_string()),
             millis(self.duration),
+            self.shadow_penalty.unwrap_or("-"),
         );
     }
 }
@@ -485,6 +494,7 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::penalties::{ShadowEffect, Shadowed};
 
     fn record() -> Record {
         Record {
@@ -499,6 +509,7 @@ mod tests {
             status: 429,
             decision: Outcome::Limited,
             limit: Some("minute".into()),
+            shadow_penalty: None,
             upstream: None,
             queue_wait: None,
             bytes: 36,
@@ -518,7 +529,7 @@ mod tests {
                 "path": "/api/v1/txt2img", "protocol": "HTTP/1.1", "status": 429, "bytes": 36,
                 "class": "txt2img", "tier": "basic", "account": "1a2b3c4d",
                 "decision": "limited", "limit": "minute", "upstream_ms": null,
-                "queue_ms": null, "duration_ms": 0.412
+                "queue_ms": null, "duration_ms": 0.412, "shadow_penalty": null
             })
         );
     }
@@ -542,6 +553,23 @@ mod tests {
         upstream_ms: Option<f64>,
         queue_ms: Option<u64>,
         duration_ms: f64,
+        shadow_penalty: Option<&'a str>,
+    }
+
+    /// Every combination of what shadow penalties would have done.
+    fn shadowed() -> Vec<Shadowed> {
+        use ShadowEffect::*;
+        let incorrect = [None, Some(Refused), Some(Flagged)];
+        let relax = [None, Some(Refused), Some(Surcharged)];
+        incorrect
+            .into_iter()
+            .flat_map(|i| {
+                relax.map(|r| Shadowed {
+                    incorrect: i,
+                    relax: r,
+                })
+            })
+            .collect()
     }
 
     fn serde_line(r: &Record) -> Vec<u8> {
@@ -563,6 +591,7 @@ mod tests {
             upstream_ms: r.upstream.map(millis),
             queue_ms: r.queue_wait.map(|d| d.as_millis() as u64),
             duration_ms: millis(r.duration),
+            shadow_penalty: r.shadow_penalty,
         };
         serde_json::to_vec(&line).unwrap()
     }
@@ -584,6 +613,7 @@ mod tests {
             upstream in proptest::option::of(proptest::prop_oneof![0u64..5_000, 0u64..100_000_000_000, proptest::prelude::any::<u64>()]),
             queue in proptest::option::of(0u64..10_000_000),
             duration in proptest::prop_oneof![0u64..5_000, 0u64..100_000_000_000, proptest::prelude::any::<u64>()],
+            shadowed in proptest::sample::select(shadowed()),
         ) {
             let peer: IpAddr = if v6 {
                 std::net::Ipv6Addr::from(addr).into()
@@ -602,6 +632,7 @@ mod tests {
                 status,
                 decision: Outcome::of(status % 2 == 0, status),
                 limit,
+                shadow_penalty: shadowed.describe(),
                 upstream: upstream.map(Duration::from_micros),
                 queue_wait: queue.map(Duration::from_millis),
                 bytes,
@@ -630,8 +661,13 @@ mod tests {
             String::from_utf8(line).unwrap(),
             "127.0.0.1 - 1a2b3c4d [05/Dec/2026:16:20:00 +0000] \"POST /api/v1/txt2img HTTP/1.1\" \
              200 36 class=txt2img tier=basic decision=forwarded limit=- upstream_ms=1.5 \
-             queue_ms=20 duration_ms=0.412"
+             queue_ms=20 duration_ms=0.412 shadow_penalty=-"
         );
+        r.shadow_penalty = Some("relax:surcharged");
+        let mut line = Vec::new();
+        r.write_common(&mut line);
+        let line = String::from_utf8(line).unwrap();
+        assert!(line.ends_with(" shadow_penalty=relax:surcharged"), "{line}");
     }
 
     #[test]

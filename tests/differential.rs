@@ -171,28 +171,28 @@ fn step_ms() -> impl Strategy<Value = u64> {
 }
 
 fn penalties() -> impl Strategy<Value = TierPenalties> {
-    let incorrect =
-        prop::option::of(
-            (0..3u32, any::<bool>()).prop_map(|(per_day, block)| IncorrectPolicy {
-                per_day,
-                action: if block {
-                    IncorrectAction::Block
-                } else {
-                    IncorrectAction::Flag
-                },
-            }),
-        );
-    let relax =
-        prop::option::of(
-            (0..3u32, any::<bool>()).prop_map(|(per_day, reject)| RelaxPolicy {
-                per_day,
-                action: if reject {
-                    RelaxAction::Reject
-                } else {
-                    RelaxAction::Surcharge { multiplier: 2 }
-                },
-            }),
-        );
+    let incorrect = prop::option::of((0..3u32, any::<bool>(), any::<bool>()).prop_map(
+        |(per_day, block, shadow)| IncorrectPolicy {
+            per_day,
+            action: if block {
+                IncorrectAction::Block
+            } else {
+                IncorrectAction::Flag
+            },
+            shadow,
+        },
+    ));
+    let relax = prop::option::of((0..3u32, any::<bool>(), any::<bool>()).prop_map(
+        |(per_day, reject, shadow)| RelaxPolicy {
+            per_day,
+            action: if reject {
+                RelaxAction::Reject
+            } else {
+                RelaxAction::Surcharge { multiplier: 2 }
+            },
+            shadow,
+        },
+    ));
     (incorrect, relax).prop_map(|(incorrect, relax)| TierPenalties { incorrect, relax })
 }
 
@@ -296,12 +296,13 @@ async fn run_case(
             } => {
                 let rules = rules(*mask, &case.limits, *tighter);
                 let acct = accounts[*account];
+                // Every window listed too (for the IETF fields): both stores list them alike.
                 let mem = memory
-                    .check_and_consume_units(acct, &rules, *units, now)
+                    .check_and_consume_listed(acct, &rules, *units, now)
                     .await
                     .unwrap();
                 let red = redis
-                    .check_and_consume_units(acct, &rules, *units, now)
+                    .check_and_consume_listed(acct, &rules, *units, now)
                     .await
                     .map_err(|e| failed("check_and_consume", e))?;
                 if !clock.kept_up() {
@@ -327,14 +328,24 @@ async fn run_case(
                     },
                     units: *units,
                 };
-                let mem = memory.admit_job(acct, &rules, &job, now).await.unwrap();
-                let red = redis
-                    .admit_job(acct, &rules, &job, now)
+                let (mem, mem_windows) = memory
+                    .admit_job_listed(acct, &rules, &job, now)
+                    .await
+                    .unwrap();
+                let (red, red_windows) = redis
+                    .admit_job_listed(acct, &rules, &job, now)
                     .await
                     .map_err(|e| failed("admit_job", e))?;
                 if !clock.kept_up() {
                     return Err(TestCaseError::reject("a round trip took 10 ms or more"));
                 }
+                prop_assert_eq!(
+                    mem_windows,
+                    red_windows,
+                    "step {} at {}: windows",
+                    step,
+                    now
+                );
                 use floodgate::penalties::Admission::Admitted;
                 match (mem, red) {
                     // Receipts name window ends: compared when time is exact, and in the

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{Gate, TestClient, Upstream, DAY0_MS};
+use support::{Answer, Backend, Gate, TestClient, Upstream, DAY0_MS};
 
 const OPEN: &str = r#"
     [[route]]
@@ -313,14 +313,105 @@ async fn ietf_ratelimit_headers_behind_a_switch() {
     let a = TestClient::new()
         .post(&gate.url("/api/v1/txt2img"), "k")
         .await;
-    assert_eq!(a.header("ratelimit-policy"), Some("\"minute\";q=100;w=60"));
-    assert_eq!(a.header("ratelimit"), Some("\"minute\";r=99;t=60"));
+    assert_eq!(
+        a.header("ratelimit-policy"),
+        Some("\"txt2img.minute\";q=100;w=60")
+    );
+    assert_eq!(a.header("ratelimit"), Some("\"txt2img.minute\";r=99;t=60"));
     let plain = Gate::start(OPEN, &up.url(), DAY0_MS);
     let a = TestClient::new()
         .post(&plain.url("/api/v1/txt2img"), "k")
         .await;
     assert_eq!(a.header("ratelimit-policy"), None);
 }
+
+/// A class checked against three windows — its own minute and day, and an hour shared by every
+/// class — and a job class under its own minute and the same hour.
+const THREE_WINDOWS: &str = r#"
+    [headers]
+    ietf = true
+    [identity]
+    default_tier = "t"
+    [[route]]
+    method = "POST"
+    path = "/gen"
+    class = "gen"
+    [[route]]
+    method = "POST"
+    path = "/job"
+    class = "job"
+    [[jobs]]
+    classes = ["job"]
+    [[tiers.t.limits]]
+    classes = ["gen"]
+    per_minute = 3
+    per_day = 100
+    [[tiers.t.limits]]
+    classes = ["*"]
+    shared = true
+    per_hour = 50
+    [[tiers.t.limits]]
+    classes = ["job"]
+    per_minute = 2
+"#;
+
+/// The IETF fields of an answer, `(RateLimit-Policy, RateLimit)`.
+fn ietf(a: &Answer) -> (&str, &str) {
+    let field = |name| a.header(name).unwrap_or_else(|| panic!("no {name}: {a:?}"));
+    (field("ratelimit-policy"), field("ratelimit"))
+}
+
+/// Every window a request was checked against is a policy of its own, named by the class (or
+/// the shared group) and the window, with its own quota, window, remaining count and reset —
+/// on an admitted request, on a 429 and on a job's answer.
+async fn every_window_of_a_class_is_a_named_ietf_policy(backend: Backend) {
+    let up = Upstream::start().await;
+    let t0 = DAY0_MS + 1_000; // 00:00:01 UTC: 86,399 s to midnight
+    let gate = Gate::start_on(backend, THREE_WINDOWS, &up.url(), t0);
+    let c = gate.client();
+    let policy = "\"gen.minute\";q=3;w=60, \"gen.daily\";q=100;w=86400, \
+                  \"account.hour\";q=50;w=3600";
+    let a = c.post(&gate.url("/gen"), "k").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        ietf(&a),
+        (
+            policy,
+            "\"gen.minute\";r=2;t=60, \"gen.daily\";r=99;t=86399, \"account.hour\";r=49;t=3600"
+        )
+    );
+    gate.clock.advance_ms(10_000);
+    let job = c.post(&gate.url("/job"), "k").await;
+    assert_eq!(job.status, 200);
+    assert_eq!(
+        ietf(&job),
+        (
+            "\"account.hour\";q=50;w=3600, \"job.minute\";q=2;w=60",
+            "\"account.hour\";r=48;t=3590, \"job.minute\";r=1;t=60"
+        ),
+        "a job's answer names its own windows, in the config's order; the shared hour \
+         counted both classes"
+    );
+    for _ in 0..2 {
+        assert_eq!(c.post(&gate.url("/gen"), "k").await.status, 200);
+    }
+    gate.clock.advance_ms(5_000);
+    let refused = c.post(&gate.url("/gen"), "k").await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("x-ratelimit-type"), Some("minute"));
+    assert_eq!(refused.num("retry-after"), 45);
+    assert_eq!(
+        ietf(&refused),
+        (
+            policy,
+            "\"gen.minute\";r=0;t=45, \"gen.daily\";r=97;t=86384, \"account.hour\";r=46;t=3585"
+        ),
+        "a 429 names every window too, as it stands: the refusal took nothing"
+    );
+    assert_eq!(up.count(), 4);
+}
+
+on_every_setup!(every_window_of_a_class_is_a_named_ietf_policy);
 
 /// A response the upstream streams over time (server-sent events, as a model streams tokens)
 /// reaches the client event by event, not when the upstream finishes.

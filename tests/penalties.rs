@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Answer, Backend, Gate, TestClient, Upstream, DAY0_MS};
+use support::{metric, Answer, Backend, Gate, TestClient, Upstream, DAY0_MS};
 
 const HOUR: u64 = 3_600_000;
 const MIDNIGHT: u64 = DAY0_MS + 24 * HOUR;
@@ -818,6 +818,193 @@ async fn an_operator_can_count_unreadable_jobs_as_fast_or_read_more(backend: Bac
     assert_eq!(a.await.status, 200, "read whole: fast");
 }
 
+/// One job class, both penalties (block past one incorrect task, surcharge past one relax job),
+/// a minute limit, the access log — and `shadow` on both penalty sections.
+fn shadow_config(log: &std::path::Path, shadow: bool) -> String {
+    format!(
+        r#"
+        [access_log]
+        path = {log:?}
+
+        [identity]
+        default_tier = "free"
+
+        [[route]]
+        method = "POST"
+        path = "/submit/imagine"
+        class = "imagine"
+
+        [[jobs]]
+        classes = ["imagine"]
+
+        [incorrect_tasks]
+        shadow = {shadow}
+
+        [[incorrect_tasks.match]]
+        pointer = "/code"
+        values = [24]
+
+        [relax]
+        mode_pointer = "/process_mode"
+        shadow = {shadow}
+
+        [[tiers.free.limits]]
+        classes = ["imagine"]
+        per_minute = 10
+
+        [tiers.free.incorrect_tasks]
+        per_day = 1
+        action = "block"
+
+        [tiers.free.relax]
+        per_day = 1
+        action = "surcharge"
+        "#
+    )
+}
+
+/// What one run of the shadow scenario saw: the answer to the job past both allowances, the
+/// answer to the relax job past its allowance alone, the metrics, the first account's usage,
+/// the jobs the upstream saw surcharged, and the access log's lines.
+struct ShadowRun {
+    both: Answer,
+    relax: Answer,
+    metrics: String,
+    usage: serde_json::Value,
+    surcharged_upstream: usize,
+    log: Vec<serde_json::Value>,
+}
+
+/// "k": a relax job answered as an incorrect task, then a relax job past both allowances.
+/// "r": two relax jobs, the second past the relax allowance alone.
+async fn shadow_scenario(backend: Backend, shadow: bool) -> ShadowRun {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gate = Gate::start_on(backend, &shadow_config(&log, shadow), &up.url(), MORNING);
+    let c = TestClient::new();
+    let first = submit(
+        &c,
+        &gate,
+        "/submit/imagine",
+        "k",
+        RELAX,
+        &[("x-upstream-body", BANNED)],
+    );
+    assert_eq!(first.await.status, 200);
+    let both = submit(&c, &gate, "/submit/imagine", "k", RELAX, &[]).await;
+    assert_eq!(
+        submit(&c, &gate, "/submit/imagine", "r", RELAX, &[])
+            .await
+            .status,
+        200
+    );
+    let relax = submit(&c, &gate, "/submit/imagine", "r", RELAX, &[]).await;
+    let run = ShadowRun {
+        both,
+        relax,
+        metrics: metrics(&c, &gate).await,
+        usage: usage(&c, &gate, "k").await,
+        surcharged_upstream: up.count_header("x-floodgate-cost-multiplier", "2"),
+        log: Vec::new(),
+    };
+    drop(gate); // its access log lines are written out
+    let text = std::fs::read_to_string(&log).unwrap();
+    let log = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    ShadowRun { log, ..run }
+}
+
+fn would_penalise(metrics: &str, penalty: &str, effect: &str) -> f64 {
+    let series = format!(
+        "floodgate_would_penalise_total{{effect=\"{effect}\",penalty=\"{penalty}\",tier=\"free\"}}"
+    );
+    metric(metrics, &series)
+}
+
+fn limited_by_penalty(metrics: &str) -> f64 {
+    let series = r#"floodgate_limited_total{class="imagine",tier="free",type="penalty"}"#;
+    metric(metrics, series)
+}
+
+/// The access log's `shadow_penalty` values, in no particular order (each worker writes its
+/// own lines), the unmarked lines left out.
+fn shadow_marks(log: &[serde_json::Value]) -> Vec<&str> {
+    let mut marks: Vec<&str> = log
+        .iter()
+        .filter_map(|l| l["shadow_penalty"].as_str())
+        .collect();
+    marks.sort_unstable();
+    marks
+}
+
+async fn penalties_in_shadow_mode_count_what_they_would_do_and_let_jobs_through_as_they_are(
+    backend: Backend,
+) {
+    let on = shadow_scenario(backend, true).await;
+    assert_eq!(
+        on.both.status, 200,
+        "past both allowances, the job goes through"
+    );
+    assert_eq!(
+        on.both.num("x-ratelimit-remaining"),
+        8,
+        "counted once, like any job: 10 a minute, this was the second"
+    );
+    assert_eq!(on.relax.status, 200);
+    assert_eq!(on.relax.num("x-ratelimit-remaining"), 8);
+    for a in [&on.both, &on.relax] {
+        assert!(
+            a.header("x-floodgate-cost-multiplier").is_none(),
+            "no surcharge"
+        );
+        assert!(a.header("x-floodgate-billing").is_none());
+    }
+    assert_eq!(on.surcharged_upstream, 0, "nothing surcharged upstream");
+    assert_eq!(
+        would_penalise(&on.metrics, "incorrect_tasks", "refused"),
+        1.0
+    );
+    assert_eq!(would_penalise(&on.metrics, "relax", "surcharged"), 2.0);
+    assert_eq!(limited_by_penalty(&on.metrics), 0.0, "nothing refused");
+    assert!(!on.metrics.contains("floodgate_billing_marks_total{"));
+    let penalties = &on.usage["penalties"];
+    assert_eq!(
+        penalties["incorrect_tasks"]["today"], 1,
+        "the tally still learns"
+    );
+    assert_eq!(penalties["relax"]["used"], 2, "relax jobs still count");
+    assert_eq!(penalties["incorrect_tasks"]["shadow"], true);
+    assert_eq!(penalties["relax"]["shadow"], true);
+    assert_eq!(penalties["current_actions"], json!([]));
+    assert_eq!(on.log.len(), 4, "{:#?}", on.log);
+    assert_eq!(
+        shadow_marks(&on.log),
+        [
+            "incorrect_tasks:refused,relax:surcharged",
+            "relax:surcharged"
+        ]
+    );
+
+    // The same jobs with the penalties enforced.
+    let off = shadow_scenario(backend, false).await;
+    assert_refused_until_midnight(&off.both, "penalty", MORNING);
+    assert_eq!(off.relax.status, 200);
+    assert_eq!(off.relax.header("x-floodgate-cost-multiplier"), Some("2"));
+    assert_eq!(off.surcharged_upstream, 1);
+    assert_eq!(limited_by_penalty(&off.metrics), 1.0);
+    assert!(!off.metrics.contains("floodgate_would_penalise_total{"));
+    assert_eq!(
+        off.usage["penalties"]["current_actions"],
+        json!(["block", "surcharge"])
+    );
+    assert_eq!(shadow_marks(&off.log), Vec::<&str>::new());
+    let refused = off.log.iter().find(|l| l["status"] == 429).unwrap();
+    assert_eq!(refused["limit"], "penalty");
+}
+
 on_both_stores!(
     thirty_incorrect_tasks_on_free_then_the_31st_job_is_refused_until_midnight,
     incorrect_tasks_by_status_or_json_marker_and_the_block_comes_before_the_queue,
@@ -833,4 +1020,5 @@ on_both_stores!(
     a_body_larger_than_the_inspect_limit_counts_as_relax_unless_a_larger_limit_reads_it,
     padding_a_job_body_never_dodges_the_relax_allowance,
     an_operator_can_count_unreadable_jobs_as_fast_or_read_more,
+    penalties_in_shadow_mode_count_what_they_would_do_and_let_jobs_through_as_they_are,
 );

@@ -10,9 +10,10 @@ use floodgate::classify::{
     normalize_path, ClassId, EscapedSlashes, PathPattern, PathRules, Route, Router,
 };
 use floodgate::config::{Config, ConfigError, Overrides};
-use floodgate::limits::headers::{write_refusal, write_usage};
+use floodgate::limits::headers::{sf_string, write_refusal, write_usage, Ietf};
 use floodgate::limits::{
-    decide, CounterId, Counters, Decision, LimitKind, Refusal, Rule, Usage, Window, WindowUsage,
+    decide, CounterId, Counters, Decision, LimitKind, Refusal, Rule, Usage, Window, WindowList,
+    WindowUsage,
 };
 
 /// `n` cases, or `PROPTEST_CASES` when set (for a deeper run than CI's).
@@ -461,10 +462,15 @@ proptest! {
         monthly in prop::option::of(window_usage()),
         cost in prop_oneof![Just(0u32), Just(1), 2..100u32],
         refusal in prop::option::of((kinds(), any::<u64>())),
+        listed in prop::option::of(prop::collection::vec(window_usage(), 0..6)),
+        names in prop::collection::vec("[ -~\u{80}-\u{10ffff}]{0,12}", 0..6),
         ietf in any::<bool>(),
     ) {
         let mut h = HeaderMap::new();
-        write_usage(&mut h, &Usage { primary, daily, monthly, cost }, ietf);
+        let usage = Usage { primary, daily, monthly, cost };
+        let quoted: Vec<Box<str>> = names.iter().map(|n| sf_string(n)).collect();
+        let windows = WindowList(listed.clone().unwrap_or_default().into());
+        write_usage(&mut h, &usage, ietf.then_some(Ietf { names: &quoted, windows }));
         prop_assert_eq!(num(&h, "x-ratelimit-cost"), (cost > 0).then_some(u64::from(cost)));
         if let Some((kind, retry_after_secs)) = refusal {
             write_refusal(&mut h, &Refusal { kind, retry_after_secs });
@@ -488,19 +494,72 @@ proptest! {
             num(&h, "x-ratelimit-monthly-reset"),
             monthly.map(|w| u64::from(w.reset_secs))
         );
-        let windows: Vec<WindowUsage> = primary.into_iter().chain(daily).chain(monthly).collect();
-        if ietf && !windows.is_empty() {
-            let policy = h["ratelimit-policy"].to_str().unwrap();
-            let state = h["ratelimit"].to_str().unwrap();
-            let items = |v: &str| v.split(", ").map(str::to_owned).collect::<Vec<_>>();
-            for (w, (p, s)) in windows.iter().zip(items(policy).iter().zip(items(state).iter())) {
-                prop_assert_eq!(p, &format!("\"{}\";q={};w={}", w.kind.name(), w.limit, w.window_secs));
-                prop_assert_eq!(s, &format!("\"{}\";r={};t={}", w.kind.name(), w.remaining, w.reset_secs));
+        let listed = listed.unwrap_or_default();
+        if ietf && !listed.is_empty() {
+            let policy = sf_list(h["ratelimit-policy"].to_str().unwrap());
+            let state = sf_list(h["ratelimit"].to_str().unwrap());
+            prop_assert_eq!(policy.len(), listed.len());
+            prop_assert_eq!(state.len(), listed.len());
+            for (i, w) in listed.iter().enumerate() {
+                // A name given comes back as written (printable ASCII; anything else as `_`);
+                // a window without one is named by its kind.
+                let name = names.get(i).map_or(w.kind.name().to_owned(), |n| {
+                    n.chars().map(|c| if (' '..='~').contains(&c) { c } else { '_' }).collect()
+                });
+                let q: (u64, u64) = (w.limit.into(), w.window_secs.into());
+                prop_assert_eq!(&policy[i], &(name.clone(), vec![("q", q.0), ("w", q.1)]));
+                let r: (u64, u64) = (w.remaining.into(), w.reset_secs.into());
+                prop_assert_eq!(&state[i], &(name, vec![("r", r.0), ("t", r.1)]));
             }
         } else {
             prop_assert!(h.get("ratelimit").is_none());
+            prop_assert!(h.get("ratelimit-policy").is_none());
         }
     }
+}
+
+/// A structured-field List of String items with Integer parameters (RFC 9651), as the IETF
+/// fields carry it: `"a";q=1;w=2, "b\\"c";q=3;w=4` -> each item's string and parameters.
+/// Panics on anything else.
+fn sf_list(text: &str) -> Vec<(String, Vec<(&'static str, u64)>)> {
+    let mut items = Vec::new();
+    let mut rest = text;
+    loop {
+        let mut chars = rest.char_indices();
+        assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "{text}");
+        let mut name = String::new();
+        let end = loop {
+            match chars.next().expect("a closed string") {
+                (_, '\\') => name.push(chars.next().expect("an escaped character").1),
+                (at, '"') => break at + 1,
+                (_, c) => {
+                    assert!((' '..='~').contains(&c), "{c:?} in a String");
+                    name.push(c);
+                }
+            }
+        };
+        rest = &rest[end..];
+        let mut params = Vec::new();
+        while let Some(after) = rest.strip_prefix(';') {
+            let (key, value) = after.split_once('=').unwrap();
+            let digits = value
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(value.len());
+            let key = ["q", "w", "r", "t"]
+                .into_iter()
+                .find(|k| *k == key)
+                .unwrap();
+            params.push((key, value[..digits].parse().unwrap()));
+            rest = &value[digits..];
+        }
+        items.push((name, params));
+        match rest.strip_prefix(", ") {
+            Some(next) => rest = next,
+            None => break,
+        }
+    }
+    assert!(rest.is_empty(), "{text}");
+    items
 }
 
 fn rules() -> impl Strategy<Value = Vec<Rule>> {

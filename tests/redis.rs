@@ -849,6 +849,7 @@ async fn no_key_is_left_without_an_expiry() {
             incorrect: Some(IncorrectPolicy {
                 per_day: 3,
                 action: IncorrectAction::Block,
+                shadow: false,
             }),
             relax: None,
         },

@@ -333,6 +333,7 @@ fn penalties_view(
             "today": s.incorrect,
             "allowance": s.incorrect_allowance,
             "action": policy.incorrect.map(|i| i.action.name()),
+            "shadow": policy.incorrect.is_some_and(|i| i.shadow),
         },
         "relax": {
             "used": s.relax_used,
@@ -340,6 +341,7 @@ fn penalties_view(
             "allowance": s.relax_allowance,
             "remaining": s.relax_allowance.map(|a| a.saturating_sub(s.relax_used)),
             "action": policy.relax.map(|r| r.action.name()),
+            "shadow": policy.relax.is_some_and(|r| r.shadow),
         },
         "current_actions": s.actions,
     })

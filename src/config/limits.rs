@@ -17,6 +17,7 @@ pub(super) fn build_tier(
     counter_owner: &mut HashMap<CounterId, String>,
 ) -> Result<Tier, ConfigError> {
     let mut enforced: Vec<Vec<Rule>> = vec![Vec::new(); classes.len()];
+    let mut names: Vec<Vec<String>> = vec![Vec::new(); classes.len()];
     let mut shadow: Vec<Vec<Rule>> = vec![Vec::new(); classes.len()];
     for (i, entry) in limits.iter().enumerate() {
         let field = format!("tiers.{tier_name}.limits[{i}]");
@@ -61,11 +62,15 @@ pub(super) fn build_tier(
                     ));
                 }
                 rules_by_class[class].push(rule);
+                if !limit.shadow {
+                    names[class].push(policy_name(limit, &classes[class], kind));
+                }
             }
         }
     }
     let boxed = |rules: Vec<Vec<Rule>>| rules.into_iter().map(Vec::into_boxed_slice).collect();
-    Ok(Tier::new(tier_name.to_owned(), boxed(enforced)).with_shadow(boxed(shadow)))
+    let tier = Tier::new(tier_name.to_owned(), boxed(enforced));
+    Ok(tier.with_shadow(boxed(shadow)).with_policy_names(names))
 }
 
 /// The class ids an entry applies to.
@@ -196,6 +201,30 @@ fn scope_key(limit: &RawLimit, class: &str) -> String {
     format!("{mode}shared:{}!{}", names.join(","), except.join(","))
 }
 
+/// The IETF policy name of an entry's window for one class: the class and the window
+/// (`txt2img.minute`); for a shared limit, its group instead of the class — `account` for every
+/// class (`["*"]`), else the classes joined with `+`, with `-except-` and the classes left out
+/// (`account-except-progress.daily`, `blend+imagine.daily`). Stable across restarts and reloads
+/// of an unchanged entry.
+fn policy_name(limit: &RawLimit, class: &str, kind: LimitKind) -> String {
+    if !limit.shared {
+        return format!("{class}.{}", kind.name());
+    }
+    let sorted = |names: &[Spanned<String>]| {
+        let mut names: Vec<&str> = names.iter().map(|c| c.get_ref().as_str()).collect();
+        names.sort_unstable();
+        names.join("+")
+    };
+    let mut group = match sorted(&limit.classes).as_str() {
+        "*" => "account".to_owned(),
+        listed => listed.to_owned(),
+    };
+    if !limit.except.is_empty() {
+        group = format!("{group}-except-{}", sorted(&limit.except));
+    }
+    format!("{group}.{}", kind.name())
+}
+
 /// A stable id for a counter: the same scope and window always give the same id, so counters
 /// survive restarts and reloads of rules that did not change. The limit itself is not part of
 /// it: a reload that raises or lowers a limit keeps the counter, and the new limit applies to
@@ -297,6 +326,42 @@ mod tests {
         assert_ne!(
             shadow[0].counter, base[0].counter,
             "a shadow rule never shares an enforced counter"
+        );
+    }
+
+    #[test]
+    fn policies_are_named_by_class_or_shared_group_and_window() {
+        let limits = "[[tiers.t.limits]]\nclasses = [\"b\"]\nper_minute = 5\ninterval = \"3s\"\n\
+                      [[tiers.t.limits]]\nclasses = [\"*\"]\nshared = true\nper_day = 500\n\
+                      [[tiers.t.limits]]\nclasses = [\"*\"]\nexcept = [\"a\"]\nshared = true\n\
+                      per_hour = 50\n\
+                      [[tiers.t.limits]]\nclasses = [\"b\", \"a\"]\nshared = true\nper_month = 9\n\
+                      [[tiers.t.limits]]\nclasses = [\"b\"]\nshared = true\nper_minute = 7\n\
+                      [[tiers.t.limits]]\nclasses = [\"b\"]\nper_minute = 2\nshadow = true\n";
+        let text = format!(
+            "[server]\nupstream = \"http://127.0.0.1:9000\"\n\
+             [[route]]\npath = \"/a\"\nclass = \"a\"\n\
+             [[route]]\npath = \"/b\"\nclass = \"b\"\n{limits}"
+        );
+        let config = Config::parse(&text, &Overrides::default()).unwrap();
+        let tier = config.tier(crate::identity::TierId(0));
+        let names: Vec<&str> = tier.policy_names(ClassId(2)).iter().map(|n| &**n).collect();
+        assert_eq!(
+            names,
+            [
+                "\"b.minute\"",
+                "\"b.interval\"",
+                "\"account.daily\"",
+                "\"account-except-a.hour\"",
+                "\"a+b.monthly\"",
+                "\"b.minute-2\"",
+            ],
+            "one per enforced rule, in their order; a repeated name made unique"
+        );
+        assert_eq!(tier.rules(ClassId(2)).len(), names.len());
+        assert_eq!(
+            tier.policy_names(ClassId(1)).len(),
+            tier.rules(ClassId(1)).len()
         );
     }
 }

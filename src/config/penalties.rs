@@ -36,15 +36,18 @@ pub(super) fn build_penalties(
         .as_ref()
         .map(|r| build_relax(src, r.get_ref(), classes, jobs))
         .transpose()?;
+    let sections = Sections {
+        has_judge: !judge.is_empty(),
+        has_relax: relax.is_some(),
+        incorrect_shadow: raw
+            .incorrect_tasks
+            .as_ref()
+            .is_some_and(|s| s.get_ref().shadow),
+        relax_shadow: raw.relax.as_ref().is_some_and(|s| s.get_ref().shadow),
+    };
     let mut tiers = Vec::with_capacity(tier_count);
     for (name, tier) in &raw.tiers {
-        tiers.push(tier_penalties(
-            src,
-            name,
-            tier,
-            !judge.is_empty(),
-            relax.is_some(),
-        )?);
+        tiers.push(tier_penalties(src, name, tier, &sections)?);
     }
     tiers.resize(tier_count, TierPenalties::default());
     Ok(PenaltiesConfig {
@@ -312,18 +315,29 @@ fn job_classes(
     Ok(set)
 }
 
+/// What the `[incorrect_tasks]` and `[relax]` sections say to every tier's allowances.
+struct Sections {
+    /// `[[incorrect_tasks.match]]` rules say what an incorrect task is.
+    has_judge: bool,
+    /// `[relax]` tells relax jobs apart.
+    has_relax: bool,
+    /// `[incorrect_tasks] shadow`: the tiers' incorrect-task actions are only counted.
+    incorrect_shadow: bool,
+    /// `[relax] shadow`: the tiers' relax actions are only counted.
+    relax_shadow: bool,
+}
+
 fn tier_penalties(
     src: &Source<'_>,
     name: &str,
     tier: &RawTier,
-    has_judge: bool,
-    has_relax: bool,
+    sections: &Sections,
 ) -> Result<TierPenalties, ConfigError> {
     let field = format!("tiers.{name}");
     let incorrect = match &tier.incorrect_tasks {
         None => None,
         Some(entry) => {
-            if !has_judge {
+            if !sections.has_judge {
                 return Err(src.at(
                     format!("{field}.incorrect_tasks"),
                     entry.span(),
@@ -345,20 +359,22 @@ fn tier_penalties(
             Some(IncorrectPolicy {
                 per_day: raw.per_day,
                 action,
+                shadow: sections.incorrect_shadow,
             })
         }
     };
     let relax = match &tier.relax {
         None => None,
         Some(entry) => {
-            if !has_relax {
+            if !sections.has_relax {
                 return Err(src.at(
                     format!("{field}.relax"),
                     entry.span(),
                     "needs a [relax] section: its mode_pointer tells relax jobs apart",
                 ));
             }
-            Some(relax_policy(src, &format!("{field}.relax"), entry)?)
+            let field = format!("{field}.relax");
+            Some(relax_policy(src, &field, entry, sections.relax_shadow)?)
         }
     };
     Ok(TierPenalties { incorrect, relax })
@@ -368,6 +384,7 @@ fn relax_policy(
     src: &Source<'_>,
     field: &str,
     entry: &Spanned<super::raw::RawTierRelax>,
+    shadow: bool,
 ) -> Result<RelaxPolicy, ConfigError> {
     let raw = entry.get_ref();
     let multiplier = raw.cost_multiplier.as_ref();
@@ -404,5 +421,6 @@ fn relax_policy(
     Ok(RelaxPolicy {
         per_day: raw.per_day,
         action,
+        shadow,
     })
 }

@@ -268,6 +268,9 @@ pub struct RawIncorrectTasks {
     /// The rules: an answer matching any of them is an incorrect task.
     #[serde(default, rename = "match")]
     pub matches: Vec<Spanned<RawMatch>>,
+    /// Count what the tiers' actions would do (`floodgate_would_penalise_total`), never do it.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,6 +315,9 @@ pub struct RawRelax {
     /// Job classes whose successful fast or turbo jobs earn one relax job that day.
     #[serde(default)]
     pub earn_classes: Vec<Spanned<String>>,
+    /// Count what the tiers' actions would do (`floodgate_would_penalise_total`), never do it.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 #[derive(Debug, Deserialize)]

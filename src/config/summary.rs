@@ -116,23 +116,7 @@ impl Config {
             );
         }
         for (tier, t) in self.tiers.iter().zip(&p.tiers) {
-            let mut parts = Vec::new();
-            if let Some(i) = t.incorrect {
-                parts.push(format!(
-                    "incorrect {}/day then {}",
-                    i.per_day,
-                    i.action.name()
-                ));
-            }
-            if let Some(r) = t.relax {
-                let action = match r.action {
-                    crate::penalties::RelaxAction::Surcharge { multiplier } => {
-                        format!("surcharge x{multiplier}")
-                    }
-                    crate::penalties::RelaxAction::Reject => "reject".into(),
-                };
-                parts.push(format!("relax {}/day then {action}", r.per_day));
-            }
+            let parts = tier_penalties_text(t);
             if !parts.is_empty() {
                 out += &format!("  penalties {}: {}\n", tier.name, parts.join("; "));
             }
@@ -187,6 +171,35 @@ impl Config {
     }
 }
 
+/// `incorrect 30/day then block`, `relax 100/day then surcharge x2 (shadow)`: a tier's
+/// allowances, for the summary.
+fn tier_penalties_text(t: &crate::penalties::TierPenalties) -> Vec<String> {
+    let shadow = |on: bool| if on { " (shadow)" } else { "" };
+    let mut parts = Vec::new();
+    if let Some(i) = t.incorrect {
+        parts.push(format!(
+            "incorrect {}/day then {}{}",
+            i.per_day,
+            i.action.name(),
+            shadow(i.shadow)
+        ));
+    }
+    if let Some(r) = t.relax {
+        let action = match r.action {
+            crate::penalties::RelaxAction::Surcharge { multiplier } => {
+                format!("surcharge x{multiplier}")
+            }
+            crate::penalties::RelaxAction::Reject => "reject".into(),
+        };
+        parts.push(format!(
+            "relax {}/day then {action}{}",
+            r.per_day,
+            shadow(r.shadow)
+        ));
+    }
+    parts
+}
+
 /// `minute=3 daily=100 interval=1/3000ms`, for the summary.
 fn rules_text(rules: &[crate::limits::Rule]) -> String {
     let parts: Vec<String> = rules
@@ -199,4 +212,40 @@ fn rules_text(rules: &[crate::limits::Rule]) -> String {
         })
         .collect();
     parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Overrides};
+
+    #[test]
+    fn a_penalty_in_shadow_mode_says_so() {
+        let penalties = |shadow: bool| {
+            format!(
+                "[server]\nupstream = \"http://127.0.0.1:9000\"\n\
+                 [[route]]\npath = \"/imagine\"\nclass = \"imagine\"\n\
+                 [[jobs]]\nclasses = [\"imagine\"]\n\
+                 [incorrect_tasks]\nshadow = {shadow}\n\
+                 [[incorrect_tasks.match]]\nstatuses = [400]\n\
+                 [relax]\nmode_pointer = \"/mode\"\n\
+                 [tiers.free.incorrect_tasks]\nper_day = 30\naction = \"block\"\n\
+                 [tiers.free.relax]\nper_day = 100\naction = \"reject\"\n"
+            )
+        };
+        let summary = |text: &str| {
+            Config::parse(text, &Overrides::default())
+                .unwrap()
+                .summary()
+        };
+        assert!(
+            summary(&penalties(true)).contains(
+                "  penalties free: incorrect 30/day then block (shadow); relax 100/day then reject\n"
+            ),
+            "{}",
+            summary(&penalties(true))
+        );
+        assert!(summary(&penalties(false)).contains(
+            "  penalties free: incorrect 30/day then block; relax 100/day then reject\n"
+        ));
+    }
 }

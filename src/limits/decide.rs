@@ -223,9 +223,43 @@ impl Usage {
         let units = self.cost.max(1);
         let windows = [&mut self.primary, &mut self.daily, &mut self.monthly];
         for window in windows.into_iter().flatten() {
-            window.remaining = window.remaining.saturating_add(units).min(window.limit);
+            window.give_back(units);
         }
         self
+    }
+}
+
+/// Every window a request was checked against, in the order of its rules: what the IETF
+/// `RateLimit` fields name, one policy each. Made only for them, beside the [`Usage`] a
+/// decision reports, so that a request without them carries (and copies) nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WindowList(pub Box<[WindowUsage]>);
+
+impl WindowList {
+    /// Every window of `rules` as `counters` stand at `now_ms`.
+    pub fn of(rules: &[Rule], counters: &Counters, now_ms: u64) -> Self {
+        Self(
+            rules
+                .iter()
+                .map(|r| window_usage(r, counters, now_ms))
+                .collect(),
+        )
+    }
+
+    /// The windows once the request they were taken after, costing `units`, is given back
+    /// (as [`Usage::given_back`]).
+    pub fn given_back(mut self, units: u32) -> Self {
+        for window in self.0.iter_mut() {
+            window.give_back(units.max(1));
+        }
+        self
+    }
+}
+
+impl WindowUsage {
+    /// `units` more remaining, never more than the limit.
+    fn give_back(&mut self, units: u32) {
+        self.remaining = self.remaining.saturating_add(units).min(self.limit);
     }
 }
 
@@ -307,16 +341,7 @@ pub fn decide_units(rules: &[Rule], units: u32, counters: &mut Counters, now_ms:
 pub fn usage_of(rules: &[Rule], counters: &Counters, now_ms: u64) -> Usage {
     let mut usage = Usage::default();
     for rule in rules {
-        let current = counters.current(rule.counter, now_ms);
-        let used = current.map_or(0, |c| c.count);
-        let end_ms = current.map_or_else(|| rule.window.end_for(now_ms), |c| c.end_ms);
-        let window = WindowUsage {
-            limit: rule.limit,
-            remaining: rule.limit.saturating_sub(used),
-            reset_secs: saturating_u32(ceil_secs(end_ms - now_ms)),
-            window_secs: saturating_u32(rule.window.seconds_at(now_ms)),
-            kind: rule.kind,
-        };
+        let window = window_usage(rule, counters, now_ms);
         let slot = match rule.kind {
             LimitKind::Daily => &mut usage.daily,
             LimitKind::Monthly => &mut usage.monthly,
@@ -327,6 +352,21 @@ pub fn usage_of(rules: &[Rule], counters: &Counters, now_ms: u64) -> Usage {
         }
     }
     usage
+}
+
+/// One rule's window as `counters` stand at `now_ms` (a window not open yet: whole, and closing
+/// a full window from now).
+fn window_usage(rule: &Rule, counters: &Counters, now_ms: u64) -> WindowUsage {
+    let current = counters.current(rule.counter, now_ms);
+    let used = current.map_or(0, |c| c.count);
+    let end_ms = current.map_or_else(|| rule.window.end_for(now_ms), |c| c.end_ms);
+    WindowUsage {
+        limit: rule.limit,
+        remaining: rule.limit.saturating_sub(used),
+        reset_secs: saturating_u32(ceil_secs(end_ms - now_ms)),
+        window_secs: saturating_u32(rule.window.seconds_at(now_ms)),
+        kind: rule.kind,
+    }
 }
 
 #[cfg(test)]
@@ -581,6 +621,49 @@ mod tests {
         let u = *decide(&rules, &mut c, DAY0).usage();
         assert_eq!(u.primary.map(|p| (p.limit, p.remaining)), Some((2, 1)));
         assert_eq!(u.daily, None);
+    }
+
+    #[test]
+    fn a_window_list_has_every_window_in_rule_order() {
+        let rules = [
+            minute(1, 10),
+            Rule {
+                limit: 2,
+                ..interval(2, 1_000)
+            },
+            daily(3, 100),
+        ];
+        let mut c = Counters::default();
+        assert!(decide(&rules, &mut c, DAY0).is_admitted());
+        let d = decide(&rules, &mut c, DAY0 + 500);
+        let list = WindowList::of(&rules, &c, DAY0 + 500);
+        let figures: Vec<_> = list
+            .0
+            .iter()
+            .map(|w| (w.kind, w.limit, w.remaining, w.reset_secs, w.window_secs))
+            .collect();
+        assert_eq!(
+            figures,
+            [
+                (LimitKind::Minute, 10, 8, 60, 60),
+                (LimitKind::Interval, 2, 0, 1, 1),
+                (LimitKind::Daily, 100, 98, 86_400, 86_400),
+            ],
+            "the minute too, which the primary window (the tighter interval) hides"
+        );
+        assert_eq!(d.usage().primary.map(|p| p.kind), Some(LimitKind::Interval));
+        let back = list.given_back(1);
+        let remaining: Vec<u32> = back.0.iter().map(|w| w.remaining).collect();
+        assert_eq!(
+            remaining,
+            [9, 1, 99],
+            "given back in every window, never past its limit"
+        );
+        assert_eq!(
+            WindowList::of(&rules, &Counters::default(), DAY0).0[0].remaining,
+            10,
+            "a window not open yet is whole"
+        );
     }
 
     #[test]

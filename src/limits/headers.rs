@@ -2,12 +2,13 @@
 //! response headers.
 
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
-use super::{Refusal, Usage, WindowUsage};
+use super::{Refusal, Usage, WindowList};
 
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -86,8 +87,19 @@ fn limit(n: u32, which: usize) -> HeaderValue {
     })
 }
 
-/// Writes the usage headers every response of a limited class carries.
-pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
+/// What the IETF fields say of a request: every window it was checked against, and the policy
+/// name of each (its rules', [`Tier::policy_names`], in the same order).
+///
+/// [`Tier::policy_names`]: super::Tier::policy_names
+#[derive(Debug, Clone, Default)]
+pub struct Ietf<'a> {
+    pub names: &'a [Box<str>],
+    pub windows: WindowList,
+}
+
+/// Writes the usage headers every response of a limited class carries; with `ietf` (the IETF
+/// fields on), the `RateLimit-Policy` / `RateLimit` fields too.
+pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: Option<Ietf<'_>>) {
     for &(name, n) in usage_fields(usage).iter() {
         // A limit is rendered through its cache, a remaining count from the table.
         let limits = [
@@ -102,8 +114,8 @@ pub fn write_usage(headers: &mut HeaderMap, usage: &Usage, ietf: bool) {
         };
         headers.insert(name.clone(), value);
     }
-    if ietf {
-        write_ietf(headers, usage);
+    if let Some(ietf) = ietf {
+        write_ietf(headers, &ietf);
     }
 }
 
@@ -163,26 +175,29 @@ pub fn write_refusal(headers: &mut HeaderMap, refusal: &Refusal) {
     headers.insert(RETRY_AFTER, rendered(refusal.retry_after_secs));
 }
 
-/// IETF draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy: "minute";q=3;w=60` and
-/// `RateLimit: "minute";r=2;t=41`, one item per window.
-fn write_ietf(headers: &mut HeaderMap, usage: &Usage) {
-    let windows: Vec<&WindowUsage> = [&usage.primary, &usage.daily, &usage.monthly]
-        .into_iter()
-        .flatten()
-        .collect();
+/// IETF draft-ietf-httpapi-ratelimit-headers: one quota policy per window the request was
+/// checked against, named by its policy name:
+/// `RateLimit-Policy: "txt2img.minute";q=3;w=60, "txt2img.daily";q=100;w=86400` and
+/// `RateLimit: "txt2img.minute";r=2;t=41, "txt2img.daily";r=97;t=50400`. A window without a
+/// name (none given) is named by its kind.
+fn write_ietf(headers: &mut HeaderMap, ietf: &Ietf<'_>) {
+    let (windows, names) = (&ietf.windows.0, ietf.names);
     if windows.is_empty() {
         return;
     }
-    let policy = windows
-        .iter()
-        .map(|w| format!("\"{}\";q={};w={}", w.kind.name(), w.limit, w.window_secs))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let state = windows
-        .iter()
-        .map(|w| format!("\"{}\";r={};t={}", w.kind.name(), w.remaining, w.reset_secs))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut policy = String::with_capacity(40 * windows.len());
+    let mut state = String::with_capacity(40 * windows.len());
+    for (i, w) in windows.iter().enumerate() {
+        if i > 0 {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        let name = names
+            .get(i)
+            .map_or_else(|| sf_string(w.kind.name()), Box::clone);
+        let _ = write!(policy, "{name};q={};w={}", w.limit, w.window_secs);
+        let _ = write!(state, "{name};r={};t={}", w.remaining, w.reset_secs);
+    }
     if let (Ok(p), Ok(s)) = (
         HeaderValue::from_str(&policy),
         HeaderValue::from_str(&state),
@@ -192,9 +207,95 @@ fn write_ietf(headers: &mut HeaderMap, usage: &Usage) {
     }
 }
 
+/// `text` as a structured-field String (RFC 9651 §3.3.3): quoted, `"` and `\` escaped, and any
+/// character a String cannot hold (outside printable ASCII) written as `_`.
+pub fn sf_string(text: &str) -> Box<str> {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('_'),
+        }
+    }
+    out.push('"');
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::{LimitKind, WindowUsage};
+
+    fn window(kind: LimitKind, limit: u32, remaining: u32, reset_secs: u32) -> WindowUsage {
+        let window_secs = match kind {
+            LimitKind::Daily => 86_400,
+            _ => 60,
+        };
+        WindowUsage {
+            limit,
+            remaining,
+            reset_secs,
+            window_secs,
+            kind,
+        }
+    }
+
+    #[test]
+    fn the_ietf_fields_name_every_listed_window_and_only_when_on() {
+        let usage = Usage {
+            primary: Some(window(LimitKind::Minute, 3, 2, 41)),
+            ..Usage::default()
+        };
+        let windows = WindowList(
+            [
+                window(LimitKind::Minute, 3, 2, 41),
+                window(LimitKind::Minute, 300, 250, 12),
+                window(LimitKind::Daily, 100, 97, 50_400),
+            ]
+            .into(),
+        );
+        let names: Vec<Box<str>> = ["txt2img.minute", "account.minute"]
+            .into_iter()
+            .map(sf_string)
+            .collect();
+        let mut h = HeaderMap::new();
+        let ietf = Ietf {
+            names: &names,
+            windows,
+        };
+        write_usage(&mut h, &usage, Some(ietf));
+        assert_eq!(
+            h[&RATELIMIT_POLICY],
+            "\"txt2img.minute\";q=3;w=60, \"account.minute\";q=300;w=60, \"daily\";q=100;w=86400"
+        );
+        assert_eq!(
+            h[&RATELIMIT],
+            "\"txt2img.minute\";r=2;t=41, \"account.minute\";r=250;t=12, \"daily\";r=97;t=50400",
+            "a window without a name is named by its kind"
+        );
+        let mut off = HeaderMap::new();
+        write_usage(&mut off, &usage, None);
+        assert!(off.get(&RATELIMIT).is_none() && off.get(&RATELIMIT_POLICY).is_none());
+        assert_eq!(off[&X_RATELIMIT_LIMIT], "3");
+        let mut none = HeaderMap::new();
+        write_usage(&mut none, &usage, Some(Ietf::default()));
+        assert!(
+            none.get(&RATELIMIT).is_none(),
+            "no window listed (a store failing open)"
+        );
+    }
+
+    #[test]
+    fn names_become_valid_structured_field_strings() {
+        assert_eq!(&*sf_string("gen.minute"), "\"gen.minute\"");
+        assert_eq!(&*sf_string("a \"b\" \\c"), "\"a \\\"b\\\" \\\\c\"");
+        assert_eq!(&*sf_string("bild-größe"), "\"bild-gr__e\"");
+    }
 
     #[test]
     fn rendered_numbers_keep_their_digits_across_blocks() {

@@ -22,7 +22,7 @@ mod policy;
 pub use cost::BodyCost;
 pub use decide::{
     decide, decide_units, usage_of, Counter, Counters, Decision, Receipt, Refusal, Usage,
-    WindowUsage,
+    WindowList, WindowUsage,
 };
 pub use policy::{OnFailure, Tier};
 

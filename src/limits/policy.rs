@@ -14,15 +14,41 @@ pub struct Tier {
     /// Shadow rules, indexed like `rules_by_class`: decided and counted, never enforced. Kept
     /// apart so a shadow rule can take no part in an enforced all-or-nothing decision.
     shadow_by_class: Vec<Box<[Rule]>>,
+    /// The IETF policy name of each enforced rule, indexed like `rules_by_class` and each list
+    /// beside its rules, written as the sf-string the `RateLimit` fields carry (`"txt2img.minute"`).
+    policy_names: Vec<Box<[Box<str>]>>,
 }
 
 impl Tier {
+    /// A tier whose policies are named by their window alone (`"minute"`), until
+    /// [`Tier::with_policy_names`] names them better.
     pub fn new(name: String, rules_by_class: Vec<Box<[Rule]>>) -> Self {
+        let policy_names = rules_by_class
+            .iter()
+            .map(|rules| unique_names(rules.iter().map(|r| r.kind.name().to_owned())))
+            .collect();
         Self {
             name,
             rules_by_class,
             shadow_by_class: Vec::new(),
+            policy_names,
         }
+    }
+
+    /// The same tier with its rules' policies named `names` (per class, one per rule, in the
+    /// rules' order; a repeated name gets `-2`, `-3`, ... after it).
+    pub fn with_policy_names(mut self, names: Vec<Vec<String>>) -> Self {
+        debug_assert!(names
+            .iter()
+            .zip(&self.rules_by_class)
+            .all(|(n, r)| n.len() == r.len()));
+        self.policy_names = names.into_iter().map(unique_names).collect();
+        self
+    }
+
+    /// The IETF policy names of [`Tier::rules`]`(class)`, one per rule, as sf-strings.
+    pub fn policy_names(&self, class: ClassId) -> &[Box<str>] {
+        self.policy_names.get(class.0 as usize).map_or(&[], |n| n)
     }
 
     /// The same tier with shadow rules.
@@ -50,25 +76,58 @@ impl Tier {
     /// under the new limit; one of another scope (a per-class limit over a shared one) counts
     /// afresh.
     pub fn overlaid(&self, over: &Tier) -> Tier {
-        let lay = |base: &[Box<[Rule]>], top: &[Box<[Rule]>]| -> Vec<Box<[Rule]>> {
-            let classes = base.len().max(top.len());
-            (0..classes)
-                .map(|c| {
-                    let top: &[Rule] = top.get(c).map_or(&[], |r| r);
-                    let kept = base.get(c).map_or(&[][..], |r| r).iter();
-                    kept.filter(|r| !top.iter().any(|t| t.kind == r.kind))
-                        .chain(top)
-                        .copied()
-                        .collect()
-                })
-                .collect()
+        let classes = self.rules_by_class.len().max(over.rules_by_class.len());
+        let (rules_by_class, policy_names) = (0..classes)
+            .map(|c| Self::lay(self.named(c), over.named(c)))
+            .unzip();
+        let shadow = |c: usize| {
+            let top = over.shadow_rules(ClassId(c as u16));
+            let base = self.shadow_rules(ClassId(c as u16)).iter();
+            let kept = base.filter(|r| !top.iter().any(|t| t.kind == r.kind));
+            kept.chain(top).copied().collect()
         };
+        let classes = self.shadow_by_class.len().max(over.shadow_by_class.len());
         Tier {
             name: self.name.clone(),
-            rules_by_class: lay(&self.rules_by_class, &over.rules_by_class),
-            shadow_by_class: lay(&self.shadow_by_class, &over.shadow_by_class),
+            rules_by_class,
+            shadow_by_class: (0..classes).map(shadow).collect(),
+            policy_names,
         }
     }
+
+    /// A class's enforced rules, each with its policy name.
+    fn named(&self, class: usize) -> impl Iterator<Item = (&Rule, &Box<str>)> + Clone {
+        let class = ClassId(class as u16);
+        self.rules(class).iter().zip(self.policy_names(class))
+    }
+
+    /// `top`'s rules laid over `base`'s (one class), with their names: a rule of `base` stays
+    /// unless `top` has one of its kind.
+    fn lay<'t>(
+        base: impl Iterator<Item = (&'t Rule, &'t Box<str>)>,
+        top: impl Iterator<Item = (&'t Rule, &'t Box<str>)> + Clone,
+    ) -> (Box<[Rule]>, Box<[Box<str>]>) {
+        let covered = |r: &Rule| top.clone().any(|(t, _)| t.kind == r.kind);
+        let kept: Vec<_> = base.filter(|(r, _)| !covered(r)).collect();
+        let laid = kept.into_iter().chain(top.clone());
+        let (rules, names): (Vec<Rule>, Vec<Box<str>>) = laid.map(|(r, n)| (*r, n.clone())).unzip();
+        (rules.into(), names.into())
+    }
+}
+
+/// `names` as sf-strings, each made unique within the list by `-2`, `-3`, ... after it.
+fn unique_names(names: impl IntoIterator<Item = String>) -> Box<[Box<str>]> {
+    let mut seen: Vec<String> = Vec::new();
+    for name in names {
+        let mut unique = name.clone();
+        let mut n = 1;
+        while seen.contains(&unique) {
+            n += 1;
+            unique = format!("{name}-{n}");
+        }
+        seen.push(unique);
+    }
+    seen.iter().map(|n| super::headers::sf_string(n)).collect()
 }
 
 /// What a replica decides while the shared store (Redis) cannot answer (`[store] on_failure`).
@@ -148,5 +207,48 @@ mod tests {
         );
         assert_eq!(laid.rules(ClassId(1)), [rule(3, 9, LimitKind::Minute)]);
         assert_eq!(laid.name, "free");
+    }
+
+    #[test]
+    fn policy_names_stay_beside_their_rules_and_are_unique() {
+        let names = |tier: &Tier, class: u16| -> Vec<String> {
+            let names = tier.policy_names(ClassId(class)).iter();
+            names.map(|n| n.to_string()).collect()
+        };
+        let base = Tier::new(
+            "free".into(),
+            vec![vec![
+                rule(1, 5, LimitKind::Minute),
+                rule(2, 50, LimitKind::Daily),
+                rule(4, 9, LimitKind::Minute),
+            ]
+            .into()],
+        );
+        assert_eq!(
+            names(&base, 0),
+            ["\"minute\"", "\"daily\"", "\"minute-2\""],
+            "by kind alone, until named"
+        );
+        let base = base.with_policy_names(vec![vec![
+            "a.minute".into(),
+            "a.daily".into(),
+            "account.minute".into(),
+        ]]);
+        let over = Tier::new("o".into(), vec![vec![rule(7, 20, LimitKind::Daily)].into()])
+            .with_policy_names(vec![vec!["a.daily".into()]]);
+        let laid = base.overlaid(&over);
+        assert_eq!(
+            laid.rules(ClassId(0)),
+            [
+                rule(1, 5, LimitKind::Minute),
+                rule(4, 9, LimitKind::Minute),
+                rule(7, 20, LimitKind::Daily)
+            ]
+        );
+        assert_eq!(
+            names(&laid, 0),
+            ["\"a.minute\"", "\"account.minute\"", "\"a.daily\""]
+        );
+        assert!(laid.policy_names(ClassId(3)).is_empty());
     }
 }

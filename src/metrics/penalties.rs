@@ -1,4 +1,5 @@
-//! The penalty accounts: incorrect tasks, relax jobs earned, billing marks.
+//! The penalty accounts: incorrect tasks, relax jobs earned, billing marks, and what penalties in
+//! shadow mode would have done.
 
 use prometheus::IntCounterVec;
 
@@ -8,6 +9,7 @@ pub struct PenaltyMetrics {
     incorrect_tasks: IntCounterVec,
     relax_earned: IntCounterVec,
     billing_marks: IntCounterVec,
+    would_penalise: IntCounterVec,
 }
 
 impl PenaltyMetrics {
@@ -30,6 +32,12 @@ impl PenaltyMetrics {
                  on a flag tier) or surcharge (a relax job past the relax allowance).",
                 &["tier", "mark"],
             ),
+            would_penalise: r.counters(
+                "floodgate_would_penalise_total",
+                "Jobs a penalty in shadow mode let through as they were, by what its action \
+                 would have done: refused, flagged (no refund) or surcharged.",
+                &["tier", "penalty", "effect"],
+            ),
         }
     }
 
@@ -44,5 +52,13 @@ impl PenaltyMetrics {
     /// Counts a forwarded job's billing mark (`no_refund` or `surcharge`).
     pub fn billing_mark(&self, tier: &str, mark: &'static str) {
         self.billing_marks.with_label_values(&[tier, mark]).inc();
+    }
+
+    /// Counts a job a penalty in shadow mode would have refused or marked (`penalty`:
+    /// `incorrect_tasks` or `relax`; `effect`: `refused`, `flagged` or `surcharged`).
+    pub fn would_penalise(&self, tier: &str, penalty: &str, effect: &str) {
+        self.would_penalise
+            .with_label_values(&[tier, penalty, effect])
+            .inc();
     }
 }

@@ -6,7 +6,10 @@
 //! a `reject` allowance. [`record`] counts what floodgate learns later from the upstream's
 //! answer: an incorrect task, or a relax job earned by a successful fast one.
 
-use super::{IncorrectAction, Mode, PenaltyIds, RelaxAction, TierPenalties};
+use super::{
+    IncorrectAction, Mode, PenaltyIds, RelaxAction, RelaxPolicy, ShadowEffect, Shadowed,
+    TierPenalties,
+};
 use crate::limits::{
     decide_units, usage_of, Counters, Decision, LimitKind, Receipt, Refusal, Rule, Usage, Window,
 };
@@ -45,6 +48,8 @@ pub struct Marks {
     pub cost_multiplier: Option<u32>,
     /// A relax job: counted as used when admitted.
     pub relax: bool,
+    /// What the penalties in shadow mode would have done instead of letting it through as it is.
+    pub shadow: Shadowed,
 }
 
 /// A job refused by a penalty, until 00:00 UTC.
@@ -94,49 +99,63 @@ pub enum Event {
     RelaxEarned,
 }
 
-/// Checks a job's penalties against today's tallies; changes nothing.
+/// Checks a job's penalties against today's tallies; changes nothing. A penalty in shadow
+/// mode never refuses or marks: what it would have done is noted in [`Marks::shadow`].
 pub fn check(job: &JobCheck, counters: &Counters, now_ms: u64) -> PenaltyCheck {
     let (policy, ids) = (&job.policy, &job.ids);
     let mut marks = Marks::default();
     if let Some(p) = &policy.incorrect {
         let count = counters.used(ids.incorrect, now_ms);
         if count >= p.per_day {
-            match p.action {
-                IncorrectAction::Block => {
-                    return PenaltyCheck::Refuse(refusal(
-                        LimitKind::Penalty,
-                        count,
-                        p.per_day,
-                        now_ms,
-                    ))
+            let refusal = || refusal(LimitKind::Penalty, count, p.per_day, now_ms);
+            match (p.action, p.shadow) {
+                (IncorrectAction::Block, false) => return PenaltyCheck::Refuse(refusal()),
+                (IncorrectAction::Flag, false) => marks.no_refund = true,
+                (IncorrectAction::Block, true) => {
+                    marks.shadow.incorrect = Some(ShadowEffect::Refused)
                 }
-                IncorrectAction::Flag => marks.no_refund = true,
+                (IncorrectAction::Flag, true) => {
+                    marks.shadow.incorrect = Some(ShadowEffect::Flagged)
+                }
             }
         }
     }
     if job.facts.is_relax() {
         marks.relax = true;
         if let Some(r) = &policy.relax {
-            let used = counters.used(ids.relax_used, now_ms);
-            let allowance = relax_allowance(r.per_day, ids, counters, now_ms);
-            if used >= allowance {
-                match r.action {
-                    RelaxAction::Reject => {
-                        return PenaltyCheck::Refuse(refusal(
-                            LimitKind::Relax,
-                            used,
-                            allowance,
-                            now_ms,
-                        ))
-                    }
-                    RelaxAction::Surcharge { multiplier } => {
-                        marks.cost_multiplier = Some(multiplier)
-                    }
-                }
+            if let Err(refused) = check_relax(r, ids, counters, now_ms, &mut marks) {
+                return PenaltyCheck::Refuse(refused);
             }
         }
     }
     PenaltyCheck::Pass(marks)
+}
+
+/// A relax job against today's relax allowance: refused, surcharged, or — in shadow mode —
+/// noted as what would have happened.
+fn check_relax(
+    r: &RelaxPolicy,
+    ids: &PenaltyIds,
+    counters: &Counters,
+    now_ms: u64,
+    marks: &mut Marks,
+) -> Result<(), PenaltyRefusal> {
+    let used = counters.used(ids.relax_used, now_ms);
+    let allowance = relax_allowance(r.per_day, ids, counters, now_ms);
+    if used < allowance {
+        return Ok(());
+    }
+    match (r.action, r.shadow) {
+        (RelaxAction::Reject, false) => {
+            return Err(refusal(LimitKind::Relax, used, allowance, now_ms))
+        }
+        (RelaxAction::Surcharge { multiplier }, false) => marks.cost_multiplier = Some(multiplier),
+        (RelaxAction::Reject, true) => marks.shadow.relax = Some(ShadowEffect::Refused),
+        (RelaxAction::Surcharge { .. }, true) => {
+            marks.shadow.relax = Some(ShadowEffect::Surcharged)
+        }
+    }
+    Ok(())
 }
 
 /// Counts what an admitted job used (a relax job).
@@ -183,7 +202,7 @@ pub struct PenaltyStanding {
     /// Today's relax allowance (the tier's plus what was earned), if the tier has one.
     pub relax_allowance: Option<u32>,
     /// The actions that apply to the next job submission: `block`, `flag`, `surcharge` (next
-    /// relax job), `reject` (next relax job).
+    /// relax job), `reject` (next relax job). A penalty in shadow mode applies none.
     pub actions: Vec<&'static str>,
     /// Whole seconds to 00:00 UTC, when every tally starts over.
     pub resets_in_secs: u64,
@@ -199,13 +218,17 @@ pub fn standing(
     let incorrect = counters.used(ids.incorrect, now_ms);
     let relax_used = counters.used(ids.relax_used, now_ms);
     let mut actions = Vec::new();
-    if let Some(p) = policy.incorrect.filter(|p| incorrect >= p.per_day) {
+    if let Some(p) = policy
+        .incorrect
+        .filter(|p| incorrect >= p.per_day && !p.shadow)
+    {
         actions.push(p.action.name());
     }
     let relax_allowance = policy
         .relax
         .map(|r| (r, relax_allowance(r.per_day, ids, counters, now_ms)));
-    if let Some((r, _)) = relax_allowance.filter(|(_, allowance)| relax_used >= *allowance) {
+    let applies = |(r, allowance): &(RelaxPolicy, u32)| relax_used >= *allowance && !r.shadow;
+    if let Some((r, _)) = relax_allowance.filter(applies) {
         actions.push(r.action.name());
     }
     PenaltyStanding {
@@ -259,10 +282,12 @@ mod tests {
             incorrect: Some(IncorrectPolicy {
                 per_day: 30,
                 action: IncorrectAction::Block,
+                shadow: false,
             }),
             relax: Some(RelaxPolicy {
                 per_day: 100,
                 action: RelaxAction::Surcharge { multiplier: 2 },
+                shadow: false,
             }),
         }
     }
@@ -272,10 +297,12 @@ mod tests {
             incorrect: Some(IncorrectPolicy {
                 per_day: 60,
                 action: IncorrectAction::Flag,
+                shadow: false,
             }),
             relax: Some(RelaxPolicy {
                 per_day: 500,
                 action: RelaxAction::Reject,
+                shadow: false,
             }),
         }
     }
@@ -501,7 +528,8 @@ mod tests {
                     Marks {
                         relax: true,
                         no_refund: false,
-                        cost_multiplier: None
+                        cost_multiplier: None,
+                        ..
                     },
                     _
                 )
@@ -539,6 +567,56 @@ mod tests {
             vec!["block", "surcharge"]
         );
         assert_eq!(standing(&paid(), &ids, &c, T).actions, Vec::<&str>::new());
+    }
+
+    /// `policy` with both penalties in shadow mode.
+    fn in_shadow(mut policy: TierPenalties) -> TierPenalties {
+        policy.incorrect.as_mut().unwrap().shadow = true;
+        policy.relax.as_mut().unwrap().shadow = true;
+        policy
+    }
+
+    #[test]
+    fn shadow_penalties_let_the_job_through_as_it_is_and_note_what_they_would_do() {
+        let ids = PenaltyIds::default();
+        let mut c = Counters::default();
+        times(60, Event::Incorrect, &mut c, T);
+        for _ in 0..500 {
+            c.add(ids.relax_used, Window::UtcDay, T);
+        }
+        let (shadow_free, shadow_paid) = (in_shadow(free()), in_shadow(paid()));
+        let (_, marks) = admitted(admit(&[], &job(shadow_free, Mode::Relax), &mut c, T));
+        let would = |incorrect, relax| Shadowed {
+            incorrect: Some(incorrect),
+            relax: Some(relax),
+        };
+        let expected = Marks {
+            relax: true,
+            shadow: would(ShadowEffect::Refused, ShadowEffect::Surcharged),
+            ..Marks::default()
+        };
+        assert_eq!(marks, expected, "no refusal, no surcharge: only noted");
+        let (_, marks) = admitted(admit(&[], &job(shadow_paid, Mode::Relax), &mut c, T));
+        assert_eq!(
+            marks.shadow,
+            would(ShadowEffect::Flagged, ShadowEffect::Refused)
+        );
+        assert!(!marks.no_refund);
+        assert_eq!(
+            c.used(ids.relax_used, T),
+            502,
+            "the tallies still learn, so turning shadow off enforces from the true state"
+        );
+        assert!(standing(&shadow_free, &ids, &c, T).actions.is_empty());
+        assert_eq!(
+            standing(&free(), &ids, &c, T).actions,
+            vec!["block", "surcharge"]
+        );
+        let (_, fast) = admitted(admit(&[], &job(shadow_free, Mode::Fast), &mut c, T));
+        assert_eq!(
+            fast.shadow.relax, None,
+            "a fast job uses no relax allowance"
+        );
     }
 
     #[test]

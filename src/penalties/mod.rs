@@ -11,6 +11,10 @@
 //!   per successful fast or turbo job of an earning class that day. Past that: `surcharge`
 //!   (forwarded, marked with a cost multiplier) or `reject` (429 `relax` until 00:00 UTC).
 //!
+//! Either penalty may run in shadow mode (`shadow = true` on its section): its tally counts as
+//! usual, and what its action would have done is noted on the job ([`Shadowed`]) instead of done,
+//! so an operator sees what turning it on would change before it changes anything.
+//!
 //! The tallies are ordinary daily counters in the account's [`Counters`](crate::limits::Counters)
 //! under reserved ids ([`PenaltyIds`]), so they live in the store next to the limit counters,
 //! change only under the account's lock, and survive restarts in the state file with them.
@@ -19,6 +23,7 @@
 mod account;
 mod judge;
 mod mode;
+mod shadow;
 
 pub use account::{
     admit, check, commit, record, standing, Admission, Event, JobCheck, JobFacts, Marks,
@@ -26,6 +31,7 @@ pub use account::{
 };
 pub use judge::{Judge, Matcher, On};
 pub use mode::Mode;
+pub use shadow::{ShadowEffect, Shadowed};
 
 use crate::classify::ClassId;
 use crate::identity::TierId;
@@ -55,6 +61,8 @@ pub struct IncorrectPolicy {
     /// Incorrect tasks a day before `action` applies.
     pub per_day: u32,
     pub action: IncorrectAction,
+    /// Shadow mode: past the allowance the action is only noted ([`Shadowed`]), never applied.
+    pub shadow: bool,
 }
 
 /// What happens to relax jobs past the relax allowance.
@@ -80,6 +88,8 @@ impl RelaxAction {
 pub struct RelaxPolicy {
     pub per_day: u32,
     pub action: RelaxAction,
+    /// Shadow mode: past the allowance the action is only noted ([`Shadowed`]), never applied.
+    pub shadow: bool,
 }
 
 /// A tier's penalty settings; `None` = the tier has no such allowance (tallies still count).

@@ -10,9 +10,10 @@ use super::ctx::Ctx;
 use super::respond::json_response;
 use super::response_body::ProxyBody;
 use crate::clock::Clock;
-use crate::limits::{headers as rl_headers, Decision, LimitKind, Receipt, Refusal, Usage};
-use crate::metrics::RequestMetrics;
-use crate::penalties::{Admission, JobCheck, JobFacts, Marks, PenaltyRefusal};
+use crate::limits::headers::{self as rl_headers, Ietf};
+use crate::limits::{Decision, LimitKind, Receipt, Refusal, Rule, Usage};
+use crate::metrics::Metrics;
+use crate::penalties::{Admission, JobCheck, JobFacts, Marks, PenaltyRefusal, Shadowed};
 use crate::shared::Shared;
 use crate::status::StatusBoard;
 use crate::store::{Store, StoreError};
@@ -24,12 +25,12 @@ const TOO_MANY_ATTEMPTS: &str = r#"{"message": "Too Many Attempts."}"#;
 pub type Refused = Response<ProxyBody>;
 
 /// What admission reads and writes: the limit store on the shared clock, the status board's
-/// charts, the request counters.
+/// charts, the request and penalty counters.
 pub struct Admit<'a> {
     store: &'a Store,
     clock: &'a dyn Clock,
     status: &'a StatusBoard,
-    metrics: &'a RequestMetrics,
+    metrics: &'a Metrics,
 }
 
 /// An admitted job: the usage headers (when its class is rate limited), the marks it carries
@@ -46,7 +47,7 @@ impl<'a> Admit<'a> {
             store: &shared.store,
             clock: &*shared.clock,
             status: &shared.status,
-            metrics: &shared.metrics.requests,
+            metrics: &shared.metrics,
         }
     }
 
@@ -55,7 +56,7 @@ impl<'a> Admit<'a> {
     pub async fn request(&self, ctx: &Ctx<'_>) -> Result<Option<Usage>, Refused> {
         self.check(ctx)
             .await
-            .map_err(|denied| beyond_every_wait(ctx, denied.answer(ctx.config().headers.ietf)))
+            .map_err(|denied| beyond_every_wait(ctx, denied.answer(ctx.ietf())))
     }
 
     /// [`Admit::request`]'s decision before its answer is built: a refusal is counted and
@@ -69,11 +70,17 @@ impl<'a> Admit<'a> {
             self.shadow(ctx, now).await;
             return Ok(None);
         }
-        match self
-            .store
-            .check_and_consume_units(caller.account, rules, ctx.units, now)
-            .await
-        {
+        let decided = match ctx.lists_windows() {
+            false => {
+                self.store
+                    .check_and_consume_units(caller.account, rules, ctx.units, now)
+                    .await
+            }
+            // Boxed: only the IETF fields list every window; every other request's future
+            // stays as it is.
+            true => Box::pin(self.listed(ctx, rules, now)).await,
+        };
+        match decided {
             Ok(Decision::Admitted(usage)) => {
                 policy.handles.admitted(class, caller.tier);
                 self.status.record(caller, class, &usage, now);
@@ -109,14 +116,21 @@ impl<'a> Admit<'a> {
             });
         }
         let now = self.clock.now_ms();
-        let admission = self
-            .store
-            .admit_job(caller.account, rules, &check, now)
-            .await;
+        let admission = match ctx.lists_windows() {
+            false => {
+                self.store
+                    .admit_job(caller.account, rules, &check, now)
+                    .await
+            }
+            true => self.job_listed(ctx, rules, &check, now).await,
+        };
         match admission {
             Ok(Admission::Admitted(usage, marks, receipt)) => {
                 policy.handles.admitted(class, caller.tier);
                 self.status.record(caller, class, &usage, now);
+                if !marks.shadow.is_empty() {
+                    self.shadow_penalties(ctx, &marks.shadow);
+                }
                 Ok(AdmittedJob {
                     // A class without rate limits has an empty usage: no X-RateLimit headers.
                     usage: (!rules.is_empty()).then_some(usage),
@@ -137,8 +151,44 @@ impl<'a> Admit<'a> {
         }
     }
 
+    /// [`Store::check_and_consume_listed`] for the IETF fields: the decision, with every window
+    /// it listed left in `ctx` for the usage fields.
+    async fn listed(
+        &self,
+        ctx: &Ctx<'_>,
+        rules: &[Rule],
+        now: u64,
+    ) -> Result<Decision, StoreError> {
+        let account = ctx.caller.account;
+        let listed = self
+            .store
+            .check_and_consume_listed(account, rules, ctx.units, now);
+        let (decision, windows) = listed.await?;
+        ctx.list(windows);
+        Ok(decision)
+    }
+
+    /// [`Store::admit_job_listed`] for the IETF fields: the admission, with every window it
+    /// listed left in `ctx` for the usage fields.
+    async fn job_listed(
+        &self,
+        ctx: &Ctx<'_>,
+        rules: &[Rule],
+        check: &JobCheck,
+        now: u64,
+    ) -> Result<Admission, StoreError> {
+        let account = ctx.caller.account;
+        let (admission, windows) = self
+            .store
+            .admit_job_listed(account, rules, check, now)
+            .await?;
+        ctx.list(windows);
+        Ok(admission)
+    }
+
     /// Gives back what an admitted job consumed when the queue turned it away before it ran:
-    /// only admitted requests consume quota. Returns the usage headers as they stand after it.
+    /// only admitted requests consume quota. Returns the usage headers as they stand after it
+    /// (and leaves the IETF fields' windows so in `ctx`).
     pub async fn give_back(
         &self,
         ctx: &Ctx<'_>,
@@ -148,7 +198,12 @@ impl<'a> Admit<'a> {
         let now = self.clock.now_ms();
         match self.store.give_back(ctx.caller.account, receipt, now).await {
             Ok(0) => usage,
-            Ok(_) => usage.map(Usage::given_back),
+            Ok(_) => {
+                if let Some(windows) = ctx.take_listed() {
+                    ctx.list(windows.given_back(ctx.units));
+                }
+                usage.map(Usage::given_back)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not give back a turned-away job's quota");
                 usage
@@ -172,7 +227,7 @@ impl<'a> Admit<'a> {
         {
             Ok(Decision::Refused(_, refusal)) => {
                 let (class, tier, kind) = (ctx.class_name(), ctx.tier_name(), refusal.kind.name());
-                self.metrics.would_limit(class, tier, kind);
+                self.metrics.requests.would_limit(class, tier, kind);
                 tracing::info!(
                     account = %ctx.caller.account.short(), class, tier,
                     limit = kind, retry_after_secs = refusal.retry_after_secs,
@@ -184,10 +239,26 @@ impl<'a> Admit<'a> {
         }
     }
 
+    /// Penalties in shadow mode: what they would have done to a job that goes through as it
+    /// is, counted and logged.
+    fn shadow_penalties(&self, ctx: &Ctx<'_>, shadowed: &Shadowed) {
+        let tier = ctx.tier_name();
+        for (penalty, effect) in shadowed.effects() {
+            self.metrics
+                .penalties
+                .would_penalise(tier, penalty, effect.name());
+        }
+        tracing::info!(
+            account = %ctx.caller.account.short(), class = ctx.class_name(), tier,
+            shadow_penalty = shadowed.describe(),
+            "shadow penalty would apply; job admitted as it is"
+        );
+    }
+
     /// The 429 for a request a limit (or penalty) refused, counted.
     fn limited(&self, ctx: &Ctx<'_>, usage: &Usage, refusal: &Refusal, now: u64) -> Refused {
         self.count_limited(ctx, usage, refusal, now);
-        too_many_attempts(usage, refusal, ctx.config().headers.ietf)
+        too_many_attempts(usage, refusal, ctx.ietf())
     }
 
     /// A refusal by a limit (or penalty) counted, on the status board and logged.
@@ -227,8 +298,8 @@ pub enum Denied {
 }
 
 impl Denied {
-    /// The answer: a 429 or a 503.
-    pub fn answer(self, ietf: bool) -> Refused {
+    /// The answer: a 429 or a 503 (`ietf`: as for [`rl_headers::write_usage`]).
+    pub fn answer(self, ietf: Option<Ietf<'_>>) -> Refused {
         match self {
             Denied::Limited(usage, refusal) => too_many_attempts(&usage, &refusal, ietf),
             Denied::StoreFailed(e) => store_failed(&e),
@@ -260,7 +331,7 @@ pub fn too_many_attempts_body() -> Refused {
 }
 
 /// The 429 answer: the seed's body, the usage headers, the limit type and an exact Retry-After.
-fn too_many_attempts(usage: &Usage, refusal: &Refusal, ietf: bool) -> Refused {
+fn too_many_attempts(usage: &Usage, refusal: &Refusal, ietf: Option<Ietf<'_>>) -> Refused {
     let mut resp = too_many_attempts_body();
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -176,7 +176,7 @@ impl Proxy {
                 or_refuse!(self, Box::pin(read).await)
             }
         };
-        if let Some(noted) = noted {
+        if let Some(noted) = noted.as_deref_mut() {
             (noted.caller, noted.class) = (Some(caller), Some(class));
         }
         // Before the limit check: a request refused for its declared size consumes no quota.
@@ -202,6 +202,7 @@ impl Proxy {
             class,
             units,
             forwarded: peer.forwarded(&config.identity),
+            listed: std::sync::Mutex::new(None),
         };
         let watched_task = self.task_watch().asked_about(&ctx, &req);
         let (usage, result) = match config.jobs.class(class) {
@@ -217,7 +218,7 @@ impl Proxy {
             }
             // Boxed: a job's stages hold kilobytes of state that a plain request's future
             // would otherwise carry (and copy) too.
-            Some(job) => or_answer!(Box::pin(self.job(&ctx, req, job)).await),
+            Some(job) => or_answer!(Box::pin(self.job(&ctx, req, job, noted)).await),
         };
         let mut resp = match result {
             Ok(resp) => resp,
@@ -230,18 +231,20 @@ impl Proxy {
             if cost_from.is_some() {
                 usage.cost = ctx.units; // what the body made it, one unit included
             }
-            rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf);
+            rl_headers::write_usage(resp.headers_mut(), &usage, ctx.ietf());
         }
         resp
     }
 
     /// A job's stages: read its body prefix, admit it (penalties and limits together), queue
-    /// and run it; a job the queue turned away gets back what its admission consumed.
+    /// and run it; a job the queue turned away gets back what its admission consumed. `noted`,
+    /// when the access log is on, learns what penalties in shadow mode would have done.
     async fn job(
         &self,
         ctx: &Ctx<'_>,
         req: Request<RequestBody>,
         job: &JobClass,
+        noted: Option<&mut Noted>,
     ) -> Staged<(Option<Usage>, Result<Response<ProxyBody>, ProxyError>)> {
         // A job's body prefix is read once, here: its mode decides the relax check, and the
         // job stage reuses it (follow-up affinity, retries).
@@ -249,6 +252,9 @@ impl Proxy {
         let submission = submission.map_err(|e| self.refuse(e))?;
         let admit = Admit::of(&self.shared);
         let admitted = admit.job(ctx, submission.facts).await?;
+        if let Some(noted) = noted {
+            noted.shadow_penalty = admitted.marks.shadow.describe();
+        }
         let stage = JobStage {
             jobs: &self.shared.jobs,
             shared: &self.shared,

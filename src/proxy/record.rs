@@ -71,6 +71,10 @@ pub struct Noted {
     /// The limit that refused the request, when the answer does not say it in its fields (a
     /// plain 429's fields are written by the listener, not put in its map).
     pub limit: Option<&'static str>,
+    /// What penalties in shadow mode would have done to the job ([`Shadowed::describe`]).
+    ///
+    /// [`Shadowed::describe`]: crate::penalties::Shadowed::describe
+    pub shadow_penalty: Option<&'static str>,
 }
 
 /// How long the upstream took to answer, carried in the response's extensions.
@@ -119,6 +123,7 @@ pub fn attach(
         status,
         decision,
         limit: limit.map(str::to_owned),
+        shadow_penalty: noted.shadow_penalty,
         upstream,
         queue_wait: queue_wait.map(Duration::from_millis),
         bytes: 0,

@@ -9,7 +9,7 @@ use std::future::Future;
 
 use super::StoreError;
 use crate::identity::AccountId;
-use crate::limits::{decide_units, Counter, Counters, Decision, Rule};
+use crate::limits::{decide_units, Counter, Counters, Decision, Rule, WindowList};
 
 /// A change to one account: a pure function of its counters and the time, returning its answer
 /// and whether it changed them.
@@ -44,6 +44,18 @@ pub trait Backend: Sync {
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send {
         self.update(account, now_ms, consume_units(rules, units))
     }
+
+    /// [`Backend::check_and_consume`], with every window the request was checked against
+    /// listed as the decision left it (for the IETF fields).
+    fn check_and_consume_listed(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        units: u32,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<(Decision, WindowList), StoreError>> + Send {
+        self.update(account, now_ms, consume_listed(rules, units))
+    }
 }
 
 /// [`decide`](crate::limits::decide) as an update: admitted, the request changed the counters; refused, it did not.
@@ -59,6 +71,15 @@ pub fn consume_units(rules: &[Rule], units: u32) -> impl Update<Decision> + '_ {
         let decision = decide_units(rules, units, counters, now_ms);
         let changed = decision.is_admitted();
         (decision, changed)
+    }
+}
+
+/// [`consume_units`], with every window of `rules` listed as the decision left them.
+pub fn consume_listed(rules: &[Rule], units: u32) -> impl Update<(Decision, WindowList)> + '_ {
+    move |counters: &mut Counters, now_ms: u64| {
+        let decision = decide_units(rules, units, counters, now_ms);
+        let listed = WindowList::of(rules, counters, now_ms);
+        ((decision, listed), decision.is_admitted())
     }
 }
 

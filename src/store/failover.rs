@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 
 use super::redis::UpstreamLease;
-use super::{consume_units, Backend, MemoryStore, Purpose, RedisStore, StoreError, Update};
+use super::{
+    consume_listed, consume_units, Backend, MemoryStore, Purpose, RedisStore, StoreError, Update,
+};
 use crate::identity::AccountId;
-use crate::limits::{Decision, OnFailure, Rule, Usage};
+use crate::limits::{Decision, OnFailure, Rule, Usage, WindowList};
 use crate::queue::leases::{BoxFuture, Leased, SlotLeases, UpstreamAsk};
 use crate::queue::tasks::SharedOrigins;
 
@@ -274,17 +276,50 @@ impl FailoverStore {
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
         let shared = self.redis.check_and_consume(account, rules, units, now_ms);
-        if let Some(decision) = self.attempt(shared).await {
-            return Ok(decision);
-        }
         let local = |rules: &[Rule]| {
             let update = consume_units(rules, units);
             self.local.apply(account, now_ms, update).0
         };
+        let open = Decision::Admitted(Usage::default());
+        self.decide(shared, local, rules, open).await
+    }
+
+    /// [`FailoverStore::check_and_consume`] with every window listed (for the IETF fields).
+    pub(super) async fn check_and_consume_listed(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        units: u32,
+        now_ms: u64,
+    ) -> Result<(Decision, WindowList), StoreError> {
+        let shared = self
+            .redis
+            .check_and_consume_listed(account, rules, units, now_ms);
+        let local = |rules: &[Rule]| {
+            let update = consume_listed(rules, units);
+            self.local.apply(account, now_ms, update).0
+        };
+        let open = (Decision::Admitted(Usage::default()), WindowList::default());
+        self.decide(shared, local, rules, open).await
+    }
+
+    /// A check-and-consume: Redis' answer (`shared`), or while Redis is down as `on_failure`
+    /// says — `open` (the request counted locally, unenforced), a failure, or `local` deciding
+    /// on this replica's share of each limit.
+    async fn decide<T>(
+        &self,
+        shared: impl std::future::Future<Output = Result<T, StoreError>>,
+        local: impl Fn(&[Rule]) -> T,
+        rules: &[Rule],
+        open: T,
+    ) -> Result<T, StoreError> {
+        if let Some(answer) = self.attempt(shared).await {
+            return Ok(answer);
+        }
         match self.on_failure {
             OnFailure::FailOpen => {
                 local(rules);
-                Ok(Decision::Admitted(Usage::default()))
+                Ok(open)
             }
             OnFailure::FailClosed => Err(unavailable()),
             OnFailure::Local { .. } => Ok(local(&self.on_failure.local_share(rules))),

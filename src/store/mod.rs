@@ -21,7 +21,7 @@ pub mod upstreams;
 
 pub use crate::limits::OnFailure;
 pub use accounts::AccountBook;
-pub use backend::{consume, consume_units, open_counters, Backend, Update};
+pub use backend::{consume, consume_listed, consume_units, open_counters, Backend, Update};
 pub use failover::{FailoverStore, StoreHealth};
 pub use memory::MemoryStore;
 pub use redis::{Login, RedisStore};
@@ -29,8 +29,14 @@ pub use snapshot::Snapshot;
 pub use upstreams::UpstreamBook;
 
 use crate::identity::AccountId;
-use crate::limits::{Counter, CounterId, Counters, Decision, Receipt, Rule, Usage};
+use crate::limits::{Counter, CounterId, Counters, Decision, Receipt, Rule, Usage, WindowList};
 use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
+
+/// Whether an admission changed the counters: what it counted is on its receipt (nothing, for a
+/// job with no rules that is not a relax job).
+fn counted(admission: &Admission) -> bool {
+    matches!(admission, Admission::Admitted(.., receipt) if !receipt.is_empty())
+}
 
 /// A store failure (none for the memory store; kept so other stores fit the same calls).
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +152,31 @@ impl Store {
         }
     }
 
+    /// [`Store::check_and_consume_units`], with every window the request was checked against
+    /// listed as the decision left it: what the IETF fields name. Asked for only when they are
+    /// on, so that every other request's decision carries nothing more.
+    pub async fn check_and_consume_listed(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        units: u32,
+        now_ms: u64,
+    ) -> Result<(Decision, WindowList), StoreError> {
+        if rules.is_empty() {
+            return Ok((Decision::Admitted(Usage::default()), WindowList::default()));
+        }
+        match self {
+            Store::Memory(m) => {
+                m.check_and_consume_listed(account, rules, units, now_ms)
+                    .await
+            }
+            Store::Redis(s) => {
+                let check = s.check_and_consume_listed(account, rules, units, now_ms);
+                Box::pin(check).await
+            }
+        }
+    }
+
     /// A job submission: its penalties and `rules` checked together, and (only when all admit)
     /// the rules consumed and a relax job counted — one atomic step per account.
     pub async fn admit_job(
@@ -157,11 +188,26 @@ impl Store {
     ) -> Result<Admission, StoreError> {
         let admit = |counters: &mut Counters, now| {
             let admission = penalties::admit(rules, job, counters, now);
-            // What it counted is on its receipt (nothing, for a job with no rules that is not
-            // a relax job).
-            let changed =
-                matches!(&admission, Admission::Admitted(.., receipt) if !receipt.is_empty());
+            let changed = counted(&admission);
             (admission, changed)
+        };
+        self.update(account, now_ms, Purpose::Admission, admit)
+            .await
+    }
+
+    /// [`Store::admit_job`], with every window of `rules` listed as the admission left it (for
+    /// the IETF fields).
+    pub async fn admit_job_listed(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        job: &JobCheck,
+        now_ms: u64,
+    ) -> Result<(Admission, WindowList), StoreError> {
+        let admit = |counters: &mut Counters, now| {
+            let admission = penalties::admit(rules, job, counters, now);
+            let changed = counted(&admission);
+            ((admission, WindowList::of(rules, counters, now)), changed)
         };
         self.update(account, now_ms, Purpose::Admission, admit)
             .await

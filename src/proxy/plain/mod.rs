@@ -121,6 +121,7 @@ impl Proxy {
             caller: Some(plan.caller),
             class: Some(plan.class),
             limit: reuse.refusal.map(|r| r.kind.name()),
+            shadow_penalty: None, // jobs never take this path
         };
         record::attach(resp, peer, arrived, noted, &plan.policy.config, log)
     }
@@ -145,6 +146,7 @@ impl Proxy {
             class: plan.class,
             units: facts.cost,
             forwarded: peer.forwarded(&config.identity),
+            listed: std::sync::Mutex::new(None),
         };
         let usage = match Admit::of(&self.shared).check(&ctx).await {
             Ok(usage) => usage,
@@ -155,7 +157,7 @@ impl Proxy {
                 reuse.refusal = Some(refusal);
                 return admit::too_many_attempts_body();
             }
-            Err(denied) => return denied.answer(config.headers.ietf),
+            Err(denied) => return denied.answer(ctx.ietf()),
         };
         let annotate = config.headers.annotate_upstream.then_some(&ctx);
         let fields = std::mem::take(&mut reuse.fields);
@@ -182,7 +184,7 @@ impl Proxy {
         };
         match usage {
             Some(usage) if reuse.relay.filled && !config.headers.ietf => reuse.usage = Some(usage),
-            Some(usage) => rl_headers::write_usage(resp.headers_mut(), &usage, config.headers.ietf),
+            Some(usage) => rl_headers::write_usage(resp.headers_mut(), &usage, ctx.ietf()),
             None => {}
         }
         resp

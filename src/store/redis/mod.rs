@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use super::{Backend, StoreError, Update};
 use crate::identity::AccountId;
-use crate::limits::{usage_of, Counter, CounterId, Counters, Decision, Refusal, Rule};
+use crate::limits::{usage_of, Counter, CounterId, Counters, Decision, Refusal, Rule, WindowList};
 use conn::Connections;
 pub use conn::Login;
 use scripts::Scripts;
@@ -578,6 +578,34 @@ impl Backend for RedisStore {
         units: u32,
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
+        let reply = self.check_script(account, rules, units, now_ms).await?;
+        Ok(decision_from_reply(rules, units, &reply)?.0)
+    }
+
+    /// The same round trip; the script's reply has every rule's counter, so every window is
+    /// listed from it.
+    async fn check_and_consume_listed(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        units: u32,
+        now_ms: u64,
+    ) -> Result<(Decision, WindowList), StoreError> {
+        let reply = self.check_script(account, rules, units, now_ms).await?;
+        let (decision, counters, now) = decision_from_reply(rules, units, &reply)?;
+        Ok((decision, WindowList::of(rules, &counters, now)))
+    }
+}
+
+impl RedisStore {
+    /// Runs the check-and-consume script for `rules`; its raw reply.
+    async fn check_script(
+        &self,
+        account: AccountId,
+        rules: &[Rule],
+        units: u32,
+        now_ms: u64,
+    ) -> Result<Vec<u64>, StoreError> {
         debug_assert!(
             !rules.is_empty(),
             "an empty list would write a key with no expiry"
@@ -597,11 +625,9 @@ impl Backend for RedisStore {
                 ]
             }))
             .collect();
-        let reply: Vec<u64> = self
-            .conns
+        self.conns
             .run(|conn| self.scripts.check.invoke(conn, &key, &args))
-            .await?;
-        decision_from_reply(rules, units, &reply)
+            .await
     }
 }
 
@@ -621,8 +647,13 @@ fn parse_counter(field: &str, value: &str) -> Option<Counter> {
     })
 }
 
-/// Turns the script's reply into the same [`Decision`] the memory store gives.
-fn decision_from_reply(rules: &[Rule], units: u32, reply: &[u64]) -> Result<Decision, StoreError> {
+/// Turns the script's reply into the same [`Decision`] the memory store gives, with the
+/// counters it decided on and the time it decided at.
+fn decision_from_reply(
+    rules: &[Rule],
+    units: u32,
+    reply: &[u64],
+) -> Result<(Decision, Counters, u64), StoreError> {
     let bad = || StoreError::Unavailable("unexpected script reply".into());
     if reply.len() != 3 + 2 * rules.len() {
         return Err(bad());
@@ -641,18 +672,16 @@ fn decision_from_reply(rules: &[Rule], units: u32, reply: &[u64]) -> Result<Deci
     }
     let usage = usage_of(rules, &counters, now).charged(units);
     if admitted {
-        return Ok(Decision::Admitted(usage));
+        return Ok((Decision::Admitted(usage), counters, now));
     }
     let rule = rules.get(refused.wrapping_sub(1)).ok_or_else(bad)?;
     let end_ms = counters
         .current(rule.counter, now)
         .map_or(now + 1, |c| c.end_ms);
     let retry_after_secs = (end_ms - now).div_ceil(1000).max(1);
-    Ok(Decision::Refused(
-        usage,
-        Refusal {
-            kind: rule.kind,
-            retry_after_secs,
-        },
-    ))
+    let refusal = Refusal {
+        kind: rule.kind,
+        retry_after_secs,
+    };
+    Ok((Decision::Refused(usage, refusal), counters, now))
 }
