@@ -462,6 +462,12 @@ async fn control(
             .expect("listener registers with the runtime");
         tokio::spawn(admin::serve(listener, shared.clone(), stop))
     });
+    // On its own: the other housekeeping's Redis round trips must not delay it past the time
+    // other replicas wait before taking this one's tasks over.
+    let alive = shared
+        .tasks
+        .clone()
+        .map(|book| tokio::spawn(keep_alive(book)));
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     let mut sample = tokio::time::interval(Duration::from_secs(1));
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -484,11 +490,6 @@ async fn control(
             }
             _ = sample.tick() => {
                 shared.show_upstream_states();
-                if let Some(book) = &shared.tasks {
-                    if let Err(e) = book.keep_alive().await {
-                        tracing::debug!(error = %e, "cannot say this replica is alive");
-                    }
-                }
                 let degraded = shared.store.is_degraded();
                 shared.status.sample(&shared.metrics, degraded, shared.clock.now_ms());
             }
@@ -517,8 +518,24 @@ async fn control(
             _ = shutdown.changed() => break,
         }
     }
+    if let Some(alive) = alive {
+        alive.abort();
+    }
     if let Some(admin) = admin {
         let _ = admin.await;
+    }
+}
+
+/// With Redis: says every second that this replica is alive, so that no other replica takes
+/// its running tasks over.
+async fn keep_alive(book: Arc<crate::store::tasks::TaskBook>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(e) = book.keep_alive().await {
+            tracing::debug!(error = %e, "cannot say this replica is alive");
+        }
     }
 }
 

@@ -437,3 +437,28 @@ async fn a_body_read_for_health_still_counts_an_incorrect_task() {
         assert_eq!(account["state"], "active", "{account}");
     }
 }
+
+/// Accounts without a credential of their own pass the client's key upstream: a 401 is that
+/// client's, answered as it came, and no account leaves rotation for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_to_a_client_key_passed_through_disables_nothing() {
+    let up = Upstream::start().await;
+    let config = POOL
+        .replace("credential = \"secret-a\"\n", "")
+        .replace("credential = \"secret-b\"\n", "");
+    let gate = Gate::start(&config, &up.url(), DAY0_MS);
+    let headers = [
+        ("x-api-key", "pro-key"),
+        ("x-upstream-status", "401"),
+        ("x-upstream-body", "{\"error\":\"bad key\"}"),
+    ];
+    let a = gate
+        .client()
+        .send("POST", &gate.url("/slow?ms=1"), &headers, "{}")
+        .await;
+    assert_eq!(a.status, 401, "the client's own 401");
+    assert_eq!(up.count(), 1, "not retried on the other account");
+    for account in upstream_accounts(&gate).await {
+        assert_eq!(account["state"], "active", "{account}");
+    }
+}

@@ -106,7 +106,7 @@ impl JobStage<'_> {
             forward: &self.forward,
             metrics: self.metrics,
         };
-        let mut front = false;
+        let (mut front, mut retried_dead) = (false, false);
         for attempt in 1.. {
             let gauges = ctx.policy.handles.tier_gauges(ctx.caller.tier);
             let (pool, mut ticket) = self.jobs.ticket(settings, &ctx.caller, affinity, gauges);
@@ -137,7 +137,15 @@ impl JobStage<'_> {
             if named {
                 let refused;
                 (resp, refused, peeked) = self.judge(ctx, &permit, resp).await?;
-                if let Some(reason) = refused.filter(|_| retriable && attempt < attempts) {
+                // A dead credential's answer is retried once: a second one on another account
+                // may be the request's own doing, and more would take the pool out with it.
+                let again = match refused {
+                    Some("disabled") => !retried_dead,
+                    Some(_) => true,
+                    None => false,
+                };
+                if let Some(reason) = refused.filter(|_| again && retriable && attempt < attempts) {
+                    retried_dead |= reason == "disabled";
                     self.metrics.retried(reason);
                     front = true;
                     continue; // dropping the permit frees the slot
@@ -178,7 +186,14 @@ impl JobStage<'_> {
             let rest_ms = retry_after_ms(&resp).unwrap_or(DEFAULT_COOLDOWN_MS);
             self.metrics.cooldown(account);
             (Outcome::RateLimited { rest_ms }, Some("rate_limited"))
-        } else if let Some(reason) = rules.dead(status, body.as_ref().map(|b| &b.bytes[..])) {
+        } else if let Some(reason) = permit
+            .account()
+            .credential
+            .as_ref()
+            .and_then(|_| rules.dead(status, body.as_ref().map(|b| &b.bytes[..])))
+        {
+            // Only an account's own credential can be dead: without one, the client's key
+            // went upstream, and its 401 is the client's.
             self.metrics.upstream_failure(account, "dead");
             (Outcome::Dead { reason }, Some("disabled"))
         } else if resp.status().is_server_error() {

@@ -80,11 +80,12 @@ impl TaskWatch<'_> {
             Some(id) => {
                 let now = self.shared.clock.now_ms();
                 let held = held_task(ctx, &id, &hold.permit, &owner, now, job.max_job_time);
-                self.track(ctx, id.clone(), hold, owner, job.max_job_time);
-                // Before the client hears of the task: a restart keeps its slot, and its
-                // follow-up may go to any replica.
+                // Before the client hears of the task, and before its watcher may see it end
+                // (whose removal must come after): a restart keeps its slot, and its follow-up
+                // may go to any replica.
                 let tracker = &self.shared.jobs.tracker;
                 tracker.journal_hold(&held).await;
+                self.track(ctx, id.clone(), hold, owner, job.max_job_time);
                 if let Some(tasks) = ctx.config().jobs.tasks.as_ref() {
                     let (pool, account) = (&held.pool, &held.upstream_account);
                     tracker
@@ -170,7 +171,10 @@ impl TaskWatch<'_> {
         for (held, raw) in orphans {
             let tracker = &self.shared.jobs.tracker;
             let now = self.shared.clock.now_ms();
-            if held.deadline_ms <= now || tracker.is_running(&held.task) {
+            if tracker.is_running(&held.task) {
+                continue; // held here already
+            }
+            if held.deadline_ms <= now {
                 book.ended(&held.task);
                 continue;
             }
@@ -195,6 +199,7 @@ impl TaskWatch<'_> {
                 ..held.clone()
             };
             let left = Duration::from_millis(held.deadline_ms - now);
+            tracker.journal_hold(&record).await;
             self.watch(
                 &policy.config,
                 held.task.clone(),
@@ -203,7 +208,6 @@ impl TaskWatch<'_> {
                 left,
                 credentials,
             );
-            tracker.journal_hold(&record).await;
             resumed += 1;
         }
         if resumed > 0 {

@@ -221,7 +221,9 @@ impl Health {
     }
 
     fn failed(&self, rules: &HealthRules, now_ms: u64, what: &str) -> Option<Health> {
-        if self.state == State::Disabled {
+        // Failures during a rest are of jobs sent before it: the rest already answers them,
+        // and counting them would lengthen the next rest for one burst.
+        if self.state == State::Disabled || self.rests_at(now_ms) {
             return None;
         }
         let failures = self.failures.saturating_add(1);
@@ -328,6 +330,28 @@ mod tests {
         let healed = h.after(&Outcome::Served, &rules(), 130_000).unwrap();
         assert_eq!((healed.failures, healed.probing), (0, false));
         assert!(!healed.is_out(130_000));
+    }
+
+    #[test]
+    fn failures_of_jobs_sent_before_a_rest_do_not_lengthen_it() {
+        let mut h = Health::default();
+        for _ in 0..3 {
+            h = failed(&h, 0);
+        }
+        assert_eq!(h.until_ms, 10_000);
+        let what = Outcome::Failed { what: "502".into() };
+        for at in [1, 2, 3] {
+            assert_eq!(
+                h.after(&what, &rules(), at),
+                None,
+                "a burst during the rest"
+            );
+        }
+        assert_eq!(
+            failed(&h, 10_000).until_ms,
+            30_000,
+            "the failed probe doubles it once"
+        );
     }
 
     #[test]

@@ -65,6 +65,12 @@ impl TaskBook {
             Home::File(path) => {
                 let held = read_file(path)
                     .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+                // What the file holds stays in it until resumed or ended: a task held
+                // meanwhile rewrites the file with these too.
+                self.held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(held.clone());
                 Ok(held
                     .into_values()
                     .map(|t| {
@@ -75,14 +81,25 @@ impl TaskBook {
             }
             Home::Redis(redis) => {
                 let mut out = Vec::new();
+                let mut alive = std::collections::HashMap::new(); // each replica asked once
                 for (task, raw) in redis.redis().held_tasks().await? {
                     let Ok(held) = serde_json::from_str::<HeldTask>(&raw) else {
                         tracing::warn!(%task, "unreadable held task in redis; dropped");
                         redis.redis().held_task_write(&task, None).await?;
                         continue;
                     };
-                    if held.replica == self.replica || redis.redis().is_alive(&held.replica).await?
-                    {
+                    if held.replica == self.replica {
+                        continue;
+                    }
+                    let is_alive = match alive.get(&held.replica) {
+                        Some(known) => *known,
+                        None => {
+                            let known = redis.redis().is_alive(&held.replica).await?;
+                            alive.insert(held.replica.clone(), known);
+                            known
+                        }
+                    };
+                    if is_alive {
                         continue;
                     }
                     out.push((held, raw));

@@ -106,7 +106,8 @@ impl UpstreamBook {
         for _ in 0..WRITE_ATTEMPTS {
             let (version, before) = self.current(account).await?;
             let Some(after) = change(&before) else {
-                self.keep(account, before, version);
+                // Not kept here: a record newer than this replica's must reach its pools,
+                // and the next refresh applies it when its version is new to this replica.
                 return Ok(None);
             };
             let Some(version) = self.store(account, &after, version).await? else {
@@ -126,6 +127,8 @@ impl UpstreamBook {
         let Home::Redis(redis) = &self.home else {
             return Ok(Vec::new());
         };
+        // Not between a change's read and its write: an older record must not win.
+        let _one_at_a_time = self.edits.lock().await;
         let mut changed = Vec::new();
         for &account in accounts {
             let (version, json) = redis.redis().health(account).await?;
