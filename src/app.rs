@@ -547,18 +547,10 @@ fn load_account_records(shared: &Arc<Shared>) {
     let loaded = match &shared.store {
         crate::store::Store::Memory(_) => shared.accounts.load_file().map_err(|e| e.to_string()),
         crate::store::Store::Redis(_) => {
-            let thread_shared = shared.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(thread_shared.accounts.refresh())
-                    .map(|_| 0)
-                    .map_err(|e| e.to_string())
-            })
-            .join()
-            .unwrap_or_else(|_| Err("the thread reading the records panicked".into()))
+            on_own_thread(
+                shared,
+                |s| async move { s.accounts.refresh().await.map(|_| 0) },
+            )
         }
     };
     match loaded {
@@ -573,6 +565,28 @@ fn load_account_records(shared: &Arc<Shared>) {
     }
 }
 
+/// Runs a read from Redis before the first request, on a thread of its own with a runtime of
+/// its own: the store's connections belong to the thread that dialled them.
+fn on_own_thread<T, F>(
+    shared: &Arc<Shared>,
+    read: impl FnOnce(Arc<Shared>) -> F + Send + 'static,
+) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(read(shared)).map_err(|e| e.to_string())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the thread reading from redis panicked".into()))
+}
+
 /// Reads the upstream accounts' health before the first job: from the health file beside the
 /// state file, or from Redis (on a thread of its own, as for the accounts' records). An account
 /// disabled or resting before a restart or on another replica stays so.
@@ -584,17 +598,7 @@ fn load_upstream_health(shared: &Arc<Shared>) {
             .map(|records| records.into_iter().collect())
             .map_err(|e| e.to_string()),
         crate::store::Store::Redis(_) => {
-            let thread_shared = shared.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(refresh_upstreams(&thread_shared))
-                    .map_err(|e| e.to_string())
-            })
-            .join()
-            .unwrap_or_else(|_| Err("the thread reading upstream health panicked".into()))
+            on_own_thread(shared, |s| async move { refresh_upstreams(&s).await })
         }
     };
     match loaded {

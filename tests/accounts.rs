@@ -544,10 +544,7 @@ async fn the_accounts_api_needs_the_admin_token() {
 async fn replicas_on_one_redis_apply_a_change_within_a_second() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
-    let config = format!(
-        "{CONFIG}\n[store]\ntype = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\non_failure = \"fail_closed\"\n",
-        redis.url()
-    );
+    let config = format!("{CONFIG}{}", redis.store_section());
     let one = Gate::start(&config, &up.url(), DAY0_MS);
     let two = Gate::start(&config, &up.url(), DAY0_MS);
     let (c, admin) = (TestClient::new(), TestClient::new());

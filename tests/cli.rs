@@ -388,6 +388,28 @@ impl Drop for Proc {
     }
 }
 
+/// The binary started on `config`, listening on `listen` in front of `upstream` with its
+/// admin listener on `admin`, with more `args`.
+fn spawn_on(
+    config: &std::path::Path,
+    (listen, upstream, admin): (SocketAddr, SocketAddr, SocketAddr),
+    args: &[&str],
+    dir: &std::path::Path,
+) -> Proc {
+    let (listen, admin) = (listen.to_string(), admin.to_string());
+    let upstream = format!("http://{upstream}");
+    let mut all = vec![
+        "--listen",
+        &listen,
+        "--upstream",
+        &upstream,
+        "--admin",
+        &admin,
+    ];
+    all.extend_from_slice(args);
+    spawn(config, &all, dir)
+}
+
 /// The binary started on `config` with `args` (`dir`: its working directory), its log in a
 /// file of its own.
 fn spawn(config: &std::path::Path, args: &[&str], dir: &std::path::Path) -> Proc {
@@ -413,19 +435,8 @@ fn flags_override_file_then_sigterm_exits_cleanly() {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = manifest_path("config/floodgate.toml");
     let workdir = tempfile::tempdir().expect("temp dir"); // where its state file lands
-    let (listen_arg, admin_arg) = (listen.to_string(), admin.to_string());
-    let upstream_arg = format!("http://{}", upstream.addr);
-    let args = [
-        "--listen",
-        &listen_arg,
-        "--upstream",
-        &upstream_arg,
-        "--admin",
-        &admin_arg,
-        "--workers",
-        "1",
-    ];
-    let mut proc = spawn(&config, &args, workdir.path());
+    let addrs = (listen, upstream.addr, admin);
+    let mut proc = spawn_on(&config, addrs, &["--workers", "1"], workdir.path());
 
     // Ready: /healthz on the admin port answers 200 (100 tries, 10 s at most).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -544,17 +555,7 @@ fn a_sighup_during_start_up_is_answered_once_serving() {
         ),
     )
     .unwrap();
-    let (listen_arg, admin_arg) = (listen.to_string(), admin.to_string());
-    let upstream_arg = format!("http://{}", upstream.addr);
-    let args = [
-        "--listen",
-        &listen_arg,
-        "--upstream",
-        &upstream_arg,
-        "--admin",
-        &admin_arg,
-    ];
-    let mut proc = spawn(&config, &args, dir.path());
+    let mut proc = spawn_on(&config, (listen, upstream.addr, admin), &[], dir.path());
     let pid = proc.child.id().to_string();
     // Past the first instants of the process (before its main runs, nothing can take a
     // signal over), a SIGHUP every 20 ms for 600 ms: the start waits a second for the store.

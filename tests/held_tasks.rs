@@ -127,10 +127,7 @@ async fn on_redis_a_restarted_replica_takes_the_tasks_over_and_its_watcher_polls
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start().await;
     let path = dir.path().join("floodgate.toml");
-    let extra = format!(
-        "[store]\ntype = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\non_failure = \"fail_closed\"\nlease_ttl = \"6s\"",
-        redis.url()
-    );
+    let extra = format!("{}lease_ttl = \"6s\"", redis.store_section());
     std::fs::write(&path, config(&extra, "poll_interval = \"100ms\"")).unwrap();
     let mut first = Process::start(&path, &up.url()).await;
     let next = async {

@@ -426,6 +426,13 @@ async fn create_task(c: &TestClient, gate: &Gate, key: &str, body: &str) -> Answ
     .await
 }
 
+/// Ends a task upstream and lets floodgate see it end: a get-task through `gate`.
+async fn end_task(c: &TestClient, up: &Upstream, gate: &Gate, id: &str) -> Answer {
+    up.set_task_status(id, "SUCCESS");
+    let url = gate.url(&format!("/task/{id}"));
+    c.send("GET", &url, &[("x-api-key", "pro-key")], "").await
+}
+
 async fn follow_up_jobs_go_to_the_upstream_account_of_their_task(backend: Backend) {
     let up = Upstream::start().await;
     let gate = Gate::start_on(backend, TWO_ACCOUNTS, &up.url(), DAY0_MS);
@@ -438,30 +445,9 @@ async fn follow_up_jobs_go_to_the_upstream_account_of_their_task(backend: Backen
         t1.json()["result"].as_str().unwrap().to_owned(),
         t2.json()["result"].as_str().unwrap().to_owned(),
     );
-    up.set_task_status(&id1, "SUCCESS");
-    up.set_task_status(&id2, "SUCCESS");
-    assert_eq!(
-        c.send(
-            "GET",
-            &gate.url(&format!("/task/{id1}")),
-            &[("x-api-key", "pro-key")],
-            ""
-        )
-        .await
-        .status,
-        200
-    );
-    assert_eq!(
-        c.send(
-            "GET",
-            &gate.url(&format!("/task/{id2}")),
-            &[("x-api-key", "pro-key")],
-            ""
-        )
-        .await
-        .status,
-        200
-    );
+    for id in [&id1, &id2] {
+        assert_eq!(end_task(&c, &up, &gate, id).await.status, 200);
+    }
     for _ in 0..2 {
         let f = create_task(
             &c,
@@ -476,14 +462,7 @@ async fn follow_up_jobs_go_to_the_upstream_account_of_their_task(backend: Backen
             "follow-ups of t2 stay on b"
         );
         let id = f.json()["result"].as_str().unwrap().to_owned();
-        up.set_task_status(&id, "SUCCESS");
-        c.send(
-            "GET",
-            &gate.url(&format!("/task/{id}")),
-            &[("x-api-key", "pro-key")],
-            "",
-        )
-        .await;
+        end_task(&c, &up, &gate, &id).await;
     }
     let f = create_task(&c, &gate, "pro-key", &format!("{{\"taskId\": \"{id1}\"}}")).await;
     assert_eq!(f.header("x-floodgate-upstream-account"), Some("a"));
@@ -857,10 +836,7 @@ async fn an_upstream_account_credential_can_come_from_a_file() {
 async fn a_follow_up_sent_to_another_replica_reaches_the_upstream_account_of_its_task() {
     let redis = support::redis_server::RedisServer::start();
     let up = Upstream::start().await;
-    let config = format!(
-        "{TWO_ACCOUNTS}\n[store]\ntype = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\non_failure = \"fail_closed\"\n",
-        redis.url()
-    );
+    let config = format!("{TWO_ACCOUNTS}{}", redis.store_section());
     let replicas: Vec<Gate> = (0..3)
         .map(|_| Gate::start(&config, &up.url(), DAY0_MS))
         .collect();
@@ -876,17 +852,7 @@ async fn a_follow_up_sent_to_another_replica_reaches_the_upstream_account_of_its
     }
     assert_ne!(ids[0].1, ids[1].1, "the two tasks ran on both accounts");
     for (id, _) in &ids {
-        up.set_task_status(id, "SUCCESS");
-        let headers = [("x-api-key", "pro-key")];
-        let seen = c
-            .send(
-                "GET",
-                &replicas[0].url(&format!("/task/{id}")),
-                &headers,
-                "",
-            )
-            .await;
-        assert_eq!(seen.status, 200);
+        assert_eq!(end_task(&c, &up, &replicas[0], id).await.status, 200);
     }
     for (i, r) in replicas.iter().enumerate().skip(1) {
         for (id, ran_on) in ids.iter().rev() {
@@ -898,14 +864,7 @@ async fn a_follow_up_sent_to_another_replica_reaches_the_upstream_account_of_its
                 "replica {i}: the follow-up of {id}"
             );
             let next = f.json()["result"].as_str().unwrap().to_owned();
-            up.set_task_status(&next, "SUCCESS");
-            c.send(
-                "GET",
-                &r.url(&format!("/task/{next}")),
-                &[("x-api-key", "pro-key")],
-                "",
-            )
-            .await;
+            end_task(&c, &up, r, &next).await;
         }
     }
 }
@@ -936,13 +895,9 @@ async fn a_small_tenant_takes_its_turn_against_a_big_backlog_on_other_replicas()
         concurrency = 1
         [accounts]
         default_tier = "pro"
-        [store]
-        type = "redis"
-        url = "{}"
-        timeout = "2s"
-        on_failure = "fail_closed"
+        {}
         "#,
-        redis.url()
+        redis.store_section()
     );
     let replicas: Vec<Gate> = (0..3)
         .map(|_| Gate::start(&config, &up.url(), DAY0_MS))

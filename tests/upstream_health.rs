@@ -259,10 +259,7 @@ on_both_stores!(
 async fn three_replicas_share_rests_and_disables_from_their_next_job() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
-    let config = format!(
-        "{POOL}\n[store]\ntype = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\non_failure = \"fail_closed\"\n",
-        redis.url()
-    );
+    let config = format!("{POOL}{}", redis.store_section());
     let replicas: Vec<Gate> = (0..3)
         .map(|_| Gate::start(&config, &up.url(), DAY0_MS))
         .collect();

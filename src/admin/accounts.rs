@@ -125,7 +125,12 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
-    match route(shared, req, peer).await {
+    respond(route(shared, req, peer).await)
+}
+
+/// An API call's outcome as its answer: 200 with the value, or the error's status and JSON.
+pub(super) fn respond(outcome: Result<Value, ApiError>) -> Response<ProxyBody> {
+    match outcome {
         Ok(value) => json_response(StatusCode::OK, value.to_string()),
         Err(e) => e.into_response(),
     }

@@ -17,10 +17,9 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::accounts::{read_body, ApiError};
+use super::accounts::{read_body, respond, ApiError};
 use super::percent_decode;
 use crate::accounts::format_time;
-use crate::proxy::respond::json_response;
 use crate::proxy::ProxyBody;
 use crate::queue::health::{Health, State};
 use crate::shared::Shared;
@@ -34,10 +33,7 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
-    match route(shared, req, peer).await {
-        Ok(value) => json_response(StatusCode::OK, value.to_string()),
-        Err(e) => e.into_response(),
-    }
+    respond(route(shared, req, peer).await)
 }
 
 async fn route(
@@ -125,14 +121,7 @@ async fn change(
             "enable" => h.enabled(now),
             _ => h.disabled(now, &reason),
         })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                format!("the change could not be stored, nothing changed: {e}"),
-            )
-        })?;
+        .await?;
     let after = shared.upstreams.get(name);
     if changed.is_some() {
         shared

@@ -140,13 +140,13 @@ impl JobStage<'_> {
                 // A dead credential's answer is retried once: a second one on another account
                 // may be the request's own doing, and more would take the pool out with it.
                 let again = match refused {
-                    Some("disabled") => !retried_dead,
-                    Some(_) => true,
+                    Some(Refused::Dead) => !retried_dead,
+                    Some(Refused::RateLimited) => true,
                     None => false,
                 };
-                if let Some(reason) = refused.filter(|_| again && retriable && attempt < attempts) {
-                    retried_dead |= reason == "disabled";
-                    self.metrics.retried(reason);
+                if let Some(why) = refused.filter(|_| again && retriable && attempt < attempts) {
+                    retried_dead |= why == Refused::Dead;
+                    self.metrics.retried(why.name());
                     front = true;
                     continue; // dropping the permit frees the slot
                 }
@@ -173,7 +173,7 @@ impl JobStage<'_> {
         ctx: &Ctx<'_>,
         permit: &SlotPermit,
         resp: Response<ProxyBody>,
-    ) -> Result<(Response<ProxyBody>, Option<&'static str>, Option<Peeked>), ProxyError> {
+    ) -> Result<(Response<ProxyBody>, Option<Refused>, Option<Peeked>), ProxyError> {
         let rules = &ctx.config().jobs.health;
         let status = resp.status().as_u16();
         let (resp, body) = if rules.reads_body(status) {
@@ -185,7 +185,7 @@ impl JobStage<'_> {
         let (outcome, refused) = if status == 429 {
             let rest_ms = retry_after_ms(&resp).unwrap_or(DEFAULT_COOLDOWN_MS);
             self.metrics.cooldown(account);
-            (Outcome::RateLimited { rest_ms }, Some("rate_limited"))
+            (Outcome::RateLimited { rest_ms }, Some(Refused::RateLimited))
         } else if let Some(reason) = permit
             .account()
             .credential
@@ -195,7 +195,7 @@ impl JobStage<'_> {
             // Only an account's own credential can be dead: without one, the client's key
             // went upstream, and its 401 is the client's.
             self.metrics.upstream_failure(account, "dead");
-            (Outcome::Dead { reason }, Some("disabled"))
+            (Outcome::Dead { reason }, Some(Refused::Dead))
         } else if resp.status().is_server_error() {
             self.metrics.upstream_failure(account, "server_error");
             let what = format!("upstream answered {status}");
@@ -226,11 +226,8 @@ impl JobStage<'_> {
     async fn observe(&self, ctx: &Ctx<'_>, permit: &SlotPermit, outcome: &Outcome) {
         let account = &permit.account().name;
         let (rules, now) = (&ctx.config().jobs.health, self.shared.clock.now_ms());
-        if *outcome == Outcome::Served {
-            let known = self.shared.upstreams.get(account);
-            if known.after(outcome, rules, now).is_none() {
-                return;
-            }
+        if *outcome == Outcome::Served && self.shared.upstreams.is_clean(account) {
+            return;
         }
         let change = |h: &Health| h.after(outcome, rules, now);
         if let Err(e) = self.shared.change_upstream(account, change).await {
@@ -301,6 +298,25 @@ impl JobStage<'_> {
                 self.watch.hold(ctx, resp, peeked, hold, owner, job).await
             }
         })
+    }
+}
+
+/// Why an upstream account refused a job before taking it: the job may go to another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// 429: the account rests.
+    RateLimited,
+    /// A dead credential's answer: the account is disabled.
+    Dead,
+}
+
+impl Refused {
+    /// As `floodgate_jobs_retried_total{reason}` names it.
+    fn name(self) -> &'static str {
+        match self {
+            Refused::RateLimited => "rate_limited",
+            Refused::Dead => "disabled",
+        }
     }
 }
 

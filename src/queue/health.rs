@@ -195,8 +195,13 @@ impl Health {
             .then_some(active)
     }
 
+    /// No failures on record and no probe: a job served changes nothing.
+    pub fn is_clean(&self) -> bool {
+        self.failures == 0 && !self.probing
+    }
+
     fn served(&self) -> Option<Health> {
-        if self.failures == 0 && !self.probing {
+        if self.is_clean() {
             return None;
         }
         Some(Health {

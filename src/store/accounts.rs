@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::snapshot::{sibling, write_atomic};
-use super::{FailoverStore, Store, StoreError};
+use super::{Home, Store, StoreError};
 use crate::accounts::AccountRecord;
 use crate::identity::AccountId;
 
@@ -25,14 +25,6 @@ const WRITE_ATTEMPTS: usize = 5;
 /// How often a replica on Redis checks whether another changed a record: a change reaches
 /// every replica within this (plus one round trip).
 pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
-
-/// Where the records live.
-#[derive(Debug)]
-enum Home {
-    Process,
-    File(PathBuf),
-    Redis(Arc<FailoverStore>),
-}
 
 /// The accounts' runtime records and their home.
 #[derive(Debug)]
@@ -54,11 +46,7 @@ impl AccountBook {
     /// The book for `store`: in Redis when the store is Redis, else in `file` (the state
     /// file's records file) or, without one, in the process.
     pub fn new(store: &Store, file: Option<PathBuf>) -> Self {
-        let home = match (store, file) {
-            (Store::Redis(s), _) => Home::Redis(s.clone()),
-            (Store::Memory(_), Some(file)) => Home::File(file),
-            (Store::Memory(_), None) => Home::Process,
-        };
+        let home = Home::of(store, file);
         Self {
             home,
             records: Mutex::new(Arc::default()),

@@ -28,6 +28,9 @@ pub use redis::{Login, RedisStore};
 pub use snapshot::Snapshot;
 pub use upstreams::UpstreamBook;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use crate::identity::AccountId;
 use crate::limits::{Counter, CounterId, Counters, Decision, Receipt, Rule, Usage, WindowList};
 use crate::penalties::{self, Admission, Event, JobCheck, PenaltyIds};
@@ -321,6 +324,27 @@ impl Store {
         match self {
             Store::Memory(m) => m.evict_idle(now_ms),
             Store::Redis(s) => s.evict_idle(now_ms),
+        }
+    }
+}
+
+/// Where a book kept beside the limit state lives (the accounts' runtime records, upstream
+/// accounts' health, held tasks): with Redis, there for every replica; with the memory store, a
+/// JSON file beside the state file; without `[state]`, in the process only.
+#[derive(Debug)]
+pub enum Home {
+    Process,
+    File(PathBuf),
+    Redis(Arc<FailoverStore>),
+}
+
+impl Home {
+    /// The home for a book on `store`, whose file beside the state file is `file`.
+    pub fn of(store: &Store, file: Option<PathBuf>) -> Self {
+        match (store, file) {
+            (Store::Redis(s), _) => Home::Redis(s.clone()),
+            (Store::Memory(_), Some(file)) => Home::File(file),
+            (Store::Memory(_), None) => Home::Process,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::snapshot::{sibling, write_atomic};
-use super::{FailoverStore, Store, StoreError};
+use super::{Home, Store, StoreError};
 use crate::queue::leases::{replica_id, BoxFuture};
 use crate::queue::tasks::{HeldTask, TaskJournal};
 
@@ -21,12 +21,6 @@ use crate::queue::tasks::{HeldTask, TaskJournal};
 /// of a replica that died is taken over within this and a second, well before its slot leases
 /// (renewed every third of `lease_ttl`, 10 s by default) expire.
 pub const ALIVE_FOR: Duration = Duration::from_secs(3);
-
-#[derive(Debug)]
-enum Home {
-    File(PathBuf),
-    Redis(Arc<FailoverStore>),
-}
 
 /// The held tasks and their home.
 #[derive(Debug)]
@@ -46,11 +40,10 @@ impl TaskBook {
     /// The book for `store`: in Redis, or in `file` (beside the state file); `None` when holds
     /// are not kept (the memory store without `[state]`).
     pub fn new(store: &Store, file: Option<PathBuf>) -> Option<Self> {
-        let home = match (store, file) {
-            (Store::Redis(s), _) => Home::Redis(s.clone()),
-            (Store::Memory(_), Some(file)) => Home::File(file),
-            (Store::Memory(_), None) => return None,
-        };
+        let home = Home::of(store, file);
+        if matches!(home, Home::Process) {
+            return None;
+        }
         Some(Self {
             home,
             held: Mutex::default(),
@@ -106,6 +99,7 @@ impl TaskBook {
                 }
                 Ok(out)
             }
+            Home::Process => Ok(Vec::new()),
         }
     }
 
@@ -127,7 +121,7 @@ impl TaskBook {
     pub async fn keep_alive(&self) -> Result<(), StoreError> {
         match &self.home {
             Home::Redis(redis) => redis.redis().alive(&self.replica, ALIVE_FOR).await,
-            Home::File(_) => Ok(()),
+            Home::File(_) | Home::Process => Ok(()),
         }
     }
 
@@ -158,6 +152,7 @@ impl TaskJournal for Arc<TaskBook> {
                         tracing::warn!(task = %task.task, error = %e, "held task not kept in redis");
                     }
                 }
+                Home::Process => {} // not built without a home to keep holds in
             }
         })
     }
@@ -177,6 +172,7 @@ impl TaskJournal for Arc<TaskBook> {
                     });
                 }
             }
+            Home::Process => {}
         }
     }
 }

@@ -9,11 +9,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use super::redis::RedisStore;
 use super::snapshot::{sibling, write_atomic};
-use super::{FailoverStore, Store, StoreError};
+use super::{Home, Store, StoreError};
 use crate::queue::health::{Health, State};
 
 /// Every upstream account's health, by account name (accounts in rotation with no failures
@@ -22,13 +22,6 @@ pub type HealthRecords = BTreeMap<String, Health>;
 
 /// How often a change is tried again when other replicas keep changing the same record.
 const WRITE_ATTEMPTS: usize = 5;
-
-#[derive(Debug)]
-enum Home {
-    Process,
-    File(PathBuf),
-    Redis(Arc<FailoverStore>),
-}
 
 /// The upstream accounts' health and its home.
 #[derive(Debug)]
@@ -48,11 +41,7 @@ pub fn health_file(state: &Path) -> PathBuf {
 
 impl UpstreamBook {
     pub fn new(store: &Store, file: Option<PathBuf>) -> Self {
-        let home = match (store, file) {
-            (Store::Redis(s), _) => Home::Redis(s.clone()),
-            (Store::Memory(_), Some(file)) => Home::File(file),
-            (Store::Memory(_), None) => Home::Process,
-        };
+        let home = Home::of(store, file);
         Self {
             home,
             records: Mutex::default(),
@@ -64,6 +53,12 @@ impl UpstreamBook {
     /// An account's health as this replica last knew it.
     pub fn get(&self, account: &str) -> Health {
         self.lock().get(account).cloned().unwrap_or_default()
+    }
+
+    /// Whether `account` has no failures on record and no probe running, as this replica
+    /// knows it (asked for every job served, so without a copy of the record).
+    pub fn is_clean(&self, account: &str) -> bool {
+        self.lock().get(account).is_none_or(Health::is_clean)
     }
 
     /// Every record this replica knows.

@@ -642,10 +642,7 @@ impl Gate {
         let redis = (backend == Backend::Redis).then(redis_server::RedisServer::start);
         let text = match &redis {
             None => config_text.to_owned(),
-            Some(server) => format!(
-                "{config_text}\n[store]\ntype = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\non_failure = \"fail_closed\"\n",
-                server.url()
-            ),
+            Some(server) => format!("{config_text}{}", server.store_section()),
         };
         let mut config = Config::parse(&text, &overrides).expect("config is valid");
         if !keep_state {

@@ -78,6 +78,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// floodgate's `[store]` section for this server: fail closed, so a Redis failure shows as
+    /// a 503, never as a silent local decision.
+    pub fn store_section(&self) -> String {
+        format!(
+            "\n[store]\ntype = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\non_failure = \"fail_closed\"\n",
+            self.url()
+        )
+    }
+
     /// (Re)starts the server on its port and waits until it answers (at most 10 s).
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
